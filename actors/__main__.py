@@ -1,0 +1,7 @@
+"""`python -m actors` is `ovmse actor`."""
+
+import sys
+
+from common.cli import main
+
+sys.exit(main(["actor", *sys.argv[1:]]))

@@ -1,0 +1,1 @@
+"""What every process shares: configuration, episode schema, battle worlds, networks, metrics, the CLI."""

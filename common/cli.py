@@ -1,0 +1,303 @@
+"""The `ovmse` command: one subcommand per job.
+
+`COMMANDS` is the whole dispatch: subcommand -> help, its options, its handler. Handlers import
+their implementation inside the function, so `ovmse --help` stays fast and imports neither torch
+nor TensorFlow. A job whose implementation has not landed says so and exits 2; it never pretends.
+
+Exit codes: 0 done; 2 bad usage, a configuration error (one line on stderr, no traceback) or a job
+that is not implemented yet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from common.config import METHOD_NAMES, Config, ConfigError, format_config, resolve_config
+
+# Where each unfinished job lands.
+ISSUES = {
+    3: "the lite battle world",
+    4: "replay server and dataset files",
+    5: "the learner: losses, update step, offline and online phases",
+    6: "actors, weight broadcast and the embedded pipeline",
+    7: "deployment: docker compose and Ray",
+}
+
+
+def not_implemented(args: argparse.Namespace, why: str) -> int:
+    print(f"ovmse {args.command}: not implemented yet ({why})", file=sys.stderr)
+    return 2
+
+
+def _lands_with(args: argparse.Namespace, issue: int) -> int:
+    return not_implemented(args, f"lands with issue #{issue}: {ISSUES[issue]}")
+
+
+def _optional_module(args: argparse.Namespace, module_name: str) -> int:
+    """Run `module_name.main(args)`, or say the job is not implemented when that module is absent
+    (only that module: an ImportError inside it is a real error and propagates)."""
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name != module_name:
+            raise
+        return not_implemented(args, f"module {module_name} has not landed")
+    return int(module.main(args) or 0)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """The resolved configuration from the common options (--map, --dataset-kind, --method,
+    --config, --set)."""
+    return resolve_config(
+        map_name=args.map,
+        dataset=args.dataset_kind,
+        method=args.method,
+        file=args.config,
+        overrides=args.overrides or (),
+    )
+
+
+# --- handlers ----------------------------------------------------------------------------------
+# A job that takes a configuration resolves it first, so that a bad configuration is reported the
+# same way whether or not the job has landed.
+
+
+def _run(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    return _lands_with(args, 6)
+
+
+def _train(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    return _lands_with(args, 5 if args.mode == "sync" else 6)
+
+
+def _pretrain(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    return _lands_with(args, 5)
+
+
+def _replay_server(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    return _lands_with(args, 4)
+
+
+def _learner(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    return _lands_with(args, 5)
+
+
+def _actor(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    return _lands_with(args, 6)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    return _lands_with(args, 6)
+
+
+def _dataset_validate(args: argparse.Namespace) -> int:
+    return _lands_with(args, 4)
+
+
+def _dataset_inspect(args: argparse.Namespace) -> int:
+    return _lands_with(args, 4)
+
+
+def _dataset_collect(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    return _lands_with(args, 4)
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    return _lands_with(args, 6)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    return _optional_module(args, "common.bench")
+
+
+def _ray_launch(args: argparse.Namespace) -> int:
+    config_from_args(args)
+    return _lands_with(args, 7)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return _optional_module(args, "common.demo")
+
+
+def _config(args: argparse.Namespace) -> int:
+    sys.stdout.write(format_config(config_from_args(args)))
+    return 0
+
+
+# --- options -----------------------------------------------------------------------------------
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> None:
+    """The options of every job that takes a configuration."""
+    group = parser.add_argument_group("configuration (defaults -> preset -> --config FILE -> --set)")
+    group.add_argument(
+        "--map",
+        metavar="MAP",
+        help="SMAC map; the paper's presets: 2s3z, 3s5z, 5m_vs_6m, 6h_vs_8z; other maps get generic values "
+        "(default: 3s5z)",
+    )
+    group.add_argument(
+        "--dataset-kind",
+        metavar="KIND",
+        help="offline dataset: medium | medium_replay (default: medium; qmix uses none)",
+    )
+    group.add_argument("--method", metavar="METHOD", help=f"{' | '.join(METHOD_NAMES)} (default: ovmse)")
+    group.add_argument(
+        "--config", metavar="FILE", help="YAML or TOML file with sections env, replay, learner, actor, run"
+    )
+    group.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field, e.g. --set learner.lr=5e-4 (repeatable)",
+    )
+    group.add_argument(
+        "--print-config", action="store_true", help="print the resolved configuration as YAML and exit"
+    )
+
+
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument(
+        "--mode",
+        choices=("sync", "distributed"),
+        default="sync",
+        help="sync: the reference algorithm in one process; distributed: the same as `ovmse run`",
+    )
+
+
+def _actor_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument(
+        "--actor-id", type=int, default=0, metavar="N", help="this actor's index (default: 0)"
+    )
+
+
+def _evaluate_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument("--checkpoint", metavar="PATH", help="learner checkpoint to evaluate")
+    parser.add_argument(
+        "--episodes", type=int, metavar="N", help="test episodes (default: actor.test_episodes)"
+    )
+
+
+def _dataset_path_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="HDF5 dataset file")
+
+
+def _dataset_collect_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument("--episodes", type=int, metavar="N", help="episodes to collect")
+    parser.add_argument("--out", metavar="PATH", help="HDF5 file to write (default: run.dataset)")
+
+
+def _reproduce_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument("--seeds", type=int, default=6, metavar="N", help="seeds per method (paper: 6)")
+
+
+def _bench_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", help="what to measure, e.g. world, learner, all")
+    parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
+
+
+def _ray_launch_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument(
+        "--address", metavar="ADDRESS", help="Ray cluster address (default: start Ray locally)"
+    )
+
+
+@dataclass(frozen=True)
+class Command:
+    help: str
+    handler: Callable[[argparse.Namespace], int]
+    options: Callable[[argparse.ArgumentParser], None] = add_config_options
+
+
+# The dispatch table. "dataset validate" is the subcommand `validate` of the group `dataset`.
+COMMANDS: dict[str, Command] = {
+    "run": Command("run everything on this machine: replay, learner, actors, evaluator", _run),
+    "train": Command("train one method on one task", _train, _train_options),
+    "pretrain": Command("offline phase only: CQL pre-training on the dataset", _pretrain),
+    "replay-server": Command("serve the offline and online replay tables", _replay_server),
+    "learner": Command("sample mixed batches, update the networks, publish weights", _learner),
+    "actor": Command(
+        "play battles with the newest weights and send episodes to replay", _actor, _actor_options
+    ),
+    "evaluate": Command(
+        "greedy test episodes of a checkpoint or of the live learner", _evaluate, _evaluate_options
+    ),
+    "dataset validate": Command(
+        "check a dataset file against the episode schema", _dataset_validate, _dataset_path_options
+    ),
+    "dataset inspect": Command(
+        "summarise a dataset file: episodes, returns, win rate", _dataset_inspect, _dataset_path_options
+    ),
+    "dataset collect": Command(
+        "play battles with a policy and write a dataset file", _dataset_collect, _dataset_collect_options
+    ),
+    "reproduce": Command(
+        "the paper's comparison: every method, several seeds", _reproduce, _reproduce_options
+    ),
+    "bench": Command("measure one part's speed", _bench, _bench_options),
+    "ray-launch": Command("place the same components on a Ray cluster", _ray_launch, _ray_launch_options),
+    "demo": Command("a short end-to-end run on the lite world", _demo),
+    "config": Command("print the resolved configuration as YAML", _config),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ovmse",
+        description="Distributed offline-to-online multi-agent RL: OVMSE on QMIX.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    groups: dict[str, argparse._SubParsersAction] = {}
+    for name, command in COMMANDS.items():
+        group, _, leaf = name.rpartition(" ")
+        if group:
+            if group not in groups:
+                group_parser = commands.add_parser(group, help=f"{group} commands")
+                groups[group] = group_parser.add_subparsers(
+                    dest="subcommand", metavar="SUBCOMMAND", required=True
+                )
+            sub = groups[group].add_parser(leaf, help=command.help, description=command.help)
+        else:
+            sub = commands.add_parser(leaf, help=command.help, description=command.help)
+        command.options(sub)
+        sub.set_defaults(handler=command.handler, command=name)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if getattr(args, "print_config", False):
+            sys.stdout.write(format_config(config_from_args(args)))
+            return 0
+        return args.handler(args)
+    except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

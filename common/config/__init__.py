@@ -1,0 +1,99 @@
+"""Typed configuration: dataclass sections, the paper's presets, files, `--set` overrides, validation.
+
+    from common.config import resolve_config
+    cfg = resolve_config("5m_vs_6m", "medium_replay", "ovmse", overrides=["learner.lr=5e-4"])
+    cfg.learner.batch_size_run  # 8
+
+See `sections.py` for the fields, `presets.py` for where every number comes from, `loading.py` for
+the resolution order and the error messages.
+"""
+
+from common.config.loading import (
+    DEFAULT_DATASET_KIND,
+    DEFAULT_MAP,
+    DEFAULT_METHOD,
+    ConfigFile,
+    all_keys,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    format_config,
+    parse_override,
+    problems,
+    read_config_file,
+    resolve_config,
+    validate_config,
+    write_config,
+)
+from common.config.presets import (
+    METHODS,
+    PAPER_MAPS,
+    MapHyperparameters,
+    MemoryCoefficient,
+    Method,
+    map_hyperparameters,
+    preset,
+    preset_config,
+)
+from common.config.sections import (
+    BACKENDS,
+    CQL_VARIANTS,
+    DATASET_KINDS,
+    EXPLORATIONS,
+    METHOD_NAMES,
+    SECTIONS,
+    ActorConfig,
+    Config,
+    ConfigError,
+    EnvConfig,
+    LearnerConfig,
+    RateLimit,
+    ReplayConfig,
+    RunConfig,
+    batch_split,
+    derived_samples_per_insert,
+    rate_limit,
+)
+
+__all__ = [
+    "BACKENDS",
+    "CQL_VARIANTS",
+    "DATASET_KINDS",
+    "DEFAULT_DATASET_KIND",
+    "DEFAULT_MAP",
+    "DEFAULT_METHOD",
+    "EXPLORATIONS",
+    "METHODS",
+    "METHOD_NAMES",
+    "PAPER_MAPS",
+    "SECTIONS",
+    "ActorConfig",
+    "Config",
+    "ConfigError",
+    "ConfigFile",
+    "EnvConfig",
+    "LearnerConfig",
+    "MapHyperparameters",
+    "MemoryCoefficient",
+    "Method",
+    "RateLimit",
+    "ReplayConfig",
+    "RunConfig",
+    "all_keys",
+    "apply_overrides",
+    "batch_split",
+    "config_from_dict",
+    "config_to_dict",
+    "derived_samples_per_insert",
+    "format_config",
+    "map_hyperparameters",
+    "parse_override",
+    "preset",
+    "preset_config",
+    "problems",
+    "rate_limit",
+    "read_config_file",
+    "resolve_config",
+    "validate_config",
+    "write_config",
+]

@@ -1,0 +1,281 @@
+"""The configuration, as typed dataclasses: one per section, and `Config` holding them all.
+
+Every field has a default, and `Config()` is exactly the 3s5z / medium / ovmse preset. The paper's
+per-map, per-dataset and per-method numbers live in `presets.py`; files, `--set` overrides and
+validation live in `loading.py`. Sections are frozen: change one with `dataclasses.replace` (or
+`loading.apply_overrides`), so that no process edits the configuration after it is resolved.
+
+A few fields are `None` by default meaning "derived from the others"; the small pure functions at
+the bottom of this module (`derived_samples_per_insert`, `rate_limit`, `batch_split`) compute them,
+so every process derives the same numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+
+class ConfigError(ValueError):
+    """A configuration problem, as one line naming the key: `config error[ in FILE]: KEY: DETAIL`.
+
+    `key` is the dotted key ("learner.lr") or None when the message names it itself; `source` is
+    the file the offending value came from, if any."""
+
+    def __init__(self, detail: str, *, key: str | None = None, source: str | None = None):
+        self.detail = detail
+        self.key = key
+        self.source = source
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f" in {self.source}" if self.source else ""
+        body = f"{self.key}: {self.detail}" if self.key else self.detail
+        return " ".join(f"config error{where}: {body}".splitlines())
+
+    def with_source(self, source: str | None) -> ConfigError:
+        """The same error, attributed to `source` (a file name)."""
+        return ConfigError(self.detail, key=self.key, source=source)
+
+    def __reduce__(self):  # keep key and source across processes (pickle)
+        return (_config_error, (self.detail, self.key, self.source))
+
+
+def _config_error(detail: str, key: str | None, source: str | None) -> ConfigError:
+    return ConfigError(detail, key=key, source=source)
+
+
+# Allowed values of the enumerated fields (checked by `loading.validate_config`).
+BACKENDS = ("lite", "sc2")
+METHOD_NAMES = ("ovmse", "ovm", "se", "switch_cql", "macql", "macal_ql", "qmix")
+EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy")
+CQL_VARIANTS = ("cql", "cfcql", "calql", "none")
+DATASET_KINDS = ("medium", "medium_replay")
+# SMAC's `difficulty` strings: "1" VeryEasy ... "7" VeryHard, "8" CheatVision, "9" CheatMoney,
+# "A" CheatInsane.
+SMAC_DIFFICULTIES = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "A")
+
+# The SMAC constructor flags `EnvConfig` carries, with SMAC's exact names (see `smac_kwargs`).
+SMAC_FLAGS = (
+    "step_mul",
+    "move_amount",
+    "difficulty",
+    "continuing_episode",
+    "obs_all_health",
+    "obs_own_health",
+    "obs_last_action",
+    "obs_pathing_grid",
+    "obs_terrain_height",
+    "obs_instead_of_state",
+    "obs_timestep_number",
+    "state_last_action",
+    "state_timestep_number",
+    "reward_sparse",
+    "reward_only_positive",
+    "reward_death_value",
+    "reward_win",
+    "reward_defeat",
+    "reward_negative_scale",
+    "reward_scale",
+    "reward_scale_rate",
+)
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """The battle world. `backend` picks the lite simulator or real StarCraft II; every other field
+    is one of SMAC's `StarCraft2Env` constructor arguments, with SMAC's name and default."""
+
+    backend: str = "lite"  # "lite" (our vectorised simulator) | "sc2" (StarCraft II through SMAC)
+    map_name: str = "3s5z"
+    seed: int = 0  # base seed of the battle worlds; each actor / battle offsets it by its index
+    step_mul: int = 8
+    move_amount: int = 2
+    difficulty: str = "7"
+    continuing_episode: bool = False
+    obs_all_health: bool = True
+    obs_own_health: bool = True
+    obs_last_action: bool = False
+    obs_pathing_grid: bool = False
+    obs_terrain_height: bool = False
+    obs_instead_of_state: bool = False
+    obs_timestep_number: bool = False
+    state_last_action: bool = True
+    state_timestep_number: bool = False
+    reward_sparse: bool = False
+    reward_only_positive: bool = True
+    reward_death_value: float = 10.0
+    reward_win: float = 200.0
+    reward_defeat: float = 0.0
+    reward_negative_scale: float = 0.5
+    reward_scale: bool = True
+    reward_scale_rate: float = 20.0
+
+    def smac_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for `StarCraft2Env(**cfg.smac_kwargs())`: `map_name`, `seed` and the
+        SMAC flags, nothing else (not `backend`)."""
+        kwargs: dict[str, Any] = {"map_name": self.map_name, "seed": self.seed}
+        kwargs.update({name: getattr(self, name) for name in SMAC_FLAGS})
+        return kwargs
+
+
+@dataclass(frozen=True)
+class ReplayConfig:
+    """The replay server: an `offline` table (the dataset) and an `online` FIFO table (actors)."""
+
+    address: str = "127.0.0.1"
+    port: int = 8000  # 0 = pick a free port
+    online_capacity: int = 5000  # episodes (PyMARL2 buffer_size); FIFO
+    # Episodes the online table must hold before the learner samples from it. None = the learner's
+    # batch size, as PyMARL's `buffer.can_sample(batch_size)`: the first update happens once a whole
+    # batch worth of episodes has been collected.
+    min_size_to_sample: int | None = None
+    mixing_ratio: float = 0.1  # fraction of each online batch drawn from the offline table, [0, 1]
+    # Online-table samples per inserted episode. None = `derived_samples_per_insert`: as many
+    # gradient steps per collected episode as the synchronous algorithm, however many actors run.
+    samples_per_insert: float | None = None
+    # How far (in samples) inserts and samples may drift from that ratio before one side blocks
+    # (Reverb's SampleToInsertRatio `error_buffer`). None = two gradient steps' worth, see
+    # `rate_limit`.
+    rate_limiter_error_buffer: float | None = None
+    checkpoint_dir: str | None = None  # None = no replay checkpoints
+    checkpoint_interval_s: float = 600.0
+    prefetch_batches: int = 2  # batches the learner's sampler keeps ready (0 = sample on demand)
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The QMIX learner and its offline (CQL) and online (OVM) losses. `method` names the preset
+    the numbers came from; the learner's behaviour follows the fields, not the name."""
+
+    method: str = "ovmse"
+    lr: float = 1e-3
+    gamma: float = 0.99
+    td_lambda: float = 0.6
+    batch_size: int = 128  # episodes per gradient step
+    batch_size_run: int = 2  # episodes collected per gradient step (PyMARL's parallel envs)
+    # Hard copy to the target networks every this many episodes (PyMARL counts `batch_size_run`
+    # episodes per update, in the offline phase too).
+    target_update_interval: int = 50
+    grad_clip_offline: float = 10.0
+    grad_clip_online: float = 0.5
+    # The CQL variant: used by the offline phase, and online wherever `online_cql_weight` > 0.
+    offline_cql: str = "cql"  # "cql" (raw MACQL) | "cfcql" | "calql" | "none" (no CQL term)
+    offline_cql_weight: float = 0.25
+    online_cql_weight: float = 0.0
+    # CFCQL's tau in w = softmax_i(tau * KL_i); CFCQL's cql_qmix.yaml default `softmax_temp: 5`.
+    cfcql_softmax_temperature: float = 5.0
+    cql_sampled_actions: int = 100  # raw MACQL: uniform joint actions in the logsumexp
+    use_offline_value_memory: bool = True  # OVM: y = max(Q_offline, y_TD), weighted by lambda_t
+    memory_coef_start: float = 1.0
+    memory_coef_end: float = 1.0
+    memory_anneal_steps: int = 0  # environment steps of the online phase; 0 = no annealing
+    # Offline pre-training gradient steps. The paper does not say; CFCQL's cql_qmix.yaml trains
+    # offline until t_max = 10,050,000 sampled transitions (filled steps of 128-episode batches),
+    # i.e. about 1,300 to 3,100 updates for SMAC episodes of 60 to 25 steps; 2,000 sits between.
+    offline_updates: int = 2000
+    rnn_hidden_dim: int = 64
+    mixing_embed_dim: int = 32
+    hypernet_embed_dim: int = 64
+    device: str = "auto"  # "auto" (cuda when there is one) | "cpu" | "cuda" | "cuda:N"
+    # Updates between published weight versions. 1 keeps actors as close as possible to the
+    # synchronous algorithm (which acts with the newest network); the agent network is ~40k floats.
+    weight_publish_interval: int = 1
+    checkpoint_interval: int = 2000  # updates between learner checkpoints; 0 = only at the end
+
+
+@dataclass(frozen=True)
+class ActorConfig:
+    """Actor processes, their exploration and the evaluator."""
+
+    num_actors: int = 2
+    # Battles each actor steps together (one batched network call per step). Small, so the
+    # episodes in flight stay few and the policy lag stays low; on real SC2 each battle is a game.
+    envs_per_actor: int = 4
+    exploration: str = "decentralized_se"  # | "centralized_se" | "epsilon_greedy"
+    epsilon_start: float = 1.0
+    epsilon_end: float = 0.05
+    epsilon_anneal_steps: int = 100_000  # environment steps of the online phase, all actors together
+    weight_server: str = "127.0.0.1:8001"  # host:port of the learner's weight service
+    test_episodes: int = 32  # greedy episodes per evaluation (PyMARL test_nepisode)
+    final_test_episodes: int = 640  # at the end of a run, as the paper reports; 0 = skip
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """What this run is called, where it writes, how long it goes on and what it reports."""
+
+    name: str = "ovmse_3s5z_medium"
+    run_dir: str = "runs"
+    seed: int = 0  # seeds the learner (torch, numpy); the worlds use env.seed
+    dataset: str | None = "data/3s5z_medium.h5"  # HDF5 file of offline episodes; None = no offline data
+    dataset_kind: str | None = "medium"  # "medium" | "medium_replay" | None
+    online_env_steps: int = 1_000_000  # fine-tuning budget, environment steps
+    eval_interval_steps: int = 10_000  # PyMARL test_interval
+    log_interval_s: float = 10.0
+    metrics_port: int = 0  # Prometheus /metrics port; 0 = off
+    bind_address: str = "127.0.0.1"
+
+
+@dataclass(frozen=True)
+class Config:
+    env: EnvConfig = field(default_factory=EnvConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    learner: LearnerConfig = field(default_factory=LearnerConfig)
+    actor: ActorConfig = field(default_factory=ActorConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "env": EnvConfig,
+    "replay": ReplayConfig,
+    "learner": LearnerConfig,
+    "actor": ActorConfig,
+    "run": RunConfig,
+}
+
+
+# --- derived quantities -----------------------------------------------------------------------
+
+
+def batch_split(batch_size: int, mixing_ratio: float) -> tuple[int, int]:
+    """(offline, online) episodes in one learner batch: round(m * B) from the offline table (half
+    rounds up), the rest from the online table."""
+    offline = min(batch_size, int(math.floor(mixing_ratio * batch_size + 0.5)))
+    return offline, batch_size - offline
+
+
+def derived_samples_per_insert(learner: LearnerConfig, replay: ReplayConfig) -> float:
+    """Online samples per inserted episode that reproduce the synchronous algorithm: one gradient
+    step of `batch_size` episodes, of which the online part comes from the online table, per
+    `batch_size_run` new episodes. 0.0 when every batch is offline (mixing ratio 1)."""
+    _, online = batch_split(learner.batch_size, replay.mixing_ratio)
+    return online / learner.batch_size_run
+
+
+class RateLimit(NamedTuple):
+    """The online table's rate limiter, as Reverb's SampleToInsertRatio takes it."""
+
+    samples_per_insert: float
+    min_size_to_sample: int
+    error_buffer: float
+
+
+def rate_limit(cfg: Config) -> RateLimit:
+    """The online table's rate limiter with the `None` fields derived.
+
+    The error buffer defaults to two gradient steps' worth of online samples (inserts may run two
+    updates ahead of the learner, or it two updates behind them), and never below Reverb's minimum
+    of max(1, samples_per_insert). A samples_per_insert of 0 (mixing ratio 1: every batch comes
+    from the offline table) means the online table is never sampled and needs no rate limiter."""
+    spi = cfg.replay.samples_per_insert
+    if spi is None:
+        spi = derived_samples_per_insert(cfg.learner, cfg.replay)
+    min_size = cfg.replay.min_size_to_sample
+    if min_size is None:
+        min_size = cfg.learner.batch_size
+    error_buffer = cfg.replay.rate_limiter_error_buffer
+    if error_buffer is None:
+        error_buffer = max(1.0, spi, 2.0 * spi * cfg.learner.batch_size_run)
+    return RateLimit(float(spi), int(min_size), float(error_buffer))

@@ -1,0 +1,1 @@
+"""Deployment: embedded orchestration, Dockerfiles, Prometheus/Grafana provisioning, the Ray launcher."""

@@ -1,0 +1,7 @@
+"""`python -m deploy` is `ovmse run`."""
+
+import sys
+
+from common.cli import main
+
+sys.exit(main(["run", *sys.argv[1:]]))

@@ -1,0 +1,1 @@
+"""Learning: TD(lambda) targets, CQL/CFCQL/Cal-QL/OVM losses, the update step, checkpoints, weight service."""

@@ -1,0 +1,7 @@
+"""`python -m learner` is `ovmse learner`."""
+
+import sys
+
+from common.cli import main
+
+sys.exit(main(["learner", *sys.argv[1:]]))

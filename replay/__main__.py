@@ -1,0 +1,7 @@
+"""`python -m replay` is `ovmse replay-server`."""
+
+import sys
+
+from common.cli import main
+
+sys.exit(main(["replay-server", *sys.argv[1:]]))

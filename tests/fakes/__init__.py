@@ -1,0 +1,1 @@
+"""Test doubles for things the test machine does not have (StarCraft II, SMAC)."""

@@ -1,0 +1,158 @@
+"""The `ovmse` command: `config` prints the resolved configuration, bad configuration exits 2 with one
+line and no traceback, and every job that has not landed says so instead of pretending."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from common import cli
+
+
+def ovmse(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "common", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_config_prints_the_resolved_config_as_yaml():
+    done = ovmse(
+        "config", "--map", "3s5z", "--dataset-kind", "medium", "--method", "ovmse", "--set", "learner.lr=5e-4"
+    )
+    assert done.returncode == 0, done.stderr
+    data = yaml.safe_load(done.stdout)
+    assert data["replay"]["mixing_ratio"] == 0.1
+    assert data["learner"]["lr"] == 5e-4
+    assert data["env"]["map_name"] == "3s5z"
+
+
+def test_a_bad_set_exits_2_with_one_line_and_no_traceback():
+    done = ovmse("config", "--set", "replay.mixing_ratio=1.5")
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == "config error: replay.mixing_ratio: must be in [0, 1], got 1.5\n"
+
+
+def test_a_bad_config_file_is_named_in_the_error(tmp_path, capsys):
+    path = tmp_path / "my.yaml"
+    path.write_text("learner:\n  lrr: 0.1\n")
+    assert cli.main(["learner", "--config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"config error in {path}: unknown key 'learner.lrr' (did you mean 'learner.lr'?)\n"
+
+
+def test_python_m_actors_is_ovmse_actor():
+    done = subprocess.run(
+        [sys.executable, "-m", "actors", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0
+    assert done.stdout.startswith("usage: ovmse actor")
+    assert "--dataset-kind" in done.stdout and "--set KEY=VALUE" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("package", "command"), [("learner", "learner"), ("replay", "replay-server"), ("deploy", "run")]
+)
+def test_package_entry_points_forward_to_their_subcommand(package, command):
+    done = subprocess.run(
+        [sys.executable, "-m", package, "--print-config", "--map", "2s3z"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert yaml.safe_load(done.stdout)["env"]["map_name"] == "2s3z"
+
+
+NOT_LANDED = [
+    (["run"], "#6"),
+    (["train"], "#5"),
+    (["train", "--mode", "distributed"], "#6"),
+    (["pretrain"], "#5"),
+    (["replay-server"], "#4"),
+    (["learner"], "#5"),
+    (["actor"], "#6"),
+    (["evaluate"], "#6"),
+    (["dataset", "validate", "x.h5"], "#4"),
+    (["dataset", "inspect", "x.h5"], "#4"),
+    (["dataset", "collect"], "#4"),
+    (["reproduce"], "#6"),
+    (["ray-launch"], "#7"),
+]
+
+
+@pytest.mark.parametrize(("argv", "issue"), NOT_LANDED)
+def test_jobs_that_have_not_landed_say_so(argv, issue, capsys):
+    assert cli.main(argv) == 2
+    out = capsys.readouterr()
+    assert out.out == ""
+    assert out.err.startswith(f"ovmse {argv[0]}")
+    assert "not implemented yet" in out.err and issue in out.err
+    assert out.err.count("\n") == 1
+
+
+def test_a_job_still_checks_its_configuration_first(capsys):
+    assert cli.main(["actor", "--set", "actor.num_actors=0"]) == 2
+    assert capsys.readouterr().err == "config error: actor.num_actors: must be >= 1, got 0\n"
+
+
+def test_print_config_prints_and_exits_without_running_the_job(capsys):
+    assert cli.main(["actor", "--map", "6h_vs_8z", "--dataset-kind", "medium_replay", "--print-config"]) == 0
+    data = yaml.safe_load(capsys.readouterr().out)
+    assert data["learner"]["memory_coef_end"] == 0.05
+
+
+def test_a_missing_optional_module_is_not_implemented_and_other_import_errors_propagate(
+    tmp_path, monkeypatch, capsys
+):
+    args = argparse.Namespace(command="demo")
+    assert cli._optional_module(args, "common.no_such_job") == 2
+    assert "ovmse demo: not implemented yet" in capsys.readouterr().err
+
+    (tmp_path / "ovmse_broken_job.py").write_text("import ovmse_no_such_dependency\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="ovmse_no_such_dependency"):
+        cli._optional_module(args, "ovmse_broken_job")
+
+
+def test_an_optional_module_gets_the_arguments(tmp_path, monkeypatch):
+    (tmp_path / "ovmse_fake_job.py").write_text("def main(args):\n    return 7 if args.quick else 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert cli._optional_module(argparse.Namespace(command="bench", quick=True), "ovmse_fake_job") == 7
+
+
+def test_the_dispatch_table_has_every_job():
+    assert set(cli.COMMANDS) == {
+        "run",
+        "train",
+        "pretrain",
+        "replay-server",
+        "learner",
+        "actor",
+        "evaluate",
+        "dataset validate",
+        "dataset inspect",
+        "dataset collect",
+        "reproduce",
+        "bench",
+        "ray-launch",
+        "demo",
+        "config",
+    }
+    args = cli.build_parser().parse_args(["bench", "world", "--quick"])
+    assert (args.name, args.quick, args.handler) == ("world", True, cli._bench)
+
+
+def test_help_is_fast_and_imports_no_framework():
+    code = (
+        "import sys\n"
+        "from common.cli import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'tensorflow', 'reverb', 'ray', 'grpc') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "HEAVY []" in done.stdout
