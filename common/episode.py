@@ -1,0 +1,222 @@
+"""One episode schema for actors, replay, learner and dataset files.
+
+Field names and layout follow PyMARL's EpisodeBatch as saved in CFCQL's SMAC datasets: every field
+has a leading time axis of length L + 1 for an episode of L agent steps. Index t holds what was seen
+before acting at step t (state, obs, avail_actions), what was done (actions) and what followed
+(reward, terminated). Index L holds the last observation; its action, reward and terminated are 0.
+`filled` is 1 on indices 0..L (PyMARL marks the final observation filled too) and 0 on padding.
+`terminated` is 1 only at a true end (win, loss, both dead), not at a time-limit end, so the learner
+bootstraps through time-limit ends as PyMARL does.
+
+An `Episode` holds one episode as numpy arrays with exactly L + 1 rows (no padding); a
+`TrainingBatch` holds B episodes padded to the longest one, as torch tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+import numpy as np
+
+# Field -> (per-step shape given the env info, numpy dtype). Dataset files use these names.
+STEP_FIELDS = ("state", "obs", "actions", "avail_actions", "reward", "terminated", "filled")
+FIELD_DTYPES: dict[str, np.dtype] = {
+    "state": np.dtype(np.float32),
+    "obs": np.dtype(np.float32),
+    "actions": np.dtype(np.int64),
+    "avail_actions": np.dtype(np.int32),
+    "reward": np.dtype(np.float32),
+    "terminated": np.dtype(np.uint8),
+    "filled": np.dtype(np.uint8),
+}
+SOURCES = ("offline", "online")
+
+
+def step_shapes(n_agents: int, obs_size: int, state_size: int, n_actions: int) -> dict[str, tuple]:
+    """Per-step shape of each field (the shape after the time axis)."""
+    return {
+        "state": (state_size,),
+        "obs": (n_agents, obs_size),
+        "actions": (n_agents, 1),
+        "avail_actions": (n_agents, n_actions),
+        "reward": (1,),
+        "terminated": (1,),
+        "filled": (1,),
+    }
+
+
+@dataclass
+class EpisodeMeta:
+    """What we know about an episode besides its steps."""
+
+    episode_return: float = 0.0
+    battle_won: bool = False
+    policy_version: int = -1  # -1: not produced by a learner's policy (dataset, scripted)
+    actor_id: int = -1
+    source: str = "online"  # "offline" (from a dataset) | "online" (from an actor)
+
+
+@dataclass
+class Episode:
+    """One episode of L steps: each field is [L + 1, ...] in PyMARL layout (see module doc)."""
+
+    state: np.ndarray
+    obs: np.ndarray
+    actions: np.ndarray
+    avail_actions: np.ndarray
+    reward: np.ndarray
+    terminated: np.ndarray
+    filled: np.ndarray
+    meta: EpisodeMeta = field(default_factory=EpisodeMeta)
+
+    @property
+    def length(self) -> int:
+        """Number of agent steps L (one less than the rows held)."""
+        return int(self.state.shape[0]) - 1
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in STEP_FIELDS}
+
+
+class EpisodeBuilder:
+    """Accumulates B concurrent episodes step by step (one per battle) and emits each when it ends.
+
+    Used by actors and dataset collection with a `BatchEnv`: call `start` with the first observation,
+    `record` after every env step (with the actions taken and the step result), and collect the
+    finished `Episode`s it returns.
+    """
+
+    def __init__(self, num_envs: int, n_agents: int, episode_limit: int):
+        self.num_envs = num_envs
+        self.n_agents = n_agents
+        self.episode_limit = episode_limit
+        self._steps: list[list[dict]] = [[] for _ in range(num_envs)]
+        self._pending: list[tuple | None] = [None] * num_envs  # (state, obs, avail) before acting
+        self._returns = np.zeros(num_envs, dtype=np.float64)
+
+    def start(self, state: np.ndarray, obs: np.ndarray, avail: np.ndarray) -> None:
+        for b in range(self.num_envs):
+            self._steps[b] = []
+            self._pending[b] = (state[b], obs[b], avail[b])
+        self._returns[:] = 0.0
+
+    def record(self, actions: np.ndarray, step, meta_for=None) -> list[Episode]:
+        """Add one step of every battle; return the episodes that ended with it.
+
+        `step` is a `BatchStep`; `meta_for(b)` may supply an `EpisodeMeta` template for battle b.
+        """
+        finished: list[Episode] = []
+        done_rows = {int(b): k for k, b in enumerate(step.done_index)}
+        for b in range(self.num_envs):
+            state, obs, avail = self._pending[b]
+            true_end = bool(step.terminated[b]) and not bool(step.episode_limit[b])
+            self._steps[b].append(
+                {
+                    "state": state,
+                    "obs": obs,
+                    "avail": avail,
+                    "action": actions[b],
+                    "reward": float(step.reward[b]),
+                    "terminated": true_end,
+                }
+            )
+            self._returns[b] += float(step.reward[b])
+            if b in done_rows:
+                k = done_rows[b]
+                last = (step.final.state[k], step.final.obs[k], step.final.avail[k])
+                meta = meta_for(b) if meta_for else EpisodeMeta()
+                meta.episode_return = float(self._returns[b])
+                meta.battle_won = bool(step.battle_won[b])
+                finished.append(_assemble(self._steps[b], last))
+                finished[-1].meta = meta
+                self._steps[b] = []
+                self._returns[b] = 0.0
+            self._pending[b] = (step.next.state[b], step.next.obs[b], step.next.avail[b])
+        return finished
+
+
+def _assemble(steps: list[dict], last: tuple) -> Episode:
+    L = len(steps)
+    n = steps[0]["obs"].shape[0]
+    state = np.stack([s["state"] for s in steps] + [last[0]]).astype(np.float32)
+    obs = np.stack([s["obs"] for s in steps] + [last[1]]).astype(np.float32)
+    avail = np.stack([s["avail"] for s in steps] + [last[2]]).astype(np.int32)
+    actions = np.zeros((L + 1, n, 1), dtype=np.int64)
+    actions[:L, :, 0] = np.stack([s["action"] for s in steps])
+    reward = np.zeros((L + 1, 1), dtype=np.float32)
+    reward[:L, 0] = [s["reward"] for s in steps]
+    terminated = np.zeros((L + 1, 1), dtype=np.uint8)
+    terminated[:L, 0] = [s["terminated"] for s in steps]
+    filled = np.ones((L + 1, 1), dtype=np.uint8)
+    return Episode(state, obs, actions, avail, reward, terminated, filled)
+
+
+@dataclass
+class TrainingBatch:
+    """B episodes padded to the longest (T + 1 rows), as torch tensors, for the learner.
+
+    state [B, T+1, S] float32; obs [B, T+1, n, O] float32; actions [B, T+1, n, 1] int64;
+    avail_actions [B, T+1, n, A] bool; reward, terminated, filled [B, T+1, 1] float32;
+    offline [B] bool (the episode came from the offline table); policy_version [B] int64.
+    Padding rows are all zero (filled = 0).
+    """
+
+    state: object
+    obs: object
+    actions: object
+    avail_actions: object
+    reward: object
+    terminated: object
+    filled: object
+    offline: object
+    policy_version: object
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.state.shape[0])
+
+    @property
+    def max_seq_length(self) -> int:
+        return int(self.state.shape[1])
+
+    def to(self, device, non_blocking: bool = False) -> TrainingBatch:
+        return TrainingBatch(
+            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
+        )
+
+    def pin_memory(self) -> TrainingBatch:
+        return TrainingBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+
+
+def pad_episodes(episodes: list[Episode]) -> dict[str, np.ndarray]:
+    """Stack episodes into [B, T+1, ...] numpy arrays padded with zeros to the longest episode."""
+    if not episodes:
+        raise ValueError("pad_episodes needs at least one episode")
+    rows = max(e.length for e in episodes) + 1
+    out: dict[str, np.ndarray] = {}
+    for name in STEP_FIELDS:
+        first = getattr(episodes[0], name)
+        buf = np.zeros((len(episodes), rows) + first.shape[1:], dtype=FIELD_DTYPES[name])
+        for i, e in enumerate(episodes):
+            arr = getattr(e, name)
+            buf[i, : arr.shape[0]] = arr
+        out[name] = buf
+    return out
+
+
+def to_training_batch(episodes: list[Episode]) -> TrainingBatch:
+    """Pad episodes and convert them to the learner's tensors (CPU)."""
+    import torch
+
+    arrays = pad_episodes(episodes)
+    return TrainingBatch(
+        state=torch.from_numpy(arrays["state"]),
+        obs=torch.from_numpy(arrays["obs"]),
+        actions=torch.from_numpy(arrays["actions"]),
+        avail_actions=torch.from_numpy(arrays["avail_actions"].astype(bool)),
+        reward=torch.from_numpy(arrays["reward"]),
+        terminated=torch.from_numpy(arrays["terminated"].astype(np.float32)),
+        filled=torch.from_numpy(arrays["filled"].astype(np.float32)),
+        offline=torch.tensor([e.meta.source == "offline" for e in episodes], dtype=torch.bool),
+        policy_version=torch.tensor([e.meta.policy_version for e in episodes], dtype=torch.int64),
+    )
