@@ -1,0 +1,45 @@
+"""Shared by the benchmarks: machine description and writing results to docs/bench/."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+DOCS_BENCH = Path(__file__).resolve().parent.parent / "docs" / "bench"
+
+
+def machine() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        cpu = names[0] if names else cpu
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def write(name: str, results: dict, markdown: str) -> Path:
+    """Write docs/bench/<name>.json and .md atomically (temp file + rename)."""
+    DOCS_BENCH.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine(), **results}
+    for suffix, text in ((".json", json.dumps(payload, indent=2) + "\n"), (".md", markdown)):
+        path = DOCS_BENCH / f"{name}{suffix}"
+        tmp = path.with_suffix(suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return DOCS_BENCH / f"{name}.md"
+
+
+def pin_to_one_core() -> str:
+    """Run this process on one core, so "per core" numbers mean what they say."""
+    try:
+        core = min(os.sched_getaffinity(0))
+        os.sched_setaffinity(0, {core})
+        return f"pinned to core {core}"
+    except (AttributeError, OSError):
+        return "not pinned (no sched_setaffinity)"

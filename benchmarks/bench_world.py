@@ -1,0 +1,141 @@
+"""World speed: env-steps/s of the lite world on one core with random available actions.
+
+Env-steps counts battles advanced: one step of a batch of B battles is B env-steps. The timed part is
+`LiteBatchEnv.step` alone (drawing the random actions is timed separately), for B in {1, 64, 256,
+1024} on 3s5z and 27m_vs_30m. Results: docs/bench/world.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine, pin_to_one_core, write  # noqa: E402
+
+from common.envs.lite import LiteBatchEnv  # noqa: E402
+from common.envs.maps import get_map  # noqa: E402
+from common.envs.policies import make_policy  # noqa: E402
+
+POLICY_MAPS = ("3m", "8m", "2s3z", "3s5z", "5m_vs_6m", "MMM2", "6h_vs_8z", "10m_vs_11m")
+
+# Anchors measured on this project's 2-core machines (SPEC-SMAC.md, DESIGN.md), 3s5z.
+ANCHORS = {
+    "SMAClite (per-unit Python), B=1": 54,
+    "JAX SMAX on CPU, B=256": 2100,
+    "real SC2, one instance": "100-400",
+}
+TARGET_3S5Z_B256 = 20_000
+
+
+def measure(map_name: str, batch: int, seconds: float) -> dict:
+    env = LiteBatchEnv(map_name, num_envs=batch, seed=0)
+    rng = np.random.default_rng(0)
+    obs = env.reset()
+    step_time = act_time = 0.0
+    steps = 0
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        noise = np.where(obs.avail, rng.random(obs.avail.shape), -1.0)
+        actions = noise.argmax(axis=-1)
+        t1 = time.perf_counter()
+        obs = env.step(actions).next
+        t2 = time.perf_counter()
+        act_time += t1 - t0
+        step_time += t2 - t1
+        steps += 1
+        if t2 - start > seconds and steps >= 5:
+            break
+    stats = env.get_stats()
+    return {
+        "map": map_name,
+        "batch": batch,
+        "steps": steps,
+        "env_steps_per_s": steps * batch / step_time,
+        "with_random_actions_per_s": steps * batch / (step_time + act_time),
+        "ms_per_batch_step": 1000 * step_time / steps,
+        "episodes": stats["battles_game"],
+        "random_win_rate": stats["win_rate"],
+    }
+
+
+def win_rates(map_name: str, episodes: int) -> dict:
+    """Win rate and mean return of the scripted policies over `episodes` battles."""
+    out = {"map": map_name}
+    for name in ("random", "heuristic"):
+        env = LiteBatchEnv(map_name, num_envs=64, seed=1)
+        policy = make_policy(name, env.layout, get_map(map_name), seed=0)
+        obs = env.reset()
+        running, returns = np.zeros(64), []
+        while len(returns) < episodes:
+            step = env.step(policy.act(obs.obs, obs.avail))
+            running += step.reward
+            returns += [running[b] for b in step.done_index]
+            running[step.done_index] = 0.0
+            obs = step.next
+        out[name] = {"win_rate": env.get_stats()["win_rate"], "mean_return": float(np.mean(returns))}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="0.3 s per point instead of 3 s")
+    args = parser.parse_args(argv)
+    pinned = pin_to_one_core()
+    seconds = 0.3 if args.quick else 3.0
+    rows = []
+    for map_name in ("3s5z", "27m_vs_30m"):
+        for batch in (1, 64, 256, 1024):
+            row = measure(map_name, batch, seconds)
+            rows.append(row)
+            print(f"{map_name:11s} B={batch:5d}  {row['env_steps_per_s']:9.0f} env-steps/s "
+                  f"({row['ms_per_batch_step']:.2f} ms per batch step)", flush=True)
+    episodes = 64 if args.quick else 300
+    policies = []
+    for map_name in POLICY_MAPS:
+        row = win_rates(map_name, episodes)
+        policies.append(row)
+        print(f"{map_name:11s} win rate random {row['random']['win_rate']:.2f}  "
+              f"heuristic {row['heuristic']['win_rate']:.2f}", flush=True)
+    target = next(r for r in rows if r["map"] == "3s5z" and r["batch"] == 256)["env_steps_per_s"]
+    lines = [
+        "# World speed (lite back end)",
+        "",
+        f"`python benchmarks/bench_world.py{' --quick' if args.quick else ''}` — {machine()['cpu']}, "
+        f"one core ({pinned}), {machine()['date']}. Random available actions; env-steps/s counts "
+        "battles advanced per second by `LiteBatchEnv.step` (action sampling excluded; the "
+        "'with actions' column includes it).",
+        "",
+        "| map | B | env-steps/s | with actions | ms per batch step |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['map']} | {r['batch']} | {r['env_steps_per_s']:,.0f} | "
+              f"{r['with_random_actions_per_s']:,.0f} | {r['ms_per_batch_step']:.2f} |" for r in rows]
+    lines += [
+        "",
+        f"Target: >= {TARGET_3S5Z_B256:,} env-steps/s on 3s5z at B=256 on one core: "
+        f"**{target:,.0f}** ({'met' if target >= TARGET_3S5Z_B256 else 'NOT met'}).",
+        "",
+        "Anchors on the same kind of machine (3s5z): " + "; ".join(f"{k}: {v}/s" for k, v in ANCHORS.items()),
+        "",
+        f"## Scripted policies ({episodes} battles per cell, seed 1)",
+        "",
+        "| map | random win rate | random return | heuristic win rate | heuristic return |",
+        "|---|---|---|---|---|",
+    ]
+    lines += [f"| {p['map']} | {p['random']['win_rate']:.2f} | {p['random']['mean_return']:.2f} | "
+              f"{p['heuristic']['win_rate']:.2f} | {p['heuristic']['mean_return']:.2f} |" for p in policies]
+    lines.append("")
+    results = {"rows": rows, "policies": policies, "pinned": pinned, "quick": args.quick}
+    path = write("world", results, "\n".join(lines))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,44 @@
+"""`ovmse bench NAME`: run a benchmark from the repository's benchmarks/ folder.
+
+Each `benchmarks/bench_<name>.py` has `main(argv) -> int`, prints progress, and writes its results
+to `docs/bench/<name>.md` and `.json`. Benchmarks live beside the code (not in the installed
+package), so this needs a source checkout, which `make bench` and `make demo` provide.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def available() -> list[str]:
+    return sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))
+
+
+def run_benchmark(name: str, quick: bool = False) -> int:
+    path = BENCH_DIR / f"bench_{name}.py"
+    if not path.exists():
+        known = ", ".join(available()) or "none"
+        print(f"ovmse bench: no benchmark named '{name}' (known: {known}, all)", file=sys.stderr)
+        return 2
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return int(module.main(["--quick"] if quick else []) or 0)
+
+
+def main(args: argparse.Namespace) -> int:
+    if not BENCH_DIR.is_dir():
+        print(f"ovmse bench: benchmarks folder not found at {BENCH_DIR} (needs a source checkout)",
+              file=sys.stderr)
+        return 2
+    names = available() if args.name == "all" else [args.name]
+    status = 0
+    for name in names:
+        print(f"== bench {name}", flush=True)
+        status = max(status, run_benchmark(name, quick=args.quick))
+    return status
