@@ -1,0 +1,134 @@
+"""Playing a batch of battles with the agent network: the acting loop shared by actors, the evaluator
+and the synchronous trainer.
+
+Each battle keeps its agents' GRU state and the policy version it started its episode with: new
+weights (versions only go forward) take effect in a battle at its next episode boundary, so every
+episode is produced by exactly one version, which it records.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from actors.exploration import select_actions
+from common.envs.protocol import BatchEnv
+from common.episode import Episode, EpisodeBuilder, EpisodeMeta
+from common.networks import RNNAgent, agent_input_size, build_agent_inputs
+
+
+def make_agent(env_info: dict, hidden_size: int = 64) -> RNNAgent:
+    n, obs, actions = env_info["n_agents"], env_info["obs_shape"], env_info["n_actions"]
+    return RNNAgent(agent_input_size(obs, actions, n), actions, hidden_size)
+
+
+class RolloutWorker:
+    """Steps `env` (B battles) with greedy-or-exploring actions from the agent network on the CPU."""
+
+    def __init__(
+        self,
+        env: BatchEnv,
+        agent: RNNAgent,
+        exploration: str = "decentralized_se",
+        seed: int = 0,
+        actor_id: int = 0,
+        version: int = 0,
+    ):
+        self.env = env
+        self.exploration = exploration
+        self.actor_id = actor_id
+        self.rng = np.random.default_rng(seed)
+        self.n_agents = env.n_agents
+        self.n_actions = env.n_actions
+        agent = agent.to("cpu").eval()
+        self._agents: dict[int, RNNAgent] = {version: agent}
+        self.newest_version = version
+        B = env.num_envs
+        self.battle_version = np.full(B, version, dtype=np.int64)
+        self.hidden = agent.init_hidden(B * self.n_agents)
+        self.prev_actions = torch.zeros(B, self.n_agents, self.n_actions)
+        self.builder = EpisodeBuilder(B, self.n_agents, env.episode_limit)
+        self.env_steps = 0
+        self.episodes = 0
+        self._obs = None
+
+    # ------------------------------------------------------------------ weights
+    def set_weights(self, state_dict: dict, version: int) -> bool:
+        """Adopt weights `version` for episodes that start from now on; stale versions are ignored."""
+        if version <= self.newest_version:
+            return False
+        agent = copy.deepcopy(self._agents[self.newest_version])
+        agent.load_state_dict(state_dict)
+        self._agents[version] = agent.eval()
+        self.newest_version = version
+        self._forget_unused_versions()
+        return True
+
+    def _forget_unused_versions(self) -> None:
+        in_use = set(self.battle_version.tolist()) | {self.newest_version}
+        for v in list(self._agents):
+            if v not in in_use:
+                del self._agents[v]
+
+    # ------------------------------------------------------------------ acting
+    def reset(self) -> None:
+        self._obs = self.env.reset()
+        self.builder.start(self._obs.state, self._obs.obs, self._obs.avail)
+        self.battle_version[:] = self.newest_version
+        self._forget_unused_versions()
+        self.hidden.zero_()
+        self.prev_actions.zero_()
+
+    @torch.no_grad()
+    def q_values(self, obs: np.ndarray) -> np.ndarray:
+        """Q [B, n, A] for the current observations, advancing each battle's GRU state."""
+        B, n = obs.shape[:2]
+        inputs = build_agent_inputs(torch.from_numpy(obs), self.prev_actions, n).reshape(B * n, -1)
+        versions = np.unique(self.battle_version)
+        if len(versions) == 1:
+            q, self.hidden = self._agents[int(versions[0])].forward_step(inputs, self.hidden)
+        else:
+            q = torch.empty(B * n, self.n_actions)
+            for v in versions:
+                rows = torch.from_numpy(np.repeat(self.battle_version == v, n))
+                agent = self._agents[int(v)]
+                q[rows], self.hidden[rows] = agent.forward_step(inputs[rows], self.hidden[rows])
+        return q.view(B, n, self.n_actions).numpy()
+
+    def step(self, epsilon: float) -> list[Episode]:
+        """One step of every battle; returns the episodes that ended, tagged with version and actor."""
+        if self._obs is None:
+            self.reset()
+        obs = self._obs
+        q = self.q_values(obs.obs)
+        actions, _ = select_actions(q, obs.avail, epsilon, self.exploration, self.rng)
+        result = self.env.step(actions)
+        self.env_steps += self.env.num_envs
+        finished = self.builder.record(
+            actions,
+            result,
+            meta_for=lambda b: EpisodeMeta(
+                policy_version=int(self.battle_version[b]), actor_id=self.actor_id, source="online"
+            ),
+        )
+        self.prev_actions = torch.nn.functional.one_hot(torch.from_numpy(actions), self.n_actions).float()
+        done = result.done_index
+        if done.size:
+            self.episodes += int(done.size)
+            hidden = self.hidden.view(self.env.num_envs, self.n_agents, -1)
+            hidden[done] = 0.0
+            self.prev_actions[done] = 0.0
+            self.battle_version[done] = self.newest_version
+            self._forget_unused_versions()
+        self._obs = result.next
+        return finished
+
+    def run_episodes(self, count: int, epsilon: float = 0.0) -> list[Episode]:
+        """Play until `count` episodes have ended (from a fresh reset); return them."""
+        self.reset()
+        out: list[Episode] = []
+        while len(out) < count:
+            out += self.step(epsilon)
+        return out[:count]
