@@ -1,0 +1,120 @@
+"""Receiving weights from the learner's weight service (see learner/weight_service.py).
+
+`WeightSubscriber` keeps a server stream open in a background thread and holds the newest version
+received; the acting loop takes it when convenient (the rollout worker then applies it per battle at
+the next episode boundary). When the learner goes away the subscriber reconnects with exponential
+backoff and asks for anything newer than what it has, so versions never go backwards.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+
+import grpc
+
+from common.weights_codec import WeightsMessage, decode_weights
+from learner.weight_service import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FETCH_LATEST,
+    SUBSCRIBE,
+    encode_version,
+    grpc_options,
+)
+
+log = logging.getLogger(__name__)
+
+
+def fetch_latest(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 timeout: float = 10.0) -> WeightsMessage | None:
+    """The newest weights, or None when the learner has published none yet."""
+    with grpc.insecure_channel(target, options=grpc_options(max_message_bytes)) as channel:
+        call = channel.unary_unary(FETCH_LATEST)
+        try:
+            return decode_weights(call(b"", timeout=timeout, wait_for_ready=True))
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            raise
+
+
+class WeightSubscriber:
+    def __init__(
+        self,
+        target: str,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        have_version: int = -1,
+        min_backoff_s: float = 0.1,
+        max_backoff_s: float = 5.0,
+    ):
+        self.target = target
+        self.max_message_bytes = max_message_bytes
+        self.min_backoff_s = min_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self._version = have_version
+        self._newest: WeightsMessage | None = None
+        self._taken = have_version
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._call = None
+        self.reconnects = 0
+        self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)
+        self._thread = threading.Thread(target=self._run, name="weight-subscriber", daemon=True)
+
+    def start(self) -> WeightSubscriber:
+        self._thread.start()
+        return self
+
+    @property
+    def version(self) -> int:
+        """The newest version received."""
+        return self._version
+
+    def take(self) -> WeightsMessage | None:
+        """The newest weights if they are newer than the last ones taken, else None."""
+        with self._lock:
+            if self._newest is None or self._newest.version <= self._taken:
+                return None
+            self._taken = self._newest.version
+            return self._newest
+
+    def wait_for_version(self, version: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._version < version and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self._version >= version
+
+    def _run(self) -> None:
+        backoff = self.min_backoff_s
+        while not self._stop.is_set():
+            channel = grpc.insecure_channel(self.target, options=grpc_options(self.max_message_bytes))
+            try:
+                self._call = channel.unary_stream(SUBSCRIBE)(encode_version(self._version), wait_for_ready=True)
+                for payload in self._call:
+                    message = decode_weights(payload)
+                    self.latencies_s.append(max(0.0, time.time() - message.published_at))
+                    with self._lock:
+                        if message.version > self._version:
+                            self._newest, self._version = message, message.version
+                    backoff = self.min_backoff_s
+            except grpc.RpcError as error:
+                if not self._stop.is_set():
+                    log.info("weight stream from %s ended (%s); reconnecting in %.1fs",
+                             self.target, error.code(), backoff)
+            except ValueError as error:  # a malformed message: drop the stream, try again
+                log.warning("bad weights message from %s: %s", self.target, error)
+            finally:
+                channel.close()
+            if self._stop.wait(backoff):
+                break
+            self.reconnects += 1
+            backoff = min(backoff * 2, self.max_backoff_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+        call = self._call
+        if call is not None:
+            call.cancel()
+        self._thread.join(timeout=5)

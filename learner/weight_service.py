@@ -1,0 +1,116 @@
+"""The learner's weight service (gRPC): each new weight version goes to every subscriber.
+
+Two calls on service `ovmse.WeightService`, both carrying raw bytes (no protobuf codegen needed):
+- `Subscribe(have_version: int64 LE)` -> a server stream of encoded weights (common/weights_codec),
+  starting with the newest version if it is newer than `have_version`, then each newer one. A slow
+  subscriber skips intermediate versions: only the newest matters to an actor.
+- `FetchLatest()` -> the newest encoded weights, or NOT_FOUND before the first publish.
+Versions only go forward; message sizes are bounded by `max_message_bytes` on both sides.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import torch
+
+from common.weights_codec import encode_weights
+
+SERVICE = "ovmse.WeightService"
+SUBSCRIBE = f"/{SERVICE}/Subscribe"
+FETCH_LATEST = f"/{SERVICE}/FetchLatest"
+DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+
+
+def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def encode_version(version: int) -> bytes:
+    return struct.pack("<q", version)
+
+
+def decode_version(request: bytes) -> int:
+    return struct.unpack("<q", request)[0] if len(request) == 8 else -1
+
+
+class WeightPublisher:
+    """Serves weight versions to subscribers; `publish` is called by the learner."""
+
+    def __init__(
+        self,
+        address: str = "127.0.0.1",
+        port: int = 0,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        max_subscribers: int = 64,
+    ):
+        self.max_message_bytes = max_message_bytes
+        self._changed = threading.Condition()
+        self._payload: bytes | None = None
+        self._version = -1
+        self._stopped = False
+        # One worker thread per open stream, plus a few for FetchLatest.
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=max_subscribers + 4, thread_name_prefix="weights"),
+            options=grpc_options(max_message_bytes),
+            maximum_concurrent_rpcs=max_subscribers + 4,
+        )
+        handlers = grpc.method_handlers_generic_handler(
+            SERVICE,
+            {
+                "Subscribe": grpc.unary_stream_rpc_method_handler(self._subscribe),
+                "FetchLatest": grpc.unary_unary_rpc_method_handler(self._fetch_latest),
+            },
+        )
+        self._server.add_generic_rpc_handlers((handlers,))
+        self.port = self._server.add_insecure_port(f"{address}:{port}")
+        if self.port == 0:
+            raise OSError(f"weight service: cannot bind {address}:{port}")
+        self.address = f"{address}:{self.port}"
+        self._server.start()
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    def publish(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
+        """Make `version` the newest; returns the message size in bytes."""
+        if version <= self._version:
+            raise ValueError(f"weight versions only go forward: {version} after {self._version}")
+        payload = encode_weights(state_dict, version)
+        if len(payload) > self.max_message_bytes:
+            raise ValueError(
+                f"weights message of {len(payload)} bytes exceeds max_message_bytes={self.max_message_bytes}"
+            )
+        with self._changed:
+            self._payload, self._version = payload, version
+            self._changed.notify_all()
+        return len(payload)
+
+    def _subscribe(self, request: bytes, context: grpc.ServicerContext):
+        have = decode_version(request)
+        while not self._stopped and context.is_active():
+            with self._changed:
+                self._changed.wait_for(lambda: self._version > have or self._stopped, timeout=0.5)
+                if self._stopped or self._version <= have:
+                    continue
+                payload, have = self._payload, self._version
+            yield payload
+
+    def _fetch_latest(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        payload = self._payload
+        if payload is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no weights published yet")
+        return payload
+
+    def stop(self, grace: float = 0.5) -> None:
+        with self._changed:
+            self._stopped = True
+            self._changed.notify_all()
+        self._server.stop(grace).wait()

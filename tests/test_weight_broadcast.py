@@ -1,0 +1,109 @@
+"""Weights flow from the learner to actors over gRPC: versions only go forward, and actors survive
+a learner restart."""
+
+from __future__ import annotations
+
+import socket
+
+import numpy as np
+import pytest
+import torch
+
+from actors.rollout import RolloutWorker, make_agent
+from actors.weight_client import WeightSubscriber, fetch_latest
+from common.envs.lite import LiteBatchEnv
+from common.weights_codec import decode_weights, encode_weights
+from learner.weight_service import WeightPublisher
+
+
+def weights(value: float) -> dict[str, torch.Tensor]:
+    return {"layer.weight": torch.full((4, 3), value), "layer.bias": torch.arange(4, dtype=torch.float32),
+            "steps": torch.tensor(7)}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_codec_round_trips_without_pickle_and_rejects_garbage():
+    message = decode_weights(encode_weights(weights(1.5), version=3))
+    assert message.version == 3
+    for name, tensor in weights(1.5).items():
+        assert torch.equal(message.state_dict[name], tensor)
+    payload = encode_weights(weights(1.5), version=3)
+    with pytest.raises(ValueError, match="truncated"):
+        decode_weights(payload[:-5])
+    with pytest.raises(ValueError, match="not an OVMW message"):
+        decode_weights(b"\x80\x04pickle")
+
+
+def test_subscribers_get_every_newest_version_in_order():
+    publisher = WeightPublisher(port=0)
+    subs = [WeightSubscriber(publisher.address).start() for _ in range(3)]
+    try:
+        seen = [[] for _ in subs]
+        for version in range(1, 6):
+            publisher.publish(weights(float(version)), version)
+            for sub, log in zip(subs, seen):
+                assert sub.wait_for_version(version, timeout=10)
+                message = sub.take()
+                if message is not None:
+                    log.append(message.version)
+        for log in seen:
+            assert log == sorted(log) and log[-1] == 5
+        assert subs[0].take() is None  # nothing newer than what was taken
+        assert float(fetch_latest(publisher.address).state_dict["layer.weight"][0, 0]) == 5.0
+    finally:
+        for sub in subs:
+            sub.stop()
+        publisher.stop()
+
+
+def test_versions_only_go_forward_and_messages_are_bounded():
+    publisher = WeightPublisher(port=0, max_message_bytes=1024)
+    try:
+        assert fetch_latest(publisher.address) is None
+        publisher.publish(weights(1.0), 2)
+        with pytest.raises(ValueError, match="only go forward"):
+            publisher.publish(weights(1.0), 2)
+        with pytest.raises(ValueError, match="exceeds max_message_bytes=1024"):
+            publisher.publish({"big": torch.zeros(1000)}, 3)
+    finally:
+        publisher.stop()
+
+
+def test_an_actor_keeps_playing_through_a_learner_restart_and_picks_up_the_new_version():
+    port = free_port()
+    env = LiteBatchEnv("3m", num_envs=2, seed=0)
+    agent = make_agent(env.get_env_info())
+    worker = RolloutWorker(env, agent, seed=0)
+    publisher = WeightPublisher(port=port)
+    subscriber = WeightSubscriber(f"127.0.0.1:{port}", min_backoff_s=0.05, max_backoff_s=0.2).start()
+    try:
+        publisher.publish(agent.state_dict(), 1)
+        assert subscriber.wait_for_version(1, timeout=10)
+        publisher.stop()  # the learner goes away...
+        for _ in range(50):  # ...and the actor keeps acting
+            message = subscriber.take()
+            if message is not None:
+                worker.set_weights(message.state_dict, message.version)
+            worker.step(epsilon=0.5)
+        assert worker.env_steps == 100
+        restarted = WeightPublisher(port=port)  # the learner comes back with a newer version
+        new_weights = {k: v + 0.01 for k, v in agent.state_dict().items()}
+        restarted.publish(new_weights, 2)
+        assert subscriber.wait_for_version(2, timeout=20)
+        message = subscriber.take()
+        assert message.version == 2 and worker.set_weights(message.state_dict, message.version)
+        episodes = []
+        while not any(ep.meta.policy_version == 2 for ep in episodes):
+            episodes += worker.step(epsilon=0.5)
+        assert subscriber.reconnects >= 1
+        versions = [ep.meta.policy_version for ep in episodes]
+        assert versions == sorted(versions)
+        assert np.isfinite([ep.meta.episode_return for ep in episodes]).all()
+        restarted.stop()
+    finally:
+        subscriber.stop()
