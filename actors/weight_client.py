@@ -91,7 +91,8 @@ class WeightSubscriber:
         while not self._stop.is_set():
             channel = grpc.insecure_channel(self.target, options=grpc_options(self.max_message_bytes))
             try:
-                self._call = channel.unary_stream(SUBSCRIBE)(encode_version(self._version), wait_for_ready=True)
+                subscribe = channel.unary_stream(SUBSCRIBE)
+                self._call = subscribe(encode_version(self._version), wait_for_ready=True)
                 for payload in self._call:
                     message = decode_weights(payload)
                     self.latencies_s.append(max(0.0, time.time() - message.published_at))

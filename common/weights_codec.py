@@ -34,7 +34,9 @@ class WeightsMessage:
     published_at: float  # time.time() at the publisher
 
 
-def encode_weights(state_dict: dict[str, torch.Tensor], version: int, published_at: float | None = None) -> bytes:
+def encode_weights(
+    state_dict: dict[str, torch.Tensor], version: int, published_at: float | None = None
+) -> bytes:
     entries, blobs = [], []
     for name, tensor in state_dict.items():
         if tensor.dtype not in _DTYPES:

@@ -94,14 +94,18 @@ class WeightPublisher:
         return len(payload)
 
     def _subscribe(self, request: bytes, context: grpc.ServicerContext):
-        have = decode_version(request)
+        sent = decode_version(request)
         while not self._stopped and context.is_active():
-            with self._changed:
-                self._changed.wait_for(lambda: self._version > have or self._stopped, timeout=0.5)
-                if self._stopped or self._version <= have:
-                    continue
-                payload, have = self._payload, self._version
-            yield payload
+            payload, sent = self._wait_for_newer(sent)
+            if payload is not None:
+                yield payload
+
+    def _wait_for_newer(self, than: int, timeout: float = 0.5) -> tuple[bytes | None, int]:
+        with self._changed:
+            self._changed.wait_for(lambda: self._version > than or self._stopped, timeout=timeout)
+            if self._stopped or self._version <= than:
+                return None, than
+            return self._payload, self._version
 
     def _fetch_latest(self, request: bytes, context: grpc.ServicerContext) -> bytes:
         payload = self._payload

@@ -46,7 +46,7 @@ def test_subscribers_get_every_newest_version_in_order():
         seen = [[] for _ in subs]
         for version in range(1, 6):
             publisher.publish(weights(float(version)), version)
-            for sub, log in zip(subs, seen):
+            for sub, log in zip(subs, seen, strict=True):
                 assert sub.wait_for_version(version, timeout=10)
                 message = sub.take()
                 if message is not None:
