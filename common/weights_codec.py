@@ -1,8 +1,9 @@
 """A plain binary format for network weights on the wire (no pickle).
 
 Layout: b"OVMW" | u32 header length | JSON header | raw little-endian tensor bytes in header order.
-The header holds the policy version, the publish time (for latency metrics) and, per tensor, its
-name, dtype and shape. Decoding checks every size before building tensors.
+The header holds the policy version, the publish time (for latency metrics), small JSON metadata
+from the learner (e.g. the global environment-step count that drives the actors' schedules) and,
+per tensor, its name, dtype and shape. Decoding checks every size before building tensors.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 import json
 import struct
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -32,10 +33,14 @@ class WeightsMessage:
     version: int
     state_dict: dict[str, torch.Tensor]
     published_at: float  # time.time() at the publisher
+    extra: dict = field(default_factory=dict)  # JSON metadata, e.g. {"env_steps": 12345}
 
 
 def encode_weights(
-    state_dict: dict[str, torch.Tensor], version: int, published_at: float | None = None
+    state_dict: dict[str, torch.Tensor],
+    version: int,
+    published_at: float | None = None,
+    extra: dict | None = None,
 ) -> bytes:
     entries, blobs = [], []
     for name, tensor in state_dict.items():
@@ -46,7 +51,7 @@ def encode_weights(
         blobs.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
     header = json.dumps(
         {"version": int(version), "published_at": time.time() if published_at is None else published_at,
-         "tensors": entries}
+         "extra": extra or {}, "tensors": entries}
     ).encode()
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *blobs])
 
@@ -72,4 +77,5 @@ def decode_weights(payload: bytes) -> WeightsMessage:
         offset += size
     if offset != len(payload):
         raise ValueError(f"weights: {len(payload) - offset} unexpected trailing bytes")
-    return WeightsMessage(int(header["version"]), state, float(header["published_at"]))
+    extra = header.get("extra", {})
+    return WeightsMessage(int(header["version"]), state, float(header["published_at"]), extra)

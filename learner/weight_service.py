@@ -79,11 +79,11 @@ class WeightPublisher:
     def version(self) -> int:
         return self._version
 
-    def publish(self, state_dict: dict[str, torch.Tensor], version: int) -> int:
-        """Make `version` the newest; returns the message size in bytes."""
+    def publish(self, state_dict: dict[str, torch.Tensor], version: int, extra: dict | None = None) -> int:
+        """Make `version` the newest (with JSON metadata `extra`); returns the message size in bytes."""
         if version <= self._version:
             raise ValueError(f"weight versions only go forward: {version} after {self._version}")
-        payload = encode_weights(state_dict, version)
+        payload = encode_weights(state_dict, version, extra=extra)
         if len(payload) > self.max_message_bytes:
             raise ValueError(
                 f"weights message of {len(payload)} bytes exceeds max_message_bytes={self.max_message_bytes}"

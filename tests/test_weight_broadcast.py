@@ -28,8 +28,8 @@ def free_port() -> int:
 
 
 def test_codec_round_trips_without_pickle_and_rejects_garbage():
-    message = decode_weights(encode_weights(weights(1.5), version=3))
-    assert message.version == 3
+    message = decode_weights(encode_weights(weights(1.5), version=3, extra={"env_steps": 1234}))
+    assert message.version == 3 and message.extra == {"env_steps": 1234}
     for name, tensor in weights(1.5).items():
         assert torch.equal(message.state_dict[name], tensor)
     payload = encode_weights(weights(1.5), version=3)
