@@ -1,0 +1,128 @@
+"""A run directory: the resolved config, metrics as JSONL and CSV, PNG curves, a progress line.
+
+Layout of `runs/<name>/`: config.yaml, metrics.jsonl (every record, one JSON object per line),
+<kind>.csv (one file per record kind, e.g. eval.csv, train.csv), checkpoints/, and plots:
+test_win_rate.png and test_return.png against environment steps.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+
+class RunLog:
+    def __init__(self, run_dir: str | Path):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "checkpoints").mkdir(exist_ok=True)
+        self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
+        self._csv_fields: dict[str, list[str]] = {}
+
+    def write_config(self, cfg) -> Path:
+        from common.config import write_config
+
+        path = self.dir / "config.yaml"
+        write_config(cfg, path)
+        return path
+
+    def log(self, kind: str, **record) -> None:
+        """Append a record of `kind` (e.g. "eval") to metrics.jsonl and <kind>.csv."""
+        row = {"time": round(time.time(), 3), **record}
+        self._jsonl.write(json.dumps({"kind": kind, **row}) + "\n")
+        path = self.dir / f"{kind}.csv"
+        fields = self._csv_fields.get(kind)
+        if fields is None:
+            fields = list(row)
+            self._csv_fields[kind] = fields
+            if not path.exists() or path.stat().st_size == 0:
+                with open(path, "w", newline="") as f:
+                    csv.writer(f).writerow(fields)
+        with open(path, "a", newline="") as f:
+            csv.writer(f).writerow([row.get(k, "") for k in fields])
+
+    def read(self, kind: str) -> list[dict]:
+        out = []
+        with open(self.dir / "metrics.jsonl") as f:
+            for line in f:
+                record = json.loads(line)
+                if record.get("kind") == kind:
+                    out.append(record)
+        return out
+
+    def plot_eval(self, offline_win_rate: float | None = None) -> list[Path]:
+        """test_win_rate.png and test_return.png against env steps, from the eval records."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        records = self.read("eval")
+        if not records:
+            return []
+        steps = [r["env_steps"] for r in records]
+        paths = []
+        for key, label in (("win_rate", "test win rate"), ("return", "test return")):
+            fig, ax = plt.subplots(figsize=(6, 3.5))
+            ax.plot(steps, [r[key] for r in records], marker="o", ms=3)
+            if key == "win_rate" and offline_win_rate is not None:
+                ax.axhline(offline_win_rate, ls="--", color="grey", label="after offline pre-training")
+                ax.legend()
+            ax.set_xlabel("environment steps (online)")
+            ax.set_ylabel(label)
+            ax.set_title(f"{self.dir.name}: {label}")
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            path = self.dir / f"test_{key}.png"
+            tmp = path.with_suffix(".tmp.png")
+            fig.savefig(tmp, dpi=100)
+            plt.close(fig)
+            os.replace(tmp, path)
+            paths.append(path)
+        return paths
+
+    def close(self) -> None:
+        self._jsonl.close()
+
+
+class ProgressLine:
+    """A periodic one-line status with rates and ETA (a new line each time, so logs stay readable)."""
+
+    def __init__(self, total_steps: int, every_s: float = 10.0, stream=None):
+        self.total = total_steps
+        self.every_s = every_s
+        self.stream = stream or sys.stdout
+        self.start = time.monotonic()
+        self._last = -1e9
+
+    def maybe_print(self, env_steps: int, force: bool = False, **fields) -> bool:
+        now = time.monotonic()
+        if not force and now - self._last < self.every_s:
+            return False
+        self._last = now
+        elapsed = max(now - self.start, 1e-9)
+        rate = env_steps / elapsed
+        eta = (self.total - env_steps) / rate if rate > 0 else float("inf")
+        parts = [f"env steps {env_steps:,}/{self.total:,}", f"{rate:,.0f} steps/s"]
+        parts += [
+            f"{k.replace('_', ' ')} {v:.3g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
+            for k, v in fields.items()
+        ]
+        parts.append(f"ETA {format_duration(eta)}")
+        print("  " + " | ".join(parts), file=self.stream, flush=True)
+        return True
+
+
+def format_duration(seconds: float) -> str:
+    if seconds == float("inf"):
+        return "?"
+    seconds = int(seconds)
+    return (
+        f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+        if seconds >= 3600
+        else f"{seconds // 60}m{seconds % 60:02d}s"
+    )
