@@ -1,0 +1,474 @@
+"""Learner speed: `QMixLearner.update` against a reference learner written in PyMARL2's style, side by side.
+
+Batches are 3s5z-shaped (8 agents, obs 128, state 216, 14 actions, 80 steps per padded episode),
+random but valid: episodes of 60 to 80 steps, dead agents with only no-op available, actions drawn
+from the available ones. The reference is PyMARL2's `nq_learner` (a per-timestep Python loop
+through a GRUCell, inputs built per step, TD(lambda) recursion), with CFCQL's `raw_cql` for the CQL
+term (the mixer re-run on the states repeated once per sampled joint action) and OVM added in the
+same style; it starts from the same weights and draws the same CQL samples, so both compute the
+same loss (checked on the first update). Rounds alternate between the two, so background load hits
+both alike; the medians are reported.
+
+Kinds: `td` (QMIX TD(lambda) update, PyMARL2's learner), `offline_cql` (3s5z's offline phase: TD +
+0.25 x raw MACQL over 100 sampled joint actions), `online_ovm` (3s5z's online phase: OVM with
+lambda = 1). CPU numbers use 2 torch threads. With a GPU, the learner's GPU numbers are reported
+too, with batches handed over by a producer thread (pinned CPU tensors, as the replay sampler
+does) and the share of each step spent waiting for them.
+
+Results: docs/bench/learner.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import dataclasses
+import queue
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from _report import machine, write  # noqa: E402
+
+from common.config.sections import LearnerConfig  # noqa: E402
+from common.episode import TrainingBatch  # noqa: E402
+from learner.learning import QMixLearner, keep_freed_host_memory  # noqa: E402
+from learner.losses import sample_available_actions  # noqa: E402
+
+ENV_INFO = {"n_agents": 8, "obs_shape": 128, "state_shape": 216, "n_actions": 14, "episode_limit": 150}
+STEPS = 80  # trained steps per padded episode (T); each episode has T + 1 rows
+KINDS = {
+    "td": ("online", dict(offline_cql="none", use_offline_value_memory=False)),
+    "offline_cql": ("offline", dict(offline_cql="cql", offline_cql_weight=0.25)),
+    "online_ovm": ("online", dict(offline_cql="cql", online_cql_weight=0.0, use_offline_value_memory=True)),
+}
+KIND_TITLES = {
+    "td": "QMIX TD(lambda) (PyMARL2 nq_learner)",
+    "offline_cql": "offline TD + raw MACQL, 100 samples (CFCQL raw_cql)",
+    "online_ovm": "online OVM, lambda = 1",
+}
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+
+def make_batch(batch_size: int, seed: int, steps: int = STEPS, info: dict = ENV_INFO) -> TrainingBatch:
+    """Random but valid 3s5z-shaped episodes in PyMARL layout (see `common.episode`)."""
+    g = torch.Generator().manual_seed(seed)
+    B, T = batch_size, steps
+    n, O, S, A = info["n_agents"], info["obs_shape"], info["state_shape"], info["n_actions"]
+    lengths = torch.randint(3 * T // 4, T + 1, (B,), generator=g)
+    lengths[0] = T  # the batch is as long as its longest episode
+    rows = torch.arange(T + 1)
+    filled = (rows[None, :] <= lengths[:, None]).float()  # [B, T+1]
+    terminated = torch.zeros(B, T + 1)
+    ended = lengths < T  # shorter episodes ended by a win or loss; the others by the time limit
+    terminated[ended, lengths[ended] - 1] = 1.0
+    death = torch.randint(T // 3, 2 * T, (B, n), generator=g)  # step each agent dies at (maybe never)
+    alive = rows[None, :, None] < death[:, None, :]  # [B, T+1, n]
+    avail = torch.zeros(B, T + 1, n, A, dtype=torch.bool)
+    avail[..., 1] = True  # stop
+    avail[..., 2:6] = torch.rand(B, T + 1, n, 4, generator=g) < 0.8  # moves
+    avail[..., 6:] = torch.rand(B, T + 1, n, A - 6, generator=g) < 0.5  # attacks
+    avail &= alive[..., None]
+    avail[..., 0] = ~alive  # dead agents: no-op only
+    avail &= filled[:, :, None, None] > 0
+    weights = avail.float().view(-1, A)
+    weights[weights.sum(-1) == 0, 0] = 1.0
+    actions = torch.multinomial(weights, 1, generator=g).view(B, T + 1, n, 1)
+    actions = actions * (rows[None, :, None, None] < lengths[:, None, None, None])  # last row, padding: 0
+    obs = torch.randn(B, T + 1, n, O, generator=g) * (alive & (filled[..., None] > 0))[..., None]
+    state = torch.randn(B, T + 1, S, generator=g) * filled[..., None]
+    reward = torch.rand(B, T + 1, 1, generator=g) * (rows[None, :, None] < lengths[:, None, None])
+    return TrainingBatch(
+        state=state,
+        obs=obs,
+        actions=actions,
+        avail_actions=avail,
+        reward=reward,
+        terminated=terminated[..., None],
+        filled=filled[..., None],
+        offline=torch.zeros(B, dtype=torch.bool),
+        policy_version=torch.zeros(B, dtype=torch.int64),
+    )
+
+
+# --- the reference: PyMARL2's learner, as its code does it -----------------------------------
+
+
+class PyMARL2Agent(nn.Module):
+    """PyMARL2's `NRNNAgent`: Linear -> ReLU -> GRUCell -> Linear, called once per time step."""
+
+    def __init__(self, input_size: int, n_actions: int, hidden_size: int):
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.fc1 = nn.Linear(input_size, hidden_size)
+        self.rnn = nn.GRUCell(hidden_size, hidden_size)
+        self.fc2 = nn.Linear(hidden_size, n_actions)
+
+    def forward(self, inputs, hidden):
+        b, a, e = inputs.size()
+        x = F.relu(self.fc1(inputs.view(-1, e)), inplace=True)
+        hh = self.rnn(x, hidden.reshape(-1, self.hidden_size))
+        return self.fc2(hh).view(b, a, -1), hh.view(b, a, -1)
+
+    def load_from(self, agent: nn.Module) -> PyMARL2Agent:
+        """Take the weights of a `common.networks.RNNAgent` (nn.GRU names -> nn.GRUCell names)."""
+        state = {k.replace("_l0", ""): v.clone() for k, v in agent.state_dict().items()}
+        self.load_state_dict(state)
+        return self
+
+
+class PyMARL2StyleLearner:
+    """PyMARL2's `NQLearner.train` (+ CFCQL's raw CQL, + OVM) for the same config and weights as
+    `learner`."""
+
+    def __init__(self, learner: QMixLearner, seed: int = 0):
+        self.cfg = cfg = learner.cfg
+        self.n_agents, self.n_actions = learner.n_agents, learner.n_actions
+        make = lambda: PyMARL2Agent(learner.input_size, learner.n_actions, cfg.rnn_hidden_dim)  # noqa: E731
+        self.agent = make().load_from(learner.agent).to(learner.device)
+        self.target_agent = make().load_from(learner.target_agent).to(learner.device)
+        self.mixer = copy.deepcopy(learner.mixer)  # the same math as PyMARL2's nmix.Mixer
+        self.target_mixer = copy.deepcopy(learner.target_mixer)
+        self.offline_agent = self.offline_mixer = None
+        if learner.offline_agent is not None:
+            self.offline_agent = make().load_from(learner.offline_agent).to(learner.device)
+            self.offline_mixer = copy.deepcopy(learner.offline_mixer)
+        self.params = list(self.agent.parameters()) + list(self.mixer.parameters())
+        self.optimiser = torch.optim.Adam(self.params, lr=cfg.lr)
+        self.generator = torch.Generator(device=learner.device).manual_seed(seed)
+        self.last_target_update_episode = 0
+
+    def _build_inputs(self, batch, actions_onehot, t):
+        bs = batch.batch_size
+        inputs = [batch.obs[:, t]]
+        inputs.append(torch.zeros_like(actions_onehot[:, t]) if t == 0 else actions_onehot[:, t - 1])
+        inputs.append(torch.eye(self.n_agents, device=batch.obs.device).unsqueeze(0).expand(bs, -1, -1))
+        return torch.cat([x.reshape(bs, self.n_agents, -1) for x in inputs], dim=-1)
+
+    def _mac_out(self, agent, batch, actions_onehot):
+        hidden = torch.zeros(batch.batch_size, self.n_agents, agent.hidden_size, device=batch.obs.device)
+        out = []
+        for t in range(batch.max_seq_length):
+            q, hidden = agent(self._build_inputs(batch, actions_onehot, t), hidden)
+            out.append(q)
+        return torch.stack(out, dim=1)
+
+    @staticmethod
+    def build_td_lambda_targets(rewards, terminated, mask, target_qs, gamma, td_lambda):
+        ret = target_qs.new_zeros(*target_qs.shape)
+        ret[:, -1] = target_qs[:, -1] * (1 - torch.sum(terminated, dim=1))
+        for t in range(ret.shape[1] - 2, -1, -1):
+            ret[:, t] = td_lambda * gamma * ret[:, t + 1] + mask[:, t] * (
+                rewards[:, t] + (1 - td_lambda) * gamma * target_qs[:, t + 1] * (1 - terminated[:, t])
+            )
+        return ret[:, 0:-1]
+
+    def update(self, batch: TrainingBatch, phase: str, memory_coef: float, episodes_seen: int) -> float:
+        cfg = self.cfg
+        rewards = batch.reward[:, :-1]
+        actions = batch.actions[:, :-1]
+        terminated = batch.terminated[:, :-1].float()
+        mask = batch.filled[:, :-1].clone()  # PyMARL2 edits its sampled batch in place; ours is reused
+        mask[:, 1:] = mask[:, 1:] * (1 - terminated[:, :-1])
+        avail_actions = batch.avail_actions
+        actions_onehot = F.one_hot(batch.actions.squeeze(-1), self.n_actions).float()
+
+        mac_out = self._mac_out(self.agent, batch, actions_onehot)
+        chosen_action_qvals = torch.gather(mac_out[:, :-1], dim=3, index=actions).squeeze(3)
+        with torch.no_grad():
+            target_mac_out = self._mac_out(self.target_agent, batch, actions_onehot)
+            mac_out_detach = mac_out.clone().detach()
+            mac_out_detach[avail_actions == 0] = -9999999
+            cur_max_actions = mac_out_detach.max(dim=3, keepdim=True)[1]
+            target_max_qvals = torch.gather(target_mac_out, 3, cur_max_actions).squeeze(3)
+            target_max_qvals = self.target_mixer(target_max_qvals, batch.state)
+            targets = self.build_td_lambda_targets(
+                rewards, terminated, mask, target_max_qvals, cfg.gamma, cfg.td_lambda
+            )
+        chosen_action_qtotals = self.mixer(chosen_action_qvals, batch.state[:, :-1])
+
+        def masked_loss(y):
+            return (0.5 * (chosen_action_qtotals - y.detach()).pow(2) * mask).sum() / mask.sum()
+
+        if phase == "online" and cfg.use_offline_value_memory:
+            with torch.no_grad():
+                off = self._mac_out(self.offline_agent, batch, actions_onehot)
+                off = self.offline_mixer(
+                    torch.gather(off[:, :-1], 3, actions).squeeze(3), batch.state[:, :-1]
+                )
+            loss = memory_coef * masked_loss(torch.maximum(off, targets))
+            if memory_coef < 1.0:
+                loss = loss + (1 - memory_coef) * masked_loss(targets)
+        else:
+            loss = masked_loss(targets)
+
+        weight = cfg.online_cql_weight if phase == "online" else cfg.offline_cql_weight
+        if cfg.offline_cql == "cql" and weight > 0:  # CFCQL's raw_cql: the mixer once per sample
+            K = cfg.cql_sampled_actions
+            bs, ts = actions.shape[:2]
+            sampled = sample_available_actions(avail_actions[:, :-1], K, self.generator)  # [B, T, K, n]
+            sampled = sampled.permute(2, 0, 1, 3).unsqueeze(-1)  # [K, B, T, n, 1]
+            repeat_mac_out = torch.repeat_interleave(mac_out[:, :-1].unsqueeze(0), repeats=K, dim=0)
+            random_qvals = torch.gather(repeat_mac_out, dim=-1, index=sampled).squeeze(-1)
+            repeat_state = torch.repeat_interleave(batch.state[:, :-1].unsqueeze(0), repeats=K, dim=0)
+            random_qtotal = self.mixer(random_qvals.view(K * bs, ts, -1), repeat_state.view(K * bs, ts, -1))
+            negative_sampling = torch.logsumexp(random_qtotal.view(K, bs, ts, 1), dim=0)
+            cql = ((negative_sampling - chosen_action_qtotals) * mask).sum() / mask.sum()
+            loss = loss + weight * cql
+
+        self.optimiser.zero_grad()
+        loss.backward()
+        clip = cfg.grad_clip_online if phase == "online" else cfg.grad_clip_offline
+        torch.nn.utils.clip_grad_norm_(self.params, clip)
+        self.optimiser.step()
+        if (episodes_seen - self.last_target_update_episode) / cfg.target_update_interval >= 1.0:
+            self.target_agent.load_state_dict(self.agent.state_dict())
+            self.target_mixer.load_state_dict(self.mixer.state_dict())
+            self.last_target_update_episode = episodes_seen
+        return float(loss.item())
+
+
+# --- measurement ---------------------------------------------------------------------------------
+
+
+def make_learners(kind: str, device: str, seed: int = 0):
+    phase, fields = KINDS[kind]
+    cfg = dataclasses.replace(LearnerConfig(), device=device, **fields)
+    ours = QMixLearner(ENV_INFO, cfg, seed=seed)
+    if phase == "online" and cfg.use_offline_value_memory:
+        ours.freeze_offline_memory()
+    return phase, ours
+
+
+def measure_cpu(kind: str, batch_size: int, repeats: int) -> dict:
+    phase, ours = make_learners(kind, "cpu")
+    ref = PyMARL2StyleLearner(ours)
+    batch = make_batch(batch_size, seed=batch_size)
+    episodes = 0
+    ours_loss = ours.update(batch, phase, env_steps=0, episodes_seen=episodes)["loss_total"]
+    ref_loss = ref.update(batch, phase, memory_coef=1.0, episodes_seen=episodes)
+    agreement = abs(ours_loss - ref_loss) / max(1e-8, abs(ref_loss))
+    times = {"ours": [], "reference": []}
+    for _ in range(repeats):
+        episodes += 2  # batch_size_run 2: a target copy every 25 updates, as on 3s5z
+        t0 = time.perf_counter()
+        ref.update(batch, phase, memory_coef=1.0, episodes_seen=episodes)
+        times["reference"].append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        ours.update(batch, phase, env_steps=0, episodes_seen=episodes)
+        times["ours"].append(time.perf_counter() - t0)
+    ours_s = statistics.median(times["ours"])
+    ref_s = statistics.median(times["reference"])
+    return {
+        "kind": kind,
+        "batch_size": batch_size,
+        "ours_updates_per_s": 1.0 / ours_s,
+        "reference_updates_per_s": 1.0 / ref_s,
+        "speedup": ref_s / ours_s,
+        "ours_ms": [round(t * 1000, 1) for t in times["ours"]],
+        "reference_ms": [round(t * 1000, 1) for t in times["reference"]],
+        "first_update_loss_relative_difference": agreement,
+    }
+
+
+def measure_gpu(kind: str, batch_size: int, repeats: int, device: str = "cuda") -> dict:
+    """The learner on the GPU, fed by a producer thread handing over pinned CPU batches."""
+    phase, ours = make_learners(kind, device)
+    pinned = ours.device.type == "cuda"
+    pool = [make_batch(batch_size, seed=batch_size + i) for i in range(3)]
+    ready: queue.Queue = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def produce():
+        i = 0
+        while not stop.is_set():
+            item = pool[i % len(pool)].pin_memory() if pinned else pool[i % len(pool)]
+            while not stop.is_set():
+                try:
+                    ready.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            i += 1
+
+    producer = threading.Thread(target=produce, daemon=True)
+    producer.start()
+    try:
+        for _ in range(3):  # warm-up (cuDNN plans, allocator)
+            ours.update(ready.get(), phase, env_steps=0, episodes_seen=0)
+        waits, steps = [], []
+        for k in range(repeats * 5):
+            t0 = time.perf_counter()
+            batch = ready.get()
+            t1 = time.perf_counter()
+            ours.update(batch, phase, env_steps=0, episodes_seen=2 * k)  # returns after a device sync
+            t2 = time.perf_counter()
+            waits.append(t1 - t0)
+            steps.append(t2 - t0)
+    finally:
+        stop.set()
+        producer.join(timeout=5)
+    return {
+        "kind": kind,
+        "batch_size": batch_size,
+        "updates_per_s": len(steps) / sum(steps),
+        "wait_share": sum(waits) / sum(steps),
+        "device": torch.cuda.get_device_name(ours.device) if pinned else str(ours.device),
+    }
+
+
+def agent_gflop_per_td_update(batch_size: int, steps: int = STEPS, info: dict = ENV_INFO, hidden: int = 64):
+    """Matrix-product work of the agent network in one TD update (online forward + backward, target
+    forward), in GFLOP: the part no implementation can avoid."""
+    n, A = info["n_agents"], info["n_actions"]
+    d = info["obs_shape"] + A + n
+    macs = d * hidden + 2 * 3 * hidden * hidden + hidden * A  # fc1, GRU input + hidden, fc2
+    rows = batch_size * n * (steps + 1)
+    forward = 2 * macs * rows
+    backward = 2 * forward - 2 * d * hidden * rows  # no gradient for the inputs
+    return (2 * forward + backward) / 1e9
+
+
+def matmul_gflops(rows: int = 82944, repeats: int = 10) -> float:
+    """This machine's fp32 matrix-product rate on the GRU's input projection shape."""
+    a, b, out = torch.randn(rows, 64), torch.randn(64, 192), torch.empty(rows, 192)
+    torch.mm(a, b, out=out)
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=out)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * rows * 64 * 192 / best / 1e9
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="3 timed rounds per cell instead of 7")
+    parser.add_argument("--batch-sizes", default="32,128", help="episodes per batch, comma-separated")
+    parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave docs/bench alone")
+    args = parser.parse_args(argv)
+    repeats = 3 if args.quick else 7
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = [k for k in kinds if k not in KINDS]
+    if unknown:
+        parser.error(f"unknown kind(s) {unknown}; known: {', '.join(KINDS)}")
+    torch.set_num_threads(args.threads)
+    keep_freed_host_memory()  # what the learner does on CPU; applies to both sides of the comparison
+    print(f"learner bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {repeats} rounds")
+    gflops = matmul_gflops()
+    print(f"  fp32 matrix products on this machine: {gflops:.0f} GFLOP/s")
+
+    cpu_rows = []
+    for kind in kinds:
+        for B in batch_sizes:
+            print(f"  cpu {kind:12s} B={B:4d} ...", end="", flush=True)
+            row = measure_cpu(kind, B, repeats)
+            cpu_rows.append(row)
+            print(
+                f" ours {row['ours_updates_per_s']:6.2f} upd/s,"
+                f" PyMARL2-style {row['reference_updates_per_s']:6.2f} upd/s,"
+                f" speedup {row['speedup']:.2f}x"
+                f" (loss difference {row['first_update_loss_relative_difference']:.1e})",
+                flush=True,
+            )
+    floors = {
+        B: {"gflop": agent_gflop_per_td_update(B), "max_updates_per_s": gflops / agent_gflop_per_td_update(B)}
+        for B in batch_sizes
+    }
+    gpu_rows = []
+    if torch.cuda.is_available():
+        for kind in kinds:
+            for B in batch_sizes:
+                print(f"  gpu {kind:12s} B={B:4d} ...", end="", flush=True)
+                row = measure_gpu(kind, B, repeats)
+                gpu_rows.append(row)
+                print(
+                    f" {row['updates_per_s']:7.2f} upd/s, waiting {100 * row['wait_share']:.1f}%", flush=True
+                )
+    else:
+        print("  gpu: none (torch.cuda.is_available() is False)")
+
+    results = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "rounds": repeats,
+        "shape": {**ENV_INFO, "steps": STEPS},
+        "matmul_gflops": gflops,
+        "td_matmul_floor": floors,
+        "cpu": cpu_rows,
+        "gpu": gpu_rows,
+    }
+    md = _markdown(results, args.quick)
+    if not args.no_write:
+        print(f"wrote {write('learner', results, md)}")
+    return 0
+
+
+def _markdown(results: dict, quick: bool) -> str:
+    m = machine()
+    command = f"python benchmarks/bench_learner.py{' --quick' if quick else ''}"
+    lines = [
+        "# Learner update speed",
+        "",
+        f"`{command}` — {m['cpu']}, {m['cores']} cores, torch {results['torch']},"
+        f" {results['threads']} threads, {m['date']}.",
+        "",
+        "3s5z-shaped batches (8 agents, obs 128, state 216, 14 actions, episodes of 60-80 steps padded"
+        " to 80), one `QMixLearner.update` against a learner written the way PyMARL2's code is (per-step"
+        " GRUCell loop; CFCQL's raw CQL re-runs the mixer per sampled joint action), same weights, same"
+        f" batch, same loss; median of {results['rounds']} alternating rounds, wall-clock time.",
+        "",
+        "| update | batch | ours upd/s | PyMARL2-style upd/s | speedup |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results["cpu"]:
+        lines.append(
+            f"| {KIND_TITLES[r['kind']]} | {r['batch_size']} | {r['ours_updates_per_s']:.2f} | "
+            f"{r['reference_updates_per_s']:.2f} | {r['speedup']:.2f}x |"
+        )
+    lines += [
+        "",
+        "What bounds the TD update on this CPU: the agent network's matrix products alone (online"
+        " forward and backward, target forward) at this machine's measured fp32 rate of"
+        f" {results['matmul_gflops']:.0f} GFLOP/s:",
+        "",
+        "| batch | GFLOP per update | at most upd/s |",
+        "|---|---|---|",
+    ]
+    for B, floor in results["td_matmul_floor"].items():
+        lines.append(f"| {B} | {floor['gflop']:.1f} | {floor['max_updates_per_s']:.1f} |")
+    if results["gpu"]:
+        gpu = results["gpu"][0]["device"]
+        lines += [
+            "",
+            f"GPU ({gpu}): batches from a producer thread (pinned), copied non-blocking.",
+            "",
+            "| update | batch | upd/s | share of step waiting for a batch |",
+            "|---|---|---|---|",
+        ]
+        for r in results["gpu"]:
+            lines.append(
+                f"| {KIND_TITLES[r['kind']]} | {r['batch_size']} | {r['updates_per_s']:.1f} | "
+                f"{100 * r['wait_share']:.1f}% |"
+            )
+    else:
+        lines += ["", "No GPU on this machine: GPU rows are produced where `torch.cuda.is_available()`."]
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

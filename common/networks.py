@@ -1,0 +1,153 @@
+"""The QMIX networks, shared by actors (one step at a time) and the learner (whole sequences).
+
+`RNNAgent` is PyMARL2's agent network, shared by all agents: Linear(in, 64) -> ReLU -> GRU(64, 64)
+-> Linear(64, n_actions). Its input is the agent's own observation, its previous action as a one-hot
+(zeros at t = 0) and its agent-id one-hot (`build_agent_inputs`). It runs in two modes with the
+same parameters and the same numbers (up to float rounding):
+
+- `forward_step(inputs [R, in], hidden [R, H])`: one step for acting, R = battles * agents;
+- `forward_sequence(inputs [B, T, n, in])`: whole episodes for training, in one fused call. During
+  training every input (observation, previous action, agent id) is known before the unroll, so the
+  input layer runs once over all steps and `nn.GRU` unrolls the recurrence in C++ instead of a
+  per-step Python loop through a GRUCell (PyMARL2's way).
+
+`QMixer` is PyMARL2's monotonic mixer: hypernetworks on the state give non-negative weights (abs),
+Q_tot = ELU(q . w1 + b1) . w2 + b2 with b2 = V(s). `mixing_weights` + `mix` split the two halves so
+that the learner can mix many joint actions (CQL) with one hypernetwork pass per state.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def agent_input_size(obs_size: int, n_actions: int, n_agents: int) -> int:
+    """Width of one agent's input: observation + previous action one-hot + agent-id one-hot."""
+    return obs_size + n_actions + n_agents
+
+
+def build_agent_inputs(obs: torch.Tensor, actions_onehot_prev: torch.Tensor, n_agents: int) -> torch.Tensor:
+    """Concatenate [obs, previous action one-hot, agent-id one-hot] on the last axis.
+
+    obs [..., n, O] and actions_onehot_prev [..., n, A] share their leading axes (e.g. [B, T] for
+    training, [E] for acting); the result is [..., n, O + A + n]."""
+    if obs.shape[-2] != n_agents or actions_onehot_prev.shape[:-1] != obs.shape[:-1]:
+        raise ValueError(
+            f"obs {tuple(obs.shape)} and previous actions {tuple(actions_onehot_prev.shape)} "
+            f"do not match n_agents={n_agents}"
+        )
+    ids = torch.eye(n_agents, dtype=obs.dtype, device=obs.device).expand(*obs.shape[:-1], n_agents)
+    return torch.cat([obs, actions_onehot_prev.to(obs.dtype), ids], dim=-1)
+
+
+def previous_actions_onehot(
+    actions: torch.Tensor, n_actions: int, time_dim: int = 1, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """From actions [..., n, 1] (int) with time on axis `time_dim` ([B, T, n, 1] by default), the
+    one-hot of each agent's previous action [..., n, A]: zeros at t = 0, one_hot(actions[t - 1])
+    after."""
+    onehot = F.one_hot(actions.squeeze(-1), n_actions).to(dtype)
+    first = torch.zeros_like(onehot.narrow(time_dim, 0, 1))
+    return torch.cat([first, onehot.narrow(time_dim, 0, onehot.shape[time_dim] - 1)], dim=time_dim)
+
+
+class RNNAgent(nn.Module):
+    """PyMARL2's recurrent agent network (shared parameters, one call for all agents)."""
+
+    def __init__(self, input_size: int, n_actions: int, hidden_size: int = 64):
+        super().__init__()
+        self.input_size = input_size
+        self.n_actions = n_actions
+        self.hidden_size = hidden_size
+        self.fc1 = nn.Linear(input_size, hidden_size)
+        self.rnn = nn.GRU(hidden_size, hidden_size)  # time-major
+        self.fc2 = nn.Linear(hidden_size, n_actions)
+
+    def init_hidden(self, rows: int, device=None) -> torch.Tensor:
+        """Zero hidden state for `rows` = battles * agents."""
+        return torch.zeros(
+            rows, self.hidden_size, device=device if device is not None else self.fc1.weight.device
+        )
+
+    def forward_step(self, inputs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One step: inputs [R, in], hidden [R, H] -> (q [R, A], new hidden [R, H])."""
+        x = F.relu(self.fc1(inputs))
+        out, h = self.rnn(x.unsqueeze(0), hidden.unsqueeze(0).contiguous())  # a sequence of one step
+        return self.fc2(out.squeeze(0)), h.squeeze(0)
+
+    def forward_sequence(self, inputs: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+        """Whole sequences: inputs [B, T, n, in] -> q [B, T, n, A], starting from `hidden` [B*n, H]
+        (zeros when None). Equal to looping `forward_step` over t.
+
+        The unroll runs time-major: if `inputs` is a [B, T, ...] view of a contiguous time-major
+        [T, B, ...] tensor (as the learner builds it) no copy is made; the result is a [B, T, ...]
+        view of a time-major tensor."""
+        B, T, n, _ = inputs.shape
+        x = inputs.transpose(0, 1)  # [T, B, n, in]
+        x = F.relu(self.fc1(x)).reshape(T, B * n, self.hidden_size)  # one matmul for every step
+        h0 = None if hidden is None else hidden.unsqueeze(0).contiguous()
+        out, _ = self.rnn(x, h0)  # [T, B*n, H]; GRU batch = episodes * agents
+        return self.fc2(out).view(T, B, n, self.n_actions).transpose(0, 1)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.forward_sequence(inputs)
+
+
+class MixingWeights(NamedTuple):
+    """The mixer's state-conditioned weights for one batch of states [..., S]."""
+
+    w1: torch.Tensor  # [..., n, E], non-negative
+    b1: torch.Tensor  # [..., E]
+    w2: torch.Tensor  # [..., E], non-negative
+    b2: torch.Tensor  # [..., 1], the state value V(s)
+
+
+class QMixer(nn.Module):
+    """PyMARL2's QMIX mixer with hypernetworks (abs weights, ELU hidden layer, V(s) bias)."""
+
+    def __init__(self, n_agents: int, state_size: int, embed_dim: int = 32, hypernet_embed: int = 64):
+        super().__init__()
+        self.n_agents = n_agents
+        self.state_size = state_size
+        self.embed_dim = embed_dim
+        self.hyper_w1 = nn.Sequential(
+            nn.Linear(state_size, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, n_agents * embed_dim)
+        )
+        self.hyper_b1 = nn.Linear(state_size, embed_dim)
+        self.hyper_w2 = nn.Sequential(
+            nn.Linear(state_size, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, embed_dim)
+        )
+        self.hyper_b2 = nn.Sequential(nn.Linear(state_size, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
+
+    def mixing_weights(self, state: torch.Tensor) -> MixingWeights:
+        """Hypernetwork outputs for states [..., S]."""
+        w1 = self.hyper_w1(state).abs().unflatten(-1, (self.n_agents, self.embed_dim))
+        return MixingWeights(w1, self.hyper_b1(state), self.hyper_w2(state).abs(), self.hyper_b2(state))
+
+    @staticmethod
+    def mix(q: torch.Tensor, weights: MixingWeights) -> torch.Tensor:
+        """Q_tot for agent values q [..., n] and weights for states of the same leading shape
+        -> [..., 1]."""
+        return mix(q, weights)
+
+    def forward(self, q: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """q [B, T, n] chosen agent values, state [B, T, S] -> Q_tot [B, T, 1]."""
+        return self.mix(q, self.mixing_weights(state))
+
+
+def mix(q: torch.Tensor, weights: MixingWeights) -> torch.Tensor:
+    """Q_tot = ELU(q . w1 + b1) . w2 + b2 for q [..., n] and weights of leading shape [...] -> [..., 1]."""
+    hidden = F.elu(torch.matmul(q.unsqueeze(-2), weights.w1).squeeze(-2) + weights.b1)
+    return (hidden * weights.w2).sum(-1, keepdim=True) + weights.b2
+
+
+def mix_samples(q: torch.Tensor, weights: MixingWeights) -> torch.Tensor:
+    """Q_tot of K joint actions per state: q [..., K, n] with weights of leading shape [...] -> [..., K].
+
+    One batched matmul per state; the hypernetworks are not run again for every joint action."""
+    hidden = F.elu(torch.matmul(q, weights.w1) + weights.b1.unsqueeze(-2))  # [..., K, E]
+    return torch.matmul(hidden, weights.w2.unsqueeze(-1)).squeeze(-1) + weights.b2

@@ -1,0 +1,165 @@
+"""The learner's losses as pure functions of tensors: TD, OVM, and the CQL family (MACQL, CFCQL,
+Cal-QL), plus the Monte-Carlo returns Cal-QL needs.
+
+Shapes: B episodes, T trained steps, n agents, A actions, E mixing embedding. `mask` [B, T, 1] marks
+the trained steps (`targets.training_mask`); every loss is a mean over them.
+
+Squared errors carry PyMARL2's (and CFCQL's) factor 0.5: L_TD = 0.5 * sum(mask * (Q - y)^2) / sum(mask).
+The CQL weights of the paper (Table 3: 0.05 ... 50) were tuned against that scale in CFCQL's code, so
+every squared error here (TD and both halves of OVM) uses it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from common.networks import MixingWeights, mix_samples
+
+# A finite stand-in for -inf where an action is unavailable: exp() of it is exactly 0 in float32, and
+# rows with no available action at all (padding) stay finite, so they add nothing, not NaN, once masked.
+UNAVAILABLE = -1e10
+
+
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of x [B, T, 1] over the trained steps."""
+    return (x * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def td_loss(q_tot: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """PyMARL2's TD loss: 0.5 * masked mean of (Q_tot - y)^2; y is treated as a constant."""
+    return masked_mean(0.5 * (q_tot - targets.detach()).pow(2), mask)
+
+
+def ovm_target(q_offline: torch.Tensor, y_td: torch.Tensor) -> torch.Tensor:
+    """OVM's target: y_OVM = max(Q_offline(tau_t, a_t), y_TD), elementwise."""
+    return torch.maximum(q_offline, y_td)
+
+
+def ovm_loss(
+    q_tot: torch.Tensor, y_td: torch.Tensor, q_offline: torch.Tensor, mask: torch.Tensor, memory_coef: float
+) -> torch.Tensor:
+    """OVM loss (Eq. 5): lambda * L(Q, y_OVM) + (1 - lambda) * L(Q, y_TD), each L a `td_loss`."""
+    loss = memory_coef * td_loss(q_tot, ovm_target(q_offline, y_td), mask)
+    if memory_coef < 1.0:
+        loss = loss + (1.0 - memory_coef) * td_loss(q_tot, y_td, mask)
+    return loss
+
+
+def mc_returns(reward: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Monte-Carlo return-to-go R_t = sum_{k >= t} gamma^(k - t) r_k over the trained steps of each
+    episode, [B, T, 1] (0 on untrained steps). A time-limit end simply stops the sum."""
+    T = reward.shape[1]
+    returns = torch.zeros_like(reward)
+    following = torch.zeros_like(reward[:, 0])
+    for t in range(T - 1, -1, -1):
+        following = mask[:, t] * (reward[:, t] + gamma * following)
+        returns[:, t] = following
+    return returns
+
+
+def sample_available_actions(avail: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
+    """`num_samples` joint actions per step, each agent's action uniform over its available actions
+    (so the joint action is uniform over the available joint actions): avail [B, T, n, A] bool ->
+    actions [B, T, K, n] int64. Rows with no available action get action 0."""
+    B, T, n, A = avail.shape
+    counts = avail.sum(-1, keepdim=True)  # [B, T, n, 1]
+    u = torch.rand((B, T, n, num_samples), generator=generator, device=avail.device)
+    rank = (u * counts).long().clamp(max=A - 1)  # which available action: 0 .. count - 1
+    cumulative = avail.long().cumsum(-1)  # [B, T, n, A]
+    actions = torch.searchsorted(cumulative, rank + 1).clamp(max=A - 1)  # the (rank+1)-th available
+    return actions.transpose(-1, -2)  # [B, T, K, n]
+
+
+def sampled_cql_term(
+    agent_qs: torch.Tensor,
+    weights: MixingWeights,
+    avail: torch.Tensor,
+    q_tot_data: torch.Tensor,
+    mask: torch.Tensor,
+    num_samples: int,
+    generator=None,
+    floor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Raw MACQL (CFCQL's `raw_cql`): masked mean of
+        logsumexp_k Q_tot(s, a_k) - Q_tot(s, a_data),
+    a_k uniform available joint actions. agent_qs [B, T, n, A] (with grad), mixing weights of the
+    states [B, T], q_tot_data [B, T, 1]. `floor` [B, T, 1] (Cal-QL) raises the sampled values to at
+    least the floor inside the logsumexp; the data term is unchanged."""
+    actions = sample_available_actions(avail, num_samples, generator)  # [B, T, K, n]
+    sampled = agent_qs.gather(-1, actions.transpose(-1, -2)).transpose(-1, -2)  # [B, T, K, n]
+    q_tot_sampled = mix_samples(sampled, weights)  # [B, T, K]
+    if floor is not None:
+        q_tot_sampled = torch.maximum(q_tot_sampled, floor)
+    push_down = torch.logsumexp(q_tot_sampled, dim=-1, keepdim=True)  # [B, T, 1]
+    return masked_mean(push_down - q_tot_data, mask)
+
+
+def counterfactual_q_tot(
+    agent_qs: torch.Tensor, chosen_qs: torch.Tensor, weights: MixingWeights
+) -> torch.Tensor:
+    """Q_tot(s, a^{-i}_data, j) for every agent i and action j: [B, T, n, A].
+
+    The data joint action's mixing pre-activation z = q_data . w1 + b1 is computed once; replacing
+    agent i's value by q_ij changes it by (q_ij - q_i,data) * w1_i, so every counterfactual joint
+    action costs one ELU layer, not a mixer pass."""
+    z = torch.matmul(chosen_qs.unsqueeze(-2), weights.w1).squeeze(-2) + weights.b1  # [B, T, E]
+    delta = agent_qs - chosen_qs.unsqueeze(-1)  # [B, T, n, A]
+    z_ij = z[..., None, None, :] + delta.unsqueeze(-1) * weights.w1.unsqueeze(-2)  # [B, T, n, A, E]
+    hidden = F.elu(z_ij)
+    return (hidden * weights.w2[..., None, None, :]).sum(-1) + weights.b2.unsqueeze(-1)
+
+
+def cfcql_agent_weights(
+    counterfactual: torch.Tensor,
+    behaviour_logits: torch.Tensor | None,
+    avail: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """CFCQL's per-agent weights w = softmax_i(tau * KL_i), [B, T, n], as constants.
+
+    KL_i = KL(mu_i || beta_i) over agent i's available actions, where mu_i = softmax_j of the
+    counterfactual Q_tot(s, a^{-i}, j) (the policy the value function implies for agent i) and
+    beta_i is the behaviour-cloning policy (`behaviour_logits`, masked softmax), as in CFCQL's
+    cq_learner. tau = 0 or no behaviour policy gives uniform 1/n."""
+    B, T, n, _ = counterfactual.shape
+    if temperature == 0 or behaviour_logits is None:
+        return counterfactual.new_full((B, T, n), 1.0 / n)
+    with torch.no_grad():
+        avail = avail.bool()
+        log_mu = torch.log_softmax(counterfactual.masked_fill(~avail, UNAVAILABLE), dim=-1)
+        log_beta = torch.log_softmax(behaviour_logits.masked_fill(~avail, UNAVAILABLE), dim=-1)
+        kl = (log_mu.exp() * (log_mu - log_beta)).masked_fill(~avail, 0.0).sum(-1)  # [B, T, n]
+        return torch.softmax(temperature * kl, dim=-1)
+
+
+def counterfactual_cql_term(
+    agent_qs: torch.Tensor,
+    chosen_qs: torch.Tensor,
+    weights: MixingWeights,
+    avail: torch.Tensor,
+    q_tot_data: torch.Tensor,
+    mask: torch.Tensor,
+    behaviour_logits: torch.Tensor | None = None,
+    temperature: float = 0.0,
+    floor: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """CFCQL: masked mean of sum_i w_i N_i - Q_tot(s, a_data), N_i = logsumexp over agent i's
+    available actions j of Q_tot(s, a^{-i}_data, j); w from `cfcql_agent_weights`. `floor` (Cal-QL)
+    raises the counterfactual values inside the logsumexp."""
+    counterfactual = counterfactual_q_tot(agent_qs, chosen_qs, weights)  # [B, T, n, A]
+    agent_weights = cfcql_agent_weights(counterfactual.detach(), behaviour_logits, avail, temperature)
+    values = counterfactual if floor is None else torch.maximum(counterfactual, floor.unsqueeze(-1))
+    push_down = torch.logsumexp(values.masked_fill(~avail.bool(), UNAVAILABLE), dim=-1)  # [B, T, n]
+    weighted = (agent_weights * push_down).sum(-1, keepdim=True)  # [B, T, 1]
+    return masked_mean(weighted - q_tot_data, mask)
+
+
+def behaviour_cloning_loss(
+    logits: torch.Tensor, actions: torch.Tensor, avail: torch.Tensor, mask: torch.Tensor
+):
+    """Negative log-likelihood of the data actions [B, T, n, 1] under the masked softmax of
+    `logits` [B, T, n, A], averaged over trained steps and agents."""
+    log_probs = torch.log_softmax(logits.masked_fill(~avail.bool(), UNAVAILABLE), dim=-1)
+    nll = -log_probs.gather(-1, actions).squeeze(-1).mean(-1, keepdim=True)  # [B, T, 1]
+    return masked_mean(nll, mask)

@@ -1,0 +1,68 @@
+"""TD targets for QMIX, as pure functions of tensors (PyMARL2's `build_td_lambda_targets` & co.).
+
+Layout (see `common.episode.TrainingBatch`): a batch has T + 1 rows per episode; rows 0..T-1 are
+the steps the learner trains on ("[:, :-1]"), row t + 1 is what step t led to. Shapes:
+reward, terminated, mask [B, T, 1]; Q values for bootstrapping [B, T + 1, 1].
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def training_mask(filled: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
+    """Which steps the learner trains on, [B, T, 1] float, from the batch's filled and terminated
+    [B, T + 1, 1].
+
+    PyMARL2: mask = filled[:, :-1], with mask[:, 1:] *= 1 - terminated[:, :-1] (nothing after a true
+    end). One addition: a step is trained on only if the next row is filled too, which excludes the
+    last observation's row of an episode that ended by the time limit *and* is shorter than the batch
+    (that row has no action; PyMARL2 would train on it, bootstrapping from padding). On PyMARL2's own
+    data this never changes anything: a terminated episode's last row is already masked, and a
+    time-limit episode is always the longest one, whose last row is not among the T steps."""
+    filled = filled.float()
+    mask = filled[:, :-1] * filled[:, 1:]
+    mask[:, 1:] = mask[:, 1:] * (1.0 - terminated[:, :-2].float())  # terminated[:, :-1][:, :-1]
+    return mask
+
+
+def td_lambda_targets(
+    reward: torch.Tensor,
+    terminated: torch.Tensor,
+    mask: torch.Tensor,
+    target_qs: torch.Tensor,
+    gamma: float,
+    td_lambda: float,
+) -> torch.Tensor:
+    """TD(lambda) returns [B, T, 1] (PyMARL2's recursion).
+
+    target_qs [B, T + 1, 1] is Qbar_t, the target network's value of row t (double Q, mixed).
+    G_T = Qbar_T * (1 - any terminal), and for t < T:
+        G_t = lambda * gamma * G_{t+1} + mask_t * [r_t + (1 - lambda) * gamma * Qbar_{t+1} * (1 - term_t)].
+
+    At the last trained step of an episode that ends before row T, G_{t+1} is taken as the bootstrap
+    value Qbar_{t+1} * (1 - term_t) instead of the recursion's value from the padding. This is
+    exactly PyMARL2's value wherever PyMARL2's data can occur (after a terminal both are 0; a
+    time-limit end is at row T, where G_T is PyMARL2's initial value), and it is the right
+    lambda-return for a shorter time-limit episode. Values on untrained steps (mask 0) are not
+    meaningful."""
+    T = reward.shape[1]
+    if target_qs.shape[1] != T + 1:
+        raise ValueError(f"target_qs needs T + 1 = {T + 1} rows, got {target_qs.shape[1]}")
+    bootstrap = target_qs[:, 1:] * (1.0 - terminated)  # Qbar_{t+1} * (1 - term_t), [B, T, 1]
+    one_step = mask * (reward + (1.0 - td_lambda) * gamma * bootstrap)
+    returns = torch.empty_like(one_step)
+    following = bootstrap[:, T - 1]  # G_T (equal to PyMARL2's initial value on every trained row)
+    for t in range(T - 1, -1, -1):
+        if t < T - 1:  # continue the recursion while step t + 1 is trained, else bootstrap at t + 1
+            following = torch.where(mask[:, t + 1] > 0, returns[:, t + 1], bootstrap[:, t])
+        returns[:, t] = td_lambda * gamma * following + one_step[:, t]
+    return returns
+
+
+def double_q_max(online_qs: torch.Tensor, target_qs: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+    """Double Q: the target network's value [..., n] of the online network's greedy *available*
+    action (unavailable = -inf), for per-agent values [..., n, A] and availability [..., n, A].
+    Rows with no available action (padding) pick action 0."""
+    greedy = online_qs.masked_fill(~avail.bool(), float("-inf")).argmax(dim=-1, keepdim=True)
+    return target_qs.gather(-1, greedy).squeeze(-1)

@@ -1,0 +1,303 @@
+"""The learner's update step: phases, targets, offline memory, CQL's effect, a coordination game,
+repeatability and checkpoint/resume."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from common.config.sections import LearnerConfig
+from common.episode import EpisodeBuilder, TrainingBatch, to_training_batch
+from learner.checkpoint import load_checkpoint, save_checkpoint
+from learner.learning import METRIC_KEYS, QMixLearner, resolve_device
+
+SMALL = dict(rnn_hidden_dim=16, mixing_embed_dim=8, hypernet_embed_dim=16, device="cpu")
+INFO = {"n_agents": 3, "obs_shape": 5, "state_shape": 7, "n_actions": 4, "episode_limit": 8}
+
+
+def config(**fields) -> LearnerConfig:
+    return dataclasses.replace(LearnerConfig(), **{**SMALL, **fields})
+
+
+def random_batch(seed: int, B: int = 6, T: int = 8, info: dict = INFO) -> TrainingBatch:
+    """Valid random episodes in PyMARL layout: shorter ones end with a terminal, padding after."""
+    g = torch.Generator().manual_seed(seed)
+    n, O, S, A = info["n_agents"], info["obs_shape"], info["state_shape"], info["n_actions"]
+    lengths = torch.randint(2, T + 1, (B,), generator=g)
+    lengths[0] = T
+    rows = torch.arange(T + 1)
+    filled = (rows[None] <= lengths[:, None]).float()
+    terminated = torch.zeros(B, T + 1)
+    ended = lengths < T
+    terminated[ended, lengths[ended] - 1] = 1
+    avail = torch.rand(B, T + 1, n, A, generator=g) < 0.6
+    avail[..., 1] = True
+    avail &= filled[..., None, None] > 0
+    probs = avail.float().view(-1, A)
+    probs[probs.sum(-1) == 0, 0] = 1
+    actions = torch.multinomial(probs, 1, generator=g).view(B, T + 1, n, 1)
+    actions *= (rows[None] < lengths[:, None])[..., None, None]
+    return TrainingBatch(
+        state=torch.randn(B, T + 1, S, generator=g) * filled[..., None],
+        obs=torch.randn(B, T + 1, n, O, generator=g) * filled[..., None, None],
+        actions=actions,
+        avail_actions=avail,
+        reward=torch.rand(B, T + 1, 1, generator=g) * (rows[None] < lengths[:, None])[..., None],
+        terminated=terminated[..., None],
+        filled=filled[..., None],
+        offline=torch.zeros(B, dtype=torch.bool),
+        policy_version=torch.zeros(B, dtype=torch.int64),
+    )
+
+
+def weights_of(learner: QMixLearner) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in learner.params]
+
+
+# --- the update step --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["cql", "cfcql", "calql", "none"])
+def test_update_reports_every_metric_in_both_phases(variant):
+    learner = QMixLearner(
+        INFO, config(offline_cql=variant, online_cql_weight=0.1 if variant != "none" else 0.0)
+    )
+    batch = random_batch(0)
+    offline = learner.update(batch, "offline", env_steps=0, episodes_seen=2)
+    online = learner.update(batch, "online", env_steps=10, episodes_seen=4)
+    for metrics in (offline, online):
+        assert list(metrics) == list(METRIC_KEYS)
+        assert all(isinstance(v, float) and v == v and abs(v) < 1e6 for v in metrics.values())
+        assert 0.0 <= metrics["ovm_active_fraction"] <= 1.0
+    assert (offline["loss_cql"] != 0.0) == (variant != "none")
+    assert offline["loss_ovm"] == 0.0 and online["memory_coefficient"] == 1.0
+    assert (offline["loss_bc"] > 0) == (variant == "cfcql")  # CFCQL's behaviour-cloning policy
+    assert learner.updates == 2
+    with pytest.raises(ValueError, match="phase"):
+        learner.update(batch, "warmup", env_steps=0, episodes_seen=0)
+
+
+def test_a_real_padded_batch_from_the_lite_world_trains():
+    from common.envs.lite import LiteBatchEnv
+    from common.envs.maps import get_map
+    from common.envs.policies import make_policy
+
+    env = LiteBatchEnv("3m", num_envs=4, seed=0)
+    policy = make_policy("heuristic", env.layout, get_map("3m"), seed=0, epsilon=0.5)
+    builder = EpisodeBuilder(4, env.n_agents, env.episode_limit)
+    obs = env.reset()
+    builder.start(obs.state, obs.obs, obs.avail)
+    episodes = []
+    while len(episodes) < 6:
+        actions = policy.act(obs.obs, obs.avail)
+        step = env.step(actions)
+        episodes += builder.record(actions, step)
+        obs = step.next
+    learner = QMixLearner(env.get_env_info(), config(offline_cql="cql", cql_sampled_actions=8))
+    metrics = learner.update(to_training_batch(episodes), "offline", env_steps=0, episodes_seen=2)
+    assert all(v == v for v in metrics.values()) and metrics["loss_cql"] != 0.0
+
+
+def test_targets_are_hard_copies_every_interval_episodes():
+    learner = QMixLearner(INFO, config(target_update_interval=6, offline_cql="none"))
+    batch = random_batch(1)
+    initial = [p.clone() for p in learner.target_agent.parameters()]
+    for episodes in (2, 4):  # fewer than 6 episodes since the last copy: targets stay
+        learner.update(batch, "offline", env_steps=0, episodes_seen=episodes)
+        assert all(torch.equal(a, b) for a, b in zip(initial, learner.target_agent.parameters(), strict=True))
+    learner.update(batch, "offline", env_steps=0, episodes_seen=6)
+    assert learner.target_updates == 1 and learner.last_target_update_episode == 6
+    online = learner.agent.state_dict() | {f"mixer.{k}": v for k, v in learner.mixer.state_dict().items()}
+    target = learner.target_agent.state_dict() | {
+        f"mixer.{k}": v for k, v in learner.target_mixer.state_dict().items()
+    }
+    assert all(torch.equal(online[k], target[k]) for k in online)
+    learner.update(batch, "offline", env_steps=0, episodes_seen=8)
+    assert learner.target_updates == 1
+
+
+def test_offline_memory_is_a_frozen_copy_of_the_target_networks():
+    learner = QMixLearner(INFO, config(target_update_interval=1000))
+    batch = random_batch(2)
+    for k in range(3):
+        learner.update(batch, "offline", env_steps=0, episodes_seen=2 * k)
+    learner.freeze_offline_memory()
+    memory = [p.clone() for p in learner.offline_agent.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(memory, learner.target_agent.parameters(), strict=True))
+    assert not all(torch.equal(a, b) for a, b in zip(memory, learner.agent.parameters(), strict=True))
+    for k in range(3):
+        learner.update(batch, "online", env_steps=100 * k, episodes_seen=10 + 2 * k)
+    assert all(torch.equal(a, b) for a, b in zip(memory, learner.offline_agent.parameters(), strict=True))
+    assert not any(p.requires_grad for p in learner.offline_agent.parameters())
+
+
+def test_ovm_follows_the_memory_schedule_and_the_memory_raises_the_target():
+    cfg = config(memory_coef_start=1.0, memory_coef_end=0.1, memory_anneal_steps=1000, offline_cql="none")
+    learner = QMixLearner(INFO, cfg)
+    batch = random_batch(3)
+    learner.freeze_offline_memory()
+    with torch.no_grad():  # a memory that values everything far above any TD target
+        learner.offline_mixer.hyper_b2[-1].bias.fill_(100.0)
+    assert learner.update(batch, "online", env_steps=0, episodes_seen=2)["memory_coefficient"] == 1.0
+    half = learner.update(batch, "online", env_steps=500, episodes_seen=4)
+    assert half["memory_coefficient"] == pytest.approx(0.55)
+    late = learner.update(batch, "online", env_steps=10**6, episodes_seen=6)
+    assert late["memory_coefficient"] == pytest.approx(0.1)
+    assert late["ovm_active_fraction"] == 1.0
+    assert late["loss_ovm"] > late["loss_td"]  # the OVM target is max(Q_offline, y_TD) = Q_offline
+    plain = QMixLearner(INFO, config(use_offline_value_memory=False, offline_cql="none"))
+    metrics = plain.update(batch, "online", env_steps=0, episodes_seen=2)
+    assert metrics["loss_total"] == metrics["loss_td"] and metrics["memory_coefficient"] == 0.0
+    assert plain.offline_agent is None
+
+
+def test_the_same_seed_gives_the_same_numbers_and_weights_go_to_actors_on_cpu():
+    runs = []
+    for _ in range(2):
+        learner = QMixLearner(INFO, config(offline_cql="cql", cql_sampled_actions=10), seed=7)
+        runs.append([learner.update(random_batch(k), "offline", 0, 2 * k) for k in range(3)])
+        weights = learner.agent_state_dict()
+    assert runs[0] == runs[1]
+    other = QMixLearner(INFO, config(), seed=8).agent_state_dict()
+    assert not all(torch.equal(weights[k], other[k]) for k in weights)
+    assert all(t.device.type == "cpu" for t in weights.values())
+    agent = learner.make_agent()
+    agent.load_state_dict(weights)
+    assert torch.equal(agent.fc1.weight, learner.agent.fc1.weight)
+    if not torch.cuda.is_available():
+        assert resolve_device("auto") == torch.device("cpu") == learner.device
+
+
+# --- what the losses do to the values -------------------------------------------------------
+
+GAME = {"n_agents": 2, "obs_shape": 1, "state_shape": 2, "n_actions": 3, "episode_limit": 1}
+
+
+def one_step_episodes(joint_actions, rewards) -> TrainingBatch:
+    """One-step episodes of a matrix game: act at row 0, the game ends (terminal), row 1 is the end."""
+    B = len(joint_actions)
+    actions = torch.zeros(B, 2, 2, 1, dtype=torch.long)
+    actions[:, 0, :, 0] = torch.tensor(joint_actions)
+    reward = torch.zeros(B, 2, 1)
+    reward[:, 0, 0] = torch.tensor(rewards, dtype=torch.float32)
+    terminated = torch.zeros(B, 2, 1)
+    terminated[:, 0] = 1
+    return TrainingBatch(
+        state=torch.ones(B, 2, 2),
+        obs=torch.ones(B, 2, 2, 1),
+        actions=actions,
+        avail_actions=torch.ones(B, 2, 2, 3, dtype=torch.bool),
+        reward=reward,
+        terminated=terminated,
+        filled=torch.ones(B, 2, 1),
+        offline=torch.ones(B, dtype=torch.bool),
+        policy_version=torch.zeros(B, dtype=torch.int64),
+    )
+
+
+def agent_values(learner: QMixLearner) -> torch.Tensor:
+    """Each agent's Q over its 3 actions in the game's (only) situation, [n, A]."""
+    with torch.no_grad():
+        batch = one_step_episodes([(0, 0)], [0.0])
+        return learner.agent.forward_sequence(learner._agent_inputs(batch))[0, 0]
+
+
+def test_learner_finds_the_optimum_of_a_coordination_game():
+    payoff = [[1.0, 0.0, 0.0], [0.0, 5.0, 0.0], [0.0, 0.0, 3.0]]  # unique optimum: both play 1
+    joint = [(i, j) for i in range(3) for j in range(3)] * 2
+    batch = one_step_episodes(joint, [payoff[i][j] for i, j in joint])
+    learner = QMixLearner(GAME, config(offline_cql="none", use_offline_value_memory=False, lr=5e-3))
+    for k in range(200):
+        metrics = learner.update(batch, "online", env_steps=0, episodes_seen=2 * k)
+    assert agent_values(learner).argmax(-1).tolist() == [1, 1]
+    assert metrics["loss_td"] < 1.0
+
+
+def gap_after_offline_training(variant: str) -> torch.Tensor:
+    """Train offline on data where both agents only ever play actions 0 and 1 (reward 0); return,
+    per agent, min Q over the data actions minus Q of the absent action 2."""
+    data = [(0, 0), (0, 1), (1, 0), (1, 1)] * 2
+    batch = one_step_episodes(data, [0.0] * len(data))
+    cfg = config(offline_cql=variant, offline_cql_weight=1.0, lr=5e-3, cql_sampled_actions=20)
+    learner = QMixLearner(GAME, cfg, seed=0)
+    for k in range(150):
+        learner.update(batch, "offline", env_steps=0, episodes_seen=2 * k)
+    q = agent_values(learner)
+    return q[:, :2].min(-1).values - q[:, 2]
+
+
+def test_cql_pushes_actions_absent_from_the_data_below_the_data_actions():
+    without = gap_after_offline_training("none")
+    for variant in ("cql", "cfcql", "calql"):
+        gap = gap_after_offline_training(variant)
+        assert (gap > 0.5).all(), (variant, gap)
+        assert (gap > without + 0.5).all(), (variant, gap, without)
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", ["cql", "cfcql"])
+def test_a_resumed_learner_makes_exactly_the_next_update(tmp_path, variant):
+    cfg = config(offline_cql=variant, online_cql_weight=0.1, cql_sampled_actions=10, target_update_interval=4)
+    learner = QMixLearner(INFO, cfg, seed=3)
+    for k in range(3):
+        learner.update(random_batch(k), "offline", env_steps=0, episodes_seen=2 * k)
+    learner.freeze_offline_memory()
+    learner.update(random_batch(10), "online", env_steps=40, episodes_seen=8)
+    path = save_checkpoint(
+        learner, tmp_path / "ckpt" / "learner.pt", extra={"phase": "online", "env_steps": 40}
+    )
+    assert [p.name for p in path.parent.iterdir()] == ["learner.pt"]  # no temp file left behind
+
+    resumed = QMixLearner(INFO, cfg, seed=99)  # a different seed: everything must come from the file
+    assert load_checkpoint(resumed, path) == {"phase": "online", "env_steps": 40}
+    for k in range(2):  # the next updates, including the random CQL samples and a target copy
+        batch = random_batch(20 + k)
+        assert resumed.update(batch, "online", 60 + k, 10 + 2 * k) == learner.update(
+            batch, "online", 60 + k, 10 + 2 * k
+        )
+    assert all(torch.equal(a, b) for a, b in zip(weights_of(learner), weights_of(resumed), strict=True))
+    assert resumed.updates == learner.updates and resumed.target_updates == learner.target_updates
+
+
+def test_a_checkpoint_refuses_a_learner_of_another_shape(tmp_path):
+    path = save_checkpoint(QMixLearner(INFO, config()), tmp_path / "a.pt")
+    other = QMixLearner({**INFO, "n_actions": 5}, config())
+    with pytest.raises(ValueError, match="checkpoint is for networks"):
+        load_checkpoint(other, path)
+
+
+# --- against an independent implementation ---------------------------------------------------
+
+
+def _bench_module():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_learner.py"
+    spec = importlib.util.spec_from_file_location("bench_learner_for_tests", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("kind", ["td", "offline_cql", "online_ovm"])
+def test_the_update_equals_a_pymarl2_style_learner_step_by_step(kind):
+    """The benchmark's reference (PyMARL2's per-step loop, CFCQL's raw CQL) and our fused update
+    compute the same losses and end at the same weights, update after update."""
+    bench = _bench_module()
+    phase, ours = bench.make_learners(kind, "cpu")
+    reference = bench.PyMARL2StyleLearner(ours)
+    for k in range(3):
+        batch = bench.make_batch(3, seed=k, steps=12)
+        ours_loss = ours.update(batch, phase, env_steps=0, episodes_seen=2 * k)["loss_total"]
+        assert reference.update(batch, phase, memory_coef=1.0, episodes_seen=2 * k) == pytest.approx(
+            ours_loss, rel=1e-4
+        )
+    for mine, theirs in zip(
+        ours.agent.state_dict().values(), reference.agent.state_dict().values(), strict=True
+    ):
+        torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)

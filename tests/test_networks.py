@@ -1,0 +1,100 @@
+"""The QMIX networks: the agent gives the same numbers stepping (actors) and unrolling whole
+sequences (learner); the mixer is PyMARL2's monotonic mixer."""
+
+from __future__ import annotations
+
+import torch
+
+from common.networks import (
+    QMixer,
+    RNNAgent,
+    agent_input_size,
+    build_agent_inputs,
+    mix,
+    mix_samples,
+    previous_actions_onehot,
+)
+
+
+def test_agent_input_is_observation_previous_action_and_agent_id():
+    obs = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)  # [E, n, O]
+    prev = torch.nn.functional.one_hot(torch.tensor([[1, 0, 2], [0, 0, 0]]), 5).float()
+    x = build_agent_inputs(obs, prev, n_agents=3)
+    assert x.shape == (2, 3, agent_input_size(4, 5, 3)) == (2, 3, 12)
+    assert torch.equal(x[..., :4], obs)
+    assert torch.equal(x[..., 4:9], prev)
+    assert torch.equal(x[1, :, 9:], torch.eye(3))
+
+
+def test_previous_action_is_zero_at_the_start_and_shifted_by_one_step():
+    actions = torch.tensor([[2, 0], [1, 1], [0, 2]]).view(1, 3, 2, 1)  # [B, T, n, 1]
+    prev = previous_actions_onehot(actions, n_actions=3)
+    assert not prev[0, 0].any()
+    assert torch.equal(prev[0, 1], torch.nn.functional.one_hot(torch.tensor([2, 0]), 3).float())
+    assert torch.equal(prev[0, 2], torch.nn.functional.one_hot(torch.tensor([1, 1]), 3).float())
+    time_major = previous_actions_onehot(actions.transpose(0, 1), 3, time_dim=0)
+    assert torch.equal(time_major.transpose(0, 1), prev)
+
+
+def test_stepping_equals_unrolling_the_whole_sequence():
+    torch.manual_seed(0)
+    B, T, n, d, A = 3, 9, 4, 11, 6
+    agent = RNNAgent(d, A, hidden_size=16)
+    inputs = torch.randn(B, T, n, d)
+    unrolled = agent.forward_sequence(inputs)  # one fused call
+    hidden = agent.init_hidden(B * n)
+    stepped = []
+    for t in range(T):
+        q, hidden = agent.forward_step(inputs[:, t].reshape(B * n, d), hidden)
+        stepped.append(q.view(B, n, A))
+    assert unrolled.shape == (B, T, n, A)
+    torch.testing.assert_close(torch.stack(stepped, dim=1), unrolled, rtol=1e-5, atol=1e-6)
+    # The same from a time-major tensor viewed as [B, T, ...] (the learner's layout).
+    time_major = inputs.transpose(0, 1).contiguous()
+    torch.testing.assert_close(agent.forward_sequence(time_major.transpose(0, 1)), unrolled)
+
+
+def test_unrolling_continues_from_a_given_hidden_state():
+    torch.manual_seed(1)
+    agent = RNNAgent(5, 3, hidden_size=8)
+    inputs = torch.randn(2, 6, 2, 5)
+    full = agent.forward_sequence(inputs)
+    hidden = agent.init_hidden(4)
+    for t in range(3):
+        _, hidden = agent.forward_step(inputs[:, t].reshape(4, 5), hidden)
+    torch.testing.assert_close(
+        agent.forward_sequence(inputs[:, 3:], hidden), full[:, 3:], rtol=1e-5, atol=1e-6
+    )
+
+
+def test_mixer_weights_are_non_negative_so_q_tot_is_monotone_in_every_agent():
+    torch.manual_seed(2)
+    mixer = QMixer(n_agents=3, state_size=7, embed_dim=8, hypernet_embed=16)
+    state = torch.randn(4, 5, 7) * 3
+    w = mixer.mixing_weights(state)
+    assert w.w1.shape == (4, 5, 3, 8) and w.w2.shape == (4, 5, 8) and w.b2.shape == (4, 5, 1)
+    assert (w.w1 >= 0).all() and (w.w2 >= 0).all()
+    q = torch.randn(4, 5, 3, requires_grad=True)
+    q_tot = mixer(q, state)
+    assert q_tot.shape == (4, 5, 1)
+    (grad,) = torch.autograd.grad(q_tot.sum(), q)
+    assert (grad >= 0).all()
+
+
+def test_mixer_matches_the_qmix_formula_and_mixes_many_joint_actions_alike():
+    torch.manual_seed(3)
+    mixer = QMixer(n_agents=2, state_size=4, embed_dim=5, hypernet_embed=6)
+    state = torch.randn(3, 4)
+    q = torch.randn(3, 2)
+    w1 = mixer.hyper_w1(state).abs().view(3, 2, 5)
+    b1 = mixer.hyper_b1(state)
+    w2 = mixer.hyper_w2(state).abs()
+    b2 = mixer.hyper_b2(state)
+    expected = (torch.nn.functional.elu(torch.einsum("bn,bne->be", q, w1) + b1) * w2).sum(
+        -1, keepdim=True
+    ) + b2
+    torch.testing.assert_close(mixer(q, state), expected)
+    weights = mixer.mixing_weights(state)
+    many = torch.randn(3, 7, 2)  # 7 joint actions per state
+    one_by_one = torch.stack([mix(many[:, k], weights).squeeze(-1) for k in range(7)], dim=1)
+    torch.testing.assert_close(mix_samples(many, weights), one_by_one)
