@@ -72,23 +72,43 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    config_from_args(args)
-    return _lands_with(args, 5 if args.mode == "sync" else 6)
+    cfg = config_from_args(args)
+    if args.mode != "sync":
+        return _lands_with(args, 6)
+    from learner.sync_trainer import train_sync
+
+    result = train_sync(cfg)
+    print(f"done: final test win rate {result.final_win_rate:.3f}, return {result.final_return:.2f} "
+          f"({result.updates} updates, {result.online_env_steps} online env steps)")
+    print(f"results in {result.run_dir}")
+    return 0
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    config_from_args(args)
-    return _lands_with(args, 5)
+    overrides = list(args.overrides or ())
+    if args.dataset:
+        overrides.insert(0, f"run.dataset={args.dataset}")
+    args.overrides = overrides
+    cfg = config_from_args(args)
+    from learner.sync_trainer import pretrain
+
+    try:
+        pretrain(cfg)
+    except ValueError as error:
+        print(f"ovmse pretrain: {error}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def _replay_server(args: argparse.Namespace) -> int:
-    config_from_args(args)
-    return _lands_with(args, 4)
+    from replay.commands import replay_server
+
+    return replay_server(args)
 
 
 def _learner(args: argparse.Namespace) -> int:
     config_from_args(args)
-    return _lands_with(args, 5)
+    return _lands_with(args, 6)
 
 
 def _actor(args: argparse.Namespace) -> int:
@@ -102,16 +122,21 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _dataset_validate(args: argparse.Namespace) -> int:
-    return _lands_with(args, 4)
+    from replay.commands import dataset_validate
+
+    return dataset_validate(args)
 
 
 def _dataset_inspect(args: argparse.Namespace) -> int:
-    return _lands_with(args, 4)
+    from replay.commands import dataset_inspect
+
+    return dataset_inspect(args)
 
 
 def _dataset_collect(args: argparse.Namespace) -> int:
-    config_from_args(args)
-    return _lands_with(args, 4)
+    from replay.commands import dataset_collect
+
+    return dataset_collect(args)
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -200,8 +225,32 @@ def _dataset_path_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", help="HDF5 dataset file")
 
 
+def _pretrain_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument("--dataset", metavar="FILE", help="HDF5 dataset to pre-train on (sets run.dataset)")
+
+
+def _dataset_validate_options(parser: argparse.ArgumentParser) -> None:
+    _dataset_path_options(parser)
+    parser.add_argument("--map", metavar="MAP", help="check shapes against this map's sizes")
+
+
+def _dataset_inspect_options(parser: argparse.ArgumentParser) -> None:
+    _dataset_path_options(parser)
+    parser.add_argument("--plot", metavar="PNG", help="return histogram (default: FILE.returns.png)")
+
+
 def _dataset_collect_options(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser)
+    parser.add_argument(
+        "--policy",
+        default="heuristic",
+        metavar="POLICY",
+        help="heuristic | random | checkpoint:PATH (a learner checkpoint) | qmix-replay (the buffer of "
+        "a from-scratch QMIX run of run.online_env_steps; --episodes = buffer size)",
+    )
+    parser.add_argument("--epsilon", type=float, metavar="E", help="random-action probability per agent")
+    parser.add_argument("--envs", type=int, metavar="N", help="battles stepped together (default 16)")
     parser.add_argument("--episodes", type=int, metavar="N", help="episodes to collect")
     parser.add_argument("--out", metavar="PATH", help="HDF5 file to write (default: run.dataset)")
 
@@ -234,7 +283,7 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "run": Command("run everything on this machine: replay, learner, actors, evaluator", _run),
     "train": Command("train one method on one task", _train, _train_options),
-    "pretrain": Command("offline phase only: CQL pre-training on the dataset", _pretrain),
+    "pretrain": Command("offline phase only: CQL pre-training on the dataset", _pretrain, _pretrain_options),
     "replay-server": Command("serve the offline and online replay tables", _replay_server),
     "learner": Command("sample mixed batches, update the networks, publish weights", _learner),
     "actor": Command(
@@ -244,10 +293,10 @@ COMMANDS: dict[str, Command] = {
         "greedy test episodes of a checkpoint or of the live learner", _evaluate, _evaluate_options
     ),
     "dataset validate": Command(
-        "check a dataset file against the episode schema", _dataset_validate, _dataset_path_options
+        "check a dataset file against the episode schema", _dataset_validate, _dataset_validate_options
     ),
     "dataset inspect": Command(
-        "summarise a dataset file: episodes, returns, win rate", _dataset_inspect, _dataset_path_options
+        "summarise a dataset file: episodes, returns, win rate", _dataset_inspect, _dataset_inspect_options
     ),
     "dataset collect": Command(
         "play battles with a policy and write a dataset file", _dataset_collect, _dataset_collect_options

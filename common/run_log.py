@@ -15,6 +15,16 @@ import time
 from pathlib import Path
 
 
+def fresh_run_dir(path: str | Path) -> Path:
+    """`path`, or `path_2`, `path_3`, ... if a run already wrote there: runs never mix their logs."""
+    path = Path(path)
+    candidate, n = path, 1
+    while (candidate / "metrics.jsonl").exists():
+        n += 1
+        candidate = path.with_name(f"{path.name}_{n}")
+    return candidate
+
+
 class RunLog:
     def __init__(self, run_dir: str | Path):
         self.dir = Path(run_dir)
@@ -92,8 +102,9 @@ class RunLog:
 class ProgressLine:
     """A periodic one-line status with rates and ETA (a new line each time, so logs stay readable)."""
 
-    def __init__(self, total_steps: int, every_s: float = 10.0, stream=None):
+    def __init__(self, total_steps: int, every_s: float = 10.0, stream=None, unit: str = "env steps"):
         self.total = total_steps
+        self.unit = unit
         self.every_s = every_s
         self.stream = stream or sys.stdout
         self.start = time.monotonic()
@@ -107,7 +118,7 @@ class ProgressLine:
         elapsed = max(now - self.start, 1e-9)
         rate = env_steps / elapsed
         eta = (self.total - env_steps) / rate if rate > 0 else float("inf")
-        parts = [f"env steps {env_steps:,}/{self.total:,}", f"{rate:,.0f} steps/s"]
+        parts = [f"{self.unit} {env_steps:,}/{self.total:,}", f"{rate:,.1f} {self.unit.split()[-1]}/s"]
         parts += [
             f"{k.replace('_', ' ')} {v:.3g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"
             for k, v in fields.items()

@@ -68,16 +68,10 @@ def test_package_entry_points_forward_to_their_subcommand(package, command):
 
 NOT_LANDED = [
     (["run"], "#6"),
-    (["train"], "#5"),
     (["train", "--mode", "distributed"], "#6"),
-    (["pretrain"], "#5"),
-    (["replay-server"], "#4"),
-    (["learner"], "#5"),
+    (["learner"], "#6"),
     (["actor"], "#6"),
     (["evaluate"], "#6"),
-    (["dataset", "validate", "x.h5"], "#4"),
-    (["dataset", "inspect", "x.h5"], "#4"),
-    (["dataset", "collect"], "#4"),
     (["reproduce"], "#6"),
     (["ray-launch"], "#7"),
 ]

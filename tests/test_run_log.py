@@ -45,3 +45,12 @@ def test_evaluation_is_greedy_and_counts_wins():
     result = evaluate(worker, 8)
     assert result.episodes == 8 and 0.0 <= result.win_rate <= 1.0
     assert worker.exploration == "decentralized_se"  # restored after the test episodes
+
+
+def test_a_new_run_never_writes_into_an_earlier_runs_directory(tmp_path):
+    from common.run_log import fresh_run_dir
+
+    first = fresh_run_dir(tmp_path / "exp")
+    RunLog(first).log("eval", env_steps=0)
+    second = fresh_run_dir(tmp_path / "exp")
+    assert first.name == "exp" and second.name == "exp_2"

@@ -212,6 +212,9 @@ class RunConfig:
     dataset: str | None = "data/3s5z_medium.h5"  # HDF5 file of offline episodes; None = no offline data
     dataset_kind: str | None = "medium"  # "medium" | "medium_replay" | None
     online_env_steps: int = 1_000_000  # fine-tuning budget, environment steps
+    # A learner checkpoint (e.g. checkpoints/offline.pt of `ovmse pretrain`) to start from instead of
+    # pre-training again; None = pre-train on run.dataset first.
+    init_checkpoint: str | None = None
     eval_interval_steps: int = 10_000  # PyMARL test_interval
     log_interval_s: float = 10.0
     metrics_port: int = 0  # Prometheus /metrics port; 0 = off

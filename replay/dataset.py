@@ -1,0 +1,866 @@
+"""Dataset files: CFCQL's HDF5 layout, read, written, validated, summarised and collected.
+
+The layout is the one CFCQL's SMAC datasets use (they save PyMARL `EpisodeBatch` tensors with h5py):
+eight datasets at the file's root, each `[N, episode_limit + 1, ...]`, with the dtypes of PyMARL's
+scheme:
+
+    state [N, T+1, S] float32        obs [N, T+1, n, O] float32      actions [N, T+1, n, 1] int64
+    avail_actions [N, T+1, n, A] int32   probs [N, T+1, n, A] float32   reward [N, T+1, 1] float32
+    terminated [N, T+1, 1] uint8     filled [N, T+1, 1] int64
+
+`filled` marks rows 0..L of an episode of L steps (PyMARL marks the final observation filled too);
+the rows after it are zero padding. `probs` is the behaviour policy's action distribution; CFCQL
+only fills it when collecting with `save_probs`, so it may be all zeros, and files without it load.
+CFCQL's loader hands *every* key of the file to `EpisodeBatch.update`, which raises on keys outside
+its scheme, so our files hold exactly these eight keys; our metadata (map, policy, per-episode
+battle_won) lives in HDF5 attributes, which their loader never reads.
+
+Reading strips the padding: each episode becomes an `Episode` with exactly L + 1 rows, with the
+final row's action, reward and terminated set to 0 as `common.episode` specifies (CFCQL stores the
+action its policy picked at the final observation there). A file whose final observation row is not
+marked filled (the terminal flag sits on the last filled row) is read as L = filled rows; see
+`episode_lengths`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from common.episode import FIELD_DTYPES, STEP_FIELDS, Episode, EpisodeMeta
+
+# --- the format -------------------------------------------------------------------------------
+
+CFCQL_KEYS = ("state", "obs", "actions", "avail_actions", "probs", "reward", "terminated", "filled")
+REQUIRED_KEYS = STEP_FIELDS  # `probs` is optional on reading
+# The dtypes CFCQL's files hold (PyMARL scheme: th.long actions and filled, th.int avail_actions).
+CFCQL_DTYPES: dict[str, np.dtype] = {
+    "state": np.dtype(np.float32),
+    "obs": np.dtype(np.float32),
+    "actions": np.dtype(np.int64),
+    "avail_actions": np.dtype(np.int32),
+    "probs": np.dtype(np.float32),
+    "reward": np.dtype(np.float32),
+    "terminated": np.dtype(np.uint8),
+    "filled": np.dtype(np.int64),
+}
+# What we accept on reading: numpy dtype kinds (f float, i/u integer, b bool).
+ACCEPTED_KINDS = {
+    "state": "f",
+    "obs": "f",
+    "probs": "f",
+    "reward": "f",
+    "actions": "iu",
+    "avail_actions": "iub",
+    "terminated": "iub",
+    "filled": "iub",
+}
+# Attributes we write (CFCQL ignores attributes).
+SCHEMA_ATTR = "ovmse_schema"
+BATTLE_WON_ATTR = "battle_won"
+# HDF5 keeps attributes in the object header (64 KiB); past this many episodes battle_won is not
+# stored and the win rate is inferred from returns instead.
+MAX_BATTLE_WON_ATTR = 60_000
+# SMAC scales returns so that a won battle is worth reward_scale_rate = 20; a lost one misses the
+# win bonus (200 of ~1,500 raw points on the paper's maps, i.e. >= 2.5 scaled), so a true-terminal
+# episode at or above this return was a win. Used only for files that do not record battle_won.
+INFERRED_WIN_RETURN = 19.9
+READ_CHUNK = 64  # episodes read and checked at a time
+
+
+class DatasetError(ValueError):
+    """A dataset file problem as one line: `FILE: [episode I: ]FIELD: DETAIL`.
+
+    `field` is the HDF5 key at fault (or "file" when the file itself cannot be read); `episode` the
+    index of the first bad episode, when the problem is in one."""
+
+    def __init__(self, path: str | os.PathLike, field: str, detail: str, episode: int | None = None):
+        self.path = str(path)
+        self.field = field
+        self.detail = detail
+        self.episode = episode
+        super().__init__(str(self))
+
+    def __str__(self) -> str:
+        where = f"episode {self.episode}: " if self.episode is not None else ""
+        return " ".join(f"{self.path}: {where}{self.field}: {self.detail}".splitlines())
+
+
+@dataclass(frozen=True)
+class EpisodeProblem:
+    """What is wrong with one episode (before the file name is known)."""
+
+    episode: int
+    field: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class DatasetLayout:
+    """The sizes a file's shapes imply."""
+
+    episodes: int
+    rows: int  # episode_limit + 1
+    n_agents: int
+    obs_size: int
+    state_size: int
+    n_actions: int
+    has_probs: bool
+
+    @property
+    def episode_limit(self) -> int:
+        return self.rows - 1
+
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Full shape of every key, CFCQL layout."""
+        n, t = self.episodes, self.rows
+        return {
+            "state": (n, t, self.state_size),
+            "obs": (n, t, self.n_agents, self.obs_size),
+            "actions": (n, t, self.n_agents, 1),
+            "avail_actions": (n, t, self.n_agents, self.n_actions),
+            "probs": (n, t, self.n_agents, self.n_actions),
+            "reward": (n, t, 1),
+            "terminated": (n, t, 1),
+            "filled": (n, t, 1),
+        }
+
+
+@dataclass(frozen=True)
+class MapLayout:
+    """The sizes a map (with the env flags) gives every episode."""
+
+    map_name: str
+    n_agents: int
+    obs_size: int
+    state_size: int
+    n_actions: int
+    episode_limit: int
+
+
+def map_layout(map_name: str, env_cfg=None) -> MapLayout:
+    """Sizes of `map_name` under the SMAC flags of `env_cfg` (default: SMAC's defaults)."""
+    from common.config import EnvConfig
+    from common.envs.layout import ObsFlags, ObsLayout
+    from common.envs.maps import get_map
+
+    env_cfg = env_cfg or EnvConfig(map_name=map_name)
+    spec = get_map(map_name)
+    flags = ObsFlags(**{name: getattr(env_cfg, name) for name in ObsFlags.__dataclass_fields__})
+    layout = ObsLayout.for_map(spec, flags)
+    return MapLayout(
+        map_name, spec.n_agents, layout.obs_size, layout.state_size, layout.n_actions, spec.episode_limit
+    )
+
+
+# --- layout checks (shapes and dtypes; no data read) ------------------------------------------
+
+
+def read_layout(h5, path: str | os.PathLike, expected: MapLayout | None = None) -> DatasetLayout:
+    """The layout of an open file, after checking keys, ranks, shapes and dtypes (and, given
+    `expected`, the map's sizes). Raises DatasetError naming the first bad key."""
+    for key in REQUIRED_KEYS:
+        if key not in h5:
+            raise DatasetError(path, key, "missing (CFCQL layout needs " + ", ".join(REQUIRED_KEYS) + ")")
+        if not hasattr(h5[key], "shape"):
+            raise DatasetError(path, key, "is a group, expected a dataset")
+    ranks = {"state": 3, "obs": 4, "actions": 4, "avail_actions": 4, "probs": 4}
+    for key in CFCQL_KEYS:
+        if key not in h5:
+            continue
+        want = ranks.get(key, 3)
+        if len(h5[key].shape) != want:
+            raise DatasetError(
+                path, key, f"shape {tuple(h5[key].shape)} has {len(h5[key].shape)} axes, expected {want}"
+            )
+        kind = h5[key].dtype.kind
+        if kind not in ACCEPTED_KINDS[key]:
+            raise DatasetError(path, key, f"dtype {h5[key].dtype}, expected {CFCQL_DTYPES[key]}")
+    episodes, rows = h5["actions"].shape[:2]
+    layout = DatasetLayout(
+        episodes=int(episodes),
+        rows=int(rows),
+        n_agents=int(h5["actions"].shape[2]),
+        obs_size=int(h5["obs"].shape[3]),
+        state_size=int(h5["state"].shape[2]),
+        n_actions=int(h5["avail_actions"].shape[3]),
+        has_probs="probs" in h5,
+    )
+    if episodes < 1:
+        raise DatasetError(path, "actions", "holds no episodes")
+    if rows < 2:
+        raise DatasetError(path, "actions", f"time axis has {rows} rows; an episode needs at least 2")
+    wanted = layout.shapes()
+    for key in CFCQL_KEYS:
+        if key in h5 and tuple(h5[key].shape) != wanted[key]:
+            raise DatasetError(path, key, f"shape {tuple(h5[key].shape)}, expected {wanted[key]}")
+    if expected is not None:
+        _check_map(layout, expected, path)
+    return layout
+
+
+def _check_map(layout: DatasetLayout, expected: MapLayout, path) -> None:
+    checks = (
+        ("obs", "agents", layout.n_agents, expected.n_agents),
+        ("obs", "observation size", layout.obs_size, expected.obs_size),
+        ("state", "state size", layout.state_size, expected.state_size),
+        ("avail_actions", "actions", layout.n_actions, expected.n_actions),
+        ("filled", "time axis (episode_limit + 1)", layout.rows, expected.episode_limit + 1),
+    )
+    for key, what, got, want in checks:
+        if got != want:
+            raise DatasetError(path, key, f"{what} is {got}, but map {expected.map_name} has {want}")
+
+
+# --- episode checks (pure, on a chunk of episodes) --------------------------------------------
+
+
+def episode_lengths(
+    filled: np.ndarray, terminated: np.ndarray, first: int = 0
+) -> tuple[np.ndarray, EpisodeProblem | None]:
+    """Steps L of each episode of a chunk (filled, terminated: [c, T+1] integer), and the problem
+    with the first bad one (None if all are fine; lengths of bad episodes are only a best guess).
+    `first` is the index of the chunk's first episode in the file.
+
+    PyMARL/CFCQL: filled = 1 on rows 0..L, terminated = 1 on row L-1 at a true end (0 everywhere
+    after a time-limit end), so L = filled rows - 1. Some converters leave the final observation row
+    unmarked; then the terminal flag sits on the last filled row and L = filled rows. (A time-limit
+    episode in that convention cannot be told apart and loses its last step.)"""
+    c, rows = filled.shape
+    is_filled = filled != 0
+    is_end = terminated != 0
+    n_filled = is_filled.sum(axis=1).astype(np.int64)
+    term_count = is_end.sum(axis=1)
+    term_row = np.where(term_count > 0, is_end.argmax(axis=1), -1)
+    unmarked_final = (term_count == 1) & (term_row == n_filled - 1)
+    lengths = np.where(unmarked_final, n_filled, n_filled - 1).clip(0, rows - 1)
+
+    problems: list[EpisodeProblem] = []
+
+    def first_of(mask: np.ndarray, field_name: str, describe: Callable[[int], str]) -> None:
+        if mask.any():
+            e = int(np.argmax(mask))
+            problems.append(EpisodeProblem(first + e, field_name, describe(e)))
+
+    bad_value = (filled != 0) & (filled != 1)
+    first_of(
+        bad_value.any(axis=1), "filled", lambda e: f"value {filled[e][bad_value[e]][0]}; expected 0 or 1"
+    )
+    gap = np.diff(is_filled.astype(np.int8), axis=1) > 0
+    first_of(
+        gap.any(axis=1), "filled", lambda e: f"row {int(gap[e].argmax()) + 1} is filled after an unfilled row"
+    )
+    first_of(
+        n_filled < 2, "filled", lambda e: f"{n_filled[e]} filled rows; an episode needs at least 2 (one step)"
+    )
+    first_of(
+        ((terminated != 0) & (terminated != 1)).any(axis=1),
+        "terminated",
+        lambda e: "values other than 0 and 1",
+    )
+    first_of(
+        term_count > 1, "terminated", lambda e: f"set on {term_count[e]} rows; at most one (the last step)"
+    )
+    misplaced = (term_count == 1) & (term_row != n_filled - 2) & ~unmarked_final
+    first_of(
+        misplaced,
+        "terminated",
+        lambda e: (
+            f"set at row {term_row[e]}, but the episode's last step is row {n_filled[e] - 2} "
+            f"(filled rows 0..{n_filled[e] - 1})"
+        ),
+    )
+    first_of(
+        unmarked_final & (n_filled >= rows),
+        "filled",
+        lambda e: "the terminal step is the last row, leaving no row for the final observation",
+    )
+    # min() keeps the first of equals: for one episode, the order of the checks above decides.
+    return lengths, min(problems, key=lambda p: p.episode, default=None)
+
+
+def check_chunk(arrays: dict[str, np.ndarray], lengths: np.ndarray, first: int = 0) -> EpisodeProblem | None:
+    """The first problem in a chunk's data given its episodes' lengths: actions out of range or not
+    available where taken, agents with no available action, non-finite numbers."""
+    c, rows = arrays["actions"].shape[:2]
+    n_actions = arrays["avail_actions"].shape[-1]
+    t = np.arange(rows)[None, :]
+    taken_rows = t < lengths[:, None]  # [c, T+1]: rows where an action was taken
+    actions = arrays["actions"][..., 0].astype(np.int64)  # [c, T+1, n]
+    avail = arrays["avail_actions"].astype(bool)
+    problems: list[EpisodeProblem] = []
+
+    out_of_range = taken_rows[:, :, None] & ((actions < 0) | (actions >= n_actions))
+    if out_of_range.any():
+        e, step, agent = np.argwhere(out_of_range)[0]
+        problems.append(
+            EpisodeProblem(
+                first + int(e),
+                "actions",
+                f"agent {agent} took action {actions[e, step, agent]} at step {step}; "
+                f"actions are 0..{n_actions - 1}",
+            )
+        )
+    clipped = np.clip(actions, 0, n_actions - 1)
+    available = np.take_along_axis(avail, clipped[..., None], axis=-1)[..., 0]
+    unavailable = taken_rows[:, :, None] & ~available & ~out_of_range
+    if unavailable.any():
+        e, step, agent = np.argwhere(unavailable)[0]
+        problems.append(
+            EpisodeProblem(
+                first + int(e),
+                "actions",
+                f"agent {agent} took action {actions[e, step, agent]} at step {step}, "
+                "which avail_actions marks unavailable",
+            )
+        )
+    no_choice = taken_rows[:, :, None] & ~avail.any(axis=-1)
+    if no_choice.any():
+        e, step, agent = np.argwhere(no_choice)[0]
+        problems.append(
+            EpisodeProblem(
+                first + int(e), "avail_actions", f"agent {agent} has no available action at step {step}"
+            )
+        )
+    held_rows = t <= lengths[:, None]
+    for key in ("state", "obs", "reward"):
+        values = arrays[key]
+        finite = np.isfinite(values).reshape(c, rows, -1).all(axis=-1)
+        bad = held_rows & ~finite
+        if bad.any():
+            e, step = np.argwhere(bad)[0]
+            problems.append(EpisodeProblem(first + int(e), key, f"not finite at row {step}"))
+    return min(problems, key=lambda p: p.episode) if problems else None
+
+
+def to_episode(arrays: dict[str, np.ndarray], i: int, length: int, meta: EpisodeMeta) -> Episode:
+    """Episode i of a chunk, cut to length + 1 rows, in the episode schema's dtypes, with the final
+    row's action, reward and terminated zeroed and every held row filled."""
+    rows = length + 1
+    cut = {key: np.array(arrays[key][i, :rows], dtype=FIELD_DTYPES[key]) for key in STEP_FIELDS}
+    cut["actions"][length] = 0
+    cut["reward"][length] = 0.0
+    cut["terminated"][length] = 0
+    cut["filled"][:] = 1
+    return Episode(**cut, meta=meta)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def open_dataset(path: str | os.PathLike):
+    """h5py.File for reading, with unreadable files reported as DatasetError(field="file")."""
+    import h5py
+
+    path = Path(path)
+    if not path.exists():
+        raise DatasetError(path, "file", "no such file")
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as error:
+        detail = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DatasetError(
+            path, "file", f"cannot be read as HDF5 (truncated or not HDF5): {detail}"
+        ) from None
+    try:
+        yield h5
+    finally:
+        h5.close()
+
+
+def _read(h5, key: str, start: int, stop: int, path) -> np.ndarray:
+    try:
+        return h5[key][start:stop]
+    except (OSError, ValueError) as error:
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DatasetError(path, key, f"cannot read episodes {start}..{stop - 1}: {first_line}") from None
+
+
+def _battle_won_attr(h5, episodes: int) -> np.ndarray | None:
+    won = h5.attrs.get(BATTLE_WON_ATTR)
+    if won is None or np.asarray(won).shape != (episodes,):
+        return None
+    return np.asarray(won).astype(bool)
+
+
+def infer_battle_won(returns: np.ndarray, true_end: np.ndarray) -> np.ndarray:
+    """Wins of a file that does not record them: true-terminal episodes with a won battle's return."""
+    return np.asarray(true_end, dtype=bool) & (np.asarray(returns) >= INFERRED_WIN_RETURN)
+
+
+def iter_episodes(
+    path: str | os.PathLike,
+    expected: MapLayout | None = None,
+    chunk: int = READ_CHUNK,
+    on_chunk: Callable[[int], None] | None = None,
+) -> Iterator[Episode]:
+    """Every episode of a file as an `Episode` (source "offline"), checked as it is read.
+
+    Raises DatasetError at the first problem, possibly after yielding earlier episodes: callers
+    that must not act on a partly bad file (the offline-table loader) undo what they did with them.
+    `on_chunk(n)` is told how many episodes each chunk held (for progress bars)."""
+    with open_dataset(path) as h5:
+        layout = read_layout(h5, path, expected)
+        recorded_wins = _battle_won_attr(h5, layout.episodes)
+        for start in range(0, layout.episodes, chunk):
+            stop = min(start + chunk, layout.episodes)
+            arrays = {key: _read(h5, key, start, stop, path) for key in REQUIRED_KEYS}
+            lengths, structure = episode_lengths(
+                arrays["filled"][..., 0], arrays["terminated"][..., 0], start
+            )
+            found = [p for p in (structure, check_chunk(arrays, lengths, start)) if p is not None]
+            if found:  # the first bad episode; for one episode, its structure before its data
+                problem = min(found, key=lambda p: p.episode)
+                raise DatasetError(path, problem.field, problem.detail, problem.episode)
+            for i, length in enumerate(lengths):
+                length = int(length)
+                episode_return = float(arrays["reward"][i, :length, 0].sum(dtype=np.float64))
+                if recorded_wins is not None:
+                    won = bool(recorded_wins[start + i])
+                else:
+                    true_end = bool(arrays["terminated"][i, :length].any())
+                    won = bool(infer_battle_won(np.array([episode_return]), np.array([true_end]))[0])
+                meta = EpisodeMeta(episode_return=episode_return, battle_won=won, source="offline")
+                yield to_episode(arrays, i, length, meta)
+            if on_chunk is not None:
+                on_chunk(stop - start)
+
+
+def read_episodes(path: str | os.PathLike, expected: MapLayout | None = None) -> list[Episode]:
+    """All episodes of a (valid) file in memory. For small files and tests; large files stream
+    through `iter_episodes`."""
+    return list(iter_episodes(path, expected))
+
+
+def dataset_layout(path: str | os.PathLike, expected: MapLayout | None = None) -> DatasetLayout:
+    """The layout of a file (shapes and dtypes checked, data not read)."""
+    with open_dataset(path) as h5:
+        return read_layout(h5, path, expected)
+
+
+def file_fingerprint(path: str | os.PathLike, block: int = 1 << 23) -> str:
+    """blake2b of the file's bytes: which dataset a replay checkpoint's offline table came from."""
+    digest = hashlib.blake2b(digest_size=20)
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# --- validation and summaries -------------------------------------------------------------------
+
+
+@dataclass
+class DatasetSummary:
+    """What `ovmse dataset inspect` and the dataset card report."""
+
+    path: str
+    episodes: int
+    steps: int
+    episode_limit: int
+    return_min: float
+    return_mean: float
+    return_max: float
+    win_rate: float
+    wins_recorded: bool  # False: wins inferred from returns (CFCQL files do not record them)
+    length_min: int
+    length_mean: float
+    length_max: int
+    returns: list[float] = field(default_factory=list, repr=False)
+
+    def card(self, **extra) -> dict:
+        """The dataset card (JSON-ready): size and return statistics, plus `extra`."""
+        data = {k: v for k, v in asdict(self).items() if k != "returns"}
+        data.update(extra)
+        return data
+
+
+def summarize(
+    path: str | os.PathLike,
+    returns: np.ndarray,
+    lengths: np.ndarray,
+    won: np.ndarray,
+    recorded: bool,
+    limit: int,
+) -> DatasetSummary:
+    returns = np.asarray(returns, dtype=np.float64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return DatasetSummary(
+        path=str(path),
+        episodes=int(len(returns)),
+        steps=int(lengths.sum()),
+        episode_limit=int(limit),
+        return_min=float(returns.min()),
+        return_mean=float(returns.mean()),
+        return_max=float(returns.max()),
+        win_rate=float(np.mean(won)),
+        wins_recorded=recorded,
+        length_min=int(lengths.min()),
+        length_mean=float(lengths.mean()),
+        length_max=int(lengths.max()),
+        returns=[float(r) for r in returns],
+    )
+
+
+def validate_dataset(path: str | os.PathLike, expected: MapLayout | None = None) -> DatasetSummary:
+    """Read and check every episode; raise DatasetError at the first problem, else summarise."""
+    returns, lengths, won = [], [], []
+    with open_dataset(path) as h5:
+        layout = read_layout(h5, path, expected)
+        recorded = _battle_won_attr(h5, layout.episodes) is not None
+    for episode in iter_episodes(path, expected):
+        returns.append(episode.meta.episode_return)
+        lengths.append(episode.length)
+        won.append(episode.meta.battle_won)
+    return summarize(
+        path, np.array(returns), np.array(lengths), np.array(won), recorded, layout.episode_limit
+    )
+
+
+def inspect_dataset(path: str | os.PathLike, chunk: int = 1024) -> DatasetSummary:
+    """Summary from the small keys only (reward, terminated, filled): fast on large files. Does not
+    check observations or actions; `validate_dataset` does."""
+    returns, lengths, true_end = [], [], []
+    with open_dataset(path) as h5:
+        layout = read_layout(h5, path)
+        recorded_wins = _battle_won_attr(h5, layout.episodes)
+        for start in range(0, layout.episodes, chunk):
+            stop = min(start + chunk, layout.episodes)
+            filled = _read(h5, "filled", start, stop, path)[..., 0]
+            terminated = _read(h5, "terminated", start, stop, path)[..., 0]
+            reward = _read(h5, "reward", start, stop, path)[..., 0].astype(np.float64)
+            got, problem = episode_lengths(filled, terminated, start)
+            if problem is not None:
+                raise DatasetError(path, problem.field, problem.detail, problem.episode)
+            taken = np.arange(layout.rows)[None, :] < got[:, None]
+            returns.append((reward * taken).sum(axis=1))
+            lengths.append(got)
+            true_end.append((terminated.astype(bool) & taken).any(axis=1))
+    returns_arr, lengths_arr, true_end_arr = (np.concatenate(x) for x in (returns, lengths, true_end))
+    if recorded_wins is not None:
+        won = recorded_wins
+    else:
+        won = infer_battle_won(returns_arr, true_end_arr)
+    return summarize(path, returns_arr, lengths_arr, won, recorded_wins is not None, layout.episode_limit)
+
+
+def plot_returns(summary: DatasetSummary, out: str | os.PathLike, title: str | None = None) -> Path:
+    """Histogram of episode returns (the kind of the paper's Figure 5) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    ax.hist(summary.returns, bins=40, color="#4c72b0", edgecolor="white")
+    ax.axvline(summary.return_mean, color="#c44e52", linestyle="--", label=f"mean {summary.return_mean:.2f}")
+    ax.set_xlabel("episode return")
+    ax.set_ylabel("episodes")
+    ax.set_title(title or f"{Path(summary.path).name}: {summary.episodes} episodes")
+    ax.legend()
+    fig.tight_layout()
+    with _atomic_path(out) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return out
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _atomic_path(path: Path):
+    """A temporary path next to `path`, renamed onto it when the block succeeds, removed if not."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """JSON written to a temporary file and renamed into place."""
+    path = Path(path)
+    with _atomic_path(path) as tmp, open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.write("\n")
+    return path
+
+
+class DatasetWriter:
+    """Writes episodes to a new HDF5 file in CFCQL's layout, padded to episode_limit + 1 rows.
+
+    The file is built under a temporary name next to `path` and renamed onto it by `close()`, so a
+    reader never sees a half-written file; leaving the `with` block by an exception removes it.
+    Datasets are chunked per episode and gzip-compressed (padding compresses to almost nothing);
+    h5py and every HDF5 build read gzip."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        n_agents: int,
+        obs_size: int,
+        state_size: int,
+        n_actions: int,
+        episode_limit: int,
+        attrs: dict | None = None,
+        compression: str | None = "gzip",
+        block: int = 64,
+    ):
+        import h5py
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        os.close(fd)
+        self._tmp = Path(tmp)
+        self.layout = DatasetLayout(0, episode_limit + 1, n_agents, obs_size, state_size, n_actions, True)
+        self._h5 = h5py.File(self._tmp, "w")
+        self._block = block
+        self._pending: list[tuple[Episode, np.ndarray | None]] = []
+        self._won: list[bool] = []
+        self._written = 0
+        for key, shape in self.layout.shapes().items():
+            kwargs = (
+                {"compression": compression, "compression_opts": 1, "shuffle": True} if compression else {}
+            )
+            self._h5.create_dataset(
+                key,
+                shape=(0, *shape[1:]),
+                maxshape=(None, *shape[1:]),
+                dtype=CFCQL_DTYPES[key],
+                chunks=(1, *shape[1:]),
+                **kwargs,
+            )
+        self._h5.attrs[SCHEMA_ATTR] = 1
+        for name, value in (attrs or {}).items():
+            self._h5.attrs[name] = value
+
+    def append(self, episode: Episode, probs: np.ndarray | None = None) -> None:
+        """Add one episode; `probs` [L+1, n, A] is the behaviour policy's distribution (zeros if None)."""
+        if episode.length > self.layout.episode_limit:
+            raise ValueError(
+                f"episode of {episode.length} steps exceeds episode_limit {self.layout.episode_limit}"
+            )
+        self._pending.append((episode, probs))
+        self._won.append(bool(episode.meta.battle_won))
+        if len(self._pending) >= self._block:
+            self._flush()
+
+    @property
+    def episodes(self) -> int:
+        """Episodes appended so far."""
+        return self._written + len(self._pending)
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        count = len(self._pending)
+        start = self._written
+        shapes = self.layout.shapes()
+        for key in CFCQL_KEYS:
+            block = np.zeros((count, *shapes[key][1:]), dtype=CFCQL_DTYPES[key])
+            for i, (episode, probs) in enumerate(self._pending):
+                rows = episode.length + 1
+                if key == "probs":
+                    if probs is not None:
+                        block[i, :rows] = probs
+                else:
+                    block[i, :rows] = getattr(episode, key)
+            dataset = self._h5[key]
+            dataset.resize(start + count, axis=0)
+            dataset[start : start + count] = block
+        self._written += count
+        self._pending.clear()
+
+    def close(self) -> Path:
+        """Finish the file and move it to `path`."""
+        self._flush()
+        if len(self._won) <= MAX_BATTLE_WON_ATTR:
+            self._h5.attrs[BATTLE_WON_ATTR] = np.array(self._won, dtype=np.uint8)
+        self._h5.close()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Drop the file being written."""
+        with contextlib.suppress(Exception):
+            self._h5.close()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self._tmp)
+
+    def __enter__(self) -> DatasetWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_dataset(
+    path: str | os.PathLike,
+    episodes: Sequence[Episode],
+    episode_limit: int,
+    probs: Sequence[np.ndarray | None] | None = None,
+    attrs: dict | None = None,
+) -> Path:
+    """Write `episodes` (all of one map) to `path` in CFCQL's layout."""
+    if not episodes:
+        raise ValueError("write_dataset needs at least one episode")
+    first = episodes[0]
+    with DatasetWriter(
+        path,
+        n_agents=first.obs.shape[1],
+        obs_size=first.obs.shape[2],
+        state_size=first.state.shape[1],
+        n_actions=first.avail_actions.shape[2],
+        episode_limit=episode_limit,
+        attrs=attrs,
+    ) as writer:
+        for i, episode in enumerate(episodes):
+            writer.append(episode, None if probs is None else probs[i])
+    return Path(path)
+
+
+def card_path(path: str | os.PathLike) -> Path:
+    """Where the dataset card of `path` goes: data/3s5z_medium.h5 -> data/3s5z_medium.card.json."""
+    path = Path(path)
+    return path.with_name(path.stem + ".card.json")
+
+
+# --- collection ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CollectRequest:
+    """What `ovmse dataset collect` does: `episodes` rollouts of `policy` into `out`."""
+
+    out: str
+    episodes: int
+    policy: str = "heuristic"  # "heuristic" | "random"
+    epsilon: float = 0.0  # each agent takes a uniformly random available action with this probability
+    num_envs: int = 16  # battles stepped together
+
+
+def behaviour_probs(greedy: np.ndarray, avail: np.ndarray, epsilon: float) -> np.ndarray:
+    """The distribution an epsilon-mixed policy draws from: (1 - eps) on the greedy action plus eps
+    spread uniformly over the available ones. greedy [B, n] (None: uniform), avail [B, n, A]."""
+    mask = np.asarray(avail).astype(np.float32)
+    uniform = mask / np.maximum(mask.sum(axis=-1, keepdims=True), 1.0)
+    if greedy is None:
+        return uniform
+    onehot = np.zeros_like(uniform)
+    np.put_along_axis(onehot, np.asarray(greedy)[..., None], 1.0, axis=-1)
+    return (1.0 - epsilon) * onehot + epsilon * uniform
+
+
+def collect_dataset(cfg, request: CollectRequest, progress: bool = True) -> DatasetSummary:
+    """Roll out a scripted policy on `cfg.env` and write the episodes to `request.out` in CFCQL's
+    layout (with `probs`), then its dataset card next to it. Returns the summary."""
+    from tqdm import tqdm
+
+    from common.envs.factory import make_batch_env
+    from common.envs.layout import ObsFlags, ObsLayout
+    from common.envs.maps import get_map
+    from common.envs.policies import make_policy, random_available
+    from common.episode import EpisodeBuilder
+
+    if request.episodes < 1:
+        raise ValueError(f"--episodes must be at least 1, got {request.episodes}")
+    if not 0.0 <= request.epsilon <= 1.0:
+        raise ValueError(f"--epsilon must be in [0, 1], got {request.epsilon}")
+    env = make_batch_env(cfg.env, request.num_envs)
+    spec = get_map(cfg.env.map_name)
+    layout = getattr(env, "layout", None) or ObsLayout.for_map(
+        spec, ObsFlags(**{name: getattr(cfg.env, name) for name in ObsFlags.__dataclass_fields__})
+    )
+    # The policy acts greedily; exploration is mixed in here so that `probs` is exactly the
+    # distribution each action was drawn from.
+    policy = make_policy(request.policy, layout, spec, seed=cfg.env.seed, epsilon=0.0)
+    rng = np.random.default_rng(cfg.env.seed + 7919)
+    info = env.get_env_info()
+    builder = EpisodeBuilder(env.num_envs, env.n_agents, env.episode_limit)
+    step_probs: list[list[np.ndarray]] = [[] for _ in range(env.num_envs)]
+    attrs = {
+        "map_name": cfg.env.map_name,
+        "backend": cfg.env.backend,
+        "policy": request.policy,
+        "epsilon": float(request.epsilon),
+        "seed": int(cfg.env.seed),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    writer = DatasetWriter(
+        request.out,
+        n_agents=info["n_agents"],
+        obs_size=info["obs_shape"],
+        state_size=info["state_shape"],
+        n_actions=info["n_actions"],
+        episode_limit=info["episode_limit"],
+        attrs=attrs,
+    )
+    returns, lengths, won = [], [], []
+    bar = tqdm(
+        total=request.episodes, desc=f"collect {Path(request.out).name}", unit="ep", disable=not progress
+    )
+    try:
+        obs = env.reset()
+        builder.start(obs.state, obs.obs, obs.avail)
+        while writer.episodes < request.episodes:
+            if request.policy == "random":
+                actions = random_available(rng, obs.avail)
+                probs = behaviour_probs(None, obs.avail, 1.0)
+            else:
+                greedy = policy.act(obs.obs, obs.avail)
+                explore = rng.random(greedy.shape) < request.epsilon
+                actions = np.where(explore, random_available(rng, obs.avail), greedy)
+                probs = behaviour_probs(greedy, obs.avail, request.epsilon)
+            for b in range(env.num_envs):
+                step_probs[b].append(probs[b])
+            step = env.step(actions)
+            finished = builder.record(actions, step)
+            # `record` returns the ended battles' episodes in ascending battle order.
+            for b, episode in zip(sorted(int(x) for x in step.done_index), finished, strict=True):
+                battle_probs = np.zeros((episode.length + 1, *probs.shape[1:]), dtype=np.float32)
+                battle_probs[: episode.length] = np.stack(step_probs[b])
+                step_probs[b] = []
+                if writer.episodes < request.episodes:
+                    episode.meta.source = "offline"
+                    writer.append(episode, battle_probs)
+                    returns.append(episode.meta.episode_return)
+                    lengths.append(episode.length)
+                    won.append(episode.meta.battle_won)
+                    bar.update(1)
+            obs = step.next
+        path = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+    finally:
+        bar.close()
+        env.close()
+    summary = summarize(
+        path, np.array(returns), np.array(lengths), np.array(won), True, info["episode_limit"]
+    )
+    write_json(
+        card_path(path), summary.card(**attrs, file=Path(path).name, size_bytes=Path(path).stat().st_size)
+    )
+    return summary
