@@ -9,9 +9,11 @@ backoff and asks for anything newer than what it has, so versions never go backw
 from __future__ import annotations
 
 import collections
+import json
 import logging
 import threading
 import time
+import uuid
 
 import grpc
 
@@ -19,6 +21,7 @@ from common.weights_codec import WeightsMessage, decode_weights
 from learner.weight_service import (
     DEFAULT_MAX_MESSAGE_BYTES,
     FETCH_LATEST,
+    REPORT,
     SUBSCRIBE,
     encode_version,
     grpc_options,
@@ -27,8 +30,9 @@ from learner.weight_service import (
 log = logging.getLogger(__name__)
 
 
-def fetch_latest(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                 timeout: float = 10.0) -> WeightsMessage | None:
+def fetch_latest(
+    target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout: float = 10.0
+) -> WeightsMessage | None:
     """The newest weights, or None when the learner has published none yet."""
     with grpc.insecure_channel(target, options=grpc_options(max_message_bytes)) as channel:
         call = channel.unary_unary(FETCH_LATEST)
@@ -38,6 +42,38 @@ def fetch_latest(target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
             raise
+
+
+class ProgressReporter:
+    """Sends this actor's running totals to the learner (best effort: a report that cannot be
+    delivered is simply superseded by the next one)."""
+
+    def __init__(self, target: str, actor_id: int, timeout_s: float = 2.0):
+        self.actor_id = actor_id
+        self.session = uuid.uuid4().hex
+        self.timeout_s = timeout_s
+        self._channel = grpc.insecure_channel(target)
+        self._report = self._channel.unary_unary(REPORT)
+        self.failures = 0
+
+    def report(self, env_steps: int, episodes: int) -> bool:
+        body = json.dumps(
+            {
+                "actor": self.actor_id,
+                "session": self.session,
+                "env_steps": int(env_steps),
+                "episodes": int(episodes),
+            }
+        ).encode()
+        try:
+            self._report(body, timeout=self.timeout_s)
+            return True
+        except grpc.RpcError:
+            self.failures += 1
+            return False
+
+    def close(self) -> None:
+        self._channel.close()
 
 
 class WeightSubscriber:
@@ -102,8 +138,12 @@ class WeightSubscriber:
                     backoff = self.min_backoff_s
             except grpc.RpcError as error:
                 if not self._stop.is_set():
-                    log.info("weight stream from %s ended (%s); reconnecting in %.1fs",
-                             self.target, error.code(), backoff)
+                    log.info(
+                        "weight stream from %s ended (%s); reconnecting in %.1fs",
+                        self.target,
+                        error.code(),
+                        backoff,
+                    )
             except ValueError as error:  # a malformed message: drop the stream, try again
                 log.warning("bad weights message from %s: %s", self.target, error)
             finally:

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -49,15 +52,29 @@ def _optional_module(args: argparse.Namespace, module_name: str) -> int:
     return int(module.main(args) or 0)
 
 
+ENV_PREFIX = "OVMSE__"
+
+
+def env_overrides(environ=None) -> list[str]:
+    """`OVMSE__section__key=value` environment variables as `section.key=value` overrides (how
+    docker compose configures a service), sorted so the result does not depend on the env order."""
+    environ = os.environ if environ is None else environ
+    out = []
+    for name, value in sorted(environ.items()):
+        if name.startswith(ENV_PREFIX):
+            out.append(f"{name[len(ENV_PREFIX) :].replace('__', '.')}={value}")
+    return out
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     """The resolved configuration from the common options (--map, --dataset-kind, --method,
-    --config, --set)."""
+    --config, --set) and OVMSE__section__key environment variables (below --set, above the file)."""
     return resolve_config(
         map_name=args.map,
         dataset=args.dataset_kind,
         method=args.method,
         file=args.config,
-        overrides=args.overrides or (),
+        overrides=[*env_overrides(), *(args.overrides or ())],
     )
 
 
@@ -67,19 +84,25 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def _run(args: argparse.Namespace) -> int:
-    config_from_args(args)
-    return _lands_with(args, 6)
+    cfg = config_from_args(args)
+    from deploy.embedded import run_embedded
+
+    return run_embedded(cfg)
 
 
 def _train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.mode != "sync":
-        return _lands_with(args, 6)
+        from deploy.embedded import run_embedded
+
+        return run_embedded(cfg)
     from learner.sync_trainer import train_sync
 
     result = train_sync(cfg)
-    print(f"done: final test win rate {result.final_win_rate:.3f}, return {result.final_return:.2f} "
-          f"({result.updates} updates, {result.online_env_steps} online env steps)")
+    print(
+        f"done: final test win rate {result.final_win_rate:.3f}, return {result.final_return:.2f} "
+        f"({result.updates} updates, {result.online_env_steps} online env steps)"
+    )
     print(f"results in {result.run_dir}")
     return 0
 
@@ -106,19 +129,72 @@ def _replay_server(args: argparse.Namespace) -> int:
     return replay_server(args)
 
 
+def run_until_signal(job: Callable[[threading.Event], object]) -> object:
+    """Run `job(stop)`, setting `stop` on SIGTERM or SIGINT so the job can finish cleanly."""
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return job(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def _learner(args: argparse.Namespace) -> int:
-    config_from_args(args)
-    return _lands_with(args, 6)
+    cfg = config_from_args(args)
+    from learner.process import run_learner
+
+    summary = run_until_signal(lambda stop: run_learner(cfg, stop))
+    print(
+        f"learner: {summary['updates']} updates, version {summary['version']}, "
+        f"{summary['env_steps']} env steps{' (budget reached)' if summary['finished'] else ''}"
+    )
+    return 0
 
 
 def _actor(args: argparse.Namespace) -> int:
-    config_from_args(args)
-    return _lands_with(args, 6)
+    cfg = config_from_args(args)
+    from actors.process import resolve_actor_id, run_actor
+
+    actor_id = resolve_actor_id(args.actor_id)
+    summary = run_until_signal(lambda stop: run_actor(cfg, actor_id, stop))
+    print(f"actor {actor_id}: {summary['env_steps']} env steps, {summary['episodes']} episodes")
+    return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    config_from_args(args)
-    return _lands_with(args, 6)
+    cfg = config_from_args(args)
+    if args.checkpoint:
+        return _evaluate_checkpoint(cfg, args.checkpoint, args.episodes or cfg.actor.test_episodes)
+    from actors.eval_process import run_evaluator
+
+    summary = run_until_signal(lambda stop: run_evaluator(cfg, stop))
+    print(f"evaluator: first test win rate {summary['first_win_rate']}, final {summary['final_win_rate']}")
+    return 0
+
+
+def _evaluate_checkpoint(cfg: Config, path: str, episodes: int) -> int:
+    from pathlib import Path
+
+    from actors.eval_process import eval_worker_for
+    from actors.evaluator import evaluate
+    from common.envs.factory import make_env
+    from learner.checkpoint import load_checkpoint
+    from learner.learning import QMixLearner
+
+    if not Path(path).is_file():
+        print(f"ovmse evaluate: --checkpoint {path}: no such file", file=sys.stderr)
+        return 2
+    learner = QMixLearner(make_env(cfg.env).get_env_info(), cfg.learner)
+    load_checkpoint(learner, path)
+    worker = eval_worker_for(cfg)
+    worker.set_weights(learner.agent_state_dict(), 1)
+    result = evaluate(worker, episodes)
+    print(
+        f"{path}: {result.episodes} greedy episodes on {cfg.env.map_name}: win rate {result.win_rate:.3f}, "
+        f"return {result.mean_return:.2f}"
+    )
+    return 0
 
 
 def _dataset_validate(args: argparse.Namespace) -> int:
@@ -209,7 +285,11 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
 def _actor_options(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser)
     parser.add_argument(
-        "--actor-id", type=int, default=0, metavar="N", help="this actor's index (default: 0)"
+        "--actor-id",
+        type=int,
+        default=None,
+        metavar="N",
+        help="this actor's index (default: $OVMSE_ACTOR_ID, else from the host name)",
     )
 
 

@@ -5,11 +5,16 @@ Two calls on service `ovmse.WeightService`, both carrying raw bytes (no protobuf
   starting with the newest version if it is newer than `have_version`, then each newer one. A slow
   subscriber skips intermediate versions: only the newest matters to an actor.
 - `FetchLatest()` -> the newest encoded weights, or NOT_FOUND before the first publish.
+- `Report(JSON {actor, session, env_steps, episodes})` -> b"": an actor's running totals. The
+  learner's global environment-step count (which drives epsilon, the memory coefficient and the
+  run's budget) is the sum of the newest totals of every (actor, session); a restarted actor opens
+  a new session, so nothing it reported before is lost or counted twice.
 Versions only go forward; message sizes are bounded by `max_message_bytes` on both sides.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -21,6 +26,7 @@ from common.weights_codec import encode_weights
 
 SERVICE = "ovmse.WeightService"
 SUBSCRIBE = f"/{SERVICE}/Subscribe"
+REPORT = f"/{SERVICE}/Report"
 FETCH_LATEST = f"/{SERVICE}/FetchLatest"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
@@ -55,6 +61,7 @@ class WeightPublisher:
         self._payload: bytes | None = None
         self._version = -1
         self._stopped = False
+        self._progress: dict[tuple[int, str], tuple[int, int]] = {}  # (actor, session) -> totals
         # One worker thread per open stream, plus a few for FetchLatest.
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=max_subscribers + 4, thread_name_prefix="weights"),
@@ -66,6 +73,7 @@ class WeightPublisher:
             {
                 "Subscribe": grpc.unary_stream_rpc_method_handler(self._subscribe),
                 "FetchLatest": grpc.unary_unary_rpc_method_handler(self._fetch_latest),
+                "Report": grpc.unary_unary_rpc_method_handler(self._report),
             },
         )
         self._server.add_generic_rpc_handlers((handlers,))
@@ -112,6 +120,30 @@ class WeightPublisher:
         if payload is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no weights published yet")
         return payload
+
+    def _report(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        try:
+            report = json.loads(request)
+            key = (int(report["actor"]), str(report["session"]))
+            totals = (int(report["env_steps"]), int(report["episodes"]))
+        except (ValueError, KeyError, TypeError):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "report needs actor, session, env_steps, episodes"
+            )
+        with self._changed:
+            old = self._progress.get(key, (0, 0))
+            self._progress[key] = (max(old[0], totals[0]), max(old[1], totals[1]))  # totals never go back
+        return b""
+
+    def totals(self) -> tuple[int, int]:
+        """(environment steps, episodes) reported by all actors together."""
+        with self._changed:
+            values = list(self._progress.values())
+        return sum(v[0] for v in values), sum(v[1] for v in values)
+
+    def actors_reporting(self) -> set[int]:
+        with self._changed:
+            return {actor for actor, _ in self._progress}
 
     def stop(self, grace: float = 0.5) -> None:
         with self._changed:

@@ -48,7 +48,9 @@ def replay_server(args: argparse.Namespace) -> int:
             f"{server.checkpoint_dir if server.checkpoints_enabled else 'off'}",
             flush=True,
         )
-        server.serve(stop, cfg.replay.checkpoint_interval_s)
+        from replay.process import serve_replay
+
+        serve_replay(cfg, stop, server)
         print(
             "replay server stopped" + (" (checkpoint written)" if server.checkpoints_enabled else ""),
             flush=True,

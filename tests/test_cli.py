@@ -150,3 +150,17 @@ def test_help_is_fast_and_imports_no_framework():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "HEAVY []" in done.stdout
+
+
+def test_environment_variables_override_the_file_and_set_overrides_them(monkeypatch, capsys):
+    monkeypatch.setenv("OVMSE__replay__address", "replay")
+    monkeypatch.setenv("OVMSE__actor__num_actors", "5")
+    assert cli.main(["config", "--set", "actor.num_actors=7"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["replay"]["address"] == "replay" and resolved["actor"]["num_actors"] == 7
+
+
+def test_a_bad_environment_override_names_the_key(monkeypatch, capsys):
+    monkeypatch.setenv("OVMSE__replay__mixing_ratio", "2")
+    assert cli.main(["config"]) == 2
+    assert "replay.mixing_ratio" in capsys.readouterr().err

@@ -107,3 +107,20 @@ def test_an_actor_keeps_playing_through_a_learner_restart_and_picks_up_the_new_v
         restarted.stop()
     finally:
         subscriber.stop()
+
+
+def test_actor_reports_add_up_and_a_restarted_actor_counts_as_a_new_session():
+    from actors.weight_client import ProgressReporter
+
+    publisher = WeightPublisher(port=0)
+    try:
+        a, b = ProgressReporter(publisher.address, 0), ProgressReporter(publisher.address, 1)
+        assert a.report(100, 2) and b.report(50, 1) and a.report(300, 5)
+        assert publisher.totals() == (350, 6)
+        restarted = ProgressReporter(publisher.address, 0)  # actor 0 again, counting from zero
+        assert restarted.report(10, 0)
+        assert publisher.totals() == (360, 6) and publisher.actors_reporting() == {0, 1}
+        for r in (a, b, restarted):
+            r.close()
+    finally:
+        publisher.stop()

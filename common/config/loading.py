@@ -542,6 +542,9 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
     p.positive("run.log_interval_s", run.log_interval_s)
     p.port("run.metrics_port", run.metrics_port)
     p.not_empty("run.bind_address", run.bind_address)
+    p.at_least("run.grpc_max_message_mb", run.grpc_max_message_mb, 1)
+    if run.init_checkpoint is not None:
+        p.not_empty("run.init_checkpoint", run.init_checkpoint)
 
     # Across sections, once the fields themselves are sound.
     if not p.found:

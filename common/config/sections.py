@@ -218,6 +218,7 @@ class RunConfig:
     eval_interval_steps: int = 10_000  # PyMARL test_interval
     log_interval_s: float = 10.0
     metrics_port: int = 0  # Prometheus /metrics port; 0 = off
+    grpc_max_message_mb: int = 64  # bound on weight messages, enforced by the learner and its receivers
     bind_address: str = "127.0.0.1"
 
 

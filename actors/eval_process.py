@@ -1,0 +1,94 @@
+"""The evaluator process of a distributed run (`ovmse evaluate`, following the live learner).
+
+Every `run.eval_interval_steps` global environment steps it plays `actor.test_episodes` greedy
+episodes with the newest weights and records the test win rate and return; the first evaluation,
+at step 0, scores the offline pre-trained policy. When the learner marks its last version done, it
+plays `actor.final_test_episodes` episodes and writes the plots.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from pathlib import Path
+
+from actors.evaluator import evaluate
+from actors.rollout import RolloutWorker, make_agent
+from actors.weight_client import WeightSubscriber
+from common.config.sections import Config
+from common.envs.factory import make_batch_env
+from common.metrics import Metrics
+from common.run_log import RunLog
+
+EVAL_BATTLES = 32
+EVAL_SEED_OFFSET = 100_000  # test battles differ from every actor's training battles
+
+
+def eval_worker_for(cfg: Config) -> RolloutWorker:
+    env_cfg = dataclasses.replace(cfg.env, seed=cfg.env.seed + EVAL_SEED_OFFSET)
+    env = make_batch_env(env_cfg, min(EVAL_BATTLES, cfg.actor.test_episodes))
+    agent = make_agent(env.get_env_info(), cfg.learner.rnn_hidden_dim)
+    return RolloutWorker(env, agent, exploration="greedy", seed=cfg.run.seed, actor_id=-1, version=-1)
+
+
+def run_evaluator(cfg: Config, stop: threading.Event) -> dict:
+    run_dir = Path(cfg.run.run_dir) / cfg.run.name
+    runlog = RunLog(run_dir)
+    metrics = Metrics("evaluator")
+    if cfg.run.metrics_port:
+        metrics.serve(cfg.run.metrics_port, cfg.run.bind_address)
+    worker = eval_worker_for(cfg)
+    subscriber = WeightSubscriber(
+        cfg.actor.weight_server, max_message_bytes=cfg.run.grpc_max_message_mb << 20
+    ).start()
+    interval = cfg.run.eval_interval_steps
+    next_eval, latest, first, final = 0, None, None, None
+    try:
+        while not stop.is_set():
+            message = subscriber.take()
+            if message is not None:
+                latest = message
+            if latest is None:
+                stop.wait(0.05)
+                continue
+            steps, done = int(latest.extra.get("env_steps", 0)), bool(latest.extra.get("done"))
+            if steps >= next_eval or done:
+                worker.set_weights(latest.state_dict, latest.version)
+                result = evaluate(worker, cfg.actor.test_episodes)
+                runlog.log(
+                    "eval",
+                    env_steps=steps,
+                    win_rate=result.win_rate,
+                    **{"return": result.mean_return},
+                    policy_version=latest.version,
+                    updates=int(latest.extra.get("updates", 0)),
+                )
+                metrics.test_win_rate.set(result.win_rate)
+                metrics.test_return.set(result.mean_return)
+                metrics.policy_version.labels(role="evaluator").set(latest.version)
+                first = result if first is None else first
+                next_eval = (steps // interval + 1) * interval
+            if done:
+                if cfg.actor.final_test_episodes > 0:
+                    final = evaluate(worker, cfg.actor.final_test_episodes)
+                    runlog.log(
+                        "final_eval",
+                        env_steps=steps,
+                        episodes=final.episodes,
+                        win_rate=final.win_rate,
+                        **{"return": final.mean_return},
+                        policy_version=latest.version,
+                    )
+                break
+            stop.wait(0.05)
+        offline = first.win_rate if first is not None else None
+        plots = runlog.plot_eval(offline_win_rate=offline)
+        return {
+            "first_win_rate": offline,
+            "final_win_rate": final.win_rate if final else None,
+            "plots": [str(p) for p in plots],
+        }
+    finally:
+        subscriber.stop()
+        metrics.close()
+        runlog.close()

@@ -1,0 +1,252 @@
+"""`ovmse run`: the whole distributed system as local processes on one machine.
+
+The orchestrator writes the resolved configuration (with free loopback ports filled in) into a
+fresh run directory and starts, each as its own OS process running the same `ovmse` subcommands a
+docker compose or Ray deployment runs: the replay server, the learner, `actor.num_actors` actors and
+the evaluator. It shows one status line every `run.log_interval_s` seconds, and ends the run when
+the learner has reached the budget and the evaluator has scored the final policy.
+
+Ctrl-C or SIGTERM stops everything cleanly: actors and evaluator first, then the learner (which
+writes its checkpoint), then the replay server (which writes its own). The children run in their
+own sessions, so a Ctrl-C in the terminal reaches only the orchestrator, which stops them in order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from common.config import Config, write_config
+from common.run_log import ProgressLine, fresh_run_dir
+
+READY_TIMEOUT_S = 300.0
+STOP_GRACE_S = 30.0
+FINAL_EVAL_TIMEOUT_S = 600.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex((host, port)) == 0
+
+
+@dataclass
+class Child:
+    name: str
+    argv: list[str]
+    log_path: Path
+    process: subprocess.Popen | None = None
+    expected_exit: bool = False
+
+    def start(self, env: dict) -> None:
+        log = open(self.log_path, "ab")
+        self.process = subprocess.Popen(
+            self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+        log.close()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def terminate(self) -> None:
+        if self.alive():
+            self.process.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float) -> int | None:
+        if self.process is None:
+            return None
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait()
+
+
+@dataclass
+class EmbeddedRun:
+    cfg: Config
+    run_dir: Path
+    children: dict[str, Child] = field(default_factory=dict)
+
+    @classmethod
+    def prepare(cls, cfg: Config) -> EmbeddedRun:
+        """A fresh run directory with the resolved config, loopback ports filled in."""
+        run_dir = fresh_run_dir(Path(cfg.run.run_dir) / cfg.run.name)
+        host = "127.0.0.1"
+        cfg = dataclasses.replace(
+            cfg,
+            replay=dataclasses.replace(cfg.replay, address=host, port=cfg.replay.port or free_port()),
+            actor=dataclasses.replace(cfg.actor, weight_server=f"{host}:{free_port()}"),
+            run=dataclasses.replace(cfg.run, name=run_dir.name, bind_address=host),
+        )
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "logs").mkdir(exist_ok=True)
+        write_config(cfg, run_dir / "config.yaml")
+        return cls(cfg, run_dir)
+
+    def _child(self, name: str, *job: str, metrics_port: int = 0) -> Child:
+        argv = [sys.executable, "-m", "common", *job, "--config", str(self.run_dir / "config.yaml")]
+        if metrics_port:
+            argv += ["--set", f"run.metrics_port={metrics_port}"]
+        return Child(name, argv, self.run_dir / "logs" / f"{name}.log")
+
+    def plan(self) -> list[Child]:
+        base = self.cfg.run.metrics_port  # 0: no metrics; else consecutive ports from here
+        port = (lambda i: base + i) if base else (lambda i: 0)
+        children = [
+            self._child("replay", "replay-server", metrics_port=port(0)),
+            self._child("learner", "learner", metrics_port=port(1)),
+            self._child("evaluator", "evaluate", metrics_port=port(2)),
+        ]
+        children += [
+            self._child(f"actor{i}", "actor", "--actor-id", str(i), metrics_port=port(3 + i))
+            for i in range(self.cfg.actor.num_actors)
+        ]
+        return children
+
+    def progress(self) -> dict:
+        try:
+            return json.loads((self.run_dir / "learner_progress.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def evals(self, kind: str = "eval") -> list[dict]:
+        try:
+            lines = (self.run_dir / "metrics.jsonl").read_text().splitlines()
+        except OSError:
+            return []
+        records = []
+        for line in lines:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line being written right now
+                continue
+            if record.get("kind") == kind:
+                records.append(record)
+        return records
+
+    def run(self, stop: threading.Event) -> int:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {k: v for k, v in env.items() if not k.startswith("OVMSE__")}  # the config file is the truth
+        plan = {c.name: c for c in self.plan()}
+        self.children = plan
+        print(
+            f"ovmse run: {self.run_dir} ({self.cfg.env.map_name}, {self.cfg.learner.method}, "
+            f"{self.cfg.actor.num_actors} actors x {self.cfg.actor.envs_per_actor} battles); "
+            f"logs in {self.run_dir / 'logs'}",
+            flush=True,
+        )
+        try:
+            plan["replay"].start(env)
+            if not self._wait_ready(stop, self.cfg.replay.port, plan["replay"]):
+                return self._fail("replay server did not come up", stop)
+            for name, child in plan.items():
+                if name != "replay":
+                    child.start(env)
+            return self._supervise(stop)
+        finally:
+            self.shutdown()
+
+    def _wait_ready(self, stop: threading.Event, port: int, child: Child) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline and not stop.is_set():
+            if port_open("127.0.0.1", port):
+                return True
+            if not child.alive():
+                return False
+            time.sleep(0.1)
+        return False
+
+    def _supervise(self, stop: threading.Event) -> int:
+        cfg = self.cfg
+        line = ProgressLine(cfg.run.online_env_steps, every_s=cfg.run.log_interval_s)
+        learner_done_at = None
+        while not stop.wait(0.2):
+            for name, child in self.children.items():
+                if name == "learner" or child.alive() or child.expected_exit:
+                    continue
+                if child.process.returncode != 0:
+                    return self._fail(f"{name} exited with code {child.process.returncode}", stop)
+                child.expected_exit = True  # actors and the evaluator stop once the learner is done
+            learner = self.children["learner"]
+            if not learner.alive() and learner_done_at is None:
+                if learner.process.returncode != 0:
+                    return self._fail(f"learner exited with code {learner.process.returncode}", stop)
+                learner_done_at = time.monotonic()
+                learner.expected_exit = True
+            progress = self.progress()
+            steps = int(progress.get("env_steps", 0))
+            now = time.monotonic()
+            evals = self.evals()
+            line.maybe_print(
+                steps,
+                episodes_per_s=progress.get("episodes", 0) / max(now - line.start, 1e-9),
+                updates_per_s=float(progress.get("updates_per_s", 0.0)),
+                test_win_rate=evals[-1]["win_rate"] if evals else float("nan"),
+            )
+            evaluator = self.children["evaluator"]
+            if learner_done_at is not None and (
+                not evaluator.alive() or now - learner_done_at > FINAL_EVAL_TIMEOUT_S
+            ):
+                break
+        if stop.is_set():
+            print("ovmse run: stopping (signal); checkpoints are being written", flush=True)
+            return 130
+        return self._summary()
+
+    def _summary(self) -> int:
+        evals, final = self.evals(), self.evals("final_eval")
+        progress = self.progress()
+        print(
+            f"ovmse run: done: {progress.get('env_steps', 0):,} online env steps, "
+            f"{progress.get('updates', 0):,} updates",
+            flush=True,
+        )
+        if evals:
+            print(f"  test win rate at the start of online training: {evals[0]['win_rate']:.3f}")
+            print(
+                f"  test win rate at the end: {(final or evals)[-1]['win_rate']:.3f}"
+                + (f" ({final[-1]['episodes']} episodes)" if final else "")
+            )
+        for png in sorted(self.run_dir.glob("test_*.png")):
+            print(f"  plot: {png}")
+        return 0
+
+    def _fail(self, why: str, stop: threading.Event) -> int:
+        print(f"ovmse run: {why}; see {self.run_dir / 'logs'}", file=sys.stderr, flush=True)
+        return 1
+
+    def shutdown(self) -> None:
+        """Stop children in dependency order, each given time to checkpoint."""
+        order = [n for n in self.children if n.startswith("actor")] + ["evaluator", "learner", "replay"]
+        for name in order:
+            child = self.children.get(name)
+            if child is not None and child.alive():
+                child.terminate()
+                child.wait(STOP_GRACE_S)
+
+
+def run_embedded(cfg: Config) -> int:
+    embedded = EmbeddedRun.prepare(cfg)
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return embedded.run(stop)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
