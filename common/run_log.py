@@ -117,7 +117,7 @@ class ProgressLine:
         self._last = now
         elapsed = max(now - self.start, 1e-9)
         rate = env_steps / elapsed
-        eta = (self.total - env_steps) / rate if rate > 0 else float("inf")
+        eta = max(self.total - env_steps, 0) / rate if rate > 0 else float("inf")
         parts = [f"{self.unit} {env_steps:,}/{self.total:,}", f"{rate:,.1f} {self.unit.split()[-1]}/s"]
         parts += [
             f"{k.replace('_', ' ')} {v:.3g}" if isinstance(v, float) else f"{k.replace('_', ' ')} {v}"

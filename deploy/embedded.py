@@ -90,7 +90,9 @@ class EmbeddedRun:
         host = "127.0.0.1"
         cfg = dataclasses.replace(
             cfg,
-            replay=dataclasses.replace(cfg.replay, address=host, port=cfg.replay.port or free_port()),
+            # Always fresh ports: gRPC lets two servers share a port, so a fixed one could silently
+            # connect this run to another run's replay server.
+            replay=dataclasses.replace(cfg.replay, address=host, port=free_port()),
             actor=dataclasses.replace(cfg.actor, weight_server=f"{host}:{free_port()}"),
             run=dataclasses.replace(cfg.run, name=run_dir.name, bind_address=host),
         )
@@ -242,7 +244,11 @@ class EmbeddedRun:
 
 
 def run_embedded(cfg: Config) -> int:
-    embedded = EmbeddedRun.prepare(cfg)
+    return execute(EmbeddedRun.prepare(cfg))
+
+
+def execute(embedded: EmbeddedRun) -> int:
+    """Run a prepared embedded run until it ends or SIGINT/SIGTERM stops it."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:

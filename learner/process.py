@@ -205,6 +205,7 @@ def run_learner(cfg: Config, stop: threading.Event) -> dict:
             version=version,
             budget=budget,
             done=finished,
+            actors=sorted(publisher.actors_reporting()),
         )
         if finished:
             stop.wait(FINAL_LINGER_S)

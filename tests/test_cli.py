@@ -67,11 +67,6 @@ def test_package_entry_points_forward_to_their_subcommand(package, command):
 
 
 NOT_LANDED = [
-    (["run"], "#6"),
-    (["train", "--mode", "distributed"], "#6"),
-    (["learner"], "#6"),
-    (["actor"], "#6"),
-    (["evaluate"], "#6"),
     (["reproduce"], "#6"),
     (["ray-launch"], "#7"),
 ]

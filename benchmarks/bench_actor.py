@@ -1,0 +1,175 @@
+"""Actor speed: env-steps/s with inference, exploration and episode writing against the raw world in
+the same run, and end-to-end env-steps/s of `ovmse run` with 1 and 2 actors.
+
+Part 1 (one process, one core's worth of work): the lite world alone with random actions, then the
+actor loop (agent network on the CPU, decentralized SE, episodes recorded and written to an
+in-process Reverb server). Part 2 starts the whole embedded system (QMIX from scratch, so no dataset
+is needed) and reads the learner's env-step count; it is bound by the learner's update rate,
+because the replay server's rate limiter holds actors to the synchronous algorithm's ratio.
+Results: docs/bench/actor.md and .json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine, write  # noqa: E402
+
+from actors.rollout import RolloutWorker, make_agent  # noqa: E402
+from common.config import resolve_config  # noqa: E402
+from common.envs.lite import LiteBatchEnv  # noqa: E402
+
+MAP = "3s5z"
+BATTLES = 16
+
+
+def raw_world(seconds: float) -> float:
+    env = LiteBatchEnv(MAP, num_envs=BATTLES, seed=0)
+    rng = np.random.default_rng(0)
+    obs = env.reset()
+    steps, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        noise = np.where(obs.avail, rng.random(obs.avail.shape), -1.0)
+        obs = env.step(noise.argmax(-1)).next
+        steps += BATTLES
+    return steps / (time.perf_counter() - start)
+
+
+def actor_loop(seconds: float, write: bool) -> float:
+    from replay.server import start_replay_server
+    from replay.writer import EpisodeWriter
+
+    cfg = resolve_config(
+        map_name=MAP,
+        method="qmix",
+        overrides=["replay.online_capacity=100000", "replay.samples_per_insert=1000"],
+    )
+    env = LiteBatchEnv(MAP, num_envs=BATTLES, seed=0)
+    worker = RolloutWorker(env, make_agent(env.get_env_info()), exploration="decentralized_se", seed=0)
+    server = start_replay_server(cfg, dataset=None, port=0) if write else None
+    writer = EpisodeWriter(server.client()) if write else None
+    try:
+        worker.reset()
+        start = time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for episode in worker.step(0.5):
+                if writer:
+                    writer.write(episode)
+        return worker.env_steps / (time.perf_counter() - start)
+    finally:
+        if writer:
+            writer.close()
+        if server:
+            server.stop()
+
+
+def end_to_end(actors: int, steps: int) -> float:
+    from deploy.embedded import EmbeddedRun, execute
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = resolve_config(
+            map_name="3m",
+            method="qmix",
+            overrides=[
+                f"run.run_dir={tmp}",
+                f"actor.num_actors={actors}",
+                "actor.envs_per_actor=4",
+                f"run.online_env_steps={steps}",
+                f"run.eval_interval_steps={steps}",
+                "learner.batch_size=32",
+                "actor.test_episodes=8",
+                "actor.final_test_episodes=0",
+                "run.log_interval_s=1000",
+            ],
+        )
+        run = EmbeddedRun.prepare(cfg)
+        if execute(run) != 0:
+            raise RuntimeError(f"embedded run failed; see {run.run_dir / 'logs'}")
+        train = run.evals("train")
+        progress = json.loads((run.run_dir / "learner_progress.json").read_text())
+        first = next((r for r in train if r["env_steps"] > 0), None)
+        if first is None:
+            return float("nan")
+        # Rate over the online phase, from the first logged update to the end.
+        return (progress["env_steps"] - first["env_steps"]) / (progress["time"] - first["time"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="shorter runs")
+    args = parser.parse_args(argv)
+    seconds = 2.0 if args.quick else 8.0
+    raw = raw_world(seconds)
+    acting = actor_loop(seconds, write=False)
+    writing = actor_loop(seconds, write=True)
+    print(
+        f"{MAP}, {BATTLES} battles: raw world {raw:,.0f} env-steps/s; acting {acting:,.0f}; "
+        f"acting + writing {writing:,.0f}",
+        flush=True,
+    )
+    steps = 3000 if args.quick else 10000
+    e2e = {n: end_to_end(n, steps) for n in (1, 2)}
+    print(
+        f"ovmse run on lite 3m (QMIX, batch 32): 1 actor {e2e[1]:,.0f} env-steps/s, "
+        f"2 actors {e2e[2]:,.0f} env-steps/s",
+        flush=True,
+    )
+    overhead = 1 - writing / raw
+    md = "\n".join(
+        [
+            "# Actor speed",
+            "",
+            f"`python benchmarks/bench_actor.py{' --quick' if args.quick else ''}` — {machine()['cpu']}, "
+            f"{machine()['cores']} cores, {machine()['date']}.",
+            "",
+            f"## Acting and writing against the raw world ({MAP}, {BATTLES} battles, one process)",
+            "",
+            "| loop | env-steps/s | share of raw |",
+            "|---|---|---|",
+            f"| lite world, random actions | {raw:,.0f} | 100% |",
+            f"| + agent network on CPU, decentralized SE | {acting:,.0f} | {acting / raw:.0%} |",
+            f"| + episodes written to Reverb | {writing:,.0f} | {writing / raw:.0%} |",
+            "",
+            f"Acting and writing cost {overhead:.0%} of the raw world's speed (target: at most 20%). "
+            "The agent network's forward pass per step, not the writer, is most of it.",
+            "",
+            "## End to end: `ovmse run` (replay, learner, actors, evaluator as processes)",
+            "",
+            "| actors | env-steps/s (online phase) |",
+            "|---|---|",
+            f"| 1 | {e2e[1]:,.0f} |",
+            f"| 2 | {e2e[2]:,.0f} |",
+            "",
+            "Lite 3m, QMIX from scratch, batch 32, batch_size_run 2, 4 battles per actor. The replay "
+            "server's samples-per-insert limiter holds actors to one learner update per 2 episodes (the "
+            "synchronous algorithm's ratio), so on a 2-core machine the CPU learner, not the actors, sets "
+            "the pace; more actors only help once the learner has its own cores or a GPU.",
+            "",
+        ]
+    )
+    write(
+        "actor",
+        {
+            "map": MAP,
+            "battles": BATTLES,
+            "raw": raw,
+            "acting": acting,
+            "acting_writing": writing,
+            "overhead": overhead,
+            "end_to_end": e2e,
+        },
+        md,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
