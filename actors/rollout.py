@@ -11,12 +11,12 @@ from __future__ import annotations
 import copy
 
 import numpy as np
-import torch
 
 from actors.exploration import select_actions
+from actors.numpy_agent import NumpyAgent
 from common.envs.protocol import BatchEnv
 from common.episode import Episode, EpisodeBuilder, EpisodeMeta
-from common.networks import RNNAgent, agent_input_size, build_agent_inputs
+from common.networks import RNNAgent, agent_input_size
 
 
 def make_agent(env_info: dict, hidden_size: int = 64) -> RNNAgent:
@@ -43,12 +43,18 @@ class RolloutWorker:
         self.n_agents = env.n_agents
         self.n_actions = env.n_actions
         agent = agent.to("cpu").eval()
-        self._agents: dict[int, RNNAgent] = {version: agent}
+        self._agents: dict[int, RNNAgent] = {version: agent}  # weights per version (torch)
+        self._acting: dict[int, NumpyAgent] = {version: NumpyAgent(agent)}  # the same, for acting
         self.newest_version = version
-        B = env.num_envs
+        B, n = env.num_envs, self.n_agents
         self.battle_version = np.full(B, version, dtype=np.int64)
-        self.hidden = agent.init_hidden(B * self.n_agents)
-        self.prev_actions = torch.zeros(B, self.n_agents, self.n_actions)
+        self.hidden = np.zeros((B * n, agent.hidden_size), dtype=np.float32)
+        self.prev_actions = np.zeros((B, n, self.n_actions), dtype=np.float32)
+        # Agent inputs [obs | previous action one-hot | agent id], refilled in place every step.
+        obs_size = agent.input_size - self.n_actions - n
+        self._inputs = np.zeros((B, n, agent.input_size), dtype=np.float32)
+        self._inputs[:, :, obs_size + self.n_actions :] = np.eye(n, dtype=np.float32)
+        self._obs_size = obs_size
         self.builder = EpisodeBuilder(B, self.n_agents, env.episode_limit)
         self.env_steps = 0
         self.episodes = 0
@@ -62,6 +68,7 @@ class RolloutWorker:
         agent = copy.deepcopy(self._agents[self.newest_version])
         agent.load_state_dict(state_dict)
         self._agents[version] = agent.eval()
+        self._acting[version] = NumpyAgent(agent)
         self.newest_version = version
         self._forget_unused_versions()
         return True
@@ -71,6 +78,7 @@ class RolloutWorker:
         for v in list(self._agents):
             if v not in in_use:
                 del self._agents[v]
+                del self._acting[v]
 
     # ------------------------------------------------------------------ acting
     def reset(self) -> None:
@@ -78,24 +86,25 @@ class RolloutWorker:
         self.builder.start(self._obs.state, self._obs.obs, self._obs.avail)
         self.battle_version[:] = self.newest_version
         self._forget_unused_versions()
-        self.hidden.zero_()
-        self.prev_actions.zero_()
+        self.hidden[:] = 0.0
+        self.prev_actions[:] = 0.0
 
-    @torch.no_grad()
     def q_values(self, obs: np.ndarray) -> np.ndarray:
         """Q [B, n, A] for the current observations, advancing each battle's GRU state."""
         B, n = obs.shape[:2]
-        inputs = build_agent_inputs(torch.from_numpy(obs), self.prev_actions, n).reshape(B * n, -1)
+        O, A = self._obs_size, self.n_actions
+        self._inputs[:, :, :O] = obs
+        self._inputs[:, :, O : O + A] = self.prev_actions
+        inputs = self._inputs.reshape(B * n, -1)
         versions = np.unique(self.battle_version)
         if len(versions) == 1:
-            q, self.hidden = self._agents[int(versions[0])].forward_step(inputs, self.hidden)
+            q, self.hidden = self._acting[int(versions[0])].step(inputs, self.hidden)
         else:
-            q = torch.empty(B * n, self.n_actions)
+            q = np.empty((B * n, A), dtype=np.float32)
             for v in versions:
-                rows = torch.from_numpy(np.repeat(self.battle_version == v, n))
-                agent = self._agents[int(v)]
-                q[rows], self.hidden[rows] = agent.forward_step(inputs[rows], self.hidden[rows])
-        return q.view(B, n, self.n_actions).numpy()
+                rows = np.repeat(self.battle_version == v, n)
+                q[rows], self.hidden[rows] = self._acting[int(v)].step(inputs[rows], self.hidden[rows])
+        return q.reshape(B, n, A)
 
     def step(self, epsilon: float) -> list[Episode]:
         """One step of every battle; returns the episodes that ended, tagged with version and actor."""
@@ -113,11 +122,12 @@ class RolloutWorker:
                 policy_version=int(self.battle_version[b]), actor_id=self.actor_id, source="online"
             ),
         )
-        self.prev_actions = torch.nn.functional.one_hot(torch.from_numpy(actions), self.n_actions).float()
+        self.prev_actions[:] = 0.0
+        np.put_along_axis(self.prev_actions, actions[..., None], 1.0, axis=-1)
         done = result.done_index
         if done.size:
             self.episodes += int(done.size)
-            hidden = self.hidden.view(self.env.num_envs, self.n_agents, -1)
+            hidden = self.hidden.reshape(self.env.num_envs, self.n_agents, -1)
             hidden[done] = 0.0
             self.prev_actions[done] = 0.0
             self.battle_version[done] = self.newest_version

@@ -19,8 +19,9 @@ def machine() -> dict:
         cpu = names[0] if names else cpu
     except OSError:
         pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d")}
+            "date": time.strftime("%Y-%m-%d"), "load_average_1m": round(load, 2)}
 
 
 def write(name: str, results: dict, markdown: str) -> Path:

@@ -83,72 +83,89 @@ class EpisodeBuilder:
 
     Used by actors and dataset collection with a `BatchEnv`: call `start` with the first observation,
     `record` after every env step (with the actions taken and the step result), and collect the
-    finished `Episode`s it returns.
+    finished `Episode`s it returns. Steps go into preallocated [B, limit + 1, ...] buffers with one
+    vectorised write per field, so the per-step cost does not grow with Python work per battle.
     """
 
     def __init__(self, num_envs: int, n_agents: int, episode_limit: int):
         self.num_envs = num_envs
         self.n_agents = n_agents
         self.episode_limit = episode_limit
-        self._steps: list[list[dict]] = [[] for _ in range(num_envs)]
-        self._pending: list[tuple | None] = [None] * num_envs  # (state, obs, avail) before acting
+        self._rows = np.arange(num_envs)
+        self._t = np.zeros(num_envs, dtype=np.int64)  # the row each battle's next step goes to
         self._returns = np.zeros(num_envs, dtype=np.float64)
 
     def start(self, state: np.ndarray, obs: np.ndarray, avail: np.ndarray) -> None:
-        for b in range(self.num_envs):
-            self._steps[b] = []
-            self._pending[b] = (state[b], obs[b], avail[b])
+        B, T = self.num_envs, self.episode_limit + 1
+        self._state = np.zeros((B, T, *state.shape[1:]), dtype=np.float32)
+        self._obs = np.zeros((B, T, *obs.shape[1:]), dtype=np.float32)
+        self._avail = np.zeros((B, T, *avail.shape[1:]), dtype=bool)
+        self._actions = np.zeros((B, T, self.n_agents), dtype=np.int64)
+        self._reward = np.zeros((B, T), dtype=np.float32)
+        self._terminated = np.zeros((B, T), dtype=np.uint8)
+        self._t[:] = 0
         self._returns[:] = 0.0
+        self._state[:, 0], self._obs[:, 0], self._avail[:, 0] = state, obs, avail
 
     def record(self, actions: np.ndarray, step, meta_for=None) -> list[Episode]:
         """Add one step of every battle; return the episodes that ended with it.
 
         `step` is a `BatchStep`; `meta_for(b)` may supply an `EpisodeMeta` template for battle b.
         """
+        rows, t = self._rows, self._t
+        self._actions[rows, t] = actions
+        self._reward[rows, t] = step.reward
+        self._terminated[rows, t] = step.terminated & ~step.episode_limit  # time limits bootstrap
+        self._returns += step.reward
+        nxt = t + 1
+        going = np.ones(self.num_envs, dtype=bool)
+        going[step.done_index] = False
+        keep, at = rows[going], nxt[going]
+        self._state[keep, at] = step.next.state[going]
+        self._obs[keep, at] = step.next.obs[going]
+        self._avail[keep, at] = step.next.avail[going]
         finished: list[Episode] = []
-        done_rows = {int(b): k for k, b in enumerate(step.done_index)}
-        for b in range(self.num_envs):
-            state, obs, avail = self._pending[b]
-            true_end = bool(step.terminated[b]) and not bool(step.episode_limit[b])
-            self._steps[b].append(
-                {
-                    "state": state,
-                    "obs": obs,
-                    "avail": avail,
-                    "action": actions[b],
-                    "reward": float(step.reward[b]),
-                    "terminated": true_end,
-                }
+        for k, b in enumerate(step.done_index):
+            b, L = int(b), int(nxt[b])
+            self._state[b, L], self._obs[b, L], self._avail[b, L] = (
+                step.final.state[k],
+                step.final.obs[k],
+                step.final.avail[k],
             )
-            self._returns[b] += float(step.reward[b])
-            if b in done_rows:
-                k = done_rows[b]
-                last = (step.final.state[k], step.final.obs[k], step.final.avail[k])
-                meta = meta_for(b) if meta_for else EpisodeMeta()
-                meta.episode_return = float(self._returns[b])
-                meta.battle_won = bool(step.battle_won[b])
-                finished.append(_assemble(self._steps[b], last))
-                finished[-1].meta = meta
-                self._steps[b] = []
-                self._returns[b] = 0.0
-            self._pending[b] = (step.next.state[b], step.next.obs[b], step.next.avail[b])
+            episode = self._assemble(b, L)
+            meta = meta_for(b) if meta_for else EpisodeMeta()
+            meta.episode_return = float(self._returns[b])
+            meta.battle_won = bool(step.battle_won[b])
+            episode.meta = meta
+            finished.append(episode)
+            # The battle has already reset: its new episode starts from row 0.
+            self._state[b, 0], self._obs[b, 0], self._avail[b, 0] = (
+                step.next.state[b],
+                step.next.obs[b],
+                step.next.avail[b],
+            )
+            self._returns[b] = 0.0
+            nxt[b] = 0
+        self._t = nxt
         return finished
 
-
-def _assemble(steps: list[dict], last: tuple) -> Episode:
-    L = len(steps)
-    n = steps[0]["obs"].shape[0]
-    state = np.stack([s["state"] for s in steps] + [last[0]]).astype(np.float32)
-    obs = np.stack([s["obs"] for s in steps] + [last[1]]).astype(np.float32)
-    avail = np.stack([s["avail"] for s in steps] + [last[2]]).astype(np.int32)
-    actions = np.zeros((L + 1, n, 1), dtype=np.int64)
-    actions[:L, :, 0] = np.stack([s["action"] for s in steps])
-    reward = np.zeros((L + 1, 1), dtype=np.float32)
-    reward[:L, 0] = [s["reward"] for s in steps]
-    terminated = np.zeros((L + 1, 1), dtype=np.uint8)
-    terminated[:L, 0] = [s["terminated"] for s in steps]
-    filled = np.ones((L + 1, 1), dtype=np.uint8)
-    return Episode(state, obs, actions, avail, reward, terminated, filled)
+    def _assemble(self, b: int, L: int) -> Episode:
+        """Battle b's episode of L steps as an Episode (copies, so the buffers can be reused)."""
+        actions = np.zeros((L + 1, self.n_agents, 1), dtype=np.int64)
+        actions[:L, :, 0] = self._actions[b, :L]
+        reward = np.zeros((L + 1, 1), dtype=np.float32)
+        reward[:L, 0] = self._reward[b, :L]
+        terminated = np.zeros((L + 1, 1), dtype=np.uint8)
+        terminated[:L, 0] = self._terminated[b, :L]
+        return Episode(
+            state=self._state[b, : L + 1].copy(),
+            obs=self._obs[b, : L + 1].copy(),
+            actions=actions,
+            avail_actions=self._avail[b, : L + 1].astype(np.int32),
+            reward=reward,
+            terminated=terminated,
+            filled=np.ones((L + 1, 1), dtype=np.uint8),
+        )
 
 
 @dataclass

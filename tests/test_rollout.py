@@ -67,3 +67,19 @@ def test_the_fused_training_pass_reproduces_the_acting_q_values():
     greedy = np.where(ep.avail_actions[:-1].astype(bool), q_seq[:-1], -np.inf).argmax(-1)
     assert np.array_equal(greedy, ep.actions[:-1, :, 0])
     assert np.allclose(q_seq[0], q0, atol=1e-5)
+
+
+def test_the_numpy_acting_step_equals_the_torch_network():
+    from actors.numpy_agent import NumpyAgent
+
+    torch.manual_seed(4)
+    agent = make_agent({"n_agents": 3, "obs_shape": 30, "n_actions": 9})
+    inputs = torch.randn(5, 12, agent.input_size)
+    hidden_t, hidden_n = agent.init_hidden(12), np.zeros((12, agent.hidden_size), dtype=np.float32)
+    fast = NumpyAgent(agent)
+    with torch.no_grad():
+        for t in range(5):
+            q_t, hidden_t = agent.forward_step(inputs[t], hidden_t)
+            q_n, hidden_n = fast.step(inputs[t].numpy(), hidden_n)
+            assert np.allclose(q_n, q_t.numpy(), atol=1e-5)
+            assert np.allclose(hidden_n, hidden_t.numpy(), atol=1e-5)
