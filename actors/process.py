@@ -92,7 +92,7 @@ def run_actor(cfg: Config, actor_id: int, stop: threading.Event) -> dict:
             if time.monotonic() >= next_report:
                 reporter.report(worker.env_steps, worker.episodes)
                 next_report = time.monotonic() + REPORT_INTERVAL_S
-        reporter.report(worker.env_steps, worker.episodes)
+        reporter.report(worker.env_steps, worker.episodes, final=True)
         return {"actor": actor_id, "env_steps": worker.env_steps, "episodes": worker.episodes}
     finally:
         writer.close()

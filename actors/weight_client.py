@@ -56,13 +56,14 @@ class ProgressReporter:
         self._report = self._channel.unary_unary(REPORT)
         self.failures = 0
 
-    def report(self, env_steps: int, episodes: int) -> bool:
+    def report(self, env_steps: int, episodes: int, final: bool = False) -> bool:
         body = json.dumps(
             {
                 "actor": self.actor_id,
                 "session": self.session,
                 "env_steps": int(env_steps),
                 "episodes": int(episodes),
+                "final": final,
             }
         ).encode()
         try:

@@ -42,6 +42,7 @@ from common.config.sections import LearnerConfig  # noqa: E402
 from common.episode import TrainingBatch  # noqa: E402
 from learner.learning import QMixLearner, keep_freed_host_memory  # noqa: E402
 from learner.losses import sample_available_actions  # noqa: E402
+from learner.targets import td_lambda_targets  # noqa: E402
 
 ENV_INFO = {"n_agents": 8, "obs_shape": 128, "state_shape": 216, "n_actions": 14, "episode_limit": 150}
 STEPS = 80  # trained steps per padded episode (T); each episode has T + 1 rows
@@ -155,23 +156,13 @@ class PyMARL2StyleLearner:
         inputs.append(torch.eye(self.n_agents, device=batch.obs.device).unsqueeze(0).expand(bs, -1, -1))
         return torch.cat([x.reshape(bs, self.n_agents, -1) for x in inputs], dim=-1)
 
-    def _mac_out(self, agent, batch, actions_onehot):
+    def _unroll(self, agent, batch, actions_onehot):
         hidden = torch.zeros(batch.batch_size, self.n_agents, agent.hidden_size, device=batch.obs.device)
         out = []
         for t in range(batch.max_seq_length):
             q, hidden = agent(self._build_inputs(batch, actions_onehot, t), hidden)
             out.append(q)
         return torch.stack(out, dim=1)
-
-    @staticmethod
-    def build_td_lambda_targets(rewards, terminated, mask, target_qs, gamma, td_lambda):
-        ret = target_qs.new_zeros(*target_qs.shape)
-        ret[:, -1] = target_qs[:, -1] * (1 - torch.sum(terminated, dim=1))
-        for t in range(ret.shape[1] - 2, -1, -1):
-            ret[:, t] = td_lambda * gamma * ret[:, t + 1] + mask[:, t] * (
-                rewards[:, t] + (1 - td_lambda) * gamma * target_qs[:, t + 1] * (1 - terminated[:, t])
-            )
-        return ret[:, 0:-1]
 
     def update(self, batch: TrainingBatch, phase: str, memory_coef: float, episodes_seen: int) -> float:
         cfg = self.cfg
@@ -183,26 +174,25 @@ class PyMARL2StyleLearner:
         avail_actions = batch.avail_actions
         actions_onehot = F.one_hot(batch.actions.squeeze(-1), self.n_actions).float()
 
-        mac_out = self._mac_out(self.agent, batch, actions_onehot)
-        chosen_action_qvals = torch.gather(mac_out[:, :-1], dim=3, index=actions).squeeze(3)
+        agent_qs = self._unroll(self.agent, batch, actions_onehot)
+        taken_qs = torch.gather(agent_qs[:, :-1], dim=3, index=actions).squeeze(3)
         with torch.no_grad():
-            target_mac_out = self._mac_out(self.target_agent, batch, actions_onehot)
-            mac_out_detach = mac_out.clone().detach()
-            mac_out_detach[avail_actions == 0] = -9999999
-            cur_max_actions = mac_out_detach.max(dim=3, keepdim=True)[1]
-            target_max_qvals = torch.gather(target_mac_out, 3, cur_max_actions).squeeze(3)
-            target_max_qvals = self.target_mixer(target_max_qvals, batch.state)
-            targets = self.build_td_lambda_targets(
-                rewards, terminated, mask, target_max_qvals, cfg.gamma, cfg.td_lambda
-            )
-        chosen_action_qtotals = self.mixer(chosen_action_qvals, batch.state[:, :-1])
+            target_agent_qs = self._unroll(self.target_agent, batch, actions_onehot)
+            masked_qs = agent_qs.clone().detach()
+            masked_qs[avail_actions == 0] = -1e9
+            greedy = masked_qs.max(dim=3, keepdim=True)[1]
+            target_values = torch.gather(target_agent_qs, 3, greedy).squeeze(3)
+            target_values = self.target_mixer(target_values, batch.state)
+            # The targets themselves are not what differs between the two learners: use ours.
+            targets = td_lambda_targets(rewards, terminated, mask, target_values, cfg.gamma, cfg.td_lambda)
+        q_tot = self.mixer(taken_qs, batch.state[:, :-1])
 
         def masked_loss(y):
-            return (0.5 * (chosen_action_qtotals - y.detach()).pow(2) * mask).sum() / mask.sum()
+            return (0.5 * (q_tot - y.detach()).pow(2) * mask).sum() / mask.sum()
 
         if phase == "online" and cfg.use_offline_value_memory:
             with torch.no_grad():
-                off = self._mac_out(self.offline_agent, batch, actions_onehot)
+                off = self._unroll(self.offline_agent, batch, actions_onehot)
                 off = self.offline_mixer(
                     torch.gather(off[:, :-1], 3, actions).squeeze(3), batch.state[:, :-1]
                 )
@@ -218,12 +208,12 @@ class PyMARL2StyleLearner:
             bs, ts = actions.shape[:2]
             sampled = sample_available_actions(avail_actions[:, :-1], K, self.generator)  # [B, T, K, n]
             sampled = sampled.permute(2, 0, 1, 3).unsqueeze(-1)  # [K, B, T, n, 1]
-            repeat_mac_out = torch.repeat_interleave(mac_out[:, :-1].unsqueeze(0), repeats=K, dim=0)
-            random_qvals = torch.gather(repeat_mac_out, dim=-1, index=sampled).squeeze(-1)
+            tiled_qs = torch.repeat_interleave(agent_qs[:, :-1].unsqueeze(0), repeats=K, dim=0)
+            sampled_qs = torch.gather(tiled_qs, dim=-1, index=sampled).squeeze(-1)
             repeat_state = torch.repeat_interleave(batch.state[:, :-1].unsqueeze(0), repeats=K, dim=0)
-            random_qtotal = self.mixer(random_qvals.view(K * bs, ts, -1), repeat_state.view(K * bs, ts, -1))
-            negative_sampling = torch.logsumexp(random_qtotal.view(K, bs, ts, 1), dim=0)
-            cql = ((negative_sampling - chosen_action_qtotals) * mask).sum() / mask.sum()
+            sampled_q_tot = self.mixer(sampled_qs.view(K * bs, ts, -1), repeat_state.view(K * bs, ts, -1))
+            push_down = torch.logsumexp(sampled_q_tot.view(K, bs, ts, 1), dim=0)
+            cql = ((push_down - q_tot) * mask).sum() / mask.sum()
             loss = loss + weight * cql
 
         self.optimiser.zero_grad()

@@ -225,8 +225,9 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _ray_launch(args: argparse.Namespace) -> int:
-    config_from_args(args)
-    return _lands_with(args, 7)
+    from deploy.ray_launch import main
+
+    return main(args)
 
 
 def _demo(args: argparse.Namespace) -> int:

@@ -34,6 +34,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ REPLAY_RESOURCE = "ovmse_replay"  # custom resource of the node that should hold
 DEFAULT_MAX_RESTARTS = 5
 WATCH_INTERVAL_S = 1.0
 TARGETS_FILE = "prometheus_targets.json"
+LOCAL_OBJECT_STORE_BYTES = 256 << 20
 
 
 def free_port(host: str = "") -> int:
@@ -94,11 +96,12 @@ class Component:
     role = ""
     needs: tuple[str, ...] = ()
 
-    def __init__(self, cfg: Config, registry: Any, index: int | None = None, local: bool = False):
+    def __init__(self, cfg: Config, registry_name: str, index: int | None = None, local: bool = False):
         import ray
 
         self.cfg = cfg
-        self.registry = registry
+        # Found by name, so that a restarted component needs nothing from the launcher's objects.
+        self.registry = ray.get_actor(registry_name)
         self.index = index
         self.name = self.role if index is None else f"{self.role}/{index}"
         # Locally everything stays on loopback; on a cluster, listen everywhere and advertise the
@@ -106,7 +109,7 @@ class Component:
         self.advertise = "127.0.0.1" if local else ray.util.get_node_ip_address()
         self.bind = "127.0.0.1" if local else "0.0.0.0"
         self._stop = threading.Event()
-        self.starts = ray.get(registry.started.remote(self.name))
+        self.starts = ray.get(self.registry.started.remote(self.name))
 
     # small queries, answered while `run` is busy (the actor is threaded)
     def pid(self) -> int:
@@ -158,6 +161,14 @@ class Component:
                     moved = True  # a server we dial came back elsewhere: start again against it
                     inner_stop.set()
             if "error" in outcome:
+                if self._stop.is_set():  # e.g. a writer cut off by the replay server stopping first
+                    failure = outcome["error"]
+                    return {
+                        "name": self.name,
+                        "starts": self.starts,
+                        "stopped": True,
+                        "ended_by": f"{type(failure).__name__}: {' '.join(str(failure).splitlines())[:200]}",
+                    }
                 raise outcome["error"]
             if not moved:
                 return {"name": self.name, "starts": self.starts, **(outcome.get("result") or {})}
@@ -271,6 +282,7 @@ class RayLaunch:
         self.actor_cpus = actor_cpus
         self.run_dir = Path(cfg.run.run_dir) / cfg.run.name
         self.registry = None
+        self.registry_name = f"{REGISTRY_NAME}_{uuid.uuid4().hex[:12]}"  # one per launch
         self.components: dict[str, Any] = {}
         self.runs: dict[str, Any] = {}  # name -> ObjectRef of its run()
         self.results: dict[str, Any] = {}
@@ -299,14 +311,14 @@ class RayLaunch:
         import ray
 
         remote_cls = ray.remote(cls).options(**self._options(cls.role))
-        handle = remote_cls.remote(self.cfg, self.registry, index, self.local)
+        handle = remote_cls.remote(self.cfg, self.registry_name, index, self.local)
         self.components[name] = handle
         self.runs[name] = handle.run.remote()
 
     def start(self) -> RayLaunch:
         import ray
 
-        self.registry = ray.remote(num_cpus=0)(Registry).remote()
+        self.registry = ray.remote(num_cpus=0)(Registry).options(name=self.registry_name).remote()
         self._start("replay", ReplayComponent)
         self._start("learner", LearnerComponent)
         for i in range(self.num_actors):
@@ -330,20 +342,20 @@ class RayLaunch:
 
         return int(ray.get(self.components[name].pid.remote(), timeout=timeout_s))
 
-    def write_prometheus_targets(self) -> Path | None:
+    def write_prometheus_targets(self) -> Path:
         """<run dir>/prometheus_targets.json for Prometheus `file_sd_configs` (rewritten when an
-        address changes)."""
+        address changes); returns its path."""
+        path = self.run_dir / TARGETS_FILE
         metrics = {
             k.removeprefix("metrics/"): v for k, v in self.addresses().items() if k.startswith("metrics/")
         }
         if metrics == self._targets_written:
-            return None
+            return path
         groups = [
             {"targets": [address], "labels": {"job": name.split("/")[0], "component": name}}
             for name, address in sorted(metrics.items())
         ]
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = self.run_dir / TARGETS_FILE
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(groups, indent=1))
         os.replace(tmp, path)
@@ -393,20 +405,29 @@ class RayLaunch:
         restarts = {k: v - 1 for k, v in self.starts().items() if v > 1}
         print(f"ray-launch: {line}" + (f"; restarts {restarts}" if restarts else ""), flush=True)
 
-    def stop(self, timeout_s: float = 60.0) -> dict:
-        """Stop every component (actors and evaluator first, the replay server last) and return
-        what each one's run() returned."""
+    def stop(self, timeout_s: float = 60.0, clients_grace_s: float = 15.0) -> dict:
+        """Stop every component and return what each one's run() returned.
+
+        In dependency order: actors and the evaluator, then the learner (which checkpoints), then
+        the replay server (which checkpoints). An actor waiting on the replay server's rate limiter
+        (the learner no longer samples) cannot notice its stop before the replay server goes; its
+        writer then fails, which counts as stopped."""
         import ray
 
-        order = [n for n in self.components if n.startswith("actor/")] + ["evaluator", "learner", "replay"]
-        for name in order:
-            if name in self.results:
-                continue
-            with contextlib.suppress(Exception):  # a component that is restarting or gone
-                ray.get(self.components[name].stop.remote(), timeout=10)
-            with contextlib.suppress(Exception):
-                ray.get(self.runs[name], timeout=timeout_s)
+        clients = [n for n in self.components if n.startswith("actor/")] + ["evaluator"]
+        for group, wait_s in ((clients, clients_grace_s), (["learner"], timeout_s), (["replay"], timeout_s)):
+            group = [n for n in group if n not in self.results]
+            for name in group:
+                with contextlib.suppress(Exception):  # a component that is restarting or gone
+                    ray.get(self.components[name].stop.remote(), timeout=10)
+            if group:
+                ray.wait([self.runs[n] for n in group], num_returns=len(group), timeout=wait_s)
             self._collect_finished()
+        pending = [self.runs[n] for n in self.components if n not in self.results]
+        if pending:
+            ray.wait(pending, num_returns=len(pending), timeout=clients_grace_s)
+            self._collect_finished()
+        for name in self.components:
             self.results.setdefault(name, {"name": name, "error": "did not stop in time"})
         summary = {
             "results": dict(self.results),
@@ -431,7 +452,11 @@ def init_ray(address: str | None, num_actors: int) -> bool:
         ray.init(address=address, **quiet)
         return True
     # Logical CPUs: every component asks for one, even on a smaller machine.
-    ray.init(num_cpus=max(os.cpu_count() or 1, 3 + num_actors), **quiet)
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, 3 + num_actors),
+        object_store_memory=LOCAL_OBJECT_STORE_BYTES,  # only handles and small results travel
+        **quiet,
+    )
     return True
 
 

@@ -32,7 +32,7 @@ from learner.weight_service import WeightPublisher
 log = logging.getLogger(__name__)
 PROGRESS_FILE = "learner_progress.json"
 LOG_EVERY_UPDATES = 20
-FINAL_LINGER_S = 3.0  # keep serving the last version so every receiver sees `done`
+FINAL_LINGER_S = 20.0  # at most this long after `done` waiting for actors to finish
 
 
 def run_path(cfg: Config) -> Path:
@@ -80,6 +80,18 @@ def wait_for_offline_table(address: str, dataset: str | None, stop: threading.Ev
         time.sleep(0.2)
     if not stop.is_set():
         raise TimeoutError(f"replay server {address}: offline table not loaded within {timeout_s:.0f}s")
+
+
+def drain_until_actors_finish(sampler, publisher: WeightPublisher, stop: threading.Event) -> None:
+    """After `done`: keep sampling (and discarding) so the online table's rate limiter lets actors'
+    last inserts through, and keep serving the final version, until every actor has said it is
+    finished. Otherwise an actor blocked in an insert would never see `done`."""
+    deadline = time.monotonic() + FINAL_LINGER_S
+    while not stop.is_set() and time.monotonic() < deadline and not publisher.all_actors_finished():
+        try:
+            sampler.sample(timeout=0.2)
+        except TimeoutError:
+            pass
 
 
 def run_learner(cfg: Config, stop: threading.Event) -> dict:
@@ -208,7 +220,7 @@ def run_learner(cfg: Config, stop: threading.Event) -> dict:
             actors=sorted(publisher.actors_reporting()),
         )
         if finished:
-            stop.wait(FINAL_LINGER_S)
+            drain_until_actors_finish(sampler, publisher, stop)
         return {"updates": learner.updates, "version": version, "env_steps": env_steps, "finished": finished}
     finally:
         if sampler is not None:

@@ -62,6 +62,7 @@ class WeightPublisher:
         self._version = -1
         self._stopped = False
         self._progress: dict[tuple[int, str], tuple[int, int]] = {}  # (actor, session) -> totals
+        self._finished: set[tuple[int, str]] = set()  # sessions that sent their last report
         # One worker thread per open stream, plus a few for FetchLatest.
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=max_subscribers + 4, thread_name_prefix="weights"),
@@ -126,6 +127,7 @@ class WeightPublisher:
             report = json.loads(request)
             key = (int(report["actor"]), str(report["session"]))
             totals = (int(report["env_steps"]), int(report["episodes"]))
+            final = bool(report.get("final", False))
         except (ValueError, KeyError, TypeError):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "report needs actor, session, env_steps, episodes"
@@ -133,6 +135,8 @@ class WeightPublisher:
         with self._changed:
             old = self._progress.get(key, (0, 0))
             self._progress[key] = (max(old[0], totals[0]), max(old[1], totals[1]))  # totals never go back
+            if final:
+                self._finished.add(key)
         return b""
 
     def totals(self) -> tuple[int, int]:
@@ -140,6 +144,11 @@ class WeightPublisher:
         with self._changed:
             values = list(self._progress.values())
         return sum(v[0] for v in values), sum(v[1] for v in values)
+
+    def all_actors_finished(self) -> bool:
+        """Every actor session that ever reported has sent its final report."""
+        with self._changed:
+            return bool(self._progress) and set(self._progress) <= self._finished
 
     def actors_reporting(self) -> set[int]:
         with self._changed:

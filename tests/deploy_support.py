@@ -149,9 +149,7 @@ def run_compose(*files: Path, args: tuple[str, ...] = ("config",)) -> subprocess
     for f in files:
         command += ["-f", str(f)]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OVMSE", "COMPOSE_", "DOCKER_"))}
-    return subprocess.run(
-        [*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
-    )
+    return subprocess.run([*command, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
 
 # --- the dashboard -----------------------------------------------------------------------------

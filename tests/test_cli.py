@@ -68,7 +68,6 @@ def test_package_entry_points_forward_to_their_subcommand(package, command):
 
 NOT_LANDED = [
     (["reproduce"], "#6"),
-    (["ray-launch"], "#7"),
 ]
 
 

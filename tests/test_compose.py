@@ -58,6 +58,13 @@ def service_config(name: str):
     return resolve_config(file=str(host_file), overrides=env_overrides(environment(service)))
 
 
+def volume_of(service: dict, path: str) -> str | None:
+    """The volume (or bind source) a path of the service's configuration lands in."""
+    full = Path(service["working_dir"]) / path
+    hits = [s for t, s in mounts(service).items() if full == Path(t) or Path(t) in full.parents]
+    return hits[0] if hits else None
+
+
 # --- the compose file ----------------------------------------------------------------------------
 
 
@@ -121,19 +128,11 @@ def test_volumes_hold_datasets_runs_and_replay_checkpoints():
     for name in ("replay", "learner", "actor", "evaluator", "dataset"):
         service = services()[name]
         cfg = service_config(name)
-        workdir = Path(service["working_dir"])
-        targets = {Path(t): s for t, s in mounts(service).items()}
-
-        def volume_of(path: str) -> str | None:
-            full = workdir / path
-            hits = [s for t, s in targets.items() if full == t or t in full.parents]
-            return hits[0] if hits else None
-
-        assert volume_of(cfg.run.dataset) == "datasets", name
+        assert volume_of(service, cfg.run.dataset) == "datasets", name
         if name in ("learner", "evaluator"):
-            assert volume_of(cfg.run.run_dir) == "runs", name  # checkpoints, metrics, plots
+            assert volume_of(service, cfg.run.run_dir) == "runs", name  # checkpoints, metrics, plots
         if name == "replay":
-            assert volume_of(cfg.replay.checkpoint_dir) == "reverb"
+            assert volume_of(service, cfg.replay.checkpoint_dir) == "reverb"
 
 
 def test_health_checks_restart_policies_and_start_order():
@@ -201,14 +200,15 @@ def test_sc2_image_installs_the_game_maps_and_smac_behind_the_eula():
     assert "SMAC_Maps" in text and "github.com/oxwhirl/smac" in text
     assert "SMAC_REF=" in text and "ENV SC2PATH=" in text
     # The eula check runs before anything is downloaded.
-    assert text.index("ACCEPT_SC2_EULA\" != \"yes\"") < text.index("wget")
+    assert text.index('ACCEPT_SC2_EULA" != "yes"') < text.index("wget")
 
 
 # --- Prometheus and Ray ----------------------------------------------------------------------------
 
 
 def test_prometheus_configuration_is_valid_and_scrapes_every_role(promtool):
-    done = subprocess.run([promtool, "check", "config", str(PROMETHEUS_CONFIG)], capture_output=True, text=True)
+    check = [promtool, "check", "config", str(PROMETHEUS_CONFIG)]
+    done = subprocess.run(check, capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
     config = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
     jobs = {job["job_name"]: job for job in config["scrape_configs"]}

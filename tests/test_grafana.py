@@ -113,9 +113,8 @@ def test_panels_use_the_provisioned_data_source(dashboard):
 
 def test_compose_mounts_the_provisioning_where_grafana_looks():
     grafana = mounts(services()["grafana"])
-    assert (ROOT / grafana["/etc/grafana/provisioning"]).resolve() == ROOT / "deploy" / "grafana" / "provisioning"
-    (provider,) = yaml.safe_load(
-        (ROOT / "deploy" / "grafana" / "provisioning" / "dashboards" / "ovmse.yml").read_text()
-    )["providers"]
+    provisioning = ROOT / "deploy" / "grafana" / "provisioning"
+    assert (ROOT / grafana["/etc/grafana/provisioning"]).resolve() == provisioning
+    (provider,) = yaml.safe_load((provisioning / "dashboards" / "ovmse.yml").read_text())["providers"]
     folder = provider["options"]["path"]
     assert (ROOT / grafana[folder]).resolve() == DASHBOARD.parent

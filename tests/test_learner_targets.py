@@ -14,15 +14,21 @@ def column(*rows):
     return torch.tensor(rows, dtype=torch.float32).unsqueeze(-1)
 
 
-def pymarl2_td_lambda(rewards, terminated, mask, target_qs, gamma, td_lambda):
-    """PyMARL2's `build_td_lambda_targets`, verbatim in behaviour."""
-    ret = target_qs.new_zeros(*target_qs.shape)
-    ret[:, -1] = target_qs[:, -1] * (1 - torch.sum(terminated, dim=1))
-    for t in range(ret.shape[1] - 2, -1, -1):
-        ret[:, t] = td_lambda * gamma * ret[:, t + 1] + mask[:, t] * (
-            rewards[:, t] + (1 - td_lambda) * gamma * target_qs[:, t + 1] * (1 - terminated[:, t])
-        )
-    return ret[:, 0:-1]
+def reference_td_lambda(rewards, terminated, mask, target_qs, gamma, td_lambda):
+    """SPEC-OVMSE.md's TD(lambda) recursion written out one episode and one step at a time:
+    G_T = Qbar_T * (1 - any terminal);
+    G_t = lam*gamma*G_{t+1} + mask_t*[r_t + (1-lam)*gamma*Qbar_{t+1}*(1-term_t)]."""
+    B, rows = target_qs.shape[:2]
+    out = torch.zeros(B, rows - 1, 1)
+    for b in range(B):
+        g = float(target_qs[b, -1, 0]) * (0.0 if float(terminated[b].sum()) > 0 else 1.0)
+        for t in reversed(range(rows - 1)):
+            one_step = float(rewards[b, t, 0]) + (1 - td_lambda) * gamma * float(target_qs[b, t + 1, 0]) * (
+                1 - float(terminated[b, t, 0])
+            )
+            g = td_lambda * gamma * g + float(mask[b, t, 0]) * one_step
+            out[b, t, 0] = g
+    return out
 
 
 def pymarl2_mask(filled, terminated):
@@ -77,7 +83,9 @@ def test_td_lambda_equals_pymarl2_on_every_trained_step():
     qbar = torch.randn(B, T + 1, 1)
     mask = training_mask(filled, terminated)
     ours = td_lambda_targets(reward, terminated[:, :-1], mask, qbar, 0.99, 0.6)
-    theirs = pymarl2_td_lambda(reward, terminated[:, :-1], pymarl2_mask(filled, terminated), qbar, 0.99, 0.6)
+    theirs = reference_td_lambda(
+        reward, terminated[:, :-1], pymarl2_mask(filled, terminated), qbar, 0.99, 0.6
+    )
     torch.testing.assert_close(ours * mask, theirs * mask)
 
 

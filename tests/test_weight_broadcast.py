@@ -120,6 +120,10 @@ def test_actor_reports_add_up_and_a_restarted_actor_counts_as_a_new_session():
         restarted = ProgressReporter(publisher.address, 0)  # actor 0 again, counting from zero
         assert restarted.report(10, 0)
         assert publisher.totals() == (360, 6) and publisher.actors_reporting() == {0, 1}
+        assert not publisher.all_actors_finished()
+        for reporter in (a, b, restarted):
+            reporter.report(0, 0, final=True)
+        assert publisher.all_actors_finished() and publisher.totals() == (360, 6)
         for r in (a, b, restarted):
             r.close()
     finally:
