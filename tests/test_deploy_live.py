@@ -45,8 +45,6 @@ from tests.deploy_support import (
 )
 
 pytestmark = [pytest.mark.deploy_live, pytest.mark.slow]
-if not (ROOT / "learner" / "process.py").exists():
-    pytestmark.append(pytest.mark.skip(reason="process entry points not landed"))
 
 VENV_BIN = Path(sys.executable).parent
 # A run small enough for two cores; applied as environment overrides, like any compose setting.
