@@ -31,6 +31,17 @@ def eval_worker_for(cfg: Config) -> RolloutWorker:
     return RolloutWorker(env, agent, exploration="greedy", seed=cfg.run.seed, actor_id=-1, version=-1)
 
 
+def log_result(runlog: RunLog, kind: str, env_steps: int, result, **extra) -> None:
+    runlog.log(
+        kind,
+        env_steps=env_steps,
+        win_rate=result.win_rate,
+        **{"return": result.mean_return},
+        policy_version=result.policy_version,
+        **extra,
+    )
+
+
 def run_evaluator(cfg: Config, stop: threading.Event) -> dict:
     run_dir = Path(cfg.run.run_dir) / cfg.run.name
     runlog = RunLog(run_dir)
@@ -55,14 +66,7 @@ def run_evaluator(cfg: Config, stop: threading.Event) -> dict:
             if steps >= next_eval or done:
                 worker.set_weights(latest.state_dict, latest.version)
                 result = evaluate(worker, cfg.actor.test_episodes)
-                runlog.log(
-                    "eval",
-                    env_steps=steps,
-                    win_rate=result.win_rate,
-                    **{"return": result.mean_return},
-                    policy_version=latest.version,
-                    updates=int(latest.extra.get("updates", 0)),
-                )
+                log_result(runlog, "eval", steps, result, updates=int(latest.extra.get("updates", 0)))
                 metrics.test_win_rate.set(result.win_rate)
                 metrics.test_return.set(result.mean_return)
                 metrics.policy_version.labels(role="evaluator").set(latest.version)
@@ -71,14 +75,7 @@ def run_evaluator(cfg: Config, stop: threading.Event) -> dict:
             if done:
                 if cfg.actor.final_test_episodes > 0:
                     final = evaluate(worker, cfg.actor.final_test_episodes)
-                    runlog.log(
-                        "final_eval",
-                        env_steps=steps,
-                        episodes=final.episodes,
-                        win_rate=final.win_rate,
-                        **{"return": final.mean_return},
-                        policy_version=latest.version,
-                    )
+                    log_result(runlog, "final_eval", steps, final, episodes=final.episodes)
                 break
             stop.wait(0.05)
         offline = first.win_rate if first is not None else None

