@@ -1,9 +1,11 @@
 """The evaluator process of a distributed run (`ovmse evaluate`, following the live learner).
 
 Every `run.eval_interval_steps` global environment steps it plays `actor.test_episodes` greedy
-episodes with the newest weights and records the test win rate and return; the first evaluation,
-at step 0, scores the offline pre-trained policy. When the learner marks its last version done, it
-plays `actor.final_test_episodes` episodes and writes the plots.
+episodes with the newest weights and records the test win rate and return. The first evaluation,
+at step 0, scores the weights online training started from (the offline pre-trained policy); an
+evaluator that connects after training has moved on fetches those from the learner first. When the
+learner marks its last version done, it plays `actor.final_test_episodes` episodes and writes the
+plots.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from pathlib import Path
 
 from actors.evaluator import evaluate
 from actors.rollout import RolloutWorker, make_agent
-from actors.weight_client import WeightSubscriber
+from actors.weight_client import WeightSubscriber, fetch_start
 from common.config.sections import Config
 from common.envs.factory import make_batch_env
 from common.metrics import Metrics
@@ -54,6 +56,18 @@ def run_evaluator(cfg: Config, stop: threading.Event) -> dict:
     ).start()
     interval = cfg.run.eval_interval_steps
     next_eval, latest, first, final = 0, None, None, None
+
+    def evaluate_and_log(message) -> None:
+        nonlocal first
+        steps = int(message.extra.get("env_steps", 0))
+        worker.set_weights(message.state_dict, message.version)
+        result = evaluate(worker, cfg.actor.test_episodes)
+        log_result(runlog, "eval", steps, result, updates=int(message.extra.get("updates", 0)))
+        metrics.test_win_rate.set(result.win_rate)
+        metrics.test_return.set(result.mean_return)
+        metrics.policy_version.labels(role="evaluator").set(message.version)
+        first = result if first is None else first
+
     try:
         while not stop.is_set():
             message = subscriber.take()
@@ -62,15 +76,13 @@ def run_evaluator(cfg: Config, stop: threading.Event) -> dict:
             if latest is None:
                 stop.wait(0.05)
                 continue
+            if first is None and not latest.extra.get("start"):
+                start = fetch_start(subscriber.target, subscriber.max_message_bytes)
+                if start is not None:
+                    evaluate_and_log(start)
             steps, done = int(latest.extra.get("env_steps", 0)), bool(latest.extra.get("done"))
             if steps >= next_eval or done:
-                worker.set_weights(latest.state_dict, latest.version)
-                result = evaluate(worker, cfg.actor.test_episodes)
-                log_result(runlog, "eval", steps, result, updates=int(latest.extra.get("updates", 0)))
-                metrics.test_win_rate.set(result.win_rate)
-                metrics.test_return.set(result.mean_return)
-                metrics.policy_version.labels(role="evaluator").set(latest.version)
-                first = result if first is None else first
+                evaluate_and_log(latest)
                 next_eval = (steps // interval + 1) * interval
             if done:
                 if cfg.actor.final_test_episodes > 0:

@@ -21,6 +21,7 @@ from common.weights_codec import WeightsMessage, decode_weights
 from learner.weight_service import (
     DEFAULT_MAX_MESSAGE_BYTES,
     FETCH_LATEST,
+    FETCH_START,
     REPORT,
     SUBSCRIBE,
     encode_version,
@@ -34,8 +35,20 @@ def fetch_latest(
     target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout: float = 10.0
 ) -> WeightsMessage | None:
     """The newest weights, or None when the learner has published none yet."""
+    return _fetch(FETCH_LATEST, target, max_message_bytes, timeout)
+
+
+def fetch_start(
+    target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout: float = 10.0
+) -> WeightsMessage | None:
+    """The weights the online phase started from, or None when the learner has none to offer
+    (not published yet, or a learner resumed from a checkpoint mid-run)."""
+    return _fetch(FETCH_START, target, max_message_bytes, timeout)
+
+
+def _fetch(method: str, target: str, max_message_bytes: int, timeout: float) -> WeightsMessage | None:
     with grpc.insecure_channel(target, options=grpc_options(max_message_bytes)) as channel:
-        call = channel.unary_unary(FETCH_LATEST)
+        call = channel.unary_unary(method)
         try:
             return decode_weights(call(b"", timeout=timeout, wait_for_ready=True))
         except grpc.RpcError as error:

@@ -112,8 +112,9 @@ def run_learner(cfg: Config, stop: threading.Event) -> dict:
     version = 0
     offline_credit = 0  # episodes credited to offline updates (the target-copy clock)
     sampler = None
+    resumed = checkpoint.exists()
     try:
-        if checkpoint.exists():
+        if resumed:
             extra = load_checkpoint(learner, checkpoint)
             version, offline_credit = int(extra.get("version", 0)), int(extra.get("offline_credit", 0))
             print(
@@ -136,14 +137,16 @@ def run_learner(cfg: Config, stop: threading.Event) -> dict:
         if cfg.learner.use_offline_value_memory and learner.offline_agent is None:
             learner.freeze_offline_memory()
 
-        def publish(done: bool = False) -> None:
+        def publish(done: bool = False, start: bool = False) -> None:
             nonlocal version
             version += 1
             env_steps, episodes = publisher.totals()
             extra = {"env_steps": env_steps, "episodes": episodes, "updates": learner.updates, "done": done}
-            start = time.perf_counter()
-            publisher.publish(learner.agent_state_dict(), version, extra=extra)
-            metrics.broadcast_seconds.observe(time.perf_counter() - start)
+            if start:
+                extra["start"] = True
+            began = time.perf_counter()
+            publisher.publish(learner.agent_state_dict(), version, extra=extra, start=start)
+            metrics.broadcast_seconds.observe(time.perf_counter() - began)
             metrics.policy_version.labels(role="learner").set(version)
 
         def save() -> None:
@@ -159,7 +162,8 @@ def run_learner(cfg: Config, stop: threading.Event) -> dict:
                 },
             )
 
-        publish()
+        # The weights online training starts from; a resumed learner is mid-run and has none.
+        publish(start=not resumed)
         budget = cfg.run.online_env_steps
         sampler = MixedSampler.from_config(cfg, replay_address)
         update_times: list[float] = []

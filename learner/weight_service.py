@@ -5,6 +5,9 @@ Two calls on service `ovmse.WeightService`, both carrying raw bytes (no protobuf
   starting with the newest version if it is newer than `have_version`, then each newer one. A slow
   subscriber skips intermediate versions: only the newest matters to an actor.
 - `FetchLatest()` -> the newest encoded weights, or NOT_FOUND before the first publish.
+- `FetchStart()` -> the weights the online phase started from (published with `start=True`), or
+  NOT_FOUND. The evaluator scores them even when it connects after training has moved on, so
+  "test win rate at the start of online training" never depends on process start-up order.
 - `Report(JSON {actor, session, env_steps, episodes})` -> b"": an actor's running totals. The
   learner's global environment-step count (which drives epsilon, the memory coefficient and the
   run's budget) is the sum of the newest totals of every (actor, session); a restarted actor opens
@@ -28,6 +31,7 @@ SERVICE = "ovmse.WeightService"
 SUBSCRIBE = f"/{SERVICE}/Subscribe"
 REPORT = f"/{SERVICE}/Report"
 FETCH_LATEST = f"/{SERVICE}/FetchLatest"
+FETCH_START = f"/{SERVICE}/FetchStart"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
 
 
@@ -59,6 +63,7 @@ class WeightPublisher:
         self.max_message_bytes = max_message_bytes
         self._changed = threading.Condition()
         self._payload: bytes | None = None
+        self._start_payload: bytes | None = None
         self._version = -1
         self._stopped = False
         self._progress: dict[tuple[int, str], tuple[int, int]] = {}  # (actor, session) -> totals
@@ -74,6 +79,7 @@ class WeightPublisher:
             {
                 "Subscribe": grpc.unary_stream_rpc_method_handler(self._subscribe),
                 "FetchLatest": grpc.unary_unary_rpc_method_handler(self._fetch_latest),
+                "FetchStart": grpc.unary_unary_rpc_method_handler(self._fetch_start),
                 "Report": grpc.unary_unary_rpc_method_handler(self._report),
             },
         )
@@ -88,8 +94,15 @@ class WeightPublisher:
     def version(self) -> int:
         return self._version
 
-    def publish(self, state_dict: dict[str, torch.Tensor], version: int, extra: dict | None = None) -> int:
-        """Make `version` the newest (with JSON metadata `extra`); returns the message size in bytes."""
+    def publish(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        version: int,
+        extra: dict | None = None,
+        start: bool = False,
+    ) -> int:
+        """Make `version` the newest (with JSON metadata `extra`); returns the message size in bytes.
+        `start=True` also keeps it as the weights the online phase started from (FetchStart)."""
         if version <= self._version:
             raise ValueError(f"weight versions only go forward: {version} after {self._version}")
         payload = encode_weights(state_dict, version, extra=extra)
@@ -99,6 +112,8 @@ class WeightPublisher:
             )
         with self._changed:
             self._payload, self._version = payload, version
+            if start:
+                self._start_payload = payload
             self._changed.notify_all()
         return len(payload)
 
@@ -120,6 +135,12 @@ class WeightPublisher:
         payload = self._payload
         if payload is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no weights published yet")
+        return payload
+
+    def _fetch_start(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        payload = self._start_payload
+        if payload is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, "no starting weights published")
         return payload
 
     def _report(self, request: bytes, context: grpc.ServicerContext) -> bytes:

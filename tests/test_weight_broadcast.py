@@ -128,3 +128,39 @@ def test_actor_reports_add_up_and_a_restarted_actor_counts_as_a_new_session():
             r.close()
     finally:
         publisher.stop()
+
+
+def test_an_evaluator_that_connects_late_still_scores_the_starting_weights_at_step_zero(tmp_path):
+    import threading
+
+    from actors.eval_process import run_evaluator
+    from common.config import resolve_config
+    from deploy.embedded import EmbeddedRun
+
+    publisher = WeightPublisher(port=0)
+    cfg = resolve_config(map_name="3m", method="qmix", overrides=[
+        f"run.run_dir={tmp_path}", "run.name=late", f"actor.weight_server={publisher.address}",
+        "actor.test_episodes=4", "actor.final_test_episodes=0", "run.eval_interval_steps=1000"])
+    start_weights = make_agent(LiteBatchEnv("3m", num_envs=1).get_env_info()).state_dict()
+    later_weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in start_weights.items()}
+    stop = threading.Event()
+    try:
+        # Training has moved on before the evaluator exists: it only ever sees version 2 streamed.
+        publisher.publish(start_weights, 1, extra={"env_steps": 0, "start": True}, start=True)
+        publisher.publish(later_weights, 2, extra={"env_steps": 1500})
+        result: dict = {}
+        thread = threading.Thread(target=lambda: result.update(run_evaluator(cfg, stop)))
+        thread.start()
+        evals = []
+        for _ in range(600):
+            evals = EmbeddedRun(cfg, tmp_path / "late").evals()
+            if len(evals) >= 2:
+                break
+            stop.wait(0.1)
+        publisher.publish(later_weights, 3, extra={"env_steps": 2500, "done": True})
+        thread.join(timeout=60)
+        assert [(e["env_steps"], e["policy_version"]) for e in evals[:2]] == [(0, 1), (1500, 2)]
+        assert result["first_win_rate"] == evals[0]["win_rate"]
+    finally:
+        stop.set()
+        publisher.stop()
