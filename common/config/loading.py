@@ -351,10 +351,20 @@ def resolve_config(
 
     def pick(preset_key: str, argument: str | None) -> tuple[Any, str | None]:
         section, key = _PRESET_KEYS[preset_key]
-        if (section, key) in overridden:
-            return overridden[(section, key)], None
-        if argument is not None:
-            return argument, None
+        chosen = overridden.get((section, key), argument)
+        if chosen is not None:
+            # A file's own values override the preset, so a file written for another preset
+            # (e.g. a run's resolved config.yaml) would silently turn this run into that one.
+            if config_file is not None and key in config_file.values.get(section, {}):
+                in_file = config_file.values[section][key]
+                if str(in_file) != str(chosen):
+                    raise ConfigError(
+                        f"the file says {in_file!r} but {chosen!r} was asked for; its other values "
+                        f"belong to the {in_file!r} preset, so change or remove the key in the file",
+                        key=f"{section}.{key}",
+                        source=config_file.path,
+                    )
+            return chosen, None
         if config_file is not None:
             if key in config_file.values.get(section, {}):
                 return config_file.values[section][key], config_file.path
