@@ -55,10 +55,14 @@ def run_evaluator(cfg: Config, stop: threading.Event) -> dict:
         cfg.actor.weight_server, max_message_bytes=cfg.run.grpc_max_message_mb << 20
     ).start()
     interval = cfg.run.eval_interval_steps
-    next_eval, latest, first, final = 0, None, None, None
+    # A restarted evaluator (compose restarts it) carries on from the evaluations already logged.
+    earlier = runlog.read("eval")
+    first_win_rate = earlier[0]["win_rate"] if earlier else None
+    next_eval = (int(earlier[-1]["env_steps"]) // interval + 1) * interval if earlier else 0
+    latest, final = None, None
 
     def evaluate_and_log(message) -> None:
-        nonlocal first
+        nonlocal first_win_rate
         steps = int(message.extra.get("env_steps", 0))
         worker.set_weights(message.state_dict, message.version)
         result = evaluate(worker, cfg.actor.test_episodes)
@@ -66,7 +70,7 @@ def run_evaluator(cfg: Config, stop: threading.Event) -> dict:
         metrics.test_win_rate.set(result.win_rate)
         metrics.test_return.set(result.mean_return)
         metrics.policy_version.labels(role="evaluator").set(message.version)
-        first = result if first is None else first
+        first_win_rate = result.win_rate if first_win_rate is None else first_win_rate
 
     try:
         while not stop.is_set():
@@ -76,7 +80,7 @@ def run_evaluator(cfg: Config, stop: threading.Event) -> dict:
             if latest is None:
                 stop.wait(0.05)
                 continue
-            if first is None and not latest.extra.get("start"):
+            if first_win_rate is None and not latest.extra.get("start"):
                 start = fetch_start(subscriber.target, subscriber.max_message_bytes)
                 if start is not None:
                     evaluate_and_log(start)
@@ -90,10 +94,9 @@ def run_evaluator(cfg: Config, stop: threading.Event) -> dict:
                     log_result(runlog, "final_eval", steps, final, episodes=final.episodes)
                 break
             stop.wait(0.05)
-        offline = first.win_rate if first is not None else None
-        plots = runlog.plot_eval(offline_win_rate=offline)
+        plots = runlog.plot_eval(offline_win_rate=first_win_rate)
         return {
-            "first_win_rate": offline,
+            "first_win_rate": first_win_rate,
             "final_win_rate": final.win_rate if final else None,
             "plots": [str(p) for p in plots],
         }

@@ -56,9 +56,13 @@ class RunLog:
             csv.writer(f).writerow([row.get(k, "") for k in fields])
 
     def read(self, kind: str) -> list[dict]:
+        """The records of `kind` so far. Other processes of the run append to the same file, so a
+        last line without its newline is still being written and is left out."""
         out = []
         with open(self.dir / "metrics.jsonl") as f:
             for line in f:
+                if not line.endswith("\n"):
+                    break
                 record = json.loads(line)
                 if record.get("kind") == kind:
                     out.append(record)

@@ -157,9 +157,17 @@ def test_an_evaluator_that_connects_late_still_scores_the_starting_weights_at_st
             if len(evals) >= 2:
                 break
             stop.wait(0.1)
-        publisher.publish(later_weights, 3, extra={"env_steps": 2500, "done": True})
+        stop.set()
         thread.join(timeout=60)
         assert [(e["env_steps"], e["policy_version"]) for e in evals[:2]] == [(0, 1), (1500, 2)]
+        assert result["first_win_rate"] == evals[0]["win_rate"]
+
+        # A restarted evaluator carries on from what is logged: no second step-0 evaluation.
+        stop.clear()
+        publisher.publish(later_weights, 3, extra={"env_steps": 2500, "done": True})
+        result = run_evaluator(cfg, stop)
+        evals = EmbeddedRun(cfg, tmp_path / "late").evals()
+        assert [(e["env_steps"], e["policy_version"]) for e in evals] == [(0, 1), (1500, 2), (2500, 3)]
         assert result["first_win_rate"] == evals[0]["win_rate"]
     finally:
         stop.set()
