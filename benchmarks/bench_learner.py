@@ -9,6 +9,12 @@ same style; it starts from the same weights and draws the same CQL samples, so b
 same loss (checked on the first update). Rounds alternate between the two, so background load hits
 both alike; the medians are reported.
 
+Two batch shapes: `uniform` (the lengths above, as DESIGN's anchor: ~80 steps) and `lite` (lengths
+as the lite world plays 3s5z with the demo's data policy, focus fire with epsilon 0.2: mean about
+70 steps; the batch holds one episode that ran into the 150-step limit, as 87% of 128-episode batches
+of this policy do, so it is padded to 150 steps). PyMARL2's learner
+also pads each batch to its longest episode, so both sides get the same padded batch.
+
 Kinds: `td` (QMIX TD(lambda) update, PyMARL2's learner), `offline_cql` (3s5z's offline phase: TD +
 0.25 x raw MACQL over 100 sampled joint actions), `online_ovm` (3s5z's online phase: OVM with
 lambda = 1). CPU numbers use 2 torch threads. With a GPU, the learner's GPU numbers are reported
@@ -61,17 +67,50 @@ KIND_TITLES = {
 # --- data ----------------------------------------------------------------------------------------
 
 
-def make_batch(batch_size: int, seed: int, steps: int = STEPS, info: dict = ENV_INFO) -> TrainingBatch:
-    """Random but valid 3s5z-shaped episodes in PyMARL layout (see `common.episode`)."""
+# Measured: 1.6% of these episodes hit the time limit (2,000 episodes), so 87% of 128-episode batches
+# and 40% of 32-episode batches hold at least one and are padded to the limit.
+LITE_TIME_LIMIT_SHARE = 0.016
+
+
+def lite_lengths(count: int, seed: int = 0) -> torch.Tensor:
+    """Lengths (steps) of `count` lite 3s5z episodes played by focus fire with epsilon 0.2."""
+    from common.envs.lite import LiteBatchEnv
+    from common.envs.policies import make_policy
+
+    env = LiteBatchEnv("3s5z", num_envs=64, seed=seed)
+    policy = make_policy("heuristic", env.layout, env.spec, seed=seed, epsilon=0.2)
+    obs, steps, lengths = env.reset(), [0] * env.num_envs, []
+    while len(lengths) < count:
+        result = env.step(policy.act(obs.obs, obs.avail))
+        steps = [s + 1 for s in steps]
+        for b in result.done_index.tolist():
+            lengths.append(steps[b])
+            steps[b] = 0
+        obs = result.next
+    return torch.tensor(lengths[:count])
+
+
+def make_batch(
+    batch_size: int,
+    seed: int,
+    steps: int = STEPS,
+    info: dict = ENV_INFO,
+    lengths: torch.Tensor | None = None,
+) -> TrainingBatch:
+    """Random but valid 3s5z-shaped episodes in PyMARL layout (see `common.episode`): `lengths`
+    steps each (default: uniform in [3/4 `steps`, `steps`]), padded to the longest."""
     g = torch.Generator().manual_seed(seed)
-    B, T = batch_size, steps
     n, O, S, A = info["n_agents"], info["obs_shape"], info["state_shape"], info["n_actions"]
-    lengths = torch.randint(3 * T // 4, T + 1, (B,), generator=g)
-    lengths[0] = T  # the batch is as long as its longest episode
+    limit = info["episode_limit"]  # episodes this long ended by the time limit, the others by a result
+    if lengths is None:
+        lengths = torch.randint(3 * steps // 4, steps + 1, (batch_size,), generator=g)
+        lengths[0] = steps  # the batch is as long as its longest episode
+        limit = steps
+    B, T = len(lengths), int(lengths.max())
     rows = torch.arange(T + 1)
     filled = (rows[None, :] <= lengths[:, None]).float()  # [B, T+1]
     terminated = torch.zeros(B, T + 1)
-    ended = lengths < T  # shorter episodes ended by a win or loss; the others by the time limit
+    ended = lengths < limit
     terminated[ended, lengths[ended] - 1] = 1.0
     death = torch.randint(T // 3, 2 * T, (B, n), generator=g)  # step each agent dies at (maybe never)
     alive = rows[None, :, None] < death[:, None, :]  # [B, T+1, n]
@@ -240,10 +279,14 @@ def make_learners(kind: str, device: str, seed: int = 0):
     return phase, ours
 
 
-def measure_cpu(kind: str, batch_size: int, repeats: int) -> dict:
+def measure_cpu(kind: str, batch_size: int, repeats: int, shape: str = "uniform") -> dict:
     phase, ours = make_learners(kind, "cpu")
     ref = PyMARL2StyleLearner(ours)
-    batch = make_batch(batch_size, seed=batch_size)
+    lengths = None
+    if shape == "lite":
+        lengths = lite_lengths(batch_size, seed=batch_size)
+        lengths[0] = ENV_INFO["episode_limit"]  # one time-limit episode: see LITE_TIME_LIMIT_SHARE
+    batch = make_batch(batch_size, seed=batch_size, lengths=lengths)
     episodes = 0
     ours_loss = ours.update(batch, phase, env_steps=0, episodes_seen=episodes)["loss_total"]
     ref_loss = ref.update(batch, phase, memory_coef=1.0, episodes_seen=episodes)
@@ -262,6 +305,9 @@ def measure_cpu(kind: str, batch_size: int, repeats: int) -> dict:
     return {
         "kind": kind,
         "batch_size": batch_size,
+        "shape": shape,
+        "padded_steps": batch.reward.shape[1] - 1,
+        "mean_steps": float(batch.filled.sum() / batch_size - 1),
         "ours_updates_per_s": 1.0 / ours_s,
         "reference_updates_per_s": 1.0 / ref_s,
         "speedup": ref_s / ours_s,
@@ -347,6 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="32,128", help="episodes per batch, comma-separated")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    parser.add_argument(
+        "--shapes", default="uniform,lite", help="batch shapes, comma-separated, of uniform, lite"
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/bench alone")
     args = parser.parse_args(argv)
     repeats = 3 if args.quick else 7
@@ -361,19 +410,21 @@ def main(argv: list[str] | None = None) -> int:
     gflops = matmul_gflops()
     print(f"  fp32 matrix products on this machine: {gflops:.0f} GFLOP/s")
 
+    shapes = [x for x in args.shapes.split(",") if x]
+    if set(shapes) - {"uniform", "lite"}:
+        parser.error(f"unknown shape(s) in --shapes {args.shapes}; known: uniform, lite")
     cpu_rows = []
-    for kind in kinds:
-        for B in batch_sizes:
-            print(f"  cpu {kind:12s} B={B:4d} ...", end="", flush=True)
-            row = measure_cpu(kind, B, repeats)
-            cpu_rows.append(row)
-            print(
-                f" ours {row['ours_updates_per_s']:6.2f} upd/s,"
-                f" PyMARL2-style {row['reference_updates_per_s']:6.2f} upd/s,"
-                f" speedup {row['speedup']:.2f}x"
-                f" (loss difference {row['first_update_loss_relative_difference']:.1e})",
-                flush=True,
-            )
+    for shape, kind, B in ((x, k, b) for x in shapes for k in kinds for b in batch_sizes):
+        print(f"  cpu {shape:7s} {kind:12s} B={B:4d} ...", end="", flush=True)
+        row = measure_cpu(kind, B, repeats, shape)
+        cpu_rows.append(row)
+        print(
+            f" ours {row['ours_updates_per_s']:6.2f} upd/s,"
+            f" PyMARL2-style {row['reference_updates_per_s']:6.2f} upd/s,"
+            f" speedup {row['speedup']:.2f}x"
+            f" (loss difference {row['first_update_loss_relative_difference']:.1e})",
+            flush=True,
+        )
     floors = {
         B: {"gflop": agent_gflop_per_td_update(B), "max_updates_per_s": gflops / agent_gflop_per_td_update(B)}
         for B in batch_sizes
@@ -416,17 +467,22 @@ def _markdown(results: dict, quick: bool) -> str:
         f"`{command}` — {m['cpu']}, {m['cores']} cores, torch {results['torch']},"
         f" {results['threads']} threads, {m['date']}.",
         "",
-        "3s5z-shaped batches (8 agents, obs 128, state 216, 14 actions, episodes of 60-80 steps padded"
-        " to 80), one `QMixLearner.update` against a learner written the way PyMARL2's code is (per-step"
-        " GRUCell loop; CFCQL's raw CQL re-runs the mixer per sampled joint action), same weights, same"
-        f" batch, same loss; median of {results['rounds']} alternating rounds, wall-clock time.",
+        "3s5z-shaped batches (8 agents, obs 128, state 216, 14 actions), one `QMixLearner.update` against"
+        " a learner written the way PyMARL2's code is (per-step GRUCell loop; CFCQL's raw CQL re-runs the"
+        " mixer per sampled joint action), same weights, same batch, same loss; median of"
+        f" {results['rounds']} alternating rounds, wall-clock time. Episode lengths: *uniform* 60-80"
+        " steps (DESIGN's anchor); *lite* as the lite world plays 3s5z (focus fire, epsilon 0.2), with"
+        " one episode at the 150-step time limit (87% of 128-episode batches of this policy hold one)."
+        " Both learners pad to the longest episode; ours unrolls episodes of similar length together,"
+        " so it skips most of that padding.",
         "",
-        "| update | batch | ours upd/s | PyMARL2-style upd/s | speedup |",
-        "|---|---|---|---|---|",
+        "| update | lengths | batch | mean / padded steps | ours upd/s | PyMARL2-style upd/s | speedup |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in results["cpu"]:
         lines.append(
-            f"| {KIND_TITLES[r['kind']]} | {r['batch_size']} | {r['ours_updates_per_s']:.2f} | "
+            f"| {KIND_TITLES[r['kind']]} | {r['shape']} | {r['batch_size']} | "
+            f"{r['mean_steps']:.0f} / {r['padded_steps']} | {r['ours_updates_per_s']:.2f} | "
             f"{r['reference_updates_per_s']:.2f} | {r['speedup']:.2f}x |"
         )
     lines += [

@@ -6,10 +6,12 @@
 same parameters and the same numbers (up to float rounding):
 
 - `forward_step(inputs [R, in], hidden [R, H])`: one step for acting, R = battles * agents;
-- `forward_sequence(inputs [B, T, n, in])`: whole episodes for training, in one fused call. During
-  training every input (observation, previous action, agent id) is known before the unroll, so the
-  input layer runs once over all steps and `nn.GRU` unrolls the recurrence in C++ instead of a
-  per-step Python loop through a GRUCell (PyMARL2's way).
+- `forward_sequence(inputs [B, T, n, in], lengths=...)`: whole episodes for training, in one fused
+  call. During training every input (observation, previous action, agent id) is known before the
+  unroll, so the input layer runs once over all steps and `nn.GRU` unrolls the recurrence in C++
+  instead of a per-step Python loop through a GRUCell (PyMARL2's way). Given the episodes' lengths,
+  episodes of similar length are unrolled together, each group only as far as it needs (a batch is
+  padded to its longest episode; lite 3s5z episodes average 66 of up to 151 rows).
 
 `QMixer` is PyMARL2's monotonic mixer: hypernetworks on the state give non-negative weights (abs),
 Q_tot = ELU(q . w1 + b1) . w2 + b2 with b2 = V(s). `mixing_weights` + `mix` split the two halves so
@@ -55,6 +57,21 @@ def previous_actions_onehot(
     return torch.cat([first, onehot.narrow(time_dim, 0, onehot.shape[time_dim] - 1)], dim=time_dim)
 
 
+LENGTH_GROUPS = 4  # most groups of similar-length episodes per unroll (each is one GRU call)
+MIN_SAVING = 0.1  # group only when that skips at least this share of the padded rows
+
+
+def length_groups(lengths: torch.Tensor, rows: int) -> list[tuple[torch.Tensor, int]] | None:
+    """Split episodes with `lengths` [B] (padded to `rows`) into up to LENGTH_GROUPS groups of
+    similar length: [(episode indices, the group's longest length)], shortest first; None when
+    grouping would skip less than MIN_SAVING of the padded work (one plain unroll is then best)."""
+    lengths = lengths.to("cpu", torch.int64).clamp(1, rows)
+    order = torch.argsort(lengths, stable=True)
+    groups = [(idx, int(lengths[idx].max())) for idx in order.chunk(min(LENGTH_GROUPS, len(order)))]
+    work = sum(len(idx) * length for idx, length in groups)
+    return groups if work <= (1.0 - MIN_SAVING) * len(order) * rows else None
+
+
 class RNNAgent(nn.Module):
     """PyMARL2's recurrent agent network (shared parameters, one call for all agents)."""
 
@@ -79,19 +96,45 @@ class RNNAgent(nn.Module):
         out, h = self.rnn(x.unsqueeze(0), hidden.unsqueeze(0).contiguous())  # a sequence of one step
         return self.fc2(out.squeeze(0)), h.squeeze(0)
 
-    def forward_sequence(self, inputs: torch.Tensor, hidden: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_sequence(
+        self,
+        inputs: torch.Tensor,
+        hidden: torch.Tensor | None = None,
+        lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Whole sequences: inputs [B, T, n, in] -> q [B, T, n, A], starting from `hidden` [B*n, H]
         (zeros when None). Equal to looping `forward_step` over t.
+
+        `lengths` [B] (CPU ints): how many leading rows of each episode matter. Episodes are then
+        unrolled in groups of similar length, each group only as far as its longest episode, so
+        the padding of a batch of uneven episodes costs (almost) nothing; rows past an episode's
+        length come out as 0. Rows within it are unchanged: the recurrence only looks back.
 
         The unroll runs time-major: if `inputs` is a [B, T, ...] view of a contiguous time-major
         [T, B, ...] tensor (as the learner builds it) no copy is made; the result is a [B, T, ...]
         view of a time-major tensor."""
         B, T, n, _ = inputs.shape
         x = inputs.transpose(0, 1)  # [T, B, n, in]
+        if lengths is None:
+            return self._unroll(x, hidden).transpose(0, 1)
+        groups = length_groups(lengths, T)
+        if groups is None:
+            q = self._unroll(x, hidden)
+        else:
+            q = x.new_zeros(T, B, n, self.n_actions)
+            for rows, length in groups:
+                h0 = None if hidden is None else hidden.view(B, n, -1)[rows].reshape(-1, self.hidden_size)
+                q[:length, rows] = self._unroll(x[:length, rows], h0)
+        within = torch.arange(T)[:, None] < lengths.to("cpu")[None, :]  # [T, B]
+        return (q * within.to(q.device, q.dtype)[..., None, None]).transpose(0, 1)
+
+    def _unroll(self, x: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
+        """Time-major inputs [T, B, n, in] -> q [T, B, n, A]."""
+        T, B, n, _ = x.shape
         x = F.relu(self.fc1(x)).reshape(T, B * n, self.hidden_size)  # one matmul for every step
         h0 = None if hidden is None else hidden.unsqueeze(0).contiguous()
         out, _ = self.rnn(x, h0)  # [T, B*n, H]; GRU batch = episodes * agents
-        return self.fc2(out).view(T, B, n, self.n_actions).transpose(0, 1)
+        return self.fc2(out).view(T, B, n, self.n_actions)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.forward_sequence(inputs)

@@ -161,6 +161,7 @@ class QMixLearner:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         cfg = self.cfg
         online = phase == "online"
+        lengths = episode_lengths(batch)  # before the transfer: no device sync for it
         batch = self._to_device(batch)
         state = batch.state
         avail = batch.avail_actions
@@ -171,13 +172,13 @@ class QMixLearner:
         inputs = self._agent_inputs(batch)  # [B, T+1, n, in]
 
         # Q(tau_t, .) for every row, and Q_tot of the data actions on the trained rows.
-        agent_qs = self.agent.forward_sequence(inputs)  # [B, T+1, n, A]
+        agent_qs = self.agent.forward_sequence(inputs, lengths=lengths)  # [B, T+1, n, A]; 0 on padding
         chosen = agent_qs[:, :-1].gather(-1, actions).squeeze(-1)  # [B, T, n]
         weights = self.mixer.mixing_weights(state[:, :-1])
         q_tot = mix(chosen, weights)  # [B, T, 1]
 
         with torch.no_grad():
-            target_qs = self.target_agent.forward_sequence(inputs)
+            target_qs = self.target_agent.forward_sequence(inputs, lengths=lengths)
             greedy_values = double_q_max(agent_qs.detach(), target_qs, avail)  # [B, T+1, n]
             y_td = td_lambda_targets(
                 reward, terminated, mask, self.target_mixer(greedy_values, state), cfg.gamma, cfg.td_lambda
@@ -191,7 +192,7 @@ class QMixLearner:
             if self.offline_agent is None:  # no offline phase ran: the memory is the start point
                 self.freeze_offline_memory()
             with torch.no_grad():
-                q_offline = self._offline_q_tot(inputs, actions, state)
+                q_offline = self._offline_q_tot(inputs, actions, state, lengths)
                 active = masked_fraction(q_offline > y_td, mask)
             loss_ovm = losses.ovm_loss(q_tot, y_td, q_offline, mask, memory_coef)
             loss = loss_ovm
@@ -203,7 +204,9 @@ class QMixLearner:
         if cfg.offline_cql != "none" and cql_weight > 0:
             behaviour_logits = None
             if self.behaviour is not None:
-                loss_bc, behaviour_logits = self._behaviour_step(inputs, actions, avail[:, :-1], mask)
+                loss_bc, behaviour_logits = self._behaviour_step(
+                    inputs, actions, avail[:, :-1], mask, lengths
+                )
             loss_cql = self._cql_term(agent_qs[:, :-1], chosen, weights, q_tot, batch, mask, behaviour_logits)
             loss = loss + cql_weight * loss_cql
 
@@ -258,16 +261,16 @@ class QMixLearner:
         return build_agent_inputs(obs, previous, self.n_agents).transpose(0, 1)
 
     def _offline_q_tot(
-        self, inputs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor
+        self, inputs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
         assert self.offline_agent is not None and self.offline_mixer is not None
-        qs = self.offline_agent.forward_sequence(inputs)[:, :-1]
+        qs = self.offline_agent.forward_sequence(inputs, lengths=lengths)[:, :-1]
         return self.offline_mixer(qs.gather(-1, actions).squeeze(-1), state[:, :-1])
 
-    def _behaviour_step(self, inputs, actions, avail, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    def _behaviour_step(self, inputs, actions, avail, mask, lengths) -> tuple[torch.Tensor, torch.Tensor]:
         """One behaviour-cloning step on the batch's actions; returns (loss, logits before the step)."""
         assert self.behaviour is not None and self.behaviour_optimizer is not None
-        logits = self.behaviour.forward_sequence(inputs)[:, :-1]
+        logits = self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1]
         loss = losses.behaviour_cloning_loss(logits, actions, avail, mask)
         self.behaviour_optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -351,6 +354,11 @@ class QMixLearner:
             "mixing_embed_dim": cfg.mixing_embed_dim,
             "hypernet_embed_dim": cfg.hypernet_embed_dim,
         }
+
+
+def episode_lengths(batch: TrainingBatch) -> torch.Tensor:
+    """Rows of each episode [B] that the update reads: its steps and its final observation."""
+    return batch.filled[:, :, 0].sum(dim=1).to(torch.int64)
 
 
 def masked_fraction(condition: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

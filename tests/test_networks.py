@@ -10,6 +10,7 @@ from common.networks import (
     RNNAgent,
     agent_input_size,
     build_agent_inputs,
+    length_groups,
     mix,
     mix_samples,
     previous_actions_onehot,
@@ -65,6 +66,37 @@ def test_unrolling_continues_from_a_given_hidden_state():
     torch.testing.assert_close(
         agent.forward_sequence(inputs[:, 3:], hidden), full[:, 3:], rtol=1e-5, atol=1e-6
     )
+
+
+def test_unrolling_by_length_gives_the_same_values_and_gradients_and_zeros_on_padding():
+    torch.manual_seed(2)
+    B, T, n, d, A = 9, 12, 3, 7, 5
+    agent = RNNAgent(d, A, hidden_size=8)
+    inputs = torch.randn(B, T, n, d)
+    hidden = torch.randn(B * n, 8)
+    lengths = torch.tensor([12, 3, 5, 2, 12, 7, 4, 3, 6])
+    valid = (torch.arange(T)[None, :] < lengths[:, None])[..., None, None]  # [B, T, 1, 1]
+    assert length_groups(lengths, T) is not None  # uneven enough to be grouped
+
+    def masked_loss_and_grads(**kw):
+        agent.zero_grad()
+        q = agent.forward_sequence(inputs, hidden, **kw)
+        (q * valid).square().sum().backward()
+        return q, [p.grad.clone() for p in agent.parameters()]
+
+    plain, plain_grads = masked_loss_and_grads()
+    grouped, grouped_grads = masked_loss_and_grads(lengths=lengths)
+    torch.testing.assert_close(grouped * valid, plain * valid, rtol=1e-5, atol=1e-6)
+    assert not (grouped * ~valid).any()  # rows past an episode's length are 0
+    for g, p in zip(grouped_grads, plain_grads, strict=True):
+        torch.testing.assert_close(g, p, rtol=1e-4, atol=1e-6)
+
+
+def test_episodes_of_one_length_are_unrolled_in_one_call():
+    assert length_groups(torch.full((8,), 10), rows=10) is None
+    assert length_groups(torch.tensor([10, 10, 10, 9]), rows=10) is None  # too little to skip
+    groups = length_groups(torch.tensor([2, 10, 3, 9]), rows=10)
+    assert [(idx.tolist(), longest) for idx, longest in groups] == [([0], 2), ([2], 3), ([3], 9), ([1], 10)]
 
 
 def test_mixer_weights_are_non_negative_so_q_tot_is_monotone_in_every_agent():
