@@ -1,6 +1,6 @@
 """The learner's weight service (gRPC): each new weight version goes to every subscriber.
 
-Two calls on service `ovmse.WeightService`, both carrying raw bytes (no protobuf codegen needed):
+Calls on service `ovmse.WeightService`, all carrying raw bytes (no protobuf codegen needed):
 - `Subscribe(have_version: int64 LE)` -> a server stream of encoded weights (common/weights_codec),
   starting with the newest version if it is newer than `have_version`, then each newer one. A slow
   subscriber skips intermediate versions: only the newest matters to an actor.
