@@ -111,6 +111,18 @@ def main(args: argparse.Namespace | None = None, **extra) -> int:
         f"  after online fine-tuning:    test win rate {end['win_rate']:.3f} "
         f"({end.get('episodes', cfg.actor.test_episodes)} episodes)"
     )
+    online_evals = evals[1:]
+    if online_evals:
+        best = max(online_evals, key=lambda e: e["win_rate"])
+        print(
+            f"  best online evaluation:      test win rate {best['win_rate']:.3f} "
+            f"at {best['env_steps']:,} env steps"
+        )
+    print(
+        f"  {online.progress().get('updates', 0) - cfg.learner.offline_updates:,} online updates over "
+        f"{cfg.run.online_env_steps:,} env steps (the paper fine-tunes for 1M); docs/learner.md compares "
+        "OVMSE with Switch CQL from a demo checkpoint"
+    )
     for png in sorted(online.run_dir.glob("test_*.png")):
         print(f"  plot: {png}")
     return 0

@@ -16,6 +16,7 @@ def test_demo_runs_the_whole_offline_to_online_story(tmp_path, monkeypatch, caps
     assert demo.main(argparse.Namespace(), **small) == 0
     out = capsys.readouterr().out
     assert "after offline pre-training:  test win rate" in out and "after online fine-tuning:" in out
+    assert "online updates over 1,500 env steps" in out
     online = tmp_path / "runs" / "demo" / "online"
     assert (online / "test_win_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (tmp_path / "runs" / "demo" / "2s3z_heuristic.h5").exists()
