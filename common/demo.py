@@ -121,7 +121,7 @@ def main(args: argparse.Namespace | None = None, **extra) -> int:
     print(
         f"  {online.progress().get('updates', 0) - cfg.learner.offline_updates:,} online updates over "
         f"{cfg.run.online_env_steps:,} env steps (the paper fine-tunes for 1M); docs/learner.md compares "
-        "OVMSE with Switch CQL from a demo checkpoint"
+        "OVMSE with Switch CQL from two demo checkpoints"
     )
     for png in sorted(online.run_dir.glob("test_*.png")):
         print(f"  plot: {png}")
