@@ -299,38 +299,32 @@ def check_chunk(arrays: dict[str, np.ndarray], lengths: np.ndarray, first: int =
     avail = arrays["avail_actions"].astype(bool)
     problems: list[EpisodeProblem] = []
 
+    def first_agent_problem(bad: np.ndarray, key: str, describe: Callable[[int, int, int], str]) -> None:
+        """Record the first (episode, step, agent) where `bad` [c, T+1, n] holds, if any."""
+        if bad.any():
+            e, step, agent = (int(i) for i in np.argwhere(bad)[0])
+            problems.append(EpisodeProblem(first + e, key, describe(e, step, agent)))
+
     out_of_range = taken_rows[:, :, None] & ((actions < 0) | (actions >= n_actions))
-    if out_of_range.any():
-        e, step, agent = np.argwhere(out_of_range)[0]
-        problems.append(
-            EpisodeProblem(
-                first + int(e),
-                "actions",
-                f"agent {agent} took action {actions[e, step, agent]} at step {step}; "
-                f"actions are 0..{n_actions - 1}",
-            )
-        )
+    first_agent_problem(
+        out_of_range,
+        "actions",
+        lambda e, step, agent: f"agent {agent} took action {actions[e, step, agent]} at step {step}; "
+        f"actions are 0..{n_actions - 1}",
+    )
     clipped = np.clip(actions, 0, n_actions - 1)
     available = np.take_along_axis(avail, clipped[..., None], axis=-1)[..., 0]
-    unavailable = taken_rows[:, :, None] & ~available & ~out_of_range
-    if unavailable.any():
-        e, step, agent = np.argwhere(unavailable)[0]
-        problems.append(
-            EpisodeProblem(
-                first + int(e),
-                "actions",
-                f"agent {agent} took action {actions[e, step, agent]} at step {step}, "
-                "which avail_actions marks unavailable",
-            )
-        )
-    no_choice = taken_rows[:, :, None] & ~avail.any(axis=-1)
-    if no_choice.any():
-        e, step, agent = np.argwhere(no_choice)[0]
-        problems.append(
-            EpisodeProblem(
-                first + int(e), "avail_actions", f"agent {agent} has no available action at step {step}"
-            )
-        )
+    first_agent_problem(
+        taken_rows[:, :, None] & ~available & ~out_of_range,
+        "actions",
+        lambda e, step, agent: f"agent {agent} took action {actions[e, step, agent]} at step {step}, "
+        "which avail_actions marks unavailable",
+    )
+    first_agent_problem(
+        taken_rows[:, :, None] & ~avail.any(axis=-1),
+        "avail_actions",
+        lambda e, step, agent: f"agent {agent} has no available action at step {step}",
+    )
     held_rows = t <= lengths[:, None]
     for key in ("state", "obs", "reward"):
         values = arrays[key]
