@@ -10,27 +10,25 @@ plots.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
-from pathlib import Path
+from dataclasses import dataclass
 
 from actors.evaluator import evaluate
-from actors.rollout import RolloutWorker, make_agent
+from actors.rollout import RolloutWorker
 from actors.weight_client import WeightSubscriber, fetch_start
 from common.config.sections import Config
-from common.envs.factory import make_batch_env
 from common.metrics import Metrics
 from common.run_log import RunLog
 
-EVAL_BATTLES = 32
-EVAL_SEED_OFFSET = 100_000  # test battles differ from every actor's training battles
 
+@dataclass
+class EvaluatorParts:
+    """What the evaluator process runs, built by the caller (deploy/builder.py)."""
 
-def eval_worker_for(cfg: Config) -> RolloutWorker:
-    env_cfg = dataclasses.replace(cfg.env, seed=cfg.env.seed + EVAL_SEED_OFFSET)
-    env = make_batch_env(env_cfg, min(EVAL_BATTLES, cfg.actor.test_episodes))
-    agent = make_agent(env.get_env_info(), cfg.learner.rnn_hidden_dim)
-    return RolloutWorker(env, agent, exploration="greedy", seed=cfg.run.seed, actor_id=-1, version=-1)
+    worker: RolloutWorker
+    subscriber: WeightSubscriber
+    metrics: Metrics
+    log: RunLog
 
 
 def log_result(runlog: RunLog, kind: str, env_steps: int, result, **extra) -> None:
@@ -44,16 +42,9 @@ def log_result(runlog: RunLog, kind: str, env_steps: int, result, **extra) -> No
     )
 
 
-def run_evaluator(cfg: Config, stop: threading.Event) -> dict:
-    run_dir = Path(cfg.run.run_dir) / cfg.run.name
-    runlog = RunLog(run_dir)
-    metrics = Metrics("evaluator")
-    if cfg.run.metrics_port:
-        metrics.serve(cfg.run.metrics_port, cfg.run.bind_address)
-    worker = eval_worker_for(cfg)
-    subscriber = WeightSubscriber(
-        cfg.actor.weight_server, max_message_bytes=cfg.run.grpc_max_message_mb << 20
-    ).start()
+def run_evaluator(cfg: Config, parts: EvaluatorParts, stop: threading.Event) -> dict:
+    worker, metrics, runlog = parts.worker, parts.metrics, parts.log
+    subscriber = parts.subscriber.start()
     interval = cfg.run.eval_interval_steps
     # A restarted evaluator (compose restarts it) carries on from the evaluations already logged.
     earlier = runlog.read("eval")

@@ -8,23 +8,42 @@ learner's count in the newest weight message plus this actor's steps since.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import socket
 import threading
 import time
 import zlib
 from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
 
-from actors.rollout import RolloutWorker, make_agent
+from actors.rollout import RolloutWorker
 from actors.weight_client import ProgressReporter, WeightSubscriber
 from common.config.sections import Config
-from common.envs.factory import make_batch_env
+from common.episode import Episode
 from common.metrics import Metrics
 from common.schedules import epsilon_at
 
 REPORT_INTERVAL_S = 0.5
-ACTOR_SEED_STRIDE = 1000  # actor i plays battles seeded env.seed + 1000 i + b
+
+
+class EpisodeSink(Protocol):
+    """Where finished episodes go (the replay server's episode writer)."""
+
+    def write(self, episode: Episode) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class ActorParts:
+    """What the actor process runs, built by the caller (deploy/builder.py)."""
+
+    worker: RolloutWorker
+    subscriber: WeightSubscriber
+    reporter: ProgressReporter
+    writer: EpisodeSink
+    metrics: Metrics
 
 
 def resolve_actor_id(explicit: int | None) -> int:
@@ -37,28 +56,16 @@ def resolve_actor_id(explicit: int | None) -> int:
     return zlib.crc32(socket.gethostname().encode()) % 100_000
 
 
-def run_actor(cfg: Config, actor_id: int, stop: threading.Event) -> dict:
-    from replay.writer import EpisodeWriter
-
+def run_actor(cfg: Config, actor_id: int, parts: ActorParts, stop: threading.Event) -> dict:
     label = str(actor_id)
-    metrics = Metrics("actor")
-    if cfg.run.metrics_port:
-        metrics.serve(cfg.run.metrics_port, cfg.run.bind_address)
-    env_cfg = dataclasses.replace(cfg.env, seed=cfg.env.seed + ACTOR_SEED_STRIDE * actor_id)
-    env = make_batch_env(env_cfg, cfg.actor.envs_per_actor)
-    agent = make_agent(env.get_env_info(), cfg.learner.rnn_hidden_dim)
-    worker = RolloutWorker(
-        env,
-        agent,
-        exploration=cfg.actor.exploration,
-        seed=cfg.run.seed + actor_id,
-        actor_id=actor_id,
-        version=-1,
+    worker, subscriber, reporter, writer, metrics = (
+        parts.worker,
+        parts.subscriber.start(),
+        parts.reporter,
+        parts.writer,
+        parts.metrics,
     )
-    max_bytes = cfg.run.grpc_max_message_mb << 20
-    subscriber = WeightSubscriber(cfg.actor.weight_server, max_message_bytes=max_bytes).start()
-    reporter = ProgressReporter(cfg.actor.weight_server, actor_id)
-    writer = EpisodeWriter(f"{cfg.replay.address}:{cfg.replay.port}")
+    env = worker.env
     recent: deque = deque(maxlen=100)
     learner_steps, steps_at_message, done = 0, 0, False
     next_report = 0.0

@@ -16,12 +16,7 @@ from actors.exploration import select_actions
 from actors.numpy_agent import NumpyAgent
 from common.envs.protocol import BatchEnv
 from common.episode import Episode, EpisodeBuilder, EpisodeMeta
-from common.networks import RNNAgent, agent_input_size
-
-
-def make_agent(env_info: dict, hidden_size: int = 64) -> RNNAgent:
-    n, obs, actions = env_info["n_agents"], env_info["obs_shape"], env_info["n_actions"]
-    return RNNAgent(agent_input_size(obs, actions, n), actions, hidden_size)
+from common.networks import RNNAgent
 
 
 class RolloutWorker:

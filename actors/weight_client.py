@@ -1,4 +1,4 @@
-"""Receiving weights from the learner's weight service (see learner/weight_service.py).
+"""Receiving weights from the learner's weight service (described in learner/weight_service.py).
 
 `WeightSubscriber` keeps a server stream open in a background thread and holds the newest version
 received; the acting loop takes it when convenient (the rollout worker then applies it per battle at
@@ -17,16 +17,16 @@ import uuid
 
 import grpc
 
-from common.weights_codec import WeightsMessage, decode_weights
-from learner.weight_service import (
+from common.net import grpc_options
+from common.weight_protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     FETCH_LATEST,
     FETCH_START,
     REPORT,
     SUBSCRIBE,
     encode_version,
-    grpc_options,
 )
+from common.weights_codec import WeightsMessage, decode_weights
 
 log = logging.getLogger(__name__)
 

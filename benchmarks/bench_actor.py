@@ -23,9 +23,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, write  # noqa: E402
 
-from actors.rollout import RolloutWorker, make_agent  # noqa: E402
 from common.config import resolve_config  # noqa: E402
 from common.envs.lite import LiteBatchEnv  # noqa: E402
+from deploy.builder import Builder  # noqa: E402
 
 MAP = "3s5z"
 BATTLES = (16, 64)
@@ -44,23 +44,23 @@ def raw_world(seconds: float, battles: int = 16) -> float:
 
 
 def actor_loop(seconds: float, write: bool, battles: int = 16) -> float:
-    from replay.server import start_replay_server
-    from replay.writer import EpisodeWriter
-
     cfg = resolve_config(
         map_name=MAP,
         method="qmix",
-        # No learner samples here, so the rate limiter must not hold the writer back.
         overrides=[
+            f"actor.envs_per_actor={battles}",
+            "actor.exploration=decentralized_se",
+            "env.seed=0",
+            # No learner samples here, so the rate limiter must not hold the writer back.
             "replay.online_capacity=100000",
             "replay.samples_per_insert=1",
             "replay.rate_limiter_error_buffer=1e9",
         ],
     )
-    env = LiteBatchEnv(MAP, num_envs=battles, seed=0)
-    worker = RolloutWorker(env, make_agent(env.get_env_info()), exploration="decentralized_se", seed=0)
-    server = start_replay_server(cfg, dataset=None, port=0) if write else None
-    writer = EpisodeWriter(server.client()) if write else None
+    builder = Builder(cfg)
+    worker = builder.actor_worker(0)
+    server = builder.replay_server(dataset=None, port=0) if write else None
+    writer = builder.episode_writer(server.address) if write else None
     try:
         worker.reset()
         start = time.perf_counter()

@@ -15,9 +15,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, write  # noqa: E402
 
-from actors.rollout import make_agent  # noqa: E402
 from actors.weight_client import WeightSubscriber  # noqa: E402
 from common.envs.lite import LiteBatchEnv  # noqa: E402
+from common.networks import agent_network as make_agent  # noqa: E402
 from learner.weight_service import WeightPublisher  # noqa: E402
 
 SUBSCRIBERS = 8

@@ -78,7 +78,8 @@ def rss_bytes(pid: int) -> int:
 
 def serve(online_capacity: int, offline_capacity: int) -> None:
     """A replay server with plain MinSize tables (no rate limiting: we measure raw throughput)."""
-    from replay.server import OFFLINE_TABLE, ONLINE_TABLE, ReplayServer, TableSpec
+    from replay.server import ReplayServer, TableSpec
+    from replay.tables import OFFLINE_TABLE, ONLINE_TABLE
 
     specs = (TableSpec(OFFLINE_TABLE, offline_capacity, 1), TableSpec(ONLINE_TABLE, online_capacity, 1))
     with ReplayServer(specs) as server:
@@ -136,7 +137,7 @@ def insert_rate(address: str, pool: list, count: int) -> dict:
 
 def trajectory_writer_rate(address: str, pool: list, count: int) -> dict:
     """Reverb's TrajectoryWriter, one writer per episode (what variable lengths force on it)."""
-    from replay.server import ONLINE_TABLE, encode_episode, import_reverb
+    from replay.tables import ONLINE_TABLE, encode_episode, import_reverb
 
     client = import_reverb().Client(address)
     names = [str(i) for i in range(8)]
@@ -415,7 +416,7 @@ def main(argv=None) -> int:
         four = parallel_insert_rate(address, 4, 250 if quick else 1000)
         traj = trajectory_writer_rate(address, pool, 100 if quick else 500)
         print(f"loading {offline_episodes} offline episodes; sampling {BATCH}-episode batches", flush=True)
-        from replay.server import OFFLINE_TABLE
+        from replay.tables import OFFLINE_TABLE
         from replay.writer import EpisodeWriter
 
         with EpisodeWriter(address, OFFLINE_TABLE) as writer:

@@ -140,6 +140,12 @@ class RNNAgent(nn.Module):
         return self.forward_sequence(inputs)
 
 
+def agent_network(env_info: dict, hidden_size: int = 64) -> RNNAgent:
+    """A fresh agent network for a world with `env_info` (SMAC's get_env_info keys)."""
+    n, obs, actions = int(env_info["n_agents"]), int(env_info["obs_shape"]), int(env_info["n_actions"])
+    return RNNAgent(agent_input_size(obs, actions, n), actions, hidden_size)
+
+
 class MixingWeights(NamedTuple):
     """The mixer's state-conditioned weights for one batch of states [..., S]."""
 

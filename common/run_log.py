@@ -141,3 +141,47 @@ def format_duration(seconds: float) -> str:
         if seconds >= 3600
         else f"{seconds // 60}m{seconds % 60:02d}s"
     )
+
+
+def plot_records(
+    records: list[dict],
+    x: str,
+    series: dict[str, str],
+    path: Path,
+    xlabel: str,
+    title: str,
+    bands: dict[str, tuple[str, str]] | None = None,
+) -> Path | None:
+    """One PNG with a line per `series` key (key -> legend label) against `x`, from `records`;
+    `bands` maps a series key to the (low, high) record keys of its interval, drawn shaded. Records
+    missing a key are skipped for that line. Written atomically; None when there is nothing to draw."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    drawn = False
+    for key, label in series.items():
+        rows = [r for r in records if r.get(key) is not None and r.get(x) is not None]
+        if not rows:
+            continue
+        xs = [r[x] for r in rows]
+        ax.plot(xs, [r[key] for r in rows], marker="o", ms=3, label=label)
+        low, high = (bands or {}).get(key, (None, None))
+        if low and all(low in r and high in r for r in rows):
+            ax.fill_between(xs, [r[low] for r in rows], [r[high] for r in rows], alpha=0.2)
+        drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

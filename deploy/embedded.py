@@ -26,8 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import Config, write_config
+from common.lifecycle import run_until_signal
+from common.net import pick_free_port
 from common.run_log import ProgressLine, fresh_run_dir
-from replay.server import pick_free_port
 
 READY_TIMEOUT_S = 300.0
 STOP_GRACE_S = 30.0
@@ -81,7 +82,7 @@ class EmbeddedRun:
     @classmethod
     def prepare(cls, cfg: Config) -> EmbeddedRun:
         """A fresh run directory with the resolved config, loopback ports filled in."""
-        run_dir = fresh_run_dir(Path(cfg.run.run_dir) / cfg.run.name)
+        run_dir = fresh_run_dir(cfg.run.path)
         host = "127.0.0.1"
         cfg = dataclasses.replace(
             cfg,
@@ -97,7 +98,7 @@ class EmbeddedRun:
         return cls(cfg, run_dir)
 
     def _child(self, name: str, *job: str, metrics_port: int = 0) -> Child:
-        argv = [sys.executable, "-m", "common", *job, "--config", str(self.run_dir / "config.yaml")]
+        argv = [sys.executable, "-m", "deploy.cli", *job, "--config", str(self.run_dir / "config.yaml")]
         if metrics_port:
             argv += ["--set", f"run.metrics_port={metrics_port}"]
         return Child(name, argv, self.run_dir / "logs" / f"{name}.log")
@@ -244,10 +245,4 @@ def run_embedded(cfg: Config) -> int:
 
 def execute(embedded: EmbeddedRun) -> int:
     """Run a prepared embedded run until it ends or SIGINT/SIGTERM stops it."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return embedded.run(stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    return run_until_signal(embedded.run)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from common.config.sections import Config
+from common.net import pick_free_port
 
 REGISTRY_NAME = "ovmse_registry"
 REPLAY_RESOURCE = "ovmse_replay"  # custom resource of the node that should hold the replay server
@@ -46,13 +47,6 @@ DEFAULT_MAX_RESTARTS = 5
 WATCH_INTERVAL_S = 1.0
 TARGETS_FILE = "prometheus_targets.json"
 LOCAL_OBJECT_STORE_BYTES = 256 << 20
-
-
-def free_port(host: str = "") -> int:
-    """A port nothing listens on now, on this node."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the registry: where the servers are -------------------------------------------------------
@@ -135,7 +129,7 @@ class Component:
             if addresses is None:
                 self._stop.wait(WATCH_INTERVAL_S / 4)
                 continue
-            metrics_port = free_port(self.bind)
+            metrics_port = pick_free_port(self.bind)
             cfg = self.prepare(self.cfg, addresses)
             cfg = dataclasses.replace(
                 cfg, run=dataclasses.replace(cfg.run, metrics_port=metrics_port, bind_address=self.bind)
@@ -194,17 +188,17 @@ class ReplayComponent(Component):
     role = "replay"
 
     def prepare(self, cfg: Config, addresses: dict[str, str]) -> Config:
-        return _with_replay(cfg, f"{self.advertise}:{free_port()}")  # Reverb listens on all interfaces
+        return _with_replay(cfg, f"{self.advertise}:{pick_free_port()}")  # Reverb listens on all interfaces
 
     def call(self, cfg: Config, stop: threading.Event) -> dict:
         import ray
 
-        from replay.process import serve_replay
+        from deploy.roles import serve_replay_role
 
         # Registered before serving: clients retry until the tables answer.
-        ray.get(self.registry.set.remote("replay", f"{cfg.replay.address}:{cfg.replay.port}"))
-        serve_replay(cfg, stop)
-        return {"address": f"{cfg.replay.address}:{cfg.replay.port}"}
+        ray.get(self.registry.set.remote("replay", cfg.replay.endpoint))
+        serve_replay_role(cfg, stop)
+        return {"address": cfg.replay.endpoint}
 
 
 class LearnerComponent(Component):
@@ -213,16 +207,16 @@ class LearnerComponent(Component):
 
     def prepare(self, cfg: Config, addresses: dict[str, str]) -> Config:
         return _with_weights(
-            _with_replay(cfg, addresses["replay"]), f"{self.advertise}:{free_port(self.bind)}"
+            _with_replay(cfg, addresses["replay"]), f"{self.advertise}:{pick_free_port(self.bind)}"
         )
 
     def call(self, cfg: Config, stop: threading.Event) -> dict:
         import ray
 
-        from learner.process import run_learner
+        from deploy.roles import learner_role
 
         ray.get(self.registry.set.remote("weights", cfg.actor.weight_server))
-        return run_learner(cfg, stop)
+        return learner_role(cfg, stop)
 
 
 class ActorComponent(Component):
@@ -233,9 +227,9 @@ class ActorComponent(Component):
         return _with_weights(_with_replay(cfg, addresses["replay"]), addresses["weights"])
 
     def call(self, cfg: Config, stop: threading.Event) -> dict:
-        from actors.process import run_actor
+        from deploy.roles import actor_role
 
-        return run_actor(cfg, int(self.index or 0), stop)
+        return actor_role(cfg, int(self.index or 0), stop)
 
 
 class EvaluatorComponent(Component):
@@ -246,9 +240,9 @@ class EvaluatorComponent(Component):
         return _with_weights(cfg, addresses["weights"])
 
     def call(self, cfg: Config, stop: threading.Event) -> dict:
-        from actors.eval_process import run_evaluator
+        from deploy.roles import evaluator_role
 
-        return run_evaluator(cfg, stop)
+        return evaluator_role(cfg, stop)
 
 
 # --- the launcher --------------------------------------------------------------------------------
@@ -280,7 +274,7 @@ class RayLaunch:
         self.local = local
         self.max_restarts = max_restarts
         self.actor_cpus = actor_cpus
-        self.run_dir = Path(cfg.run.run_dir) / cfg.run.name
+        self.run_dir = cfg.run.path
         self.registry = None
         self.registry_name = f"{REGISTRY_NAME}_{uuid.uuid4().hex[:12]}"  # one per launch
         self.components: dict[str, Any] = {}
@@ -510,13 +504,13 @@ def launch(
 
 def main(args: argparse.Namespace) -> int:
     """`ovmse ray-launch [--address ADDRESS] [config options]`."""
-    from common.cli import config_from_args
+    from deploy.config_args import config_from_args
 
     cfg = config_from_args(args)
     address = getattr(args, "address", None)
     print(
         f"ray-launch: replay, learner, {cfg.actor.num_actors} actors and the evaluator on "
-        f"{address or 'a local Ray instance'}; results in {Path(cfg.run.run_dir) / cfg.run.name}",
+        f"{address or 'a local Ray instance'}; results in {cfg.run.path}",
         flush=True,
     )
     summary = launch(cfg, address, cfg.actor.num_actors, getattr(args, "stop_after_s", None), progress=True)
@@ -531,9 +525,3 @@ def main(args: argparse.Namespace) -> int:
     for name, error in failed.items():
         print(f"ray-launch: {name}: {error}", file=sys.stderr)
     return 0 if summary["finished"] and not failed else 1
-
-
-if __name__ == "__main__":
-    from common.cli import build_parser
-
-    sys.exit(main(build_parser().parse_args(["ray-launch", *sys.argv[1:]])))

@@ -2,6 +2,6 @@
 
 import sys
 
-from common.cli import main
+from deploy.cli import main
 
 sys.exit(main(["learner", *sys.argv[1:]]))

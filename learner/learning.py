@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from common.config.sections import LearnerConfig
 from common.episode import TrainingBatch
-from common.networks import QMixer, RNNAgent, agent_input_size, build_agent_inputs, mix
+from common.networks import QMixer, RNNAgent, agent_input_size, agent_network, build_agent_inputs, mix
 from common.schedules import memory_coefficient_at
 from learner import losses
 from learner.targets import double_q_max, td_lambda_targets, training_mask
@@ -93,6 +93,7 @@ class QMixLearner:
 
     def __init__(self, env_info: dict, cfg: LearnerConfig, seed: int = 0):
         self.cfg = cfg
+        self.env_info = dict(env_info)
         self.n_agents = int(env_info["n_agents"])
         self.n_actions = int(env_info["n_actions"])
         self.obs_size = int(env_info["obs_shape"])
@@ -129,7 +130,7 @@ class QMixLearner:
 
     def make_agent(self) -> RNNAgent:
         """A fresh agent network of this learner's shape (what actors build to load weights into)."""
-        return RNNAgent(self.input_size, self.n_actions, self.cfg.rnn_hidden_dim)
+        return agent_network(self.env_info, self.cfg.rnn_hidden_dim)
 
     def agent_state_dict(self) -> dict[str, torch.Tensor]:
         """The online agent network's weights as CPU tensors (a copy), for broadcasting to actors."""

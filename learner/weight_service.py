@@ -18,36 +18,19 @@ Versions only go forward; message sizes are bounded by `max_message_bytes` on bo
 from __future__ import annotations
 
 import json
-import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import torch
 
+from common.net import grpc_options
+from common.weight_protocol import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    SERVICE,
+    decode_version,
+)
 from common.weights_codec import encode_weights
-
-SERVICE = "ovmse.WeightService"
-SUBSCRIBE = f"/{SERVICE}/Subscribe"
-REPORT = f"/{SERVICE}/Report"
-FETCH_LATEST = f"/{SERVICE}/FetchLatest"
-FETCH_START = f"/{SERVICE}/FetchStart"
-DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
-
-
-def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
-
-
-def encode_version(version: int) -> bytes:
-    return struct.pack("<q", version)
-
-
-def decode_version(request: bytes) -> int:
-    return struct.unpack("<q", request)[0] if len(request) == 8 else -1
 
 
 class WeightPublisher:

@@ -1,4 +1,4 @@
-"""Dataset files: CFCQL's HDF5 layout, read, written, validated, summarised and collected.
+"""Dataset files: CFCQL's HDF5 layout, read, validated and summarised (writing: dataset_writer.py).
 
 The layout is the one CFCQL's SMAC datasets use (they save PyMARL `EpisodeBatch` tensors with h5py):
 eight datasets at the file's root, each `[N, episode_limit + 1, ...]`, with the dtypes of PyMARL's
@@ -26,16 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
-import tempfile
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from common.atomic_files import atomic_path
 from common.episode import FIELD_DTYPES, STEP_FIELDS, Episode, EpisodeMeta
 
 # --- the format -------------------------------------------------------------------------------
@@ -155,11 +153,30 @@ def map_layout(map_name: str, env_cfg=None) -> MapLayout:
 
     env_cfg = env_cfg or EnvConfig(map_name=map_name)
     spec = get_map(map_name)
-    flags = ObsFlags(**{name: getattr(env_cfg, name) for name in ObsFlags.__dataclass_fields__})
-    layout = ObsLayout.for_map(spec, flags)
+    layout = ObsLayout.for_map(spec, ObsFlags.from_env_config(env_cfg))
     return MapLayout(
         map_name, spec.n_agents, layout.obs_size, layout.state_size, layout.n_actions, spec.episode_limit
     )
+
+
+def expected_layout(env_cfg) -> MapLayout | None:
+    """The sizes a dataset for the configured world must have; None for a map the lite world does
+    not know (then only the file's own consistency is checked)."""
+    try:
+        return map_layout(env_cfg.map_name, env_cfg)
+    except ValueError:
+        return None
+
+
+def load_episodes(
+    path: str | os.PathLike, expected: MapLayout | None = None, progress: bool = False
+) -> list[Episode]:
+    """Every episode of a file in memory, checked as it is read, with a progress bar if asked."""
+    from tqdm import tqdm
+
+    total = dataset_layout(path, expected).episodes
+    with tqdm(total=total, desc=f"load {Path(path).name}", unit="ep", disable=not progress) as bar:
+        return list(iter_episodes(path, expected, on_chunk=bar.update))
 
 
 # --- layout checks (shapes and dtypes; no data read) ------------------------------------------
@@ -564,297 +581,7 @@ def plot_returns(summary: DatasetSummary, out: str | os.PathLike, title: str | N
     ax.set_title(title or f"{Path(summary.path).name}: {summary.episodes} episodes")
     ax.legend()
     fig.tight_layout()
-    with _atomic_path(out) as tmp:
+    with atomic_path(out) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
     return out
-
-
-# --- writing ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _atomic_path(path: Path):
-    """A temporary path next to `path`, renamed onto it when the block succeeds, removed if not."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: str | os.PathLike, data: dict) -> Path:
-    """JSON written to a temporary file and renamed into place."""
-    path = Path(path)
-    with _atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-    return path
-
-
-class DatasetWriter:
-    """Writes episodes to a new HDF5 file in CFCQL's layout, padded to episode_limit + 1 rows.
-
-    The file is built under a temporary name next to `path` and renamed onto it by `close()`, so a
-    reader never sees a half-written file; leaving the `with` block by an exception removes it.
-    Datasets are chunked per episode and gzip-compressed (padding compresses to almost nothing);
-    h5py and every HDF5 build read gzip."""
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        *,
-        n_agents: int,
-        obs_size: int,
-        state_size: int,
-        n_actions: int,
-        episode_limit: int,
-        attrs: dict | None = None,
-        compression: str | None = "gzip",
-        block: int = 64,
-    ):
-        import h5py
-
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
-        self.layout = DatasetLayout(0, episode_limit + 1, n_agents, obs_size, state_size, n_actions, True)
-        self._h5 = h5py.File(self._tmp, "w")
-        self._block = block
-        self._pending: list[tuple[Episode, np.ndarray | None]] = []
-        self._won: list[bool] = []
-        self._written = 0
-        for key, shape in self.layout.shapes().items():
-            kwargs = (
-                {"compression": compression, "compression_opts": 1, "shuffle": True} if compression else {}
-            )
-            self._h5.create_dataset(
-                key,
-                shape=(0, *shape[1:]),
-                maxshape=(None, *shape[1:]),
-                dtype=CFCQL_DTYPES[key],
-                chunks=(1, *shape[1:]),
-                **kwargs,
-            )
-        self._h5.attrs[SCHEMA_ATTR] = 1
-        for name, value in (attrs or {}).items():
-            self._h5.attrs[name] = value
-
-    def append(self, episode: Episode, probs: np.ndarray | None = None) -> None:
-        """Add one episode; `probs` [L+1, n, A] is the behaviour policy's distribution (zeros if None)."""
-        if episode.length > self.layout.episode_limit:
-            raise ValueError(
-                f"episode of {episode.length} steps exceeds episode_limit {self.layout.episode_limit}"
-            )
-        self._pending.append((episode, probs))
-        self._won.append(bool(episode.meta.battle_won))
-        if len(self._pending) >= self._block:
-            self._flush()
-
-    @property
-    def episodes(self) -> int:
-        """Episodes appended so far."""
-        return self._written + len(self._pending)
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        count = len(self._pending)
-        start = self._written
-        shapes = self.layout.shapes()
-        for key in CFCQL_KEYS:
-            block = np.zeros((count, *shapes[key][1:]), dtype=CFCQL_DTYPES[key])
-            for i, (episode, probs) in enumerate(self._pending):
-                rows = episode.length + 1
-                if key == "probs":
-                    if probs is not None:
-                        block[i, :rows] = probs
-                else:
-                    block[i, :rows] = getattr(episode, key)
-            dataset = self._h5[key]
-            dataset.resize(start + count, axis=0)
-            dataset[start : start + count] = block
-        self._written += count
-        self._pending.clear()
-
-    def close(self) -> Path:
-        """Finish the file and move it to `path`."""
-        self._flush()
-        if len(self._won) <= MAX_BATTLE_WON_ATTR:
-            self._h5.attrs[BATTLE_WON_ATTR] = np.array(self._won, dtype=np.uint8)
-        self._h5.close()
-        os.replace(self._tmp, self.path)
-        return self.path
-
-    def abort(self) -> None:
-        """Drop the file being written."""
-        with contextlib.suppress(Exception):
-            self._h5.close()
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self._tmp)
-
-    def __enter__(self) -> DatasetWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
-
-
-def write_dataset(
-    path: str | os.PathLike,
-    episodes: Sequence[Episode],
-    episode_limit: int,
-    probs: Sequence[np.ndarray | None] | None = None,
-    attrs: dict | None = None,
-) -> Path:
-    """Write `episodes` (all of one map) to `path` in CFCQL's layout."""
-    if not episodes:
-        raise ValueError("write_dataset needs at least one episode")
-    first = episodes[0]
-    with DatasetWriter(
-        path,
-        n_agents=first.obs.shape[1],
-        obs_size=first.obs.shape[2],
-        state_size=first.state.shape[1],
-        n_actions=first.avail_actions.shape[2],
-        episode_limit=episode_limit,
-        attrs=attrs,
-    ) as writer:
-        for i, episode in enumerate(episodes):
-            writer.append(episode, None if probs is None else probs[i])
-    return Path(path)
-
-
-def card_path(path: str | os.PathLike) -> Path:
-    """Where the dataset card of `path` goes: data/3s5z_medium.h5 -> data/3s5z_medium.card.json."""
-    path = Path(path)
-    return path.with_name(path.stem + ".card.json")
-
-
-# --- collection ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CollectRequest:
-    """What `ovmse dataset collect` does: `episodes` rollouts of `policy` into `out`."""
-
-    out: str
-    episodes: int
-    policy: str = "heuristic"  # "heuristic" | "random"
-    epsilon: float = 0.0  # each agent takes a uniformly random available action with this probability
-    num_envs: int = 16  # battles stepped together
-
-
-def behaviour_probs(greedy: np.ndarray, avail: np.ndarray, epsilon: float) -> np.ndarray:
-    """The distribution an epsilon-mixed policy draws from: (1 - eps) on the greedy action plus eps
-    spread uniformly over the available ones. greedy [B, n] (None: uniform), avail [B, n, A]."""
-    mask = np.asarray(avail).astype(np.float32)
-    uniform = mask / np.maximum(mask.sum(axis=-1, keepdims=True), 1.0)
-    if greedy is None:
-        return uniform
-    onehot = np.zeros_like(uniform)
-    np.put_along_axis(onehot, np.asarray(greedy)[..., None], 1.0, axis=-1)
-    return (1.0 - epsilon) * onehot + epsilon * uniform
-
-
-def collect_dataset(cfg, request: CollectRequest, progress: bool = True) -> DatasetSummary:
-    """Roll out a scripted policy on `cfg.env` and write the episodes to `request.out` in CFCQL's
-    layout (with `probs`), then its dataset card next to it. Returns the summary."""
-    from tqdm import tqdm
-
-    from common.envs.factory import make_batch_env
-    from common.envs.layout import ObsFlags, ObsLayout
-    from common.envs.maps import get_map
-    from common.envs.policies import make_policy, random_available
-    from common.episode import EpisodeBuilder
-
-    if request.episodes < 1:
-        raise ValueError(f"--episodes must be at least 1, got {request.episodes}")
-    if not 0.0 <= request.epsilon <= 1.0:
-        raise ValueError(f"--epsilon must be in [0, 1], got {request.epsilon}")
-    env = make_batch_env(cfg.env, request.num_envs)
-    spec = get_map(cfg.env.map_name)
-    layout = getattr(env, "layout", None) or ObsLayout.for_map(
-        spec, ObsFlags(**{name: getattr(cfg.env, name) for name in ObsFlags.__dataclass_fields__})
-    )
-    # The policy acts greedily; exploration is mixed in here so that `probs` is exactly the
-    # distribution each action was drawn from.
-    policy = make_policy(request.policy, layout, spec, seed=cfg.env.seed, epsilon=0.0)
-    rng = np.random.default_rng(cfg.env.seed + 7919)
-    info = env.get_env_info()
-    builder = EpisodeBuilder(env.num_envs, env.n_agents, env.episode_limit)
-    step_probs: list[list[np.ndarray]] = [[] for _ in range(env.num_envs)]
-    attrs = {
-        "map_name": cfg.env.map_name,
-        "backend": cfg.env.backend,
-        "policy": request.policy,
-        "epsilon": float(request.epsilon),
-        "seed": int(cfg.env.seed),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-    writer = DatasetWriter(
-        request.out,
-        n_agents=info["n_agents"],
-        obs_size=info["obs_shape"],
-        state_size=info["state_shape"],
-        n_actions=info["n_actions"],
-        episode_limit=info["episode_limit"],
-        attrs=attrs,
-    )
-    returns, lengths, won = [], [], []
-    bar = tqdm(
-        total=request.episodes, desc=f"collect {Path(request.out).name}", unit="ep", disable=not progress
-    )
-    try:
-        obs = env.reset()
-        builder.start(obs.state, obs.obs, obs.avail)
-        while writer.episodes < request.episodes:
-            if request.policy == "random":
-                actions = random_available(rng, obs.avail)
-                probs = behaviour_probs(None, obs.avail, 1.0)
-            else:
-                greedy = policy.act(obs.obs, obs.avail)
-                explore = rng.random(greedy.shape) < request.epsilon
-                actions = np.where(explore, random_available(rng, obs.avail), greedy)
-                probs = behaviour_probs(greedy, obs.avail, request.epsilon)
-            for b in range(env.num_envs):
-                step_probs[b].append(probs[b])
-            step = env.step(actions)
-            finished = builder.record(actions, step)
-            # `record` returns the ended battles' episodes in ascending battle order.
-            for b, episode in zip(sorted(int(x) for x in step.done_index), finished, strict=True):
-                battle_probs = np.zeros((episode.length + 1, *probs.shape[1:]), dtype=np.float32)
-                battle_probs[: episode.length] = np.stack(step_probs[b])
-                step_probs[b] = []
-                if writer.episodes < request.episodes:
-                    episode.meta.source = "offline"
-                    writer.append(episode, battle_probs)
-                    returns.append(episode.meta.episode_return)
-                    lengths.append(episode.length)
-                    won.append(episode.meta.battle_won)
-                    bar.update(1)
-            obs = step.next
-        path = writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        bar.close()
-        env.close()
-    summary = summarize(
-        path, np.array(returns), np.array(lengths), np.array(won), True, info["episode_limit"]
-    )
-    write_json(
-        card_path(path), summary.card(**attrs, file=Path(path).name, size_bytes=Path(path).stat().st_size)
-    )
-    return summary

@@ -7,7 +7,7 @@ import time
 
 from common.config.sections import Config
 from common.metrics import Metrics
-from replay.server import ReplayServer, start_replay_server
+from replay.server import ReplayServer
 
 STATS_INTERVAL_S = 1.0
 
@@ -22,14 +22,10 @@ def export_table_stats(server: ReplayServer, metrics: Metrics, last: dict) -> No
         last[name] = (stats.inserts, stats.samples)
 
 
-def serve_replay(cfg: Config, stop: threading.Event, server: ReplayServer | None = None) -> None:
+def serve_replay(cfg: Config, stop: threading.Event, server: ReplayServer, metrics: Metrics) -> None:
     """Run the replay server for `cfg` until `stop` is set: checkpoints every
-    replay.checkpoint_interval_s and at the end (when replay.checkpoint_dir is set), metrics on
-    run.metrics_port (when > 0)."""
-    server = server or start_replay_server(cfg, progress=True)
-    metrics = Metrics("replay")
-    if cfg.run.metrics_port:
-        metrics.serve(cfg.run.metrics_port, cfg.run.bind_address)
+    replay.checkpoint_interval_s and at the end (when replay.checkpoint_dir is set), table sizes into
+    `metrics` (served on run.metrics_port when that is set)."""
     last: dict = {}
     next_checkpoint = time.monotonic() + cfg.replay.checkpoint_interval_s
     try:

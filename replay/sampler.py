@@ -4,7 +4,13 @@ Every batch of B episodes holds exactly `batch_split(B, m)` = (round(m * B), B -
 episodes from the offline and online tables, offline ones first; a table with a count of 0 is never
 read (m = 0 never touches the offline table, m = 1 never the online one). Episodes are padded to
 the longest one in the batch (`common.episode.to_training_batch`), with `filled` as the mask and
-`offline` saying where each came from.
+`offline` saying where each came from. Once a table holds 8x a batch's share of it, a batch never
+holds one of its items twice (PyMARL2's buffer and CFCQL sample without replacement; Reverb draws
+with replacement, so repeats are drawn again; see `_take` for the cost and why smaller tables keep
+their repeats).
+
+Repeatability: Reverb's selectors take no seed, so a distributed run is repeatable statistically
+(the same distribution of batches), not bitwise; `ovmse train --mode sync` is the bitwise one.
 
 Waiting for data happens here, not inside Reverb: before sampling, the sampler asks the server how
 many samples the table's rate limiter would grant (`samples_allowed`) and waits, in short
@@ -28,8 +34,10 @@ from dataclasses import dataclass
 
 from common.config.sections import Config, batch_split
 from common.episode import Episode, TrainingBatch, to_training_batch
-from replay.server import OFFLINE_TABLE, ONLINE_TABLE, decode_item, import_reverb
+from replay.tables import OFFLINE_TABLE, ONLINE_TABLE, decode_item, import_reverb
 
+# Batches are drawn without repeats once a table holds this many times the batch's share (see _take).
+DISTINCT_TABLE_FACTOR = 8
 # Reverb reports a MinSize limiter's bound as -DBL_MAX; cap "unlimited" at something countable.
 UNLIMITED = 1 << 30
 
@@ -74,6 +82,7 @@ class SamplerStats:
     offline_episodes: int = 0
     online_episodes: int = 0
     server_queries: int = 0  # server_info calls made while waiting for the rate limiter
+    repeats_redrawn: int = 0  # items drawn twice for one batch and drawn again
 
 
 class MixedSampler:
@@ -238,7 +247,14 @@ class MixedSampler:
                 return
 
     def _take(self, table: str, count: int) -> list[Episode]:
+        """`count` episodes of `table`, distinct once the table holds DISTINCT_TABLE_FACTOR x
+        `count` items. Reverb's uniform selector draws with replacement, so a repeated item is drawn
+        again, and every draw counts as a sample for the rate limiter. In a table of N items a batch
+        of k then costs about k^2 / 2N extra samples (at most ~6% of k at N = 8k; 1.3% for k = 128,
+        N = 5000); in a smaller table (the first updates of a run) redrawing would cost a large part
+        of the learner's sample budget, so repeats are kept there, as Reverb gives them."""
         episodes: list[Episode] = []
+        seen: set[int] = set()
         while len(episodes) < count:
             if self._granted[table] < 1:
                 self._granted[table] = self._ask_server(table)
@@ -247,8 +263,13 @@ class MixedSampler:
                     raise SamplerClosed("sampler closed while waiting for data")
                 continue
             k = min(count - len(episodes), self._granted[table])
-            episodes += [decode_item(columns, table) for columns in self._draw(table, k)]
             self._granted[table] -= k
+            for key, table_size, columns in self._draw(table, k):
+                if key in seen and table_size >= DISTINCT_TABLE_FACTOR * count:
+                    self.stats.repeats_redrawn += 1
+                    continue
+                seen.add(key)
+                episodes.append(decode_item(columns, table))
         return episodes
 
     def _ask_server(self, table: str) -> int:
@@ -257,9 +278,11 @@ class MixedSampler:
             self._connection().server_info(timeout=max(1, math.ceil(self.server_timeout_s)))[table]
         )
 
-    def _draw(self, table: str, k: int) -> list[list]:
-        """k items' columns. Reverb's public `Client.sample` keeps one sample in flight at a time;
-        its native sampler with all k in flight is about a quarter faster for a 128-episode batch."""
+    def _draw(self, table: str, k: int) -> list[tuple[int, int, list]]:
+        """k items as (key, table size, columns). Reverb's public `Client.sample` keeps one sample
+        in flight at a time; its native sampler with all k in flight is about a quarter faster for
+        a 128-episode batch. The native trajectory starts with the info tensors: key, probability,
+        table size, priority, times sampled."""
         client = self._connection()
         native = getattr(client, "_client", None)
         if native is not None and hasattr(native, "NewSampler"):
@@ -267,8 +290,15 @@ class MixedSampler:
 
             skip = pybind.Sampler.NUM_INFO_TENSORS
             sampler = native.NewSampler(table, k, k)
-            return [sampler.GetNextTrajectory()[skip:] for _ in range(k)]
-        return [s.data for s in client.sample(table, num_samples=k, emit_timesteps=False)]
+            out = []
+            for _ in range(k):
+                sample = sampler.GetNextTrajectory()
+                out.append((int(sample[0]), int(sample[2]), sample[skip:]))
+            return out
+        return [
+            (int(s.info.key), int(s.info.table_size), s.data)
+            for s in client.sample(table, num_samples=k, emit_timesteps=False)
+        ]
 
     def _connection(self):
         if self._client is None:

@@ -10,8 +10,7 @@ Tables:
   `samples_per_insert` x inserts, and actors at most that far behind. With a mixing ratio of 1 the
   online table is never sampled and gets a plain MinSize limiter (inserts never block).
 
-One item = one whole episode: the seven schema fields, each [L + 1, ...] (no padding), plus a
-float64 `meta` column [5]: return, battle_won, policy_version, actor_id, offline (1.0) / online.
+Each item is one whole episode, laid out as replay/tables.py says.
 
 Persistence: with `replay.checkpoint_dir` set, Reverb restores both tables from the newest
 checkpoint there when the server starts (Reverb keeps only the newest), `serve` checkpoints every
@@ -31,68 +30,23 @@ import json
 import logging
 import os
 import shutil
-import socket
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
+from common.atomic_files import write_json
 from common.config.sections import Config, rate_limit
-from common.episode import FIELD_DTYPES, STEP_FIELDS, Episode, EpisodeMeta
-from replay.dataset import READ_CHUNK, dataset_layout, file_fingerprint, iter_episodes, map_layout, write_json
+from common.net import pick_free_port
+from replay.dataset import READ_CHUNK, dataset_layout, expected_layout, file_fingerprint, iter_episodes
+from replay.tables import OFFLINE_TABLE, ONLINE_TABLE, import_reverb
 
 log = logging.getLogger("ovmse.replay")
 
-OFFLINE_TABLE = "offline"
-ONLINE_TABLE = "online"
-TABLES = (OFFLINE_TABLE, ONLINE_TABLE)
 OFFLINE_RECORD = "offline.json"  # in checkpoint_dir: which dataset the offline table holds
 REVERB_SUBDIR = "reverb"  # in checkpoint_dir: Reverb's checkpoints
-
-# --- the item layout ----------------------------------------------------------------------------
-
-ITEM_COLUMNS = (*STEP_FIELDS, "meta")
-META_FIELDS = ("episode_return", "battle_won", "policy_version", "actor_id", "offline")
-
-
-def encode_episode(episode: Episode) -> list[np.ndarray]:
-    """The columns of one item, in ITEM_COLUMNS order (a list keeps Reverb's column order ours)."""
-    meta = episode.meta
-    columns = [np.ascontiguousarray(getattr(episode, name), dtype=FIELD_DTYPES[name]) for name in STEP_FIELDS]
-    columns.append(
-        np.array(
-            [
-                meta.episode_return,
-                float(meta.battle_won),
-                meta.policy_version,
-                meta.actor_id,
-                1.0 if meta.source == "offline" else 0.0,
-            ],
-            dtype=np.float64,
-        )
-    )
-    return columns
-
-
-def decode_item(columns: Sequence[np.ndarray], source: str | None = None) -> Episode:
-    """An Episode from a sampled item's columns (each with Reverb's leading sequence axis of 1).
-    `source` overrides the stored one (the sampler knows which table the item came from)."""
-    arrays = [np.asarray(c)[0] if np.ndim(c) and np.shape(c)[0] == 1 else np.asarray(c) for c in columns]
-    meta = arrays[len(STEP_FIELDS)]
-    return Episode(
-        *arrays[: len(STEP_FIELDS)],
-        meta=EpisodeMeta(
-            episode_return=float(meta[0]),
-            battle_won=bool(meta[1]),
-            policy_version=int(meta[2]),
-            actor_id=int(meta[3]),
-            source=source or ("offline" if meta[4] > 0.5 else "online"),
-        ),
-    )
-
 
 # --- table specifications (pure) ----------------------------------------------------------------
 
@@ -131,14 +85,6 @@ def table_specs(cfg: Config, offline_episodes: int) -> tuple[TableSpec, TableSpe
     return offline, online
 
 
-def import_reverb():
-    """Reverb, with TensorFlow's C++ INFO lines silenced unless the user asked for them."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-    import reverb
-
-    return reverb
-
-
 def build_table(spec: TableSpec):
     reverb = import_reverb()
     if spec.samples_per_insert is None:
@@ -156,14 +102,6 @@ def build_table(spec: TableSpec):
         max_size=spec.capacity,
         rate_limiter=limiter,
     )
-
-
-def pick_free_port(host: str = "") -> int:
-    """A port nothing listens on right now (the OS's choice for port 0; all interfaces by default,
-    as Reverb listens on all of them)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 # --- the server -----------------------------------------------------------------------------------
@@ -350,13 +288,6 @@ def load_offline(
     return count
 
 
-def _expected_layout(cfg: Config):
-    try:
-        return map_layout(cfg.env.map_name, cfg.env)
-    except ValueError:  # a map the lite world does not know: check only the file's own consistency
-        return None
-
-
 class _FromConfig:
     """Default of `start_replay_server(dataset=...)`: use `cfg.run.dataset`."""
 
@@ -381,7 +312,7 @@ def start_replay_server(
     defaults to `cfg.replay.port` (0 = a free port; see `ReplayServer.address`). Raises DatasetError
     for a bad dataset file and OfflineDataError when a restored checkpoint holds another dataset."""
     path = cfg.run.dataset if isinstance(dataset, _FromConfig) else dataset
-    expected = _expected_layout(cfg)
+    expected = expected_layout(cfg.env)
     episodes = dataset_layout(path, expected).episodes if path else 0
     fingerprint = file_fingerprint(path) if path else None
     specs = table_specs(cfg, episodes)
@@ -429,3 +360,26 @@ def _ensure_offline(server: ReplayServer, path, fingerprint, episodes: int, expe
         server.checkpoint()
         OfflineRecord(str(path) if path else None, fingerprint, loaded).write(server.checkpoint_dir)
     return bool(path)
+
+
+def wait_for_offline_table(address: str, dataset: str | None, stop: threading.Event, timeout_s: float = 600):
+    """Block until the replay server holds the whole dataset in its offline table: sampling a
+    half-loaded table would bias the first offline batches."""
+    expected = dataset_layout(dataset).episodes if dataset and Path(dataset).exists() else None
+    client = import_reverb().Client(address)
+    deadline = time.monotonic() + timeout_s
+    last, stable_since = -1, time.monotonic()
+    while not stop.is_set() and time.monotonic() < deadline:
+        try:
+            size = table_stats(client)[OFFLINE_TABLE].size
+        except Exception:  # the server is not up yet
+            size = -1
+        if expected is not None and size >= expected:
+            return
+        if expected is None and size > 0 and size == last and time.monotonic() - stable_since > 2.0:
+            return
+        if size != last:
+            last, stable_since = size, time.monotonic()
+        time.sleep(0.2)
+    if not stop.is_set():
+        raise TimeoutError(f"replay server {address}: offline table not loaded within {timeout_s:.0f}s")

@@ -1,6 +1,6 @@
 """The episode writer actors use: one Reverb item per finished episode, flushed at once.
 
-Each `write` appends the episode's columns (see `server.encode_episode`), creates the item and
+Each `write` appends the episode's columns (see `tables.encode_episode`), creates the item and
 flushes, so at most one episode is ever pending on the writer: memory stays bounded however long
 an actor runs, and the item is in the table when `write` returns. `write` blocks while the online
 table's rate limiter holds inserts back (the learner is behind), which is how actors are paced.
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from common.episode import Episode
-from replay.server import ONLINE_TABLE, encode_episode, import_reverb
+from replay.tables import ONLINE_TABLE, encode_episode, import_reverb
 
 
 class EpisodeWriter:

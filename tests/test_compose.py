@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from common.cli import COMMANDS, build_parser, env_overrides
 from common.config import resolve_config
+from deploy.cli import COMMANDS, build_parser, env_overrides
 from tests.deploy_support import (
     GPU_OVERRIDE,
     PROMETHEUS_CONFIG,

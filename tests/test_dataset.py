@@ -8,18 +8,18 @@ import h5py
 import numpy as np
 import pytest
 
+from deploy.recipes import behaviour_probs
 from replay.dataset import (
     CFCQL_DTYPES,
     CFCQL_KEYS,
     DatasetError,
     MapLayout,
-    behaviour_probs,
     inspect_dataset,
     map_layout,
     read_episodes,
     validate_dataset,
-    write_dataset,
 )
+from replay.dataset_writer import write_dataset
 
 N_AGENTS, OBS, STATE, ACTIONS, LIMIT = 2, 5, 7, 4, 6
 LENGTHS = (3, 6, 2, 5)  # the second episode hits the time limit

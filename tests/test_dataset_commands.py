@@ -8,9 +8,10 @@ import json
 import h5py
 import pytest
 
-from common.cli import build_parser
-from replay.commands import dataset_collect, dataset_inspect, dataset_validate, default_plot_path
-from replay.dataset import CFCQL_KEYS, card_path
+from deploy.cli import build_parser
+from deploy.replay_commands import dataset_collect, dataset_inspect, dataset_validate, default_plot_path
+from replay.dataset import CFCQL_KEYS
+from replay.dataset_writer import card_path
 
 
 def collect_args(out, *extra, policy="heuristic", epsilon=0.2, envs=4):

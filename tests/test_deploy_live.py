@@ -302,8 +302,8 @@ class LocalCompose:
 
 
 def test_compose_services_as_local_processes_reach_a_finished_run(tmp_path):
-    from common.cli import env_overrides
     from common.config import resolve_config
+    from deploy.cli import env_overrides
 
     local = LocalCompose(tmp_path, replicas={"actor": 2}, extra_env=SHRINK)
     learner = default_services()["learner"]
@@ -375,7 +375,7 @@ def consecutive_free_ports(count: int) -> int:
 
 def small_config_file(tmp: Path, run: dict | None = None, actor: dict | None = None) -> Path:
     from common.config import resolve_config
-    from replay.dataset import CollectRequest, collect_dataset
+    from deploy.recipes import CollectRequest, collect_dataset
 
     dataset = tmp / "datasets" / "2s3z_medium.h5"
     data = {

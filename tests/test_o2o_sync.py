@@ -7,8 +7,8 @@ import pytest
 
 from common.config import resolve_config
 from common.run_log import RunLog
-from learner.sync_trainer import pretrain, train_sync
-from replay.dataset import CollectRequest, collect_dataset
+from deploy.recipes import CollectRequest, collect_dataset
+from deploy.single_process import pretrain, train_sync
 
 
 def small_config(tmp, method: str, **extra: str):

@@ -12,7 +12,8 @@ import pytest
 
 from common.episode import Episode, EpisodeMeta
 from replay.sampler import MixedSampler, SamplerClosed
-from replay.server import OFFLINE_TABLE, ONLINE_TABLE, ReplayServer, TableSpec
+from replay.server import ReplayServer, TableSpec
+from replay.tables import OFFLINE_TABLE, ONLINE_TABLE
 from replay.writer import EpisodeWriter
 
 OFFLINE_EPISODES, ONLINE_EPISODES = 12, 12
@@ -142,3 +143,22 @@ def test_closing_releases_a_learner_waiting_without_prefetch():
         sampler.close()
         thread.join(10)
         assert not thread.is_alive() and isinstance(outcome[0], SamplerClosed)
+
+
+def test_a_batch_never_holds_one_episode_twice_once_the_table_is_large_enough():
+    # 40 online episodes, 5 per batch (the table holds 8x the batch): uniform draws with replacement
+    # would repeat an episode in a batch with probability 0.23, in some batch of 40 almost surely.
+    specs = (TableSpec(OFFLINE_TABLE, 10, 1), TableSpec(ONLINE_TABLE, 100, 1))
+    with ReplayServer(specs) as srv, EpisodeWriter(srv.address) as writer:
+        writer.write_all(episode(3, 100 + i, "online") for i in range(40))
+        with MixedSampler(srv.address, 5, 0.0, prefetch_batches=0) as sampler:
+            for _ in range(40):
+                versions = sampler.sample().policy_version.tolist()
+                assert len(set(versions)) == 5, versions
+            assert sampler.stats.repeats_redrawn > 0
+
+
+def test_a_small_table_still_gives_whole_batches(server):
+    with MixedSampler(server.address, ONLINE_EPISODES + 4, 0.0, prefetch_batches=0) as sampler:
+        batch = sampler.sample(timeout=30)
+    assert batch.batch_size == ONLINE_EPISODES + 4

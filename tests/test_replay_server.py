@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from common.config import resolve_config
-from replay.dataset import CollectRequest, DatasetError, collect_dataset, read_episodes, write_dataset
+from deploy.recipes import CollectRequest, collect_dataset
+from replay.dataset import DatasetError, read_episodes
+from replay.dataset_writer import write_dataset
 from replay.sampler import MixedSampler
 from replay.server import (
-    OFFLINE_TABLE,
-    ONLINE_TABLE,
     OfflineDataError,
     ReplayServer,
     TableSpec,
@@ -27,6 +27,7 @@ from replay.server import (
     start_replay_server,
     table_specs,
 )
+from replay.tables import OFFLINE_TABLE, ONLINE_TABLE
 from replay.writer import EpisodeWriter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -189,7 +190,7 @@ def test_an_invalid_file_never_leaves_a_half_loaded_offline_table(dataset, tmp_p
 
 
 SERVE = (
-    "import sys; from common.cli import build_parser; from replay.commands import replay_server; "
+    "import sys; from deploy.cli import build_parser; from deploy.replay_commands import replay_server; "
     "sys.exit(replay_server(build_parser().parse_args(sys.argv[1:])))"
 )
 

@@ -14,7 +14,8 @@ import pytest
 from common.config import Config, rate_limit
 from common.episode import Episode, EpisodeMeta
 from replay.sampler import UNLIMITED, samples_allowed
-from replay.server import ITEM_COLUMNS, decode_item, encode_episode, table_specs
+from replay.server import table_specs
+from replay.tables import ITEM_COLUMNS, decode_item, encode_episode
 
 
 def synthetic_episode(

@@ -6,8 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from actors.rollout import RolloutWorker, make_agent
+from actors.rollout import RolloutWorker
 from common.envs.lite import LiteBatchEnv
+from common.networks import agent_network as make_agent
 from common.networks import build_agent_inputs, previous_actions_onehot
 
 

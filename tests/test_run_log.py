@@ -8,9 +8,10 @@ import json
 import torch
 
 from actors.evaluator import evaluate
-from actors.rollout import RolloutWorker, make_agent
+from actors.rollout import RolloutWorker
 from common.config import resolve_config
 from common.envs.lite import LiteBatchEnv
+from common.networks import agent_network as make_agent
 from common.run_log import ProgressLine, RunLog
 
 

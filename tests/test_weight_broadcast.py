@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from actors.rollout import RolloutWorker, make_agent
+from actors.rollout import RolloutWorker
 from actors.weight_client import WeightSubscriber, fetch_latest
 from common.envs.lite import LiteBatchEnv
+from common.networks import agent_network as make_agent
 from common.weights_codec import decode_weights, encode_weights
 from learner.weight_service import WeightPublisher
 
@@ -133,9 +134,9 @@ def test_actor_reports_add_up_and_a_restarted_actor_counts_as_a_new_session():
 def test_an_evaluator_that_connects_late_still_scores_the_starting_weights_at_step_zero(tmp_path):
     import threading
 
-    from actors.eval_process import run_evaluator
     from common.config import resolve_config
     from deploy.embedded import EmbeddedRun
+    from deploy.roles import evaluator_role as run_evaluator
 
     publisher = WeightPublisher(port=0)
     cfg = resolve_config(map_name="3m", method="qmix", overrides=[

@@ -549,6 +549,7 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
     p.one_of("run.dataset_kind", run.dataset_kind, (*DATASET_KINDS, None))
     p.at_least("run.online_env_steps", run.online_env_steps, 0)
     p.at_least("run.eval_interval_steps", run.eval_interval_steps, 1)
+    p.at_least("run.offline_eval_interval", run.offline_eval_interval, 0)
     p.positive("run.log_interval_s", run.log_interval_s)
     p.port("run.metrics_port", run.metrics_port)
     p.not_empty("run.bind_address", run.bind_address)

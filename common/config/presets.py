@@ -1,6 +1,6 @@
 """The paper's hyperparameters as data, and how a (map, dataset, method) picks from them.
 
-Sources: OVMSE paper appendix A (Tables 3-7, A.4), `/work/shared/SPEC-OVMSE.md`, and PyMARL2 for
+Sources: OVMSE paper appendix A (Tables 3-7, A.4), the project's OVMSE specification, and PyMARL2 for
 everything the paper leaves at PyMARL2's values. Every value that is *not* from the paper is marked
 `NOT FROM THE PAPER` with the reason next to it.
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 
@@ -143,6 +144,11 @@ class ReplayConfig:
     checkpoint_interval_s: float = 600.0
     prefetch_batches: int = 2  # batches the learner's sampler keeps ready (0 = sample on demand)
 
+    @property
+    def endpoint(self) -> str:
+        """ "host:port" of the replay server, as clients dial it."""
+        return f"{self.address}:{self.port}"
+
 
 @dataclass(frozen=True)
 class LearnerConfig:
@@ -216,10 +222,22 @@ class RunConfig:
     # pre-training again; None = pre-train on run.dataset first.
     init_checkpoint: str | None = None
     eval_interval_steps: int = 10_000  # PyMARL test_interval
+    # Pre-training evaluates the greedy policy every this many offline updates (0 = only at the end),
+    # so the offline curve shows whether it converged.
+    offline_eval_interval: int = 250
     log_interval_s: float = 10.0
     metrics_port: int = 0  # Prometheus /metrics port; 0 = off
     grpc_max_message_mb: int = 64  # bound on weight messages, enforced by the learner and its receivers
     bind_address: str = "127.0.0.1"
+
+    @property
+    def path(self) -> Path:
+        """This run's directory: run_dir/name."""
+        return Path(self.run_dir) / self.name
+
+    @property
+    def grpc_max_message_bytes(self) -> int:
+        return self.grpc_max_message_mb << 20
 
 
 @dataclass(frozen=True)

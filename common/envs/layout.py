@@ -35,6 +35,11 @@ class ObsFlags:
     state_last_action: bool = True
     state_timestep_number: bool = False
 
+    @classmethod
+    def from_env_config(cls, env_cfg) -> ObsFlags:
+        """The flags as the configuration's `env` section sets them."""
+        return cls(**{name: getattr(env_cfg, name) for name in cls.__dataclass_fields__})
+
 
 @dataclass(frozen=True)
 class ObsLayout:

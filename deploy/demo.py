@@ -55,8 +55,8 @@ def demo_config(**extra):
 
 def main(args: argparse.Namespace | None = None, **extra) -> int:
     from deploy.embedded import EmbeddedRun, execute
-    from learner.sync_trainer import pretrain
-    from replay.dataset import CollectRequest, collect_dataset
+    from deploy.recipes import CollectRequest, collect_dataset
+    from deploy.single_process import pretrain
 
     cfg, settings = demo_config(**extra)
     print(

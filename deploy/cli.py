@@ -12,32 +12,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
-import signal
 import sys
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from common.config import METHOD_NAMES, Config, ConfigError, format_config, resolve_config
+from common.config import Config, ConfigError, format_config
+from common.lifecycle import run_until_signal
+from deploy.config_args import add_config_options, config_from_args, env_overrides
 
-# Where each unfinished job lands.
-ISSUES = {
-    3: "the lite battle world",
-    4: "replay server and dataset files",
-    5: "the learner: losses, update step, offline and online phases",
-    6: "actors, weight broadcast and the embedded pipeline",
-    7: "deployment: docker compose and Ray",
-}
+__all__ = ["COMMANDS", "build_parser", "config_from_args", "env_overrides", "main"]
 
 
 def not_implemented(args: argparse.Namespace, why: str) -> int:
     print(f"ovmse {args.command}: not implemented yet ({why})", file=sys.stderr)
     return 2
-
-
-def _lands_with(args: argparse.Namespace, issue: int) -> int:
-    return not_implemented(args, f"lands with issue #{issue}: {ISSUES[issue]}")
 
 
 def _optional_module(args: argparse.Namespace, module_name: str) -> int:
@@ -50,32 +38,6 @@ def _optional_module(args: argparse.Namespace, module_name: str) -> int:
             raise
         return not_implemented(args, f"module {module_name} has not landed")
     return int(module.main(args) or 0)
-
-
-ENV_PREFIX = "OVMSE__"
-
-
-def env_overrides(environ=None) -> list[str]:
-    """`OVMSE__section__key=value` environment variables as `section.key=value` overrides (how
-    docker compose configures a service), sorted so the result does not depend on the env order."""
-    environ = os.environ if environ is None else environ
-    out = []
-    for name, value in sorted(environ.items()):
-        if name.startswith(ENV_PREFIX):
-            out.append(f"{name[len(ENV_PREFIX) :].replace('__', '.')}={value}")
-    return out
-
-
-def config_from_args(args: argparse.Namespace) -> Config:
-    """The resolved configuration from the common options (--map, --dataset-kind, --method,
-    --config, --set) and OVMSE__section__key environment variables (below --set, above the file)."""
-    return resolve_config(
-        map_name=args.map,
-        dataset=args.dataset_kind,
-        method=args.method,
-        file=args.config,
-        overrides=[*env_overrides(), *(args.overrides or ())],
-    )
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -96,7 +58,7 @@ def _train(args: argparse.Namespace) -> int:
         from deploy.embedded import run_embedded
 
         return run_embedded(cfg)
-    from learner.sync_trainer import train_sync
+    from deploy.single_process import train_sync
 
     result = train_sync(cfg)
     print(
@@ -113,7 +75,7 @@ def _pretrain(args: argparse.Namespace) -> int:
         overrides.insert(0, f"run.dataset={args.dataset}")
     args.overrides = overrides
     cfg = config_from_args(args)
-    from learner.sync_trainer import pretrain
+    from deploy.single_process import pretrain
 
     try:
         pretrain(cfg)
@@ -124,27 +86,16 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _replay_server(args: argparse.Namespace) -> int:
-    from replay.commands import replay_server
+    from deploy.replay_commands import replay_server
 
     return replay_server(args)
 
 
-def run_until_signal(job: Callable[[threading.Event], object]) -> object:
-    """Run `job(stop)`, setting `stop` on SIGTERM or SIGINT so the job can finish cleanly."""
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        return job(stop)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _learner(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    from learner.process import run_learner
+    from deploy.roles import learner_role
 
-    summary = run_until_signal(lambda stop: run_learner(cfg, stop))
+    summary = run_until_signal(lambda stop: learner_role(cfg, stop))
     print(
         f"learner: {summary['updates']} updates, version {summary['version']}, "
         f"{summary['env_steps']} env steps{' (budget reached)' if summary['finished'] else ''}"
@@ -154,10 +105,11 @@ def _learner(args: argparse.Namespace) -> int:
 
 def _actor(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    from actors.process import resolve_actor_id, run_actor
+    from actors.process import resolve_actor_id
+    from deploy.roles import actor_role
 
     actor_id = resolve_actor_id(args.actor_id)
-    summary = run_until_signal(lambda stop: run_actor(cfg, actor_id, stop))
+    summary = run_until_signal(lambda stop: actor_role(cfg, actor_id, stop))
     print(f"actor {actor_id}: {summary['env_steps']} env steps, {summary['episodes']} episodes")
     return 0
 
@@ -166,9 +118,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.checkpoint:
         return _evaluate_checkpoint(cfg, args.checkpoint, args.episodes or cfg.actor.test_episodes)
-    from actors.eval_process import run_evaluator
+    from deploy.roles import evaluator_role
 
-    summary = run_until_signal(lambda stop: run_evaluator(cfg, stop))
+    summary = run_until_signal(lambda stop: evaluator_role(cfg, stop))
     print(f"evaluator: first test win rate {summary['first_win_rate']}, final {summary['final_win_rate']}")
     return 0
 
@@ -176,18 +128,15 @@ def _evaluate(args: argparse.Namespace) -> int:
 def _evaluate_checkpoint(cfg: Config, path: str, episodes: int) -> int:
     from pathlib import Path
 
-    from actors.eval_process import eval_worker_for
     from actors.evaluator import evaluate
-    from common.envs.factory import make_env
-    from learner.checkpoint import load_checkpoint
-    from learner.learning import QMixLearner
+    from deploy.builder import Builder
 
     if not Path(path).is_file():
         print(f"ovmse evaluate: --checkpoint {path}: no such file", file=sys.stderr)
         return 2
-    learner = QMixLearner(make_env(cfg.env).get_env_info(), cfg.learner)
-    load_checkpoint(learner, path)
-    worker = eval_worker_for(cfg)
+    builder = Builder(cfg)
+    learner = builder.learner(path)
+    worker = builder.eval_worker()
     worker.set_weights(learner.agent_state_dict(), 1)
     result = evaluate(worker, episodes)
     print(
@@ -198,30 +147,30 @@ def _evaluate_checkpoint(cfg: Config, path: str, episodes: int) -> int:
 
 
 def _dataset_validate(args: argparse.Namespace) -> int:
-    from replay.commands import dataset_validate
+    from deploy.replay_commands import dataset_validate
 
     return dataset_validate(args)
 
 
 def _dataset_inspect(args: argparse.Namespace) -> int:
-    from replay.commands import dataset_inspect
+    from deploy.replay_commands import dataset_inspect
 
     return dataset_inspect(args)
 
 
 def _dataset_collect(args: argparse.Namespace) -> int:
-    from replay.commands import dataset_collect
+    from deploy.replay_commands import dataset_collect
 
     return dataset_collect(args)
 
 
 def _reproduce(args: argparse.Namespace) -> int:
     config_from_args(args)
-    return _lands_with(args, 6)
+    return not_implemented(args, "the multi-seed comparison of every method is not built yet")
 
 
 def _bench(args: argparse.Namespace) -> int:
-    return _optional_module(args, "common.bench")
+    return _optional_module(args, "deploy.bench")
 
 
 def _ray_launch(args: argparse.Namespace) -> int:
@@ -231,7 +180,7 @@ def _ray_launch(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return _optional_module(args, "common.demo")
+    return _optional_module(args, "deploy.demo")
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -240,37 +189,6 @@ def _config(args: argparse.Namespace) -> int:
 
 
 # --- options -----------------------------------------------------------------------------------
-
-
-def add_config_options(parser: argparse.ArgumentParser) -> None:
-    """The options of every job that takes a configuration."""
-    group = parser.add_argument_group("configuration (defaults -> preset -> --config FILE -> --set)")
-    group.add_argument(
-        "--map",
-        metavar="MAP",
-        help="SMAC map; the paper's presets: 2s3z, 3s5z, 5m_vs_6m, 6h_vs_8z; other maps get generic values "
-        "(default: 3s5z)",
-    )
-    group.add_argument(
-        "--dataset-kind",
-        metavar="KIND",
-        help="offline dataset: medium | medium_replay (default: medium; qmix uses none)",
-    )
-    group.add_argument("--method", metavar="METHOD", help=f"{' | '.join(METHOD_NAMES)} (default: ovmse)")
-    group.add_argument(
-        "--config", metavar="FILE", help="YAML or TOML file with sections env, replay, learner, actor, run"
-    )
-    group.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one field, e.g. --set learner.lr=5e-4 (repeatable)",
-    )
-    group.add_argument(
-        "--print-config", action="store_true", help="print the resolved configuration as YAML and exit"
-    )
 
 
 def _train_options(parser: argparse.ArgumentParser) -> None:

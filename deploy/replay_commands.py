@@ -8,10 +8,10 @@ read with defaults: validate `--map`, inspect `--plot`, collect `--policy`, `--e
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
 from pathlib import Path
+
+from common.lifecycle import run_until_signal
 
 DEFAULT_COLLECT_EPISODES = 5000  # the size of the paper's medium datasets
 DEFAULT_COLLECT_ENVS = 16
@@ -24,16 +24,17 @@ def _fail(args: argparse.Namespace, message: object) -> int:
 
 def replay_server(args: argparse.Namespace) -> int:
     """Serve the offline and online tables until SIGTERM or SIGINT, checkpointing on the way."""
-    from common.cli import config_from_args
+    from deploy.builder import Builder
+    from deploy.config_args import config_from_args
+    from deploy.roles import serve_replay_role
     from replay.dataset import DatasetError
-    from replay.server import OfflineDataError, start_replay_server
+    from replay.server import OfflineDataError
 
     cfg = config_from_args(args)
-    stop = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
+
+    def serve(stop) -> int:
         try:
-            server = start_replay_server(cfg, progress=True)
+            server = Builder(cfg).replay_server(progress=True)
         except DatasetError as error:
             hint = " (run.dataset: make one with `ovmse dataset collect`, or --set run.dataset=null)"
             return _fail(args, f"{error}{hint if error.detail == 'no such file' else ''}")
@@ -48,17 +49,14 @@ def replay_server(args: argparse.Namespace) -> int:
             f"{server.checkpoint_dir if server.checkpoints_enabled else 'off'}",
             flush=True,
         )
-        from replay.process import serve_replay
-
-        serve_replay(cfg, stop, server)
+        serve_replay_role(cfg, stop, server)
         print(
             "replay server stopped" + (" (checkpoint written)" if server.checkpoints_enabled else ""),
             flush=True,
         )
         return 0
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    return run_until_signal(serve)
 
 
 def dataset_validate(args: argparse.Namespace) -> int:
@@ -124,8 +122,10 @@ def dataset_inspect(args: argparse.Namespace) -> int:
 
 def dataset_collect(args: argparse.Namespace) -> int:
     """Roll out a scripted policy into a dataset file plus its card."""
-    from common.cli import config_from_args
-    from replay.dataset import CollectRequest, DatasetError, card_path, collect_dataset
+    from deploy.config_args import config_from_args
+    from deploy.recipes import CollectRequest, collect_dataset
+    from replay.dataset import DatasetError
+    from replay.dataset_writer import card_path
 
     cfg = config_from_args(args)
     policy = getattr(args, "policy", None) or "heuristic"
@@ -159,9 +159,10 @@ def dataset_collect(args: argparse.Namespace) -> int:
 
 
 def _collect_with_learner(args: argparse.Namespace, cfg, policy: str, out: str, episodes: int) -> int:
-    """The learned-policy recipes (learner/collect.py): a checkpoint's rollouts or QMIX's buffer."""
-    from learner.collect import collect_qmix_replay, collect_with_checkpoint
-    from replay.dataset import DatasetError, card_path
+    """The learned-policy recipes (deploy/recipes.py): a checkpoint's rollouts or QMIX's buffer."""
+    from deploy.recipes import collect_qmix_replay, collect_with_checkpoint
+    from replay.dataset import DatasetError
+    from replay.dataset_writer import card_path
 
     epsilon = float(getattr(args, "epsilon", None) or 0.0)
     try:

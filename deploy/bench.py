@@ -33,8 +33,10 @@ def run_benchmark(name: str, quick: bool = False) -> int:
 
 def main(args: argparse.Namespace) -> int:
     if not BENCH_DIR.is_dir():
-        print(f"ovmse bench: benchmarks folder not found at {BENCH_DIR} (needs a source checkout)",
-              file=sys.stderr)
+        print(
+            f"ovmse bench: benchmarks folder not found at {BENCH_DIR} (needs a source checkout)",
+            file=sys.stderr,
+        )
         return 2
     names = available() if args.name == "all" else [args.name]
     status = 0

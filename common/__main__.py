@@ -1,7 +1,0 @@
-"""`python -m common` is the `ovmse` command."""
-
-import sys
-
-from common.cli import main
-
-sys.exit(main())

@@ -1,0 +1,72 @@
+"""The processes of a distributed run, each made by the builder from the config and run until it is
+done or `stop` is set. `ovmse replay-server | learner | actor | evaluate` run these, and so do the
+embedded orchestrator's children, the docker compose services and the Ray components.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from common.config.sections import Config
+from common.run_log import RunLog
+from deploy.builder import Builder
+
+
+def serve_replay_role(cfg: Config, stop: threading.Event, server=None) -> None:
+    """The replay server (started here unless given) until `stop`."""
+    from replay.process import serve_replay
+
+    builder = Builder(cfg)
+    serve_replay(cfg, stop, server or builder.replay_server(progress=True), builder.metrics("replay"))
+
+
+def learner_role(cfg: Config, stop: threading.Event) -> dict:
+    from learner.process import LearnerParts, run_learner
+    from replay.server import wait_for_offline_table
+
+    builder = Builder(cfg)
+    log = RunLog(cfg.run.path)
+    if not (cfg.run.path / "config.yaml").exists():
+        log.write_config(cfg)
+
+    def offline_batches():
+        # Sampling a half-loaded offline table would bias the first batches.
+        wait_for_offline_table(cfg.replay.endpoint, cfg.run.dataset, stop)
+        return builder.offline_sampler()
+
+    parts = LearnerParts(
+        learner=builder.learner(),
+        publisher=builder.weight_publisher(),
+        offline_batches=offline_batches,
+        online_batches=builder.sampler,
+        metrics=builder.metrics("learner"),
+        log=log,
+    )
+    return run_learner(cfg, parts, stop)
+
+
+def actor_role(cfg: Config, actor_id: int, stop: threading.Event) -> dict:
+    from actors.process import ActorParts, run_actor
+
+    builder = Builder(cfg)
+    parts = ActorParts(
+        worker=builder.actor_worker(actor_id),
+        subscriber=builder.weight_subscriber(),
+        reporter=builder.progress_reporter(actor_id),
+        writer=builder.episode_writer(),
+        metrics=builder.metrics("actor"),
+    )
+    return run_actor(cfg, actor_id, parts, stop)
+
+
+def evaluator_role(cfg: Config, stop: threading.Event) -> dict:
+    from actors.eval_process import EvaluatorParts, run_evaluator
+
+    builder = Builder(cfg)
+    parts = EvaluatorParts(
+        worker=builder.eval_worker(),
+        subscriber=builder.weight_subscriber(),
+        metrics=builder.metrics("evaluator"),
+        log=RunLog(cfg.run.path),
+    )
+    return run_evaluator(cfg, parts, stop)

@@ -1,0 +1,305 @@
+"""The one-process trainer: the reference semantics the distributed system must match.
+
+One process: an in-process replay (replay/local.py, no Reverb) holds the offline dataset and the
+online episodes and samples them with generators seeded from run.seed, so a seed repeats a run; a
+batch of `batch_size_run` lite battles (PyMARL's parallel runner) plays with the learner's newest
+weights; after every `batch_size_run` new episodes the learner takes one gradient step on a mixed
+batch, once the online buffer can be sampled (PyMARL2's `can_sample`).
+
+    start point:   pre-train (learner.offline_updates steps of TD + CQL on offline-only batches), or
+                   start from run.init_checkpoint; freeze the offline memory for OVM
+    switch:        evaluate the starting policy (offline win rate)
+    online phase:  act, insert, train, evaluate every run.eval_interval_steps
+
+The start point and the update step are learner/training.py's, shared with the distributed learner.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+from pathlib import Path
+
+from actors.evaluator import evaluate, summarize
+from common.config.sections import Config, rate_limit
+from common.episode import Episode, to_training_batch
+from common.run_log import ProgressLine, RunLog, fresh_run_dir, plot_records
+from common.schedules import epsilon_at
+from deploy.builder import Builder
+from learner.checkpoint import save_checkpoint
+from learner.probe import greedy_joint_actions, mean_q_tot, policy_agreement
+from learner.training import OnlineUpdates, StartPoint, has_offline_phase, run_offline_phase, start_point
+from replay.local import LocalReplay
+
+PROBE_EPISODES = 32
+# Generator streams of the in-process replay, seeded (run.seed, stream): pre-training draws the same
+# batches in `ovmse pretrain` and in the offline phase of `ovmse train --mode sync`.
+OFFLINE_STREAM, ONLINE_STREAM = 1, 2
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    offline_win_rate: float | None
+    final_win_rate: float
+    final_return: float
+    updates: int
+    online_env_steps: int
+
+
+def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
+    """The offline phase alone: CQL pre-training on `run.dataset`, then a greedy evaluation.
+    Writes checkpoints/offline.pt in the run directory."""
+    if cfg.run.dataset is None or cfg.learner.offline_updates < 1:
+        raise ValueError("pretrain needs run.dataset and learner.offline_updates >= 1")
+    builder = Builder(cfg)
+    run_dir = fresh_run_dir(run_dir or cfg.run.path)
+    log = RunLog(run_dir)
+    log.write_config(cfg)
+    try:
+        replay = builder.local_replay(cfg.run.dataset, mixing_ratio=1.0, stream=OFFLINE_STREAM)
+        learner = builder.learner()
+        evaluator = builder.eval_worker()
+        curve = offline_curve(cfg, learner, evaluator, log)
+        run_offline_phase(cfg, learner, replay, log, progress, evaluate=curve)
+        path = save_checkpoint(learner, run_dir / "checkpoints" / "offline.pt", extra={"phase": "offline"})
+        episodes = cfg.actor.final_test_episodes or cfg.actor.test_episodes
+        result = evaluate(evaluator, episodes)
+        log.log(
+            "eval",
+            env_steps=0,
+            episodes=result.episodes,
+            win_rate=result.win_rate,
+            **{"return": result.mean_return},
+        )
+        plot_offline_curve(log)
+        print(
+            f"offline pre-training done: test win rate {result.win_rate:.3f}, "
+            f"return {result.mean_return:.2f} ({result.episodes} episodes); checkpoint {path}",
+            flush=True,
+        )
+        return TrainResult(run_dir, result.win_rate, result.win_rate, result.mean_return, learner.updates, 0)
+    finally:
+        log.close()
+
+
+def offline_curve(cfg: Config, learner, evaluator, log: RunLog):
+    """The callback that scores the greedy policy during pre-training ("offline_eval" records)."""
+
+    def evaluate_now(updates: int) -> None:
+        evaluator.set_weights(learner.agent_state_dict(), evaluator.newest_version + 1)
+        result = evaluate(evaluator, cfg.actor.test_episodes)
+        log.log(
+            "offline_eval",
+            updates=updates,
+            episodes=result.episodes,
+            win_rate=result.win_rate,
+            **{"return": result.mean_return},
+        )
+
+    return evaluate_now
+
+
+def plot_offline_curve(log: RunLog) -> None:
+    plot_records(
+        log.read("offline_eval"),
+        "updates",
+        {"win_rate": "test win rate"},
+        log.dir / "offline_win_rate.png",
+        "offline updates",
+        f"{log.dir.name}: pre-training",
+    )
+
+
+def train_sync(
+    cfg: Config,
+    run_dir: str | Path | None = None,
+    progress: bool = True,
+    final_test_episodes: int | None = None,
+    dump_replay_to: str | Path | None = None,
+) -> TrainResult:
+    """Run the configured method; with `dump_replay_to`, write the online buffer at the end of the
+    run (the last `replay.online_capacity` episodes, as the FIFO table holds them) to that dataset
+    file: the paper's medium-replay recipe when the method is qmix."""
+    builder = Builder(cfg)
+    run_dir = fresh_run_dir(run_dir or cfg.run.path)
+    log = RunLog(run_dir)
+    log.write_config(cfg)
+    needs_dataset = has_offline_phase(cfg) or cfg.replay.mixing_ratio > 0
+    replay = builder.local_replay(cfg.run.dataset if needs_dataset else None, stream=ONLINE_STREAM)
+    learner = builder.learner()
+    evaluator = builder.eval_worker()
+    offline_win_rate = None
+    try:
+
+        def offline_batches():
+            return replay.with_mixing_ratio(1.0, seed=[cfg.run.seed, OFFLINE_STREAM])
+
+        curve = offline_curve(cfg, learner, evaluator, log)
+        start = start_point(learner, cfg, run_dir, offline_batches, log, progress, evaluate=curve)
+        plot_offline_curve(log)
+        version = 1
+        evaluator.set_weights(learner.agent_state_dict(), version)
+        # Greedy play of the starting policy: its test score, and the probe episodes of Figure 1.
+        start_episodes = evaluator.run_episodes(max(PROBE_EPISODES, cfg.actor.test_episodes))
+        probe = to_training_batch(start_episodes[:PROBE_EPISODES])
+        probe_actions = greedy_joint_actions(learner, probe)
+        if start.pretrained:
+            offline_win_rate, offline_return = summarize(start_episodes)
+            log.log(
+                "eval",
+                env_steps=0,
+                win_rate=offline_win_rate,
+                **{"return": offline_return},
+                probe_q=mean_q_tot(learner, probe),
+                policy_agreement=1.0,
+                ovm_active_fraction=0.0,
+                policy_version=version,
+            )
+            print(
+                f"after offline pre-training: test win rate {offline_win_rate:.3f}, "
+                f"return {offline_return:.2f}",
+                flush=True,
+            )
+
+        buffer = collections.deque(maxlen=cfg.replay.online_capacity) if dump_replay_to else None
+        online = _online_phase(
+            cfg, builder, learner, start, replay, evaluator, (probe, probe_actions), log, progress, buffer
+        )
+        if buffer:
+            from replay.dataset_writer import write_dataset
+
+            source = f"{cfg.learner.method} replay buffer"
+            write_dataset(
+                dump_replay_to,
+                list(buffer),
+                evaluator.env.episode_limit,
+                attrs={"map_name": cfg.env.map_name, "source": source},
+            )
+            print(f"wrote the online buffer ({len(buffer)} episodes) to {dump_replay_to}", flush=True)
+        final_n = cfg.actor.final_test_episodes if final_test_episodes is None else final_test_episodes
+        final = evaluate(evaluator, final_n) if final_n > 0 else None
+        if final is not None:
+            log.log(
+                "final_eval",
+                env_steps=online.env_steps,
+                episodes=final.episodes,
+                win_rate=final.win_rate,
+                **{"return": final.mean_return},
+            )
+        save_checkpoint(
+            learner,
+            run_dir / "checkpoints" / "final.pt",
+            extra={"phase": "online", "env_steps": online.env_steps, "version": online.version},
+        )
+        log.plot_eval(offline_win_rate)
+        plot_records(
+            log.read("eval"),
+            "env_steps",
+            {"policy_agreement": "policy agreement", "ovm_active_fraction": "OVM-active fraction"},
+            log.dir / "probe.png",
+            "environment steps (online)",
+            f"{log.dir.name}: the starting policy's greedy actions kept, OVM's floor active",
+        )
+        last = log.read("eval")[-1]
+        return TrainResult(
+            run_dir=run_dir,
+            offline_win_rate=offline_win_rate,
+            final_win_rate=final.win_rate if final else last["win_rate"],
+            final_return=final.mean_return if final else last["return"],
+            updates=learner.updates,
+            online_env_steps=online.env_steps,
+        )
+    finally:
+        log.close()
+
+
+@dataclass
+class OnlineResult:
+    env_steps: int
+    version: int
+
+
+def _online_phase(
+    cfg: Config,
+    builder: Builder,
+    learner,
+    start: StartPoint,
+    replay: LocalReplay,
+    evaluator,
+    probe,
+    log: RunLog,
+    progress: bool,
+    buffer: collections.deque | None = None,
+) -> OnlineResult:
+    budget = cfg.run.online_env_steps
+    bsr = cfg.learner.batch_size_run
+    min_online = rate_limit(cfg).min_size_to_sample
+    samples_online = cfg.replay.mixing_ratio < 1.0
+    worker = builder.trainer_worker()
+    version = 1
+    worker.set_weights(learner.agent_state_dict(), version)
+
+    def publish() -> None:
+        nonlocal version
+        version += 1
+        worker.set_weights(learner.agent_state_dict(), version)
+
+    updates = OnlineUpdates(learner, cfg, start, publish, log)
+    line = ProgressLine(budget, every_s=cfg.run.log_interval_s) if progress else None
+    online_inserted = 0
+    pending = 0  # episodes collected since the last gradient step
+    next_eval = cfg.run.eval_interval_steps
+    recent: list[Episode] = []
+    last_eval = {"win_rate": float("nan")}
+    while worker.env_steps < budget:
+        finished = worker.step(epsilon_at(cfg.actor, worker.env_steps))
+        replay.write_all(finished)
+        if buffer is not None:
+            buffer.extend(finished)
+        online_inserted += len(finished)
+        pending += len(finished)
+        recent = (recent + finished)[-100:]
+        while pending >= bsr:
+            pending -= bsr
+            if samples_online and online_inserted < min_online:
+                continue
+            updates.step(replay.sample(), worker.env_steps, online_inserted)
+        if worker.env_steps >= next_eval or worker.env_steps >= budget:
+            next_eval += cfg.run.eval_interval_steps
+            evaluator.set_weights(learner.agent_state_dict(), version)
+            result = evaluate(evaluator, cfg.actor.test_episodes)
+            train_win, train_return = summarize(recent)
+            last_eval = {"win_rate": result.win_rate}
+            log.log(
+                "eval",
+                env_steps=worker.env_steps,
+                win_rate=result.win_rate,
+                **{"return": result.mean_return},
+                probe_q=mean_q_tot(learner, probe[0]),
+                policy_agreement=policy_agreement(
+                    greedy_joint_actions(learner, probe[0]), probe[1], probe[0]
+                ),
+                ovm_active_fraction=updates.last_metrics.get("ovm_active_fraction", 0.0),
+                train_win_rate=train_win,
+                train_return=train_return,
+                updates=learner.updates,
+                policy_version=version,
+            )
+        if line:
+            line.maybe_print(
+                worker.env_steps,
+                episodes=worker.episodes,
+                updates=learner.updates,
+                updates_per_s=updates.updates_per_s,
+                test_win_rate=last_eval["win_rate"],
+            )
+    if line:
+        line.maybe_print(
+            worker.env_steps,
+            force=True,
+            episodes=worker.episodes,
+            updates=learner.updates,
+            test_win_rate=last_eval["win_rate"],
+        )
+    return OnlineResult(env_steps=worker.env_steps, version=version)

@@ -1,0 +1,209 @@
+"""The training loop both trainers share: where training starts, the offline phase, online updates.
+
+The one-process trainer and the distributed learner differ only in where batches and episode counts
+come from; everything else is here, so the two cannot drift apart:
+
+    start = start_point(learner, cfg, run_dir, offline_batches, runlog)   # resume | init | pre-train
+    updates = OnlineUpdates(learner, cfg, start, publish, runlog, checkpoint)
+    ...
+    metrics = updates.step(batch, env_steps, episodes)                    # per online batch
+
+`offline_batches` and the online batches are anything with `sample(timeout=...) -> TrainingBatch`
+and `close()`: the replay server's mixed sampler, or an in-process episode store.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from common.config.sections import Config
+from common.episode import TrainingBatch
+from common.run_log import ProgressLine, RunLog
+from common.schedules import epsilon_at
+from learner.checkpoint import load_checkpoint, save_checkpoint
+from learner.learning import QMixLearner
+
+LOG_EVERY_UPDATES = 20  # a "train" record every this many online updates
+OFFLINE_LOG_EVERY = 50  # an "offline" record every this many offline updates
+
+
+class BatchSource(Protocol):
+    def sample(self, timeout: float | None = None) -> TrainingBatch: ...
+
+    def close(self) -> None: ...
+
+
+def has_offline_phase(cfg: Config) -> bool:
+    """Pre-train unless there is no dataset, QMIX from scratch, or a checkpoint to start from."""
+    return (
+        cfg.run.dataset is not None
+        and cfg.learner.offline_updates > 0
+        and cfg.learner.method != "qmix"
+        and cfg.run.init_checkpoint is None
+    )
+
+
+def run_offline_phase(
+    cfg: Config,
+    learner: QMixLearner,
+    batches: BatchSource,
+    log: RunLog | None = None,
+    progress: bool = True,
+    evaluate: Callable[[int], None] | None = None,
+) -> dict:
+    """`learner.offline_updates` gradient steps on offline-only batches. Returns the last metrics.
+    `evaluate(updates)` is called every `run.offline_eval_interval` updates and after the last."""
+    updates = cfg.learner.offline_updates
+    every = cfg.run.offline_eval_interval
+    line = ProgressLine(updates, every_s=cfg.run.log_interval_s, unit="updates") if progress else None
+    metrics: dict = {}
+    for i in range(updates):
+        batch = batches.sample(timeout=120)
+        # Offline updates are credited batch_size_run episodes each, as if collected at the
+        # online pace, so target copies happen every target_update_interval / batch_size_run updates.
+        metrics = learner.update(
+            batch, "offline", env_steps=0, episodes_seen=(i + 1) * cfg.learner.batch_size_run
+        )
+        if log and (i % OFFLINE_LOG_EVERY == 0 or i == updates - 1):
+            log.log("offline", update=i + 1, **metrics)
+        if line:
+            line.maybe_print(
+                i + 1, force=i == updates - 1, loss=metrics["loss_total"], q_tot=metrics["q_tot_mean"]
+            )
+        if evaluate is not None and (i == updates - 1 or (every and (i + 1) % every == 0)):
+            evaluate(i + 1)
+    return metrics
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """Where online training begins.
+
+    version: the last weight version published before (0 unless resumed).
+    offline_credit: episodes credited to offline updates (the target-copy clock keeps running).
+    resumed: continued from the run's own learner checkpoint (mid-run; no fresh start weights).
+    pretrained: the starting policy came out of offline training (here or in `run.init_checkpoint`).
+    env_steps, episodes: online totals at the resumed checkpoint (0 otherwise)."""
+
+    version: int = 0
+    offline_credit: int = 0
+    resumed: bool = False
+    pretrained: bool = False
+    env_steps: int = 0
+    episodes: int = 0
+
+
+def learner_checkpoint(run_dir: str | Path) -> Path:
+    """The run's own learner checkpoint, written periodically and at the end."""
+    return Path(run_dir) / "checkpoints" / "learner.pt"
+
+
+def start_point(
+    learner: QMixLearner,
+    cfg: Config,
+    run_dir: str | Path,
+    offline_batches: Callable[[], BatchSource],
+    log: RunLog | None = None,
+    progress: bool = True,
+    evaluate: Callable[[int], None] | None = None,
+) -> StartPoint:
+    """Bring `learner` to where online training starts, in this order of preference:
+    resume the run's own checkpoint; else load `run.init_checkpoint`; else pre-train offline on
+    batches from `offline_batches()` (made only when needed), calling `evaluate(updates)` as
+    `run_offline_phase` says, and save checkpoints/offline.pt.
+    Then, for OVM, freeze the offline memory unless the loaded checkpoint already carries one."""
+    credit = cfg.learner.batch_size_run
+    resume = learner_checkpoint(run_dir)
+    if resume.exists():
+        extra = load_checkpoint(learner, resume)
+        start = StartPoint(
+            version=int(extra.get("version", 0)),
+            offline_credit=int(extra.get("offline_credit", 0)),
+            resumed=True,
+            pretrained=True,
+            env_steps=int(extra.get("env_steps", 0)),
+            episodes=int(extra.get("episodes", 0)),
+        )
+        print(
+            f"learner: resumed from {resume} (version {start.version}, {learner.updates} updates)", flush=True
+        )
+    elif cfg.run.init_checkpoint:
+        load_checkpoint(learner, cfg.run.init_checkpoint)
+        print(f"starting from {cfg.run.init_checkpoint} ({learner.updates} updates so far)", flush=True)
+        start = StartPoint(offline_credit=learner.updates * credit, pretrained=True)
+    elif has_offline_phase(cfg):
+        print(f"offline phase: {cfg.learner.offline_updates} updates on {cfg.run.dataset}", flush=True)
+        batches = offline_batches()
+        try:
+            run_offline_phase(cfg, learner, batches, log, progress, evaluate)
+        finally:
+            batches.close()
+        save_checkpoint(learner, Path(run_dir) / "checkpoints" / "offline.pt", extra={"phase": "offline"})
+        start = StartPoint(offline_credit=learner.updates * credit, pretrained=True)
+    else:
+        start = StartPoint()
+    if cfg.learner.use_offline_value_memory and learner.offline_agent is None:
+        learner.freeze_offline_memory()
+    return start
+
+
+class OnlineUpdates:
+    """One online gradient step at a time, and what follows it: publishing the new weights every
+    `learner.weight_publish_interval` updates, a "train" record every LOG_EVERY_UPDATES, and a
+    checkpoint every `learner.checkpoint_interval` updates.
+
+    `episodes` passed to `step` counts the online episodes collected so far (the target-copy clock
+    adds the offline credit to it); `env_steps` the online environment steps (OVM's lambda_t)."""
+
+    def __init__(
+        self,
+        learner: QMixLearner,
+        cfg: Config,
+        start: StartPoint,
+        publish: Callable[[], None],
+        log: RunLog | None = None,
+        checkpoint: Callable[[], None] | None = None,
+    ):
+        self.learner = learner
+        self.cfg = cfg
+        self.offline_credit = start.offline_credit
+        self.publish = publish
+        self.log = log
+        self.checkpoint = checkpoint
+        self._seconds: list[float] = []  # the last few update durations
+        self.last_metrics: dict = {}
+
+    def step(self, batch: TrainingBatch, env_steps: int, episodes: int) -> dict:
+        began = time.perf_counter()
+        learner, cfg = self.learner, self.cfg.learner
+        metrics = learner.update(
+            batch, "online", env_steps=env_steps, episodes_seen=self.offline_credit + episodes
+        )
+        self._seconds = (self._seconds + [time.perf_counter() - began])[-20:]
+        self.last_metrics = metrics
+        if learner.updates % cfg.weight_publish_interval == 0:
+            self.publish()
+        if self.log is not None and learner.updates % LOG_EVERY_UPDATES == 0:
+            self.log.log(
+                "train",
+                env_steps=env_steps,
+                episodes=episodes,
+                updates=learner.updates,
+                epsilon=epsilon_at(self.cfg.actor, env_steps),
+                **metrics,
+            )
+        if (
+            self.checkpoint is not None
+            and cfg.checkpoint_interval
+            and learner.updates % cfg.checkpoint_interval == 0
+        ):
+            self.checkpoint()
+        return metrics
+
+    @property
+    def updates_per_s(self) -> float:
+        return len(self._seconds) / max(sum(self._seconds), 1e-9) if self._seconds else 0.0

@@ -1,0 +1,105 @@
+"""An in-process replay for one process: the offline dataset in memory and a FIFO online buffer,
+sampled by one seeded generator. No Reverb (so no TensorFlow), and repeatable: the same seed gives
+the same batches in the same order.
+
+It samples as PyMARL2's buffer and CFCQL's offline loader do: the episodes of one batch are drawn
+uniformly *without replacement* (a batch never holds an episode twice), offline and online at the
+exact split `batch_split(B, m)`, offline episodes first. The distributed system keeps Reverb; this
+is for the one-process trainer and offline pre-training, whose dataset never changes.
+
+Memory: episodes are held unpadded as numpy arrays, about 5.5 KB per step on 3s5z (a 5,000-episode
+3s5z dataset of ~70-step episodes takes ~2 GB).
+"""
+
+from __future__ import annotations
+
+import collections
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from common.config.sections import batch_split
+from common.episode import Episode, TrainingBatch, to_training_batch
+
+
+class LocalReplay:
+    """`offline` episodes (fixed) plus an online FIFO of `online_capacity` episodes.
+
+    `write(episode)` adds an online episode (the EpisodeWriter interface); `sample()` returns a
+    padded `TrainingBatch` of `batch_size` episodes at `mixing_ratio`; `close()` does nothing."""
+
+    def __init__(
+        self,
+        offline: Sequence[Episode],
+        *,
+        batch_size: int,
+        mixing_ratio: float,
+        online_capacity: int,
+        seed: int | Sequence[int],
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0.0 <= mixing_ratio <= 1.0:
+            raise ValueError(f"mixing_ratio must be in [0, 1], got {mixing_ratio}")
+        self.offline = list(offline)
+        self.online: collections.deque[Episode] = collections.deque(maxlen=online_capacity)
+        self.batch_size = batch_size
+        self.offline_count, self.online_count = batch_split(batch_size, mixing_ratio)
+        if self.offline_count and len(self.offline) < self.offline_count:
+            raise ValueError(
+                f"the offline data holds {len(self.offline)} episodes, fewer than the "
+                f"{self.offline_count} each batch draws from it without replacement"
+            )
+        self.rng = np.random.default_rng(seed)
+        self.episodes_written = 0
+
+    def with_mixing_ratio(self, mixing_ratio: float, seed: int | Sequence[int]) -> LocalReplay:
+        """Another view of the same episodes with another split and its own generator (offline
+        pre-training samples offline-only batches from the data the online phase mixes in)."""
+        view = LocalReplay(
+            self.offline,
+            batch_size=self.batch_size,
+            mixing_ratio=mixing_ratio,
+            online_capacity=self.online.maxlen or 1,
+            seed=seed,
+        )
+        view.online = self.online
+        return view
+
+    # --- the writer side ------------------------------------------------------------------------
+    def write(self, episode: Episode) -> None:
+        self.online.append(episode)
+        self.episodes_written += 1
+
+    def write_all(self, episodes: Iterable[Episode]) -> int:
+        count = 0
+        for episode in episodes:
+            self.write(episode)
+            count += 1
+        return count
+
+    # --- the sampler side -----------------------------------------------------------------------
+    def can_sample(self) -> bool:
+        return len(self.online) >= self.online_count
+
+    def sample_episodes(self) -> list[Episode]:
+        """One batch's episodes, offline first, each drawn at most once."""
+        if not self.can_sample():
+            raise ValueError(
+                f"the online buffer holds {len(self.online)} episodes; a batch needs {self.online_count}"
+            )
+        offline = [self.offline[i] for i in self._draw(len(self.offline), self.offline_count)]
+        online = [self.online[i] for i in self._draw(len(self.online), self.online_count)]
+        return offline + online
+
+    def sample(self, timeout: float | None = None) -> TrainingBatch:
+        """A padded batch. `timeout` is accepted for the sampler interface: nothing here waits."""
+        return to_training_batch(self.sample_episodes())
+
+    def _draw(self, population: int, count: int) -> np.ndarray:
+        if count == 0:
+            return np.zeros(0, dtype=np.int64)
+        return self.rng.choice(population, size=count, replace=False)
+
+    def close(self) -> None:
+        pass
