@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from actors.eval_process import eval_worker_for
-from actors.evaluator import evaluate, summarize
+from actors.evaluator import eval_result, evaluate, summarize
 from actors.rollout import RolloutWorker
 from common.config.sections import Config, rate_limit
 from common.envs.factory import make_batch_env
@@ -105,9 +105,10 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
         evaluator = eval_worker(cfg, learner)
         evaluator.set_weights(learner.agent_state_dict(), 1)
         result = evaluate(evaluator, cfg.actor.test_episodes)
-        log.log("eval", env_steps=0, win_rate=result.win_rate, **{"return": result.mean_return})
+        log.log("eval", env_steps=0, **result.log_fields())
         print(
-            f"offline pre-training done: test win rate {result.win_rate:.3f}, "
+            f"offline pre-training done: test win rate {result.win_rate:.3f} "
+            f"[{result.win_rate_low:.3f}, {result.win_rate_high:.3f}], "
             f"return {result.mean_return:.2f}; checkpoint {path}",
             flush=True,
         )
@@ -167,18 +168,22 @@ def train_sync(
         start_episodes = evaluator.run_episodes(max(PROBE_EPISODES, cfg.actor.test_episodes))
         probe = to_training_batch(start_episodes[:PROBE_EPISODES])
         if pretrained:
-            offline_win_rate, offline_return = summarize(start_episodes)
+            start = eval_result(start_episodes, version)
+            offline_win_rate = start.win_rate
+            # Every eval row carries the same keys: the CSV's columns are fixed by the first row.
             log.log(
                 "eval",
                 env_steps=0,
-                win_rate=offline_win_rate,
-                **{"return": offline_return},
+                **start.log_fields(),
                 probe_q=mean_q_tot(learner, probe),
+                train_win_rate=None,  # no training episodes yet
+                train_return=None,
+                updates=learner.updates,
                 policy_version=version,
             )
             print(
-                f"after offline pre-training: test win rate {offline_win_rate:.3f}, "
-                f"return {offline_return:.2f}",
+                f"after offline pre-training: test win rate {start.win_rate:.3f} "
+                f"[{start.win_rate_low:.3f}, {start.win_rate_high:.3f}], return {start.mean_return:.2f}",
                 flush=True,
             )
 
@@ -214,8 +219,7 @@ def train_sync(
                 "final_eval",
                 env_steps=result["env_steps"],
                 episodes=final.episodes,
-                win_rate=final.win_rate,
-                **{"return": final.mean_return},
+                **final.log_fields(),
             )
         save_checkpoint(
             learner,
@@ -303,8 +307,7 @@ def _online_phase(
                 log.log(
                     "eval",
                     env_steps=worker.env_steps,
-                    win_rate=result.win_rate,
-                    **{"return": result.mean_return},
+                    **result.log_fields(),
                     probe_q=mean_q_tot(learner, probe),
                     train_win_rate=train_win,
                     train_return=train_return,
