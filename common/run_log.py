@@ -130,6 +130,14 @@ def eval_bands(records: list[dict]) -> dict[str, tuple[list, list, list]]:
     return bands
 
 
+def win_rate_text(record: dict) -> str:
+    """An eval record's win rate for people, with its 95% interval when the record has one."""
+    text = f"{record['win_rate']:.3f}"
+    if record.get("win_rate_low") is not None and record.get("win_rate_high") is not None:
+        text += f" [{record['win_rate_low']:.3f}, {record['win_rate_high']:.3f}]"
+    return text
+
+
 class ProgressLine:
     """A periodic one-line status with rates and ETA (a new line each time, so logs stay readable)."""
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from common.config import Config, write_config
-from common.run_log import ProgressLine, fresh_run_dir
+from common.run_log import ProgressLine, fresh_run_dir, win_rate_text
 from replay.server import pick_free_port
 
 READY_TIMEOUT_S = 300.0
@@ -215,9 +215,9 @@ class EmbeddedRun:
             flush=True,
         )
         if evals:
-            print(f"  test win rate at the start of online training: {evals[0]['win_rate']:.3f}")
+            print(f"  test win rate at the start of online training: {win_rate_text(evals[0])}")
             print(
-                f"  test win rate at the end: {(final or evals)[-1]['win_rate']:.3f}"
+                f"  test win rate at the end: {win_rate_text((final or evals)[-1])}"
                 + (f" ({final[-1]['episodes']} episodes)" if final else "")
             )
         for png in sorted(self.run_dir.glob("test_*.png")):

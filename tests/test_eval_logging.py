@@ -10,7 +10,7 @@ import pytest
 from actors.eval_process import log_result
 from actors.evaluator import EvalResult
 from common.config import resolve_config
-from common.run_log import RunLog, eval_bands
+from common.run_log import RunLog, eval_bands, win_rate_text
 from common.stats import wilson_interval
 
 INTERVAL_KEYS = ("win_rate", "win_rate_low", "win_rate_high", "return", "return_ci")
@@ -108,3 +108,10 @@ def test_evaluating_a_checkpoint_prints_the_win_rate_with_its_interval(tmp_path,
     assert found, out
     win, low, high = map(float, found.groups())
     assert (low, high) == pytest.approx(wilson_interval(round(win * 6), 6), abs=5e-4)
+
+
+def test_run_summaries_show_the_win_rate_with_its_interval_when_logged():
+    assert win_rate_text({"win_rate": 0.32, "win_rate_low": 0.2853, "win_rate_high": 0.3574}) == (
+        "0.320 [0.285, 0.357]"
+    )
+    assert win_rate_text({"win_rate": 0.32}) == "0.320"  # a log from before intervals were recorded
