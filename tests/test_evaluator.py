@@ -60,13 +60,14 @@ def test_evaluation_plays_greedily_even_for_an_exploring_worker():
     worker = worker_on(env, exploration="epsilon_greedy")
 
     def played_greedily(trajectory) -> bool:
-        # The actor's Q-values at every step, recomputed from the observations and actions seen.
-        obs = torch.from_numpy(trajectory["obs"])[None]
-        actions = torch.from_numpy(np.concatenate([trajectory["actions"], trajectory["actions"][-1:]]))
-        prev = previous_actions_onehot(actions[None, :, :, None], env.n_actions)
+        # The Q-values the agents acted on at every step, recomputed from what they saw and did.
+        actions = trajectory["actions"]
+        obs = torch.from_numpy(trajectory["obs"][:-1])[None]  # not the last one: nobody acted on it
+        prev = previous_actions_onehot(torch.from_numpy(actions)[None, :, :, None], env.n_actions)
+        agent = worker._agents[worker.newest_version]
         with torch.no_grad():
-            q = worker._agents[worker.newest_version].forward_sequence(build_agent_inputs(obs, prev, 2))[0]
-        return np.array_equal(q[:-1].argmax(-1).numpy(), trajectory["actions"])
+            q = agent.forward_sequence(build_agent_inputs(obs, prev, env.n_agents))[0]
+        return np.array_equal(q.argmax(-1).numpy(), actions)
 
     # The check can tell exploration from greedy play: fully random play fails it.
     worker.run_episodes(4, epsilon=1.0)
