@@ -1,11 +1,11 @@
 """The evaluator process of a distributed run (`ovmse evaluate`, following the live learner).
 
 Every `run.eval_interval_steps` global environment steps it plays `actor.test_episodes` greedy
-episodes with the newest weights and records the test win rate and return. The first evaluation,
-at step 0, scores the weights online training started from (the offline pre-trained policy); an
-evaluator that connects after training has moved on fetches those from the learner first. When the
-learner marks its last version done, it plays `actor.final_test_episodes` episodes and writes the
-plots.
+episodes with the newest weights and records the test win rate and return with their 95%
+intervals. The first evaluation, at step 0, scores the weights online training started from (the
+offline pre-trained policy); an evaluator that connects after training has moved on fetches those
+from the learner first. When the learner marks its last version done, it plays
+`actor.final_test_episodes` episodes and writes the plots.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ class EvaluatorParts:
 
 
 def log_result(runlog: RunLog, kind: str, env_steps: int, result, **extra) -> None:
+    """One record of `kind`: win rate and return with their 95% intervals, version, `extra`."""
     runlog.log(
         kind,
         env_steps=env_steps,
-        win_rate=result.win_rate,
-        **{"return": result.mean_return},
+        **result.log_fields(),
         policy_version=result.policy_version,
         **extra,
     )

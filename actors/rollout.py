@@ -103,6 +103,10 @@ class RolloutWorker:
 
     def step(self, epsilon: float) -> list[Episode]:
         """One step of every battle; returns the episodes that ended, tagged with version and actor."""
+        return self._step(epsilon)[0]
+
+    def _step(self, epsilon: float) -> tuple[list[Episode], np.ndarray]:
+        """`step`, also returning the battle each ended episode came from (`done_index`, in order)."""
         if self._obs is None:
             self.reset()
         obs = self._obs
@@ -128,12 +132,29 @@ class RolloutWorker:
             self.battle_version[done] = self.newest_version
             self._forget_unused_versions()
         self._obs = result.next
-        return finished
+        return finished, done
 
     def run_episodes(self, count: int, epsilon: float = 0.0) -> list[Episode]:
-        """Play until `count` episodes have ended (from a fresh reset); return them."""
-        self.reset()
+        """Play `count` test episodes in rounds, as PyMARL2's test runs do; return them.
+
+        Each round starts from `reset()` and takes exactly one episode from each battle: its first.
+        Keeping the first `count` episodes to end instead would over-count short episodes (a battle
+        with short ones ends several while another plays one long one), biasing the win rate. In
+        a final partial round only battles 0..k-1 count, chosen by index, never by finish order.
+        Battles that are done for the round keep stepping (the env resets them automatically), but
+        what they play is discarded. Episodes come back round by round in battle order.
+        """
         out: list[Episode] = []
         while len(out) < count:
-            out += self.step(epsilon)
-        return out[:count]
+            counted = min(self.env.num_envs, count - len(out))
+            self.reset()
+            taken: list[Episode | None] = [None] * counted
+            waiting = counted
+            while waiting:
+                finished, done = self._step(epsilon)
+                for episode, b in zip(finished, done.tolist(), strict=True):
+                    if b < counted and taken[b] is None:
+                        taken[b] = episode
+                        waiting -= 1
+            out += taken
+        return out

@@ -2,7 +2,8 @@
 
 Layout of `runs/<name>/`: config.yaml, metrics.jsonl (every record, one JSON object per line),
 <kind>.csv (one file per record kind, e.g. eval.csv, train.csv), checkpoints/, and plots:
-test_win_rate.png and test_return.png against environment steps.
+test_win_rate.png and test_return.png against environment steps, each with its 95% interval shaded
+when the eval records carry one.
 """
 
 from __future__ import annotations
@@ -79,12 +80,16 @@ class RunLog:
         if not records:
             return []
         steps = [r["env_steps"] for r in records]
+        bands = eval_bands(records)
         paths = []
         for key, label in (("win_rate", "test win rate"), ("return", "test return")):
             fig, ax = plt.subplots(figsize=(6, 3.5))
-            ax.plot(steps, [r[key] for r in records], marker="o", ms=3)
+            (line,) = ax.plot(steps, [r[key] for r in records], marker="o", ms=3)
+            if key in bands:
+                ax.fill_between(*bands[key], color=line.get_color(), alpha=0.2, lw=0, label="95% interval")
             if key == "win_rate" and offline_win_rate is not None:
                 ax.axhline(offline_win_rate, ls="--", color="grey", label="after offline pre-training")
+            if ax.get_legend_handles_labels()[0]:
                 ax.legend()
             ax.set_xlabel("environment steps (online)")
             ax.set_ylabel(label)
@@ -101,6 +106,36 @@ class RunLog:
 
     def close(self) -> None:
         self._jsonl.close()
+
+
+def eval_bands(records: list[dict]) -> dict[str, tuple[list, list, list]]:
+    """The 95% interval around each eval curve as (env steps, low, high), from the records that
+    carry it: the Wilson interval for "win_rate", mean +- return_ci for "return". Logs written
+    before intervals were recorded have none, so they get no band."""
+    bands = {}
+    rows = [r for r in records if r.get("win_rate_low") is not None and r.get("win_rate_high") is not None]
+    if rows:
+        bands["win_rate"] = (
+            [r["env_steps"] for r in rows],
+            [r["win_rate_low"] for r in rows],
+            [r["win_rate_high"] for r in rows],
+        )
+    rows = [r for r in records if r.get("return_ci") is not None]
+    if rows:
+        bands["return"] = (
+            [r["env_steps"] for r in rows],
+            [r["return"] - r["return_ci"] for r in rows],
+            [r["return"] + r["return_ci"] for r in rows],
+        )
+    return bands
+
+
+def win_rate_text(record: dict) -> str:
+    """An eval record's win rate for people, with its 95% interval when the record has one."""
+    text = f"{record['win_rate']:.3f}"
+    if record.get("win_rate_low") is not None and record.get("win_rate_high") is not None:
+        text += f" [{record['win_rate_low']:.3f}, {record['win_rate_high']:.3f}]"
+    return text
 
 
 class ProgressLine:

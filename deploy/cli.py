@@ -140,8 +140,9 @@ def _evaluate_checkpoint(cfg: Config, path: str, episodes: int) -> int:
     worker.set_weights(learner.agent_state_dict(), 1)
     result = evaluate(worker, episodes)
     print(
-        f"{path}: {result.episodes} greedy episodes on {cfg.env.map_name}: win rate {result.win_rate:.3f}, "
-        f"return {result.mean_return:.2f}"
+        f"{path}: {result.episodes} greedy episodes on {cfg.env.map_name}: "
+        f"win rate {result.win_rate:.3f} [{result.win_rate_low:.3f}, {result.win_rate_high:.3f}], "
+        f"return {result.mean_return:.2f} ± {result.return_ci:.2f} (95% intervals)"
     )
     return 0
 

@@ -14,6 +14,7 @@ import argparse
 from pathlib import Path
 
 from common.config import resolve_config
+from common.run_log import win_rate_text
 
 DEMO_DIR = Path("runs") / "demo"
 DEMO_MAP = "2s3z"
@@ -30,7 +31,7 @@ SETTINGS = {
     "actor.num_actors": 2,
     "actor.envs_per_actor": 4,
     "actor.test_episodes": 64,
-    "actor.final_test_episodes": 256,
+    "actor.final_test_episodes": 640,  # the paper's final evaluation
 }
 
 
@@ -104,18 +105,18 @@ def main(args: argparse.Namespace | None = None, **extra) -> int:
         f"  offline dataset (focus-fire, epsilon {settings['dataset_epsilon']}): win rate {data.win_rate:.3f}"
     )
     print(
-        f"  after offline pre-training:  test win rate {evals[0]['win_rate']:.3f} "
+        f"  after offline pre-training:  test win rate {win_rate_text(evals[0])} "
         f"({cfg.actor.test_episodes} episodes)"
     )
     print(
-        f"  after online fine-tuning:    test win rate {end['win_rate']:.3f} "
+        f"  after online fine-tuning:    test win rate {win_rate_text(end)} "
         f"({end.get('episodes', cfg.actor.test_episodes)} episodes)"
     )
     online_evals = evals[1:]
     if online_evals:
         best = max(online_evals, key=lambda e: e["win_rate"])
         print(
-            f"  best online evaluation:      test win rate {best['win_rate']:.3f} "
+            f"  best online evaluation:      test win rate {win_rate_text(best)} "
             f"at {best['env_steps']:,} env steps"
         )
     print(

@@ -28,7 +28,7 @@ from pathlib import Path
 from common.config import Config, write_config
 from common.lifecycle import run_until_signal
 from common.net import pick_free_port
-from common.run_log import ProgressLine, fresh_run_dir
+from common.run_log import ProgressLine, fresh_run_dir, win_rate_text
 
 READY_TIMEOUT_S = 300.0
 STOP_GRACE_S = 30.0
@@ -216,9 +216,9 @@ class EmbeddedRun:
             flush=True,
         )
         if evals:
-            print(f"  test win rate at the start of online training: {evals[0]['win_rate']:.3f}")
+            print(f"  test win rate at the start of online training: {win_rate_text(evals[0])}")
             print(
-                f"  test win rate at the end: {(final or evals)[-1]['win_rate']:.3f}"
+                f"  test win rate at the end: {win_rate_text((final or evals)[-1])}"
                 + (f" ({final[-1]['episodes']} episodes)" if final else "")
             )
         for png in sorted(self.run_dir.glob("test_*.png")):

@@ -20,10 +20,10 @@ import collections
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.evaluator import evaluate, summarize
+from actors.evaluator import eval_result, evaluate, summarize
 from common.config.sections import Config, rate_limit
 from common.episode import Episode, to_training_batch
-from common.run_log import ProgressLine, RunLog, fresh_run_dir, plot_records
+from common.run_log import ProgressLine, RunLog, fresh_run_dir, plot_records, win_rate_text
 from common.schedules import epsilon_at
 from deploy.builder import Builder
 from learner.checkpoint import save_checkpoint
@@ -65,16 +65,10 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
         path = save_checkpoint(learner, run_dir / "checkpoints" / "offline.pt", extra={"phase": "offline"})
         episodes = cfg.actor.final_test_episodes or cfg.actor.test_episodes
         result = evaluate(evaluator, episodes)
-        log.log(
-            "eval",
-            env_steps=0,
-            episodes=result.episodes,
-            win_rate=result.win_rate,
-            **{"return": result.mean_return},
-        )
+        log.log("eval", env_steps=0, episodes=result.episodes, **result.log_fields())
         plot_offline_curve(log)
         print(
-            f"offline pre-training done: test win rate {result.win_rate:.3f}, "
+            f"offline pre-training done: test win rate {win_rate_text(result.log_fields())}, "
             f"return {result.mean_return:.2f} ({result.episodes} episodes); checkpoint {path}",
             flush=True,
         )
@@ -89,13 +83,7 @@ def offline_curve(cfg: Config, learner, evaluator, log: RunLog):
     def evaluate_now(updates: int) -> None:
         evaluator.set_weights(learner.agent_state_dict(), evaluator.newest_version + 1)
         result = evaluate(evaluator, cfg.actor.test_episodes)
-        log.log(
-            "offline_eval",
-            updates=updates,
-            episodes=result.episodes,
-            win_rate=result.win_rate,
-            **{"return": result.mean_return},
-        )
+        log.log("offline_eval", updates=updates, episodes=result.episodes, **result.log_fields())
 
     return evaluate_now
 
@@ -107,7 +95,8 @@ def plot_offline_curve(log: RunLog) -> None:
         {"win_rate": "test win rate"},
         log.dir / "offline_win_rate.png",
         "offline updates",
-        f"{log.dir.name}: pre-training",
+        f"{log.dir.name}: pre-training (95% Wilson band)",
+        bands={"win_rate": ("win_rate_low", "win_rate_high")},
     )
 
 
@@ -145,20 +134,24 @@ def train_sync(
         probe = to_training_batch(start_episodes[:PROBE_EPISODES])
         probe_actions = greedy_joint_actions(learner, probe)
         if start.pretrained:
-            offline_win_rate, offline_return = summarize(start_episodes)
+            first = eval_result(start_episodes, version)
+            offline_win_rate = first.win_rate
+            # Every eval row carries the same keys: the CSV's columns are fixed by the first row.
             log.log(
                 "eval",
                 env_steps=0,
-                win_rate=offline_win_rate,
-                **{"return": offline_return},
+                **first.log_fields(),
                 probe_q=mean_q_tot(learner, probe),
                 policy_agreement=1.0,
                 ovm_active_fraction=0.0,
+                train_win_rate=None,  # no training episodes yet
+                train_return=None,
+                updates=learner.updates,
                 policy_version=version,
             )
             print(
-                f"after offline pre-training: test win rate {offline_win_rate:.3f}, "
-                f"return {offline_return:.2f}",
+                f"after offline pre-training: test win rate {win_rate_text(first.log_fields())}, "
+                f"return {first.mean_return:.2f}",
                 flush=True,
             )
 
@@ -184,8 +177,7 @@ def train_sync(
                 "final_eval",
                 env_steps=online.env_steps,
                 episodes=final.episodes,
-                win_rate=final.win_rate,
-                **{"return": final.mean_return},
+                **final.log_fields(),
             )
         save_checkpoint(
             learner,
@@ -274,8 +266,7 @@ def _online_phase(
             log.log(
                 "eval",
                 env_steps=worker.env_steps,
-                win_rate=result.win_rate,
-                **{"return": result.mean_return},
+                **result.log_fields(),
                 probe_q=mean_q_tot(learner, probe[0]),
                 policy_agreement=policy_agreement(
                     greedy_joint_actions(learner, probe[0]), probe[1], probe[0]

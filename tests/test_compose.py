@@ -120,6 +120,7 @@ def test_services_read_one_mounted_config_file_and_environment_overrides():
         cfg = service_config(name)
         assert cfg.replay.address == "replay" and cfg.actor.weight_server.startswith("learner:")
         assert cfg.run.bind_address == "0.0.0.0" and cfg.run.metrics_port > 0
+    assert service_config("evaluator").actor.final_test_episodes == 640  # as the paper reports
 
 
 def test_volumes_hold_datasets_runs_and_replay_checkpoints():

@@ -48,6 +48,15 @@ def test_every_paper_preset_resolves_and_validates(map_name, kind, method):
     assert (cfg.env.map_name, cfg.run.dataset_kind, cfg.learner.method) == (map_name, kind, method)
 
 
+def test_the_final_evaluation_plays_the_papers_640_episodes_in_every_preset_and_the_demo():
+    from common.demo import demo_config
+
+    presets = [(m, k, method) for m, k in TASKS for method in METHOD_NAMES]
+    finals = {resolve_config(*preset).actor.final_test_episodes for preset in presets}
+    assert finals == {640} and resolve_config().actor.final_test_episodes == 640
+    assert demo_config()[0].actor.final_test_episodes == 640
+
+
 def test_the_methods_table_lists_every_method():
     assert tuple(METHODS) == METHOD_NAMES
 
