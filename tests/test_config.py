@@ -49,7 +49,7 @@ def test_every_paper_preset_resolves_and_validates(map_name, kind, method):
 
 
 def test_the_final_evaluation_plays_the_papers_640_episodes_in_every_preset_and_the_demo():
-    from common.demo import demo_config
+    from deploy.demo import demo_config
 
     presets = [(m, k, method) for m, k in TASKS for method in METHOD_NAMES]
     finals = {resolve_config(*preset).actor.final_test_episodes for preset in presets}

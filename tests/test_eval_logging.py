@@ -42,7 +42,7 @@ def test_the_evaluator_process_logs_intervals_next_to_win_rate_and_return(tmp_pa
 
 
 def test_every_eval_row_of_a_sync_run_carries_the_same_keys_with_intervals(tmp_path):
-    from learner.sync_trainer import train_sync
+    from deploy.single_process import train_sync
 
     overrides = [
         f"run.run_dir={tmp_path}",
@@ -99,7 +99,7 @@ def test_plots_shade_the_intervals_and_old_logs_without_them_still_plot(tmp_path
 
 
 def test_evaluating_a_checkpoint_prints_the_win_rate_with_its_interval(tmp_path, capsys):
-    from common import cli
+    from deploy import cli
 
     path = a_checkpoint(resolve_config(map_name="3m"), tmp_path / "policy.pt")
     assert cli.main(["evaluate", "--map", "3m", "--checkpoint", str(path), "--episodes", "6"]) == 0

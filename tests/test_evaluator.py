@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from actors.evaluator import eval_result, evaluate
-from actors.rollout import RolloutWorker, make_agent
+from actors.rollout import RolloutWorker
+from common.networks import agent_network as make_agent
 from common.networks import build_agent_inputs, previous_actions_onehot
 from tests.fakes.scripted_battles import ScriptedBattles
 
