@@ -62,10 +62,15 @@ def eval_worker(cfg: Config, learner: QMixLearner) -> RolloutWorker:
 def run_offline_phase(
     cfg: Config, learner: QMixLearner, sampler, log: RunLog | None = None, progress: bool = True
 ) -> dict:
-    """`learner.offline_updates` gradient steps on offline-only batches. Returns the last metrics."""
+    """`learner.offline_updates` gradient steps on offline-only batches, after CFCQL's
+    behaviour-cloning phase where it is still due. Returns the last metrics."""
     updates = cfg.learner.offline_updates
     line = ProgressLine(updates, every_s=cfg.run.log_interval_s, unit="updates") if progress else None
     metrics: dict = {}
+    for i in range(learner.behaviour_pretraining_left):  # CFCQL: behaviour cloning first, then frozen
+        loss_bc = learner.pretrain_behaviour(sampler.sample(timeout=120))
+        if log and i % 50 == 0:
+            log.log("behaviour", update=i + 1, loss_bc=loss_bc)
     for i in range(updates):
         batch = sampler.sample(timeout=120)
         # Offline updates are credited batch_size_run episodes each, as if collected at the

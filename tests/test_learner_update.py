@@ -13,7 +13,9 @@ from common.episode import EpisodeBuilder, TrainingBatch, to_training_batch
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.learning import METRIC_KEYS, QMixLearner, resolve_device
 
-SMALL = dict(rnn_hidden_dim=16, mixing_embed_dim=8, hypernet_embed_dim=16, device="cpu")
+SMALL = dict(
+    rnn_hidden_dim=16, mixing_embed_dim=8, hypernet_embed_dim=16, device="cpu", behaviour_pretrain_updates=3
+)
 INFO = {"n_agents": 3, "obs_shape": 5, "state_shape": 7, "n_actions": 4, "episode_limit": 8}
 
 
@@ -56,15 +58,26 @@ def weights_of(learner: QMixLearner) -> list[torch.Tensor]:
     return [p.detach().clone() for p in learner.params]
 
 
+def with_behaviour_phase(learner: QMixLearner, batch: TrainingBatch) -> QMixLearner:
+    """Run CFCQL's behaviour-cloning phase (if the learner has one), as the offline loop does."""
+    while learner.needs_behaviour_pretraining:
+        learner.pretrain_behaviour(batch)
+    return learner
+
+
 # --- the update step --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["cql", "cfcql", "calql", "none"])
-def test_update_reports_every_metric_in_both_phases(variant):
+@pytest.mark.parametrize(
+    ("variant", "floor"), [("cql", False), ("cfcql", False), ("cql", True), ("cfcql", True), ("none", False)]
+)
+def test_update_reports_every_metric_in_both_phases(variant, floor):
     learner = QMixLearner(
-        INFO, config(offline_cql=variant, online_cql_weight=0.1 if variant != "none" else 0.0)
+        INFO,
+        config(offline_cql=variant, calql_floor=floor, online_cql_weight=0.1 if variant != "none" else 0.0),
     )
     batch = random_batch(0)
+    with_behaviour_phase(learner, batch)
     offline = learner.update(batch, "offline", env_steps=0, episodes_seen=2)
     online = learner.update(batch, "online", env_steps=10, episodes_seen=4)
     for metrics in (offline, online):
@@ -73,7 +86,7 @@ def test_update_reports_every_metric_in_both_phases(variant):
         assert 0.0 <= metrics["ovm_active_fraction"] <= 1.0
     assert (offline["loss_cql"] != 0.0) == (variant != "none")
     assert offline["loss_ovm"] == 0.0 and online["memory_coefficient"] == 1.0
-    assert (offline["loss_bc"] > 0) == (variant == "cfcql")  # CFCQL's behaviour-cloning policy
+    assert (offline["loss_bc"] > 0) == (variant == "cfcql")  # the frozen behaviour policy's fit
     assert learner.updates == 2
     with pytest.raises(ValueError, match="phase"):
         learner.update(batch, "warmup", env_steps=0, episodes_seen=0)
@@ -215,13 +228,15 @@ def test_learner_finds_the_optimum_of_a_coordination_game():
     assert metrics["loss_td"] < 1.0
 
 
-def gap_after_offline_training(variant: str) -> torch.Tensor:
+def gap_after_offline_training(variant: str, floor: bool = False) -> torch.Tensor:
     """Train offline on data where both agents only ever play actions 0 and 1 (reward 0); return,
     per agent, min Q over the data actions minus Q of the absent action 2."""
     data = [(0, 0), (0, 1), (1, 0), (1, 1)] * 2
     batch = one_step_episodes(data, [0.0] * len(data))
-    cfg = config(offline_cql=variant, offline_cql_weight=1.0, lr=5e-3, cql_sampled_actions=20)
-    learner = QMixLearner(GAME, cfg, seed=0)
+    cfg = config(
+        offline_cql=variant, calql_floor=floor, offline_cql_weight=1.0, lr=5e-3, cql_sampled_actions=20
+    )
+    learner = with_behaviour_phase(QMixLearner(GAME, cfg, seed=0), batch)
     for k in range(150):
         learner.update(batch, "offline", env_steps=0, episodes_seen=2 * k)
     q = agent_values(learner)
@@ -230,10 +245,10 @@ def gap_after_offline_training(variant: str) -> torch.Tensor:
 
 def test_cql_pushes_actions_absent_from_the_data_below_the_data_actions():
     without = gap_after_offline_training("none")
-    for variant in ("cql", "cfcql", "calql"):
-        gap = gap_after_offline_training(variant)
-        assert (gap > 0.5).all(), (variant, gap)
-        assert (gap > without + 0.5).all(), (variant, gap, without)
+    for variant, floor in (("cql", False), ("cfcql", False), ("cql", True), ("cfcql", True)):
+        gap = gap_after_offline_training(variant, floor)
+        assert (gap > 0.5).all(), (variant, floor, gap)
+        assert (gap > without + 0.5).all(), (variant, floor, gap, without)
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -242,7 +257,7 @@ def test_cql_pushes_actions_absent_from_the_data_below_the_data_actions():
 @pytest.mark.parametrize("variant", ["cql", "cfcql"])
 def test_a_resumed_learner_makes_exactly_the_next_update(tmp_path, variant):
     cfg = config(offline_cql=variant, online_cql_weight=0.1, cql_sampled_actions=10, target_update_interval=4)
-    learner = QMixLearner(INFO, cfg, seed=3)
+    learner = with_behaviour_phase(QMixLearner(INFO, cfg, seed=3), random_batch(30))
     for k in range(3):
         learner.update(random_batch(k), "offline", env_steps=0, episodes_seen=2 * k)
     learner.freeze_offline_memory()
