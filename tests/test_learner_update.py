@@ -462,3 +462,26 @@ def test_ovm_one_step_target_is_td_lambda_zero_and_only_inside_ovm():
     assert run("offline", ovm_target="one_step") == run("offline", ovm_target="td_lambda")
     plain = dict(use_offline_value_memory=False)
     assert run("online", ovm_target="one_step", **plain) == run("online", ovm_target="td_lambda", **plain)
+
+
+def test_the_offline_loop_clones_the_behaviour_policy_before_the_cql_updates():
+    from common.config.sections import Config
+    from learner.sync_trainer import run_offline_phase
+
+    class Sampler:  # hands out fresh offline batches and records who asked
+        def __init__(self):
+            self.served = 0
+
+        def sample(self, timeout=None):
+            self.served += 1
+            return random_batch(self.served)
+
+    cfg = dataclasses.replace(
+        Config(), learner=config(offline_cql="cfcql", behaviour_pretrain_updates=4, offline_updates=2)
+    )
+    learner, sampler = QMixLearner(INFO, cfg.learner), Sampler()
+    metrics = run_offline_phase(cfg, learner, sampler, log=None, progress=False)
+    assert (learner.behaviour_updates, learner.updates, sampler.served) == (4, 2, 6)
+    assert metrics["loss_cql"] != 0.0 and not learner.needs_behaviour_pretraining
+    run_offline_phase(cfg, learner, sampler, log=None, progress=False)  # resumed: no second phase
+    assert (learner.behaviour_updates, learner.updates) == (4, 4)
