@@ -2,6 +2,8 @@
 online CQL where its weight is set).
 
     learner = QMixLearner(env.get_env_info(), cfg.learner, seed=cfg.run.seed)
+    while learner.needs_behaviour_pretraining:   # CFCQL only: clone the behaviour policy first
+        learner.pretrain_behaviour(offline_batch)
     metrics = learner.update(batch, phase="offline", env_steps=0, episodes_seen=k * batch_size_run)
     ...
     learner.freeze_offline_memory()          # at the switch to online (OVM's Q_offline)
