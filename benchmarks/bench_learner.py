@@ -47,7 +47,7 @@ from _report import machine, write  # noqa: E402
 from common.config.sections import LearnerConfig  # noqa: E402
 from common.episode import TrainingBatch  # noqa: E402
 from learner.learning import QMixLearner, keep_freed_host_memory  # noqa: E402
-from learner.losses import sample_available_actions  # noqa: E402
+from learner.losses import sample_available_actions, sample_uniform_actions  # noqa: E402
 from learner.targets import td_lambda_targets  # noqa: E402
 
 ENV_INFO = {"n_agents": 8, "obs_shape": 128, "state_shape": 216, "n_actions": 14, "episode_limit": 150}
@@ -245,13 +245,18 @@ class PyMARL2StyleLearner:
         if cfg.offline_cql == "cql" and weight > 0:  # CFCQL's raw_cql: the mixer once per sample
             K = cfg.cql_sampled_actions
             bs, ts = actions.shape[:2]
-            sampled = sample_available_actions(avail_actions[:, :-1], K, self.generator)  # [B, T, K, n]
+            draw = sample_uniform_actions if cfg.cql_sampler == "all_actions" else sample_available_actions
+            sampled = draw(avail_actions[:, :-1], K, self.generator)  # [B, T, K, n], the learner's draws
             sampled = sampled.permute(2, 0, 1, 3).unsqueeze(-1)  # [K, B, T, n, 1]
+            tiled_avail = torch.repeat_interleave(
+                avail_actions[:, :-1].float().unsqueeze(0), repeats=K, dim=0
+            )
+            valid = torch.gather(tiled_avail, dim=-1, index=sampled).min(dim=-2).values  # [K, B, T, 1]
             tiled_qs = torch.repeat_interleave(agent_qs[:, :-1].unsqueeze(0), repeats=K, dim=0)
             sampled_qs = torch.gather(tiled_qs, dim=-1, index=sampled).squeeze(-1)
             repeat_state = torch.repeat_interleave(batch.state[:, :-1].unsqueeze(0), repeats=K, dim=0)
             sampled_q_tot = self.mixer(sampled_qs.view(K * bs, ts, -1), repeat_state.view(K * bs, ts, -1))
-            push_down = torch.logsumexp(sampled_q_tot.view(K, bs, ts, 1), dim=0)
+            push_down = torch.logsumexp(sampled_q_tot.view(K, bs, ts, 1) * valid, dim=0)
             cql = ((push_down - q_tot) * mask).sum() / mask.sum()
             loss = loss + weight * cql
 

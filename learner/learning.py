@@ -2,6 +2,8 @@
 online CQL where its weight is set).
 
     learner = QMixLearner(env.get_env_info(), cfg.learner, seed=cfg.run.seed)
+    while learner.needs_behaviour_pretraining:   # CFCQL only: clone the behaviour policy first
+        learner.pretrain_behaviour(offline_batch)
     metrics = learner.update(batch, phase="offline", env_steps=0, episodes_seen=k * batch_size_run)
     ...
     learner.freeze_offline_memory()          # at the switch to online (OVM's Q_offline)
@@ -13,13 +15,18 @@ What each `LearnerConfig` field does here:
 - target_update_interval: hard copy of agent + mixer to the targets once `episodes_seen` has grown
   by this much since the last copy (PyMARL2 counts episodes, `batch_size_run` per update).
 - grad_clip_offline / grad_clip_online: global gradient-norm clip of agent + mixer per phase.
-- offline_cql: the CQL variant, "cql" (raw MACQL: `cql_sampled_actions` uniform available joint
-  actions), "cfcql" (counterfactual, agent weights from `cfcql_softmax_temperature` and a
-  behaviour-cloning policy), "calql" (raw MACQL with the push-down values floored at the
-  Monte-Carlo return-to-go) or "none". Offline the loss is TD + offline_cql_weight * CQL; online
+- offline_cql: the CQL variant, "cql" (raw MACQL over `cql_sampled_actions` joint actions drawn
+  by `cql_sampler`), "cfcql" (counterfactual, agent weights from `cfcql_softmax_temperature` and
+  a behaviour-cloning policy) or "none". Offline the loss is TD + offline_cql_weight * CQL; online
   the same variant is added with online_cql_weight when that is > 0.
-- use_offline_value_memory, memory_coef_start/end, memory_anneal_steps: online loss OVM (Eq. 5)
-  with lambda_t from `common.schedules.memory_coefficient_at(env_steps)`, else plain TD.
+- calql_floor: Cal-QL on top of either variant: the current policy's (greedy) actions in the
+  push-down term are floored at the Monte-Carlo return-to-go.
+- behaviour_pretrain_updates: CFCQL's behaviour-cloning phase, `pretrain_behaviour` once per batch
+  before the CQL updates; then the behaviour policy is frozen. 0 = no behaviour policy (uniform
+  agent weights, as tau = 0).
+- use_offline_value_memory, memory_coef_start/end, memory_anneal_steps, ovm_target: online loss OVM
+  (Eq. 5) with lambda_t from `common.schedules.memory_coefficient_at(env_steps)` and y_TD the
+  TD(lambda) or one-step target, else plain TD(lambda).
 - rnn_hidden_dim, mixing_embed_dim, hypernet_embed_dim: network sizes. device: "auto" = cuda when
   available, else cpu.
 `method`, `batch_size`, `batch_size_run`, `offline_updates`, `weight_publish_interval` and
@@ -40,7 +47,7 @@ from common.episode import TrainingBatch
 from common.networks import QMixer, RNNAgent, agent_input_size, agent_network, build_agent_inputs, mix
 from common.schedules import memory_coefficient_at
 from learner import losses
-from learner.targets import double_q_max, td_lambda_targets, training_mask
+from learner.targets import double_q_max, one_step_targets, td_lambda_targets, training_mask
 
 PHASES = ("offline", "online")
 # The keys of `QMixLearner.update`'s metrics, always all present (0.0 where a part is inactive).
@@ -103,7 +110,11 @@ class QMixLearner:
             keep_freed_host_memory()
         self.input_size = agent_input_size(self.obs_size, self.n_actions, self.n_agents)
         # CFCQL's agent weights need a behaviour-cloning policy (CFCQL's `behaviour_mac`).
-        self.uses_behaviour_policy = cfg.offline_cql == "cfcql" and cfg.cfcql_softmax_temperature > 0
+        self.uses_behaviour_policy = (
+            cfg.offline_cql == "cfcql"
+            and cfg.cfcql_softmax_temperature > 0
+            and cfg.behaviour_pretrain_updates > 0
+        )
         with torch.random.fork_rng(devices=[]):  # seed the initial weights, leave global RNG alone
             torch.manual_seed(seed)
             self.agent = self.make_agent().to(self.device)
@@ -123,6 +134,7 @@ class QMixLearner:
         self.generator = torch.Generator(device=self.device)  # CQL's sampled joint actions
         self.generator.manual_seed(seed)
         self.updates = 0  # gradient steps taken
+        self.behaviour_updates = 0  # steps of the behaviour-cloning phase taken
         self.target_updates = 0
         self.last_target_update_episode = 0
 
@@ -147,6 +159,44 @@ class QMixLearner:
         self.target_agent.load_state_dict(self.agent.state_dict())
         self.target_mixer.load_state_dict(self.mixer.state_dict())
         self.target_updates += 1
+
+    # ------------------------------------------------------------------ CFCQL's behaviour policy
+
+    @property
+    def behaviour_pretraining_left(self) -> int:
+        """Behaviour-cloning updates still to run before CQL may use the behaviour policy (0 when
+        this learner has none, or its phase is over)."""
+        if self.behaviour is None:
+            return 0
+        return max(0, self.cfg.behaviour_pretrain_updates - self.behaviour_updates)
+
+    @property
+    def needs_behaviour_pretraining(self) -> bool:
+        return self.behaviour_pretraining_left > 0
+
+    def pretrain_behaviour(self, batch: TrainingBatch) -> float:
+        """One behaviour-cloning step on `batch`'s actions (CFCQL trains its behaviour policy in a
+        phase of its own, before CQL); returns the loss. After the last one the policy is frozen."""
+        if not self.needs_behaviour_pretraining:
+            raise RuntimeError("no behaviour-cloning update is due: the phase is over or not configured")
+        assert self.behaviour is not None and self.behaviour_optimizer is not None
+        lengths = episode_lengths(batch)
+        batch = self._to_device(batch)
+        mask = training_mask(batch.filled, batch.terminated)
+        logits = self.behaviour.forward_sequence(self._agent_inputs(batch), lengths=lengths)[:, :-1]
+        loss = losses.behaviour_cloning_loss(logits, batch.actions[:, :-1], batch.avail_actions[:, :-1], mask)
+        self.behaviour_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.behaviour.parameters(), self.cfg.grad_clip_offline)
+        self.behaviour_optimizer.step()
+        self.behaviour_updates += 1
+        self._freeze_behaviour_when_done()
+        return float(loss.detach())
+
+    def _freeze_behaviour_when_done(self) -> None:
+        if self.behaviour is not None and not self.needs_behaviour_pretraining:
+            for p in self.behaviour.parameters():
+                p.requires_grad_(False)
 
     # ------------------------------------------------------------------ the update
 
@@ -178,17 +228,20 @@ class QMixLearner:
         weights = self.mixer.mixing_weights(state[:, :-1])
         q_tot = mix(chosen, weights)  # [B, T, 1]
 
+        uses_memory = online and cfg.use_offline_value_memory
         with torch.no_grad():
             target_qs = self.target_agent.forward_sequence(inputs, lengths=lengths)
             greedy_values = double_q_max(agent_qs.detach(), target_qs, avail)  # [B, T+1, n]
-            y_td = td_lambda_targets(
-                reward, terminated, mask, self.target_mixer(greedy_values, state), cfg.gamma, cfg.td_lambda
-            )
+            bootstrap = self.target_mixer(greedy_values, state)  # [B, T+1, 1]
+            if uses_memory and cfg.ovm_target == "one_step":  # the paper's Eq. 4, inside OVM only
+                y_td = one_step_targets(reward, terminated, bootstrap, cfg.gamma)
+            else:
+                y_td = td_lambda_targets(reward, terminated, mask, bootstrap, cfg.gamma, cfg.td_lambda)
 
         zero = q_tot.new_zeros(())
         loss_td = losses.td_loss(q_tot, y_td, mask)
         loss_ovm, active, memory_coef = zero, zero, 0.0
-        if online and cfg.use_offline_value_memory:
+        if uses_memory:
             memory_coef = memory_coefficient_at(cfg, env_steps)
             if self.offline_agent is None:  # no offline phase ran: the memory is the start point
                 self.freeze_offline_memory()
@@ -205,9 +258,15 @@ class QMixLearner:
         if cfg.offline_cql != "none" and cql_weight > 0:
             behaviour_logits = None
             if self.behaviour is not None:
-                loss_bc, behaviour_logits = self._behaviour_step(
-                    inputs, actions, avail[:, :-1], mask, lengths
-                )
+                if self.needs_behaviour_pretraining:  # weights from a half-trained policy would be noise
+                    raise RuntimeError(
+                        f"CFCQL's behaviour policy has had {self.behaviour_updates} of "
+                        f"{cfg.behaviour_pretrain_updates} behaviour-cloning updates; run "
+                        "pretrain_behaviour on offline batches before the CQL updates"
+                    )
+                with torch.no_grad():  # frozen: only read, and its fit to this batch reported
+                    behaviour_logits = self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1]
+                    loss_bc = losses.behaviour_cloning_loss(behaviour_logits, actions, avail[:, :-1], mask)
             loss_cql = self._cql_term(agent_qs[:, :-1], chosen, weights, q_tot, batch, mask, behaviour_logits)
             loss = loss + cql_weight * loss_cql
 
@@ -268,30 +327,31 @@ class QMixLearner:
         qs = self.offline_agent.forward_sequence(inputs, lengths=lengths)[:, :-1]
         return self.offline_mixer(qs.gather(-1, actions).squeeze(-1), state[:, :-1])
 
-    def _behaviour_step(self, inputs, actions, avail, mask, lengths) -> tuple[torch.Tensor, torch.Tensor]:
-        """One behaviour-cloning step on the batch's actions; returns (loss, logits before the step)."""
-        assert self.behaviour is not None and self.behaviour_optimizer is not None
-        logits = self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1]
-        loss = losses.behaviour_cloning_loss(logits, actions, avail, mask)
-        self.behaviour_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.behaviour.parameters(), self.cfg.grad_clip_offline)
-        self.behaviour_optimizer.step()
-        return loss.detach(), logits.detach()
-
     def _cql_term(self, agent_qs, chosen, weights, q_tot, batch, mask, behaviour_logits) -> torch.Tensor:
         cfg = self.cfg
         avail = batch.avail_actions[:, :-1]
-        floor = None
-        if cfg.offline_cql == "calql":
+        floor = policy_actions = None
+        if cfg.calql_floor:  # Cal-QL: the current policy is the greedy one over available actions
             floor = losses.mc_returns(batch.reward[:, :-1], mask, cfg.gamma)
+            policy_actions = losses.greedy_actions(agent_qs, avail)
         if cfg.offline_cql == "cfcql":
             return losses.counterfactual_cql_term(
-                agent_qs, chosen, weights, avail, q_tot, mask, behaviour_logits, cfg.cfcql_softmax_temperature
+                agent_qs,
+                chosen,
+                weights,
+                avail,
+                q_tot,
+                mask,
+                behaviour_logits,
+                cfg.cfcql_softmax_temperature,
+                floor,
+                policy_actions,
             )
-        return losses.sampled_cql_term(
-            agent_qs, weights, avail, q_tot, mask, cfg.cql_sampled_actions, self.generator, floor
-        )
+        if cfg.cql_sampler == "all_actions":
+            sampled = losses.sample_uniform_actions(avail, cfg.cql_sampled_actions, self.generator)
+        else:
+            sampled = losses.sample_available_actions(avail, cfg.cql_sampled_actions, self.generator)
+        return losses.sampled_cql_term(agent_qs, weights, avail, q_tot, mask, sampled, floor, policy_actions)
 
     # ------------------------------------------------------------------ state (checkpoints)
 
@@ -317,6 +377,7 @@ class QMixLearner:
         if self.behaviour is not None and self.behaviour_optimizer is not None:
             state["behaviour"] = self.behaviour.state_dict()
             state["behaviour_optimizer"] = self.behaviour_optimizer.state_dict()
+            state["behaviour_updates"] = self.behaviour_updates
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -343,6 +404,9 @@ class QMixLearner:
         if self.behaviour is not None and self.behaviour_optimizer is not None and "behaviour" in state:
             self.behaviour.load_state_dict(state["behaviour"])
             self.behaviour_optimizer.load_state_dict(state["behaviour_optimizer"])
+            # Older checkpoints trained it alongside CQL and have no count: its phase is over.
+            self.behaviour_updates = int(state.get("behaviour_updates", self.cfg.behaviour_pretrain_updates))
+            self._freeze_behaviour_when_done()
 
     def _shape(self) -> dict:
         cfg = self.cfg

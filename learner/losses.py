@@ -58,6 +58,14 @@ def mc_returns(reward: torch.Tensor, mask: torch.Tensor, gamma: float) -> torch.
     return returns
 
 
+def sample_uniform_actions(avail: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
+    """`num_samples` joint actions per step, each agent's action uniform over *all* A actions,
+    available or not (CFCQL's `raw_cql` draws): avail [B, T, n, A] (only its shape and device are
+    read) -> actions [B, T, K, n] int64."""
+    B, T, n, A = avail.shape
+    return torch.randint(0, A, (B, T, num_samples, n), generator=generator, device=avail.device)
+
+
 def sample_available_actions(avail: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
     """`num_samples` joint actions per step, each agent's action uniform over its available actions
     (so the joint action is uniform over the available joint actions): avail [B, T, n, A] bool ->
@@ -71,27 +79,42 @@ def sample_available_actions(avail: torch.Tensor, num_samples: int, generator=No
     return actions.transpose(-1, -2)  # [B, T, K, n]
 
 
+def greedy_actions(agent_qs: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
+    """The current policy of a QMIX learner: each agent's greedy available action, [B, T, n] int64
+    (no gradient through the choice). Rows with no available action pick action 0."""
+    return agent_qs.detach().masked_fill(~avail.bool(), float("-inf")).argmax(dim=-1)
+
+
 def sampled_cql_term(
     agent_qs: torch.Tensor,
     weights: MixingWeights,
     avail: torch.Tensor,
     q_tot_data: torch.Tensor,
     mask: torch.Tensor,
-    num_samples: int,
-    generator=None,
+    actions: torch.Tensor,
     floor: torch.Tensor | None = None,
+    policy_actions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Raw MACQL (CFCQL's `raw_cql`): masked mean of
-        logsumexp_k Q_tot(s, a_k) - Q_tot(s, a_data),
-    a_k uniform available joint actions. agent_qs [B, T, n, A] (with grad), mixing weights of the
-    states [B, T], q_tot_data [B, T, 1]. `floor` [B, T, 1] (Cal-QL) raises the sampled values to at
-    least the floor inside the logsumexp; the data term is unchanged."""
-    actions = sample_available_actions(avail, num_samples, generator)  # [B, T, K, n]
+        logsumexp_k [valid_k * Q_tot(s, a_k)] - Q_tot(s, a_data),
+    over the given joint actions `actions` [B, T, K, n]; valid_k = 1 when every agent's action in
+    a_k is available, else 0, so an invalid sample adds exp(0) to the sum and no gradient.
+    agent_qs [B, T, n, A] (with grad), mixing weights of the states [B, T], q_tot_data [B, T, 1].
+
+    Cal-QL: with `floor` [B, T, 1] (the return-to-go R_t), the current policy's joint action
+    `policy_actions` [B, T, n] joins the logsumexp with its value floored, max(Q_tot(s, a_pi), R_t);
+    the sampled actions stay unfloored and the data term is unchanged."""
     sampled = agent_qs.gather(-1, actions.transpose(-1, -2)).transpose(-1, -2)  # [B, T, K, n]
     q_tot_sampled = mix_samples(sampled, weights)  # [B, T, K]
+    valid = avail.gather(-1, actions.transpose(-1, -2)).all(dim=-2)  # [B, T, K]
+    values = q_tot_sampled * valid.to(q_tot_sampled.dtype)
     if floor is not None:
-        q_tot_sampled = torch.maximum(q_tot_sampled, floor)
-    push_down = torch.logsumexp(q_tot_sampled, dim=-1, keepdim=True)  # [B, T, 1]
+        if policy_actions is None:
+            raise ValueError("the Cal-QL floor needs the current policy's actions")
+        policy_qs = agent_qs.gather(-1, policy_actions.unsqueeze(-1)).transpose(-1, -2)  # [B, T, 1, n]
+        q_tot_policy = mix_samples(policy_qs, weights)  # [B, T, 1]
+        values = torch.cat([values, torch.maximum(q_tot_policy, floor)], dim=-1)
+    push_down = torch.logsumexp(values, dim=-1, keepdim=True)  # [B, T, 1]
     return masked_mean(push_down - q_tot_data, mask)
 
 
@@ -143,13 +166,23 @@ def counterfactual_cql_term(
     behaviour_logits: torch.Tensor | None = None,
     temperature: float = 0.0,
     floor: torch.Tensor | None = None,
+    policy_actions: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CFCQL: masked mean of sum_i w_i N_i - Q_tot(s, a_data), N_i = logsumexp over agent i's
-    available actions j of Q_tot(s, a^{-i}_data, j); w from `cfcql_agent_weights`. `floor` (Cal-QL)
-    raises the counterfactual values inside the logsumexp."""
+    available actions j of Q_tot(s, a^{-i}_data, j); w from `cfcql_agent_weights`.
+
+    Cal-QL: with `floor` [B, T, 1] (R_t), in each N_i the term of the current policy's action for
+    agent i, j = `policy_actions`[..., i] ([B, T, n]), is floored: max(Q_tot(s, a^{-i}_data, j), R_t);
+    every other j stays unfloored, and the agent weights see the unfloored values."""
     counterfactual = counterfactual_q_tot(agent_qs, chosen_qs, weights)  # [B, T, n, A]
     agent_weights = cfcql_agent_weights(counterfactual.detach(), behaviour_logits, avail, temperature)
-    values = counterfactual if floor is None else torch.maximum(counterfactual, floor.unsqueeze(-1))
+    values = counterfactual
+    if floor is not None:
+        if policy_actions is None:
+            raise ValueError("the Cal-QL floor needs the current policy's actions")
+        is_policy = F.one_hot(policy_actions, counterfactual.shape[-1]).bool()  # [B, T, n, A]
+        floored = torch.maximum(counterfactual, floor.unsqueeze(-1))
+        values = torch.where(is_policy, floored, counterfactual)
     push_down = torch.logsumexp(values.masked_fill(~avail.bool(), UNAVAILABLE), dim=-1)  # [B, T, n]
     weighted = (agent_weights * push_down).sum(-1, keepdim=True)  # [B, T, 1]
     return masked_mean(weighted - q_tot_data, mask)

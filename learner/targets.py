@@ -66,3 +66,15 @@ def double_q_max(online_qs: torch.Tensor, target_qs: torch.Tensor, avail: torch.
     Rows with no available action (padding) pick action 0."""
     greedy = online_qs.masked_fill(~avail.bool(), float("-inf")).argmax(dim=-1, keepdim=True)
     return target_qs.gather(-1, greedy).squeeze(-1)
+
+
+def one_step_targets(
+    reward: torch.Tensor, terminated: torch.Tensor, target_qs: torch.Tensor, gamma: float
+) -> torch.Tensor:
+    """One-step targets [B, T, 1] (the paper's Eq. 4 and 8): y_t = r_t + gamma * (1 - term_t) * Qbar_{t+1},
+    with target_qs [B, T + 1, 1] as for `td_lambda_targets` (double Q, mixed). A time-limit end
+    bootstraps from its last row; values on untrained steps are not meaningful."""
+    T = reward.shape[1]
+    if target_qs.shape[1] != T + 1:
+        raise ValueError(f"target_qs needs T + 1 = {T + 1} rows, got {target_qs.shape[1]}")
+    return reward + gamma * (1.0 - terminated) * target_qs[:, 1:]

@@ -55,12 +55,25 @@ def run_offline_phase(
     progress: bool = True,
     evaluate: Callable[[int], None] | None = None,
 ) -> dict:
-    """`learner.offline_updates` gradient steps on offline-only batches. Returns the last metrics.
-    `evaluate(updates)` is called every `run.offline_eval_interval` updates and after the last."""
+    """`learner.offline_updates` gradient steps on offline-only batches, after CFCQL's
+    behaviour-cloning phase where it is still due. Returns the last metrics. `evaluate(updates)` is
+    called every `run.offline_eval_interval` updates and after the last."""
     updates = cfg.learner.offline_updates
     every = cfg.run.offline_eval_interval
-    line = ProgressLine(updates, every_s=cfg.run.log_interval_s, unit="updates") if progress else None
     metrics: dict = {}
+    cloning = learner.behaviour_pretraining_left
+    line = (
+        ProgressLine(cloning, every_s=cfg.run.log_interval_s, unit="BC updates")
+        if progress and cloning
+        else None
+    )
+    for i in range(cloning):  # CFCQL: behaviour cloning first, then frozen
+        loss_bc = learner.pretrain_behaviour(batches.sample(timeout=120))
+        if log and (i % OFFLINE_LOG_EVERY == 0 or i == cloning - 1):
+            log.log("behaviour", update=i + 1, loss_bc=loss_bc)
+        if line:
+            line.maybe_print(i + 1, force=i == cloning - 1, loss_bc=loss_bc)
+    line = ProgressLine(updates, every_s=cfg.run.log_interval_s, unit="updates") if progress else None
     for i in range(updates):
         batch = batches.sample(timeout=120)
         # Offline updates are credited batch_size_run episodes each, as if collected at the

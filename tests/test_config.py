@@ -156,11 +156,36 @@ def test_only_the_ovm_methods_use_the_offline_value_memory():
         assert uses == (method in ("ovmse", "ovm")), method
 
 
-def test_offline_cql_variant_per_map_and_calql_for_macal_ql():
+def test_every_method_uses_the_maps_cql_loss_and_macal_ql_adds_the_floor():
     assert resolve_config("2s3z", "medium", "switch_cql").learner.offline_cql == "cql"
     assert resolve_config("6h_vs_8z", "medium", "macql").learner.offline_cql == "cfcql"
-    for map_name in PAPER_MAPS:
-        assert resolve_config(map_name, "medium", "macal_ql").learner.offline_cql == "calql"
+    for map_name, kind, method in itertools.product(PAPER_MAPS, DATASET_KINDS, METHOD_NAMES):
+        learner = resolve_config(map_name, kind, method).learner
+        if method != "qmix":  # appendix A.4: one CQL loss per map, MACal-QL's included
+            assert learner.offline_cql == ("cfcql" if map_name in ("5m_vs_6m", "6h_vs_8z") else "cql")
+        assert learner.calql_floor == (method == "macal_ql"), (map_name, kind, method)
+
+
+@pytest.mark.parametrize(
+    ("map_name", "kind", "tau"),
+    [
+        ("5m_vs_6m", "medium", 0.5),
+        ("5m_vs_6m", "medium_replay", 0.5),
+        ("6h_vs_8z", "medium", 1.0),
+        ("6h_vs_8z", "medium_replay", 0.5),
+    ],
+)
+def test_cfcql_temperature_follows_cfcqls_readme_per_map_and_dataset(map_name, kind, tau):
+    for method in ("ovmse", "switch_cql", "macql", "macal_ql"):
+        assert resolve_config(map_name, kind, method).learner.cfcql_softmax_temperature == tau
+
+
+def test_the_baselines_defaults_follow_their_references():
+    learner = resolve_config("3s5z", "medium", "ovmse").learner
+    assert learner.cql_sampler == "all_actions"  # CFCQL's raw_cql
+    assert learner.ovm_target == "td_lambda"  # PyMARL2's target, as every other loss here
+    assert learner.behaviour_pretrain_updates > 0  # CFCQL's behaviour policy is cloned first
+    assert not learner.calql_floor
 
 
 def test_td_lambda_is_0_3_on_6h_vs_8z_only():
@@ -329,7 +354,20 @@ BAD_OVERRIDES = [
     (["env.backend=sc3"], "env.backend: must be one of lite, sc2, got 'sc3'"),
     (["learner.method=dqn"], "learner.method: no preset for method 'dqn'"),
     (["actor.exploration=boltzmann"], "actor.exploration: must be one of decentralized_se"),
-    (["learner.offline_cql=bcq"], "learner.offline_cql: must be one of cql, cfcql, calql, none, got 'bcq'"),
+    (["learner.offline_cql=bcq"], "learner.offline_cql: must be one of cql, cfcql, none, got 'bcq'"),
+    (
+        ["learner.offline_cql=calql"],
+        "learner.offline_cql: 'calql' is no longer a CQL variant: use learner.calql_floor=true",
+    ),
+    (
+        ["learner.offline_cql=none", "learner.online_cql_weight=0", "learner.calql_floor=true"],
+        "learner.calql_floor: must be false when learner.offline_cql is 'none'",
+    ),
+    (["learner.calql_floor=maybe"], "learner.calql_floor: expected true or false, got 'maybe'"),
+    (["learner.cql_sampler=some"], "learner.cql_sampler: must be one of all_actions, available_only"),
+    (["learner.behaviour_pretrain_updates=-1"], "learner.behaviour_pretrain_updates: must be >= 0, got -1"),
+    (["learner.behaviour_pretrain_updates=1.5"], "learner.behaviour_pretrain_updates: expected an integer"),
+    (["learner.ovm_target=n_step"], "learner.ovm_target: must be one of td_lambda, one_step, got 'n_step'"),
     (["replay.port=70000"], "replay.port: must be a port number in [0, 65535], got 70000"),
     (["actor.weight_server=localhost"], "actor.weight_server: must be HOST:PORT"),
     (["learner.device=tpu"], "learner.device: must be auto, cpu, mps, cuda or cuda:N"),
@@ -513,3 +551,13 @@ def test_config_from_dict_refuses_what_the_loader_refuses():
         config_from_dict({"learner": {"lrr": 1}}, source="saved")
     with pytest.raises(ConfigError, match=r"replay\.mixing_ratio: must be in \[0, 1\]"):
         config_from_dict({"replay": {"mixing_ratio": 3}, "run": {"dataset": "d.h5"}})
+
+
+def test_ovmse_config_shows_the_baselines_keys():
+    text = format_config(resolve_config("6h_vs_8z", "medium", "macal_ql"))
+    learner = yaml.safe_load(text)["learner"]
+    assert learner["offline_cql"] == "cfcql" and learner["calql_floor"] is True
+    assert learner["cfcql_softmax_temperature"] == 1.0
+    assert learner["cql_sampler"] == "all_actions"
+    assert learner["ovm_target"] == "td_lambda"
+    assert learner["behaviour_pretrain_updates"] == LearnerConfig().behaviour_pretrain_updates

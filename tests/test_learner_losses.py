@@ -70,51 +70,90 @@ def _setup(B=2, T=3, n=2, A=3, S=4, seed=0):
     return weights, agent_qs, avail, chosen, mix(chosen, weights), mask
 
 
-def test_raw_cql_is_logsumexp_over_sampled_joint_actions_minus_the_data_value():
-    weights, agent_qs, avail, _, q_data, mask = _setup()
-    K = 6
+def test_uniform_joint_actions_cover_every_action_available_or_not():
+    avail = torch.tensor([[[[True, False, True, True], [False, False, True, False]]]])  # [1, 1, n=2, 4]
+    g = torch.Generator().manual_seed(0)
+    actions = losses.sample_uniform_actions(avail.expand(50, 40, 2, 4), 30, g)  # [B, T, K, n]
+    assert actions.shape == (50, 40, 30, 2) and actions.dtype == torch.int64
+    for agent in range(2):  # unavailable actions are drawn as often as available ones
+        share = torch.bincount(actions[..., agent].flatten(), minlength=4).float() / actions[..., 0].numel()
+        torch.testing.assert_close(share, torch.full((4,), 0.25), atol=0.01, rtol=0)
+
+
+# A fixed fixture for the CQL formulas: B = 1 episode, T = 2 steps (the second untrained), n = 2
+# agents, A = 3 actions; agent 1 cannot take action 2 at step 0.
+FIX_AVAIL = torch.tensor(
+    [[[[True, True, True], [True, True, False]], [[True, True, True], [True, True, True]]]]
+)
+FIX_MASK = torch.tensor([[[1.0], [0.0]]])
+# Four joint actions per step: (0, 1) and (2, 0) valid, (1, 2) invalid at step 0, (2, 1) valid.
+FIX_SAMPLES = torch.tensor([[[[0, 1], [2, 0], [1, 2], [2, 1]], [[0, 0], [1, 1], [2, 2], [0, 2]]]])
+
+
+def _fixture():
+    torch.manual_seed(5)
+    mixer = QMixer(2, 4, embed_dim=3, hypernet_embed=5)
+    weights = mixer.mixing_weights(torch.randn(1, 2, 4))
+    agent_qs = torch.randn(1, 2, 2, 3, requires_grad=True)
+    q_data = mix(agent_qs[..., 0], weights)  # the data joint action is (0, 0)
+    return weights, agent_qs, q_data
+
+
+def _q_tot(agent_qs, weights, t, joint):
+    """Q_tot at step t of one joint action, straight from the mixer."""
+    q = torch.stack([agent_qs[0, t, i, a] for i, a in enumerate(joint)]).view(1, 1, 2)
+    step_weights = type(weights)(*(w[:, t : t + 1] for w in weights))
+    return mix(q, step_weights).squeeze()
+
+
+def test_raw_cql_counts_a_joint_sample_with_an_unavailable_action_as_zero():
+    weights, agent_qs, q_data = _fixture()
+    term = losses.sampled_cql_term(agent_qs, weights, FIX_AVAIL, q_data, FIX_MASK, FIX_SAMPLES)
+    # Step 0 only (step 1 is untrained): samples (0, 1), (2, 0), (2, 1) by value, (1, 2) as 0.
+    values = [_q_tot(agent_qs, weights, 0, j) for j in [(0, 1), (2, 0), (2, 1)]] + [torch.tensor(0.0)]
+    expected = torch.logsumexp(torch.stack(values), 0) - q_data[0, 0, 0]
+    assert term.item() == pytest.approx(expected.item(), rel=1e-6)
+    # The invalid sample carries no gradient: agent 0's action 1 is in no other step-0 sample.
+    (grad,) = torch.autograd.grad(term, agent_qs)
+    assert grad[0, 0, 0, 1] == 0 and grad[0, 1].abs().sum() == 0
+
+
+def test_calql_floors_the_current_policy_action_and_leaves_uniform_samples_alone():
+    weights, agent_qs, q_data = _fixture()
+    policy = torch.tensor([[[1, 0], [0, 0]]])  # the greedy joint action per step, [B, T, n]
+    sampled = [_q_tot(agent_qs, weights, 0, j) for j in [(0, 1), (2, 0), (2, 1)]]
+    q_policy = _q_tot(agent_qs, weights, 0, (1, 0))
+    # A floor above every value: it raises the policy's value, and would raise the samples too.
+    floor_value = max(v.item() for v in sampled + [q_policy]) + 0.5
+    floor = torch.tensor([[[floor_value], [-100.0]]])
     term = losses.sampled_cql_term(
-        agent_qs, weights, avail, q_data, mask, K, torch.Generator().manual_seed(3)
+        agent_qs, weights, FIX_AVAIL, q_data, FIX_MASK, FIX_SAMPLES, floor=floor, policy_actions=policy
     )
-    sampled = losses.sample_available_actions(avail, K, torch.Generator().manual_seed(3))  # the same draws
-    values = []
-    for k in range(K):
-        q_k = agent_qs.gather(-1, sampled[:, :, k].unsqueeze(-1)).squeeze(-1)
-        values.append(mix(q_k, weights))
-    expected = (torch.logsumexp(torch.cat(values, -1), -1, keepdim=True) - q_data) * mask
-    assert term.item() == pytest.approx((expected.sum() / mask.sum()).item(), rel=1e-5)
+    floored_policy = torch.clamp(q_policy, min=floor_value)
+    expected = (
+        torch.logsumexp(torch.stack(sampled + [torch.tensor(0.0), floored_policy]), 0) - q_data[0, 0, 0]
+    )
+    assert term.item() == pytest.approx(expected.item(), rel=1e-6)
+    everything_floored = torch.logsumexp(
+        torch.stack([torch.clamp(v, min=floor_value) for v in sampled] + [torch.tensor(0.0), floored_policy]),
+        0,
+    )
+    assert abs(everything_floored - q_data[0, 0, 0] - expected) > 1e-3  # the fixture tells them apart
+    # The floored policy entry (below the floor) has no gradient; the uniform samples keep theirs.
+    (grad,) = torch.autograd.grad(
+        losses.sampled_cql_term(
+            agent_qs, weights, FIX_AVAIL, q_data.detach(), FIX_MASK, FIX_SAMPLES, floor, policy
+        ),
+        agent_qs,
+    )
+    assert grad[0, 0, 0, 1] == 0  # agent 0's action 1 appears only in the floored policy action
+    assert grad[0, 0, 0, 2] != 0  # agent 0's action 2: the uniform samples (2, 0) and (2, 1)
 
 
-def test_calql_floors_only_the_push_down_term():
-    weights, agent_qs, avail, _, q_data, mask = _setup()
-    K = 5
-    g = lambda: torch.Generator().manual_seed(7)  # noqa: E731
-    raw = losses.sampled_cql_term(agent_qs, weights, avail, q_data, mask, K, g())
-    low = losses.sampled_cql_term(
-        agent_qs, weights, avail, q_data, mask, K, g(), floor=torch.full((2, 3, 1), -1e6)
-    )
-    assert low.item() == pytest.approx(raw.item())  # a floor below every value changes nothing
-    floor = torch.full((2, 3, 1), 1e3)  # above every value: the push-down term is the constant floor
-    high = losses.sampled_cql_term(agent_qs, weights, avail, q_data.detach(), mask, K, g(), floor=floor)
-    expected = ((1e3 + torch.log(torch.tensor(float(K))) - q_data.detach()) * mask).sum() / mask.sum()
-    assert high.item() == pytest.approx(expected.item(), rel=1e-6)
-    (grad,) = torch.autograd.grad(high, agent_qs)
-    assert torch.count_nonzero(grad) == 0  # nothing pushes sampled actions down any more
-    # ... while the data term still pulls the data actions up, exactly as without the floor.
-    q_data_leaf = q_data.detach().requires_grad_()
-    (data_grad,) = torch.autograd.grad(
-        losses.sampled_cql_term(agent_qs.detach(), weights, avail, q_data_leaf, mask, K, g(), floor=floor),
-        q_data_leaf,
-    )
-    torch.testing.assert_close(data_grad, -mask / mask.sum())
-    chosen = agent_qs[..., 0]  # the data actions are action 0
-    cf_raw = losses.counterfactual_cql_term(agent_qs, chosen, weights, avail, q_data, mask)
-    cf_high = losses.counterfactual_cql_term(
-        agent_qs, chosen, weights, avail, q_data.detach(), mask, floor=floor
-    )
-    assert cf_high.item() != pytest.approx(cf_raw.item())
-    (cf_grad,) = torch.autograd.grad(cf_high, agent_qs)
-    assert torch.count_nonzero(cf_grad) == 0
+def test_greedy_actions_are_the_best_available_ones():
+    qs = torch.tensor([[[[1.0, 9.0, 2.0], [5.0, 1.0, 7.0]]]])
+    avail = torch.tensor([[[[True, False, True], [True, True, True]]]])
+    assert losses.greedy_actions(qs, avail).tolist() == [[[2, 2]]]
 
 
 def test_counterfactual_q_tot_replaces_one_agents_action_at_a_time():
@@ -133,6 +172,39 @@ def test_cfcql_is_the_weighted_logsumexp_over_each_agents_available_actions():
     cf = losses.counterfactual_q_tot(agent_qs, chosen, weights).masked_fill(~avail, float("-inf"))
     expected = (torch.logsumexp(cf, -1).mean(-1, keepdim=True) - q_data) * mask  # tau = 0: w = 1/n
     assert term.item() == pytest.approx((expected.sum() / mask.sum()).item(), rel=1e-5)
+
+
+def test_calql_on_cfcql_floors_each_agents_current_policy_action_only():
+    weights, agent_qs, avail, chosen, q_data, mask = _setup(n=3, A=4)
+    policy = torch.tensor([[[1, 0, 2], [0, 0, 0], [3, 1, 0]], [[0, 0, 0], [2, 2, 2], [0, 3, 1]]])
+    policy = torch.where(avail.gather(-1, policy.unsqueeze(-1)).squeeze(-1), policy, 0)  # available
+    floor = torch.tensor([[[0.2], [-0.1], [0.4]], [[0.0], [0.3], [-0.2]]])
+    term = losses.counterfactual_cql_term(
+        agent_qs, chosen, weights, avail, q_data, mask, floor=floor, policy_actions=policy
+    )
+    expected, everything_floored = 0.0, 0.0
+    for b, t in itertools.product(range(2), range(3)):
+        if mask[b, t, 0] == 0:
+            continue
+        n_policy, n_all = [], []
+        for i in range(3):
+            vals, vals_all = [], []
+            for j in range(4):
+                if not avail[b, t, i, j]:
+                    continue
+                q = chosen[b, t].clone()
+                q[i] = agent_qs[b, t, i, j]
+                step = type(weights)(*(w[b : b + 1, t : t + 1] for w in weights))
+                cf = mix(q.view(1, 1, 3), step).squeeze()
+                vals.append(torch.clamp(cf, min=floor[b, t, 0]) if j == policy[b, t, i] else cf)
+                vals_all.append(torch.clamp(cf, min=floor[b, t, 0]))
+            n_policy.append(torch.logsumexp(torch.stack(vals), 0))
+            n_all.append(torch.logsumexp(torch.stack(vals_all), 0))
+        expected += torch.stack(n_policy).mean() - q_data[b, t, 0]  # tau = 0: w = 1/n
+        everything_floored += torch.stack(n_all).mean() - q_data[b, t, 0]
+    expected, everything_floored = expected / mask.sum(), everything_floored / mask.sum()
+    assert term.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(everything_floored - expected) > 1e-3  # the fixture tells the two readings apart
 
 
 def test_cfcql_weights_favour_the_agent_whose_implied_policy_strays_from_the_data():

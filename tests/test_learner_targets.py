@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from learner.targets import double_q_max, td_lambda_targets, training_mask
+from learner.targets import double_q_max, one_step_targets, td_lambda_targets, training_mask
 
 GAMMA, LAM = 0.9, 0.5  # lambda * gamma = (1 - lambda) * gamma = 0.45
 
@@ -111,6 +111,17 @@ def test_lambda_one_is_the_monte_carlo_return_and_lambda_zero_one_step_td():
     torch.testing.assert_close(mc[0, :, 0], torch.tensor([1 + 0.5 * 2 + 0.25 * 3, 2 + 0.5 * 3, 3.0]))
     one_step = td_lambda_targets(reward, terminated[:, :-1], mask, qbar, 0.5, 0.0)
     torch.testing.assert_close(one_step[0, :, 0], torch.tensor([1 + 3.5, 2 + 3.5, 3.0]))
+
+
+def test_one_step_target_is_reward_plus_discounted_next_value_unless_terminal():
+    mask = training_mask(FILLED, TERMINATED)
+    y = one_step_targets(REWARD, TERMINATED[:, :-1], QBAR, GAMMA)
+    # y_t = r_t + gamma * (1 - term_t) * Qbar_{t+1}, on the trained steps.
+    a = [1 + 0.9 * 20, 2 + 0.0]  # A's step 1 is terminal: no bootstrap
+    b = [1 + 0.9 * 6, 1 + 0.9 * 7, 1 + 0.9 * 8, 1 + 0.9 * 9]  # B's time limit bootstraps from row 4
+    torch.testing.assert_close(y[0, :2, 0], torch.tensor(a))
+    torch.testing.assert_close(y[1, :, 0], torch.tensor(b))
+    assert mask[0, 2:].sum() == 0  # A's remaining values are padding, not trained on
 
 
 def test_double_q_takes_the_online_greedy_available_action_valued_by_the_target():

@@ -4,6 +4,7 @@ repeatability and checkpoint/resume."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,7 +14,9 @@ from common.episode import EpisodeBuilder, TrainingBatch, to_training_batch
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.learning import METRIC_KEYS, QMixLearner, resolve_device
 
-SMALL = dict(rnn_hidden_dim=16, mixing_embed_dim=8, hypernet_embed_dim=16, device="cpu")
+SMALL = dict(
+    rnn_hidden_dim=16, mixing_embed_dim=8, hypernet_embed_dim=16, device="cpu", behaviour_pretrain_updates=3
+)
 INFO = {"n_agents": 3, "obs_shape": 5, "state_shape": 7, "n_actions": 4, "episode_limit": 8}
 
 
@@ -56,15 +59,26 @@ def weights_of(learner: QMixLearner) -> list[torch.Tensor]:
     return [p.detach().clone() for p in learner.params]
 
 
+def with_behaviour_phase(learner: QMixLearner, batch: TrainingBatch) -> QMixLearner:
+    """Run CFCQL's behaviour-cloning phase (if the learner has one), as the offline loop does."""
+    while learner.needs_behaviour_pretraining:
+        learner.pretrain_behaviour(batch)
+    return learner
+
+
 # --- the update step --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", ["cql", "cfcql", "calql", "none"])
-def test_update_reports_every_metric_in_both_phases(variant):
+@pytest.mark.parametrize(
+    ("variant", "floor"), [("cql", False), ("cfcql", False), ("cql", True), ("cfcql", True), ("none", False)]
+)
+def test_update_reports_every_metric_in_both_phases(variant, floor):
     learner = QMixLearner(
-        INFO, config(offline_cql=variant, online_cql_weight=0.1 if variant != "none" else 0.0)
+        INFO,
+        config(offline_cql=variant, calql_floor=floor, online_cql_weight=0.1 if variant != "none" else 0.0),
     )
     batch = random_batch(0)
+    with_behaviour_phase(learner, batch)
     offline = learner.update(batch, "offline", env_steps=0, episodes_seen=2)
     online = learner.update(batch, "online", env_steps=10, episodes_seen=4)
     for metrics in (offline, online):
@@ -73,7 +87,7 @@ def test_update_reports_every_metric_in_both_phases(variant):
         assert 0.0 <= metrics["ovm_active_fraction"] <= 1.0
     assert (offline["loss_cql"] != 0.0) == (variant != "none")
     assert offline["loss_ovm"] == 0.0 and online["memory_coefficient"] == 1.0
-    assert (offline["loss_bc"] > 0) == (variant == "cfcql")  # CFCQL's behaviour-cloning policy
+    assert (offline["loss_bc"] > 0) == (variant == "cfcql")  # the frozen behaviour policy's fit
     assert learner.updates == 2
     with pytest.raises(ValueError, match="phase"):
         learner.update(batch, "warmup", env_steps=0, episodes_seen=0)
@@ -215,13 +229,15 @@ def test_learner_finds_the_optimum_of_a_coordination_game():
     assert metrics["loss_td"] < 1.0
 
 
-def gap_after_offline_training(variant: str) -> torch.Tensor:
+def gap_after_offline_training(variant: str, floor: bool = False) -> torch.Tensor:
     """Train offline on data where both agents only ever play actions 0 and 1 (reward 0); return,
     per agent, min Q over the data actions minus Q of the absent action 2."""
     data = [(0, 0), (0, 1), (1, 0), (1, 1)] * 2
     batch = one_step_episodes(data, [0.0] * len(data))
-    cfg = config(offline_cql=variant, offline_cql_weight=1.0, lr=5e-3, cql_sampled_actions=20)
-    learner = QMixLearner(GAME, cfg, seed=0)
+    cfg = config(
+        offline_cql=variant, calql_floor=floor, offline_cql_weight=1.0, lr=5e-3, cql_sampled_actions=20
+    )
+    learner = with_behaviour_phase(QMixLearner(GAME, cfg, seed=0), batch)
     for k in range(150):
         learner.update(batch, "offline", env_steps=0, episodes_seen=2 * k)
     q = agent_values(learner)
@@ -230,10 +246,10 @@ def gap_after_offline_training(variant: str) -> torch.Tensor:
 
 def test_cql_pushes_actions_absent_from_the_data_below_the_data_actions():
     without = gap_after_offline_training("none")
-    for variant in ("cql", "cfcql", "calql"):
-        gap = gap_after_offline_training(variant)
-        assert (gap > 0.5).all(), (variant, gap)
-        assert (gap > without + 0.5).all(), (variant, gap, without)
+    for variant, floor in (("cql", False), ("cfcql", False), ("cql", True), ("cfcql", True)):
+        gap = gap_after_offline_training(variant, floor)
+        assert (gap > 0.5).all(), (variant, floor, gap)
+        assert (gap > without + 0.5).all(), (variant, floor, gap, without)
 
 
 # --- checkpoints ------------------------------------------------------------------------------
@@ -242,7 +258,7 @@ def test_cql_pushes_actions_absent_from_the_data_below_the_data_actions():
 @pytest.mark.parametrize("variant", ["cql", "cfcql"])
 def test_a_resumed_learner_makes_exactly_the_next_update(tmp_path, variant):
     cfg = config(offline_cql=variant, online_cql_weight=0.1, cql_sampled_actions=10, target_update_interval=4)
-    learner = QMixLearner(INFO, cfg, seed=3)
+    learner = with_behaviour_phase(QMixLearner(INFO, cfg, seed=3), random_batch(30))
     for k in range(3):
         learner.update(random_batch(k), "offline", env_steps=0, episodes_seen=2 * k)
     learner.freeze_offline_memory()
@@ -301,3 +317,171 @@ def test_the_update_equals_a_pymarl2_style_learner_step_by_step(kind):
         ours.agent.state_dict().values(), reference.agent.state_dict().values(), strict=True
     ):
         torch.testing.assert_close(mine, theirs, rtol=1e-4, atol=1e-5)
+
+
+# --- the baselines as their references define them -------------------------------------------
+
+
+def constant_mixer(learner: QMixLearner, value: float) -> None:
+    """Make Q_tot = `value` for every state and joint action (mixer weights w2 = 0, V(s) = value)."""
+    with torch.no_grad():
+        learner.mixer.hyper_w2[-1].weight.zero_()
+        learner.mixer.hyper_w2[-1].bias.zero_()
+        learner.mixer.hyper_b2[-1].weight.zero_()
+        learner.mixer.hyper_b2[-1].bias.fill_(value)
+
+
+def only_data_actions_available(batch: TrainingBatch) -> TrainingBatch:
+    avail = torch.nn.functional.one_hot(batch.actions.squeeze(-1), INFO["n_actions"]).bool()
+    return dataclasses.replace(batch, avail_actions=avail)
+
+
+def test_raw_cql_samples_all_actions_by_default_and_available_ones_on_request():
+    # Q_tot = 20 for every joint action, and each agent may only take its data action. Drawing
+    # available actions only, every sample is the data action: log(K e^20) - 20 = log K. Drawing
+    # over all 4 actions, a joint sample of 3 agents is valid with probability 1/64 and counts as
+    # Q_tot = 0 otherwise, so the push-down falls far below log K.
+    K = 50
+    batch = only_data_actions_available(random_batch(4))
+    losses_by_sampler = {}
+    for sampler in ("all_actions", "available_only"):
+        learner = QMixLearner(INFO, config(offline_cql="cql", cql_sampler=sampler, cql_sampled_actions=K))
+        constant_mixer(learner, 20.0)
+        losses_by_sampler[sampler] = learner.update(batch, "offline", env_steps=0, episodes_seen=2)[
+            "loss_cql"
+        ]
+    assert LearnerConfig().cql_sampler == "all_actions"
+    assert losses_by_sampler["available_only"] == pytest.approx(math.log(K), rel=1e-5)
+    assert losses_by_sampler["all_actions"] < math.log(K) - 1.0
+
+
+def reference_returns(batch: TrainingBatch, gamma: float) -> torch.Tensor:
+    """R_t = sum_{k >= t} gamma^(k - t) r_k over each episode's steps, [B, T]; 0 after its end."""
+    B, T = batch.reward.shape[0], batch.reward.shape[1] - 1
+    lengths = batch.filled[:, :, 0].sum(1).long() - 1  # steps of each episode
+    out = torch.zeros(B, T)
+    for b in range(B):
+        following = 0.0
+        for t in reversed(range(int(lengths[b]))):
+            following = float(batch.reward[b, t, 0]) + gamma * following
+            out[b, t] = following
+    return out
+
+
+@pytest.mark.parametrize("variant", ["cql", "cfcql"])
+def test_calql_adds_the_greedy_action_floored_at_the_return_to_go(variant):
+    # Q_tot = c for every joint action, so only the floor tells the values apart: with K available
+    # samples, raw MACQL's push-down is log(K e^c + e^max(c, R_t)); CFCQL's N_i has agent i's
+    # m_i available actions, the greedy one floored: log((m_i - 1) e^c + e^max(c, R_t)).
+    c, K, gamma = 0.5, 7, 0.99
+    batch = random_batch(5)
+    batch = dataclasses.replace(batch, reward=batch.reward * 3)  # returns above and below c
+    cfg = config(
+        offline_cql=variant,
+        calql_floor=True,
+        cql_sampler="available_only",
+        cql_sampled_actions=K,
+        cfcql_softmax_temperature=0.0,
+        gamma=gamma,
+    )
+    learner = QMixLearner(INFO, cfg)
+    constant_mixer(learner, c)
+    loss_cql = learner.update(batch, "offline", env_steps=0, episodes_seen=2)["loss_cql"]
+    returns = reference_returns(batch, gamma)
+    lengths = batch.filled[:, :, 0].sum(1).long() - 1
+    terms = []
+    for b in range(returns.shape[0]):
+        for t in range(int(lengths[b])):
+            top = max(c, float(returns[b, t]))
+            if variant == "cql":
+                terms.append(math.log(K * math.exp(c) + math.exp(top)) - c)
+            else:
+                counts = batch.avail_actions[b, t].sum(-1).tolist()  # m_i per agent
+                n_i = [math.log((m - 1) * math.exp(c) + math.exp(top)) for m in counts]
+                terms.append(sum(n_i) / len(n_i) - c)
+    assert any(float(r) > c for r in returns.flatten()) and any(0 < float(r) < c for r in returns.flatten())
+    assert loss_cql == pytest.approx(sum(terms) / len(terms), rel=1e-5)
+
+
+def behaviour_weights(learner: QMixLearner) -> list[torch.Tensor]:
+    return [p.detach().clone() for p in learner.behaviour.parameters()]
+
+
+def test_the_behaviour_policy_is_cloned_first_then_frozen_offline_and_online(tmp_path):
+    cfg = config(offline_cql="cfcql", online_cql_weight=0.1, behaviour_pretrain_updates=3)
+    learner = QMixLearner(INFO, cfg)
+    assert learner.needs_behaviour_pretraining and learner.behaviour_pretraining_left == 3
+    with pytest.raises(RuntimeError, match="behaviour-cloning"):  # CQL must wait for the phase
+        learner.update(random_batch(0), "offline", env_steps=0, episodes_seen=2)
+    start = behaviour_weights(learner)
+    bc = [learner.pretrain_behaviour(random_batch(k)) for k in range(3)]
+    assert all(b > 0 for b in bc) and not learner.needs_behaviour_pretraining
+    cloned = behaviour_weights(learner)
+    assert not all(torch.equal(a, b) for a, b in zip(start, cloned, strict=True))
+    with pytest.raises(RuntimeError, match="no behaviour-cloning update is due"):
+        learner.pretrain_behaviour(random_batch(0))
+    for k in range(3):  # CQL updates offline, then TD + CQL online: the policy stays as cloned
+        metrics = learner.update(random_batch(10 + k), "offline", env_steps=0, episodes_seen=2 * k)
+        assert metrics["loss_cql"] != 0.0 and metrics["loss_bc"] > 0
+    learner.freeze_offline_memory()
+    for k in range(3):
+        learner.update(random_batch(20 + k), "online", env_steps=10 * k, episodes_seen=8 + 2 * k)
+    assert all(torch.equal(a, b) for a, b in zip(cloned, behaviour_weights(learner), strict=True))
+    # The checkpoint keeps the cloned policy and its finished phase.
+    path = save_checkpoint(learner, tmp_path / "learner.pt")
+    resumed = QMixLearner(INFO, cfg, seed=42)
+    load_checkpoint(resumed, path)
+    assert not resumed.needs_behaviour_pretraining
+    assert all(torch.equal(a, b) for a, b in zip(cloned, behaviour_weights(resumed), strict=True))
+
+
+def test_no_behaviour_policy_without_a_temperature_or_a_phase():
+    for fields in (dict(cfcql_softmax_temperature=0.0), dict(behaviour_pretrain_updates=0)):
+        learner = QMixLearner(INFO, config(offline_cql="cfcql", **fields))
+        assert learner.behaviour is None and learner.behaviour_pretraining_left == 0
+        assert learner.update(random_batch(0), "offline", env_steps=0, episodes_seen=2)["loss_bc"] == 0.0
+
+
+def test_ovm_one_step_target_is_td_lambda_zero_and_only_inside_ovm():
+    # PyMARL2's TD(lambda) at lambda = 0 is the one-step target on every trained step, so OVM with
+    # the one-step target at lambda 0.6 must train exactly as OVM with TD(lambda) at lambda 0.
+    def run(phase: str, **fields) -> list[dict]:
+        learner = QMixLearner(INFO, config(offline_cql="none", **fields), seed=1)
+        learner.freeze_offline_memory()
+        return [learner.update(random_batch(k), phase, env_steps=k, episodes_seen=2 * k) for k in range(3)]
+
+    def same(a: list[dict], b: list[dict]) -> bool:
+        return all(
+            x[k] == pytest.approx(y[k], rel=1e-5, abs=1e-6) for x, y in zip(a, b, strict=True) for k in x
+        )
+
+    one_step = run("online", ovm_target="one_step", td_lambda=0.6)
+    assert same(one_step, run("online", ovm_target="td_lambda", td_lambda=0.0))
+    assert not same(one_step, run("online", ovm_target="td_lambda", td_lambda=0.6))
+    # Offline, and online without OVM, the target stays TD(lambda).
+    assert run("offline", ovm_target="one_step") == run("offline", ovm_target="td_lambda")
+    plain = dict(use_offline_value_memory=False)
+    assert run("online", ovm_target="one_step", **plain) == run("online", ovm_target="td_lambda", **plain)
+
+
+def test_the_offline_loop_clones_the_behaviour_policy_before_the_cql_updates():
+    from common.config.sections import Config
+    from learner.training import run_offline_phase
+
+    class Sampler:  # hands out fresh offline batches and records who asked
+        def __init__(self):
+            self.served = 0
+
+        def sample(self, timeout=None):
+            self.served += 1
+            return random_batch(self.served)
+
+    cfg = dataclasses.replace(
+        Config(), learner=config(offline_cql="cfcql", behaviour_pretrain_updates=4, offline_updates=2)
+    )
+    learner, sampler = QMixLearner(INFO, cfg.learner), Sampler()
+    metrics = run_offline_phase(cfg, learner, sampler, log=None, progress=False)
+    assert (learner.behaviour_updates, learner.updates, sampler.served) == (4, 2, 6)
+    assert metrics["loss_cql"] != 0.0 and not learner.needs_behaviour_pretraining
+    run_offline_phase(cfg, learner, sampler, log=None, progress=False)  # resumed: no second phase
+    assert (learner.behaviour_updates, learner.updates) == (4, 4)

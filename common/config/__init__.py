@@ -37,10 +37,12 @@ from common.config.presets import (
 )
 from common.config.sections import (
     BACKENDS,
+    CQL_SAMPLERS,
     CQL_VARIANTS,
     DATASET_KINDS,
     EXPLORATIONS,
     METHOD_NAMES,
+    OVM_TARGETS,
     SECTIONS,
     ActorConfig,
     Config,
@@ -57,6 +59,7 @@ from common.config.sections import (
 
 __all__ = [
     "BACKENDS",
+    "CQL_SAMPLERS",
     "CQL_VARIANTS",
     "DATASET_KINDS",
     "DEFAULT_DATASET_KIND",
@@ -65,6 +68,7 @@ __all__ = [
     "EXPLORATIONS",
     "METHODS",
     "METHOD_NAMES",
+    "OVM_TARGETS",
     "PAPER_MAPS",
     "SECTIONS",
     "ActorConfig",

@@ -30,10 +30,12 @@ import yaml
 from common.config import presets
 from common.config.sections import (
     BACKENDS,
+    CQL_SAMPLERS,
     CQL_VARIANTS,
     DATASET_KINDS,
     EXPLORATIONS,
     METHOD_NAMES,
+    OVM_TARGETS,
     SECTIONS,
     SMAC_DIFFICULTIES,
     Config,
@@ -485,11 +487,22 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
     p.at_least("learner.target_update_interval", learner.target_update_interval, 1)
     p.positive("learner.grad_clip_offline", learner.grad_clip_offline)
     p.positive("learner.grad_clip_online", learner.grad_clip_online)
-    p.one_of("learner.offline_cql", learner.offline_cql, CQL_VARIANTS)
+    if learner.offline_cql == "calql":  # a variant of older versions, now the floor on either variant
+        p.require(
+            False,
+            "learner.offline_cql",
+            "'calql' is no longer a CQL variant: use learner.calql_floor=true with the map's variant "
+            "(cql or cfcql)",
+        )
+    else:
+        p.one_of("learner.offline_cql", learner.offline_cql, CQL_VARIANTS)
     p.at_least("learner.offline_cql_weight", learner.offline_cql_weight, 0)
     p.at_least("learner.online_cql_weight", learner.online_cql_weight, 0)
     p.at_least("learner.cfcql_softmax_temperature", learner.cfcql_softmax_temperature, 0)
     p.at_least("learner.cql_sampled_actions", learner.cql_sampled_actions, 1)
+    p.one_of("learner.cql_sampler", learner.cql_sampler, CQL_SAMPLERS)
+    p.at_least("learner.behaviour_pretrain_updates", learner.behaviour_pretrain_updates, 0)
+    p.one_of("learner.ovm_target", learner.ovm_target, OVM_TARGETS)
     p.unit("learner.memory_coef_start", learner.memory_coef_start)
     p.unit("learner.memory_coef_end", learner.memory_coef_end)
     p.require(
@@ -514,6 +527,11 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
         "learner.online_cql_weight",
         f"must be 0 when learner.offline_cql is 'none' (no CQL variant to apply), "
         f"got {learner.online_cql_weight}",
+    )
+    p.require(
+        not learner.calql_floor or learner.offline_cql != "none",
+        "learner.calql_floor",
+        "must be false when learner.offline_cql is 'none' (the floor applies to a CQL variant)",
     )
 
     p.at_least("actor.num_actors", actor.num_actors, 1)

@@ -30,13 +30,14 @@ class Method:
 
     summary: str
     offline_phase: bool  # pre-train on the dataset (with CQL) before going online
-    cql_variant: str | None  # None = the map's choice (appendix A.4); MACal-QL always uses Cal-QL
+    cql_variant: str | None  # None = the map's choice (appendix A.4: every method uses the map's CQL loss)
     online_loss: str  # "ovm" (OVM target, + online CQL where its weight is set) | "td" | "td_cql"
     exploration: str  # actor.exploration
     # Whose column of Tables 4 and 5 (mixing ratio, online CQL weight) the method takes. The OVM
     # and SE ablations have no column of their own; the paper's ablation runs (section 5.3) use
     # OVMSE's mixing ratios (0.0 on 2s3z-m and 6h_vs_8z-mr, 0.1 on 6h_vs_8z-m), so they take its.
     table_column: str | None
+    calql_floor: bool = False  # Cal-QL's floor on the map's CQL loss (MACal-QL)
 
 
 METHODS: dict[str, Method] = {
@@ -81,12 +82,13 @@ METHODS: dict[str, Method] = {
         table_column="macql",
     ),
     "macal_ql": Method(
-        "Cal-QL offline, TD + Cal-QL online + epsilon-greedy",
+        "Cal-QL (the map's CQL loss with the floor) offline, TD + Cal-QL online + epsilon-greedy",
         offline_phase=True,
-        cql_variant="calql",
+        cql_variant=None,
         online_loss="td_cql",
         exploration="epsilon_greedy",
         table_column="macal_ql",
+        calql_floor=True,
     ),
     "qmix": Method(
         "QMIX from scratch with PyMARL2's settings: no offline data, TD + epsilon-greedy",
@@ -165,6 +167,22 @@ ONLINE_CQL_WEIGHT: dict[tuple[str, str], dict[str, float]] = {
     ("5m_vs_6m", "medium_replay"): {"ovmse": 0.0, "switch_cql": 0.0, "macal_ql": 50.0, "macql": 50.0},
     ("6h_vs_8z", "medium"): {"ovmse": 0.0, "switch_cql": 0.0, "macal_ql": 20.0, "macql": 20.0},
     ("6h_vs_8z", "medium_replay"): {"ovmse": 0.0, "switch_cql": 0.0, "macal_ql": 20.0, "macql": 20.0},
+}
+
+
+# CFCQL's softmax temperature tau (agent weights w = softmax_i(tau * KL_i)), from CFCQL's README
+# (thu-rllab/CFCQL), the maps where the paper uses CFCQL.
+CFCQL_SOFTMAX_TEMPERATURE: dict[tuple[str, str], float] = {
+    ("5m_vs_6m", "medium"): 0.5,
+    ("5m_vs_6m", "medium_replay"): 0.5,
+    ("6h_vs_8z", "medium"): 1.0,
+    ("6h_vs_8z", "medium_replay"): 0.5,
+    # NOT FROM THE PAPER (nor from CFCQL's README): the CQL maps never read tau unless CFCQL is
+    # switched on by hand; then they get CFCQL's cql_qmix.yaml default `softmax_temp: 5`.
+    ("2s3z", "medium"): 5.0,
+    ("2s3z", "medium_replay"): 5.0,
+    ("3s5z", "medium"): 5.0,
+    ("3s5z", "medium_replay"): 5.0,
 }
 
 
@@ -267,6 +285,8 @@ def preset(map_name: str, dataset_kind: str | None, method: str) -> dict[str, di
     learner.update(
         grad_clip_online=hp.grad_clip_online,
         offline_cql=spec.cql_variant or hp.offline_cql,
+        calql_floor=spec.calql_floor,
+        cfcql_softmax_temperature=CFCQL_SOFTMAX_TEMPERATURE[row],
         offline_cql_weight=hp.offline_cql_weight,
         online_cql_weight=online_cql,
         use_offline_value_memory=spec.online_loss == "ovm",

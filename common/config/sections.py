@@ -51,7 +51,9 @@ def _config_error(detail: str, key: str | None, source: str | None) -> ConfigErr
 BACKENDS = ("lite", "sc2")
 METHOD_NAMES = ("ovmse", "ovm", "se", "switch_cql", "macql", "macal_ql", "qmix")
 EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy")
-CQL_VARIANTS = ("cql", "cfcql", "calql", "none")
+CQL_VARIANTS = ("cql", "cfcql", "none")
+CQL_SAMPLERS = ("all_actions", "available_only")
+OVM_TARGETS = ("td_lambda", "one_step")
 DATASET_KINDS = ("medium", "medium_replay")
 # SMAC's `difficulty` strings: "1" VeryEasy ... "7" VeryHard, "8" CheatVision, "9" CheatMoney,
 # "A" CheatInsane.
@@ -167,13 +169,27 @@ class LearnerConfig:
     grad_clip_offline: float = 10.0
     grad_clip_online: float = 0.5
     # The CQL variant: used by the offline phase, and online wherever `online_cql_weight` > 0.
-    offline_cql: str = "cql"  # "cql" (raw MACQL) | "cfcql" | "calql" | "none" (no CQL term)
+    offline_cql: str = "cql"  # "cql" (raw MACQL) | "cfcql" | "none" (no CQL term)
     offline_cql_weight: float = 0.25
     online_cql_weight: float = 0.0
+    # Cal-QL (MACal-QL) on top of the CQL variant: the current (greedy) policy's values in the
+    # push-down term are floored at the Monte-Carlo return-to-go.
+    calql_floor: bool = False
     # CFCQL's tau in w = softmax_i(tau * KL_i); CFCQL's cql_qmix.yaml default `softmax_temp: 5`.
+    # The presets set CFCQL's per-map values.
     cfcql_softmax_temperature: float = 5.0
-    cql_sampled_actions: int = 100  # raw MACQL: uniform joint actions in the logsumexp
+    # Behaviour-cloning updates before the CQL updates when CFCQL needs a behaviour policy (tau > 0);
+    # frozen afterwards. CFCQL stops its phase once the BC loss has not reached a new minimum for 20
+    # batches; a fixed count keeps runs repeatable. 1,000 batches of 128 episodes are about 25 passes
+    # over a 5,000-episode dataset, ample for one RNN policy. 0 = no behaviour policy (w uniform).
+    behaviour_pretrain_updates: int = 1000
+    cql_sampled_actions: int = 100  # raw MACQL: joint actions in the logsumexp
+    # Raw MACQL's joint actions: "all_actions" (CFCQL's raw_cql: every agent uniform over all
+    # actions, a sample with any unavailable action counts as Q_tot = 0) | "available_only".
+    cql_sampler: str = "all_actions"
     use_offline_value_memory: bool = True  # OVM: y = max(Q_offline, y_TD), weighted by lambda_t
+    # OVM's y_TD, in both halves of Eq. 5: "td_lambda" (PyMARL2's TD(lambda)) | "one_step" (Eq. 4).
+    ovm_target: str = "td_lambda"
     memory_coef_start: float = 1.0
     memory_coef_end: float = 1.0
     memory_anneal_steps: int = 0  # environment steps of the online phase; 0 = no annealing
