@@ -1,7 +1,7 @@
 """The QMIX learner: one gradient step per `update`, offline (TD + CQL) or online (TD or OVM, plus
 online CQL where its weight is set).
 
-    learner = QMixLearner(env.get_env_info(), cfg.learner, seed=cfg.run.seed)
+    learner = QMixLearner(env_info, cfg.learner, seed=cfg.run.seed)   # deploy/builder.py builds it
     while learner.needs_behaviour_pretraining:   # CFCQL only: clone the behaviour policy first
         learner.pretrain_behaviour(offline_batch)
     metrics = learner.update(batch, phase="offline", env_steps=0, episodes_seen=k * batch_size_run)
