@@ -52,6 +52,7 @@ METHOD_NAMES = ("ovmse", "ovm", "se", "switch_cql", "macql", "macal_ql", "qmix")
 EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy")
 CQL_VARIANTS = ("cql", "cfcql", "calql", "none")
 DATASET_KINDS = ("medium", "medium_replay")
+PRECISIONS = ("auto", "fp32", "bf16")
 # SMAC's `difficulty` strings: "1" VeryEasy ... "7" VeryHard, "8" CheatVision, "9" CheatMoney,
 # "A" CheatInsane.
 SMAC_DIFFICULTIES = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "A")
@@ -179,6 +180,12 @@ class LearnerConfig:
     mixing_embed_dim: int = 32
     hypernet_embed_dim: int = 64
     device: str = "auto"  # "auto" (cuda when there is one) | "cpu" | "cuda" | "cuda:N"
+    # The learner's compute precision: "bf16" runs the networks' forward and backward (agent
+    # sequence pass, mixer hypernetworks, target networks) in bfloat16, with fp32 master weights,
+    # optimizer state, TD(lambda) recursion and loss; "fp32" does not (and allows TF32 matmuls on
+    # CUDA); "auto" picks bf16 where the device has bf16 units (CPU with AMX or AVX512-BF16, CUDA
+    # with bf16 support) and fp32 elsewhere. See docs/learner.md, "Precision".
+    precision: str = "auto"
     # Updates between published weight versions. 1 keeps actors as close as possible to the
     # synchronous algorithm (which acts with the newest network); the agent network is ~40k floats.
     weight_publish_interval: int = 1
