@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import queue
 import statistics
 import sys
@@ -74,7 +75,13 @@ LITE_TIME_LIMIT_SHARE = 0.016
 
 
 def lite_lengths(count: int, seed: int = 0) -> torch.Tensor:
-    """Lengths (steps) of `count` lite 3s5z episodes played by focus fire with epsilon 0.2."""
+    """Lengths (steps) of `count` lite 3s5z episodes played by focus fire with epsilon 0.2 (a new
+    tensor each call; the play itself is cached, it takes seconds)."""
+    return _lite_lengths(count, seed).clone()
+
+
+@functools.cache
+def _lite_lengths(count: int, seed: int) -> torch.Tensor:
     from common.envs.lite import LiteBatchEnv
     from common.envs.policies import make_policy
 

@@ -144,6 +144,10 @@ class RNNAgent(nn.Module):
         if self.hand_written_unroll:
             out = gru_sequence(x, hidden, self.rnn)
         else:
+            if x.device.type != "cpu" and x.dtype != self.rnn.weight_ih_l0.dtype:
+                # bf16 autocast: CPU autocast runs nn.GRU in bf16 (oneDNN); elsewhere the GRU kernel
+                # may have no autocast rule and refuse mixed dtypes, so it gets its weights' dtype.
+                x = x.to(self.rnn.weight_ih_l0.dtype)
             h0 = None if hidden is None else hidden.unsqueeze(0).contiguous()
             out, _ = self.rnn(x, h0)  # [T, B*n, H]; GRU batch = episodes * agents
         return self.fc2(out).view(T, B, n, self.n_actions)
@@ -169,11 +173,13 @@ class GRUUnroll(torch.autograd.Function):
     Gates (PyTorch's GRU, in order r, z, n of the 3H axis):
         r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n),
         h' = (1 - z) * n + z * h,  with gh = h @ W_hh^T + b_hh.
-    Why by hand: autograd would record ~10 ops per step and, for the weight gradients, one small
-    matrix product per step; here the backward keeps the per-step work to the recurrence itself
-    (dh_{t-1} = ... + dgh_t @ W_hh) and takes W_hh's gradient as one matrix product over all steps,
-    which is where bf16 matrix units pay. The step uses fused ops (lerp, addcmul, tanh_backward,
-    sigmoid_backward) writing into preallocated buffers, so there are no per-step copies.
+    Why by hand: autograd would record ~10 ops per step and one small weight-gradient product per
+    step; here the backward keeps the per-step work to the recurrence (dh_{t-1} = ... + dgh_t @ W_hh)
+    and takes W_hh's gradient as one product over all steps, the shape bf16 matrix units like. Fused
+    ops (lerp, addcmul, tanh_backward, sigmoid_backward) write into preallocated buffers. Measured on
+    the 2-core AMX Xeon (T = 80, N = 1024, forward + backward + a no-grad forward): no faster than
+    nn.GRU (0.9x in fp32, 1.0x under bf16 autocast): ~20 elementwise ops per step on [N, H] bound it,
+    not the products. So `RNNAgent.hand_written_unroll` is off; see docs/learner.md, "Precision".
 
     gi [T, N, 3H] (x @ W_ih^T + b_ih) sets the matmul dtype; h0 [N, H] fp32. Returns h_1..h_T as
     [T, N, H] fp32. No double backward."""
