@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# One short check of the learner on a GPU machine (at most about 6.5 minutes, usually less): the machine and versions, the
-# learner bench on CUDA in fp32 (TF32 off), TF32 and bf16 for B = 32 and 128, uniform and lite
-# batches, a short CPU comparison on that machine's CPU, and the precision / GRU tests on CUDA.
+# One short check of the learner on a GPU machine: the machine and versions, the learner bench on
+# CUDA in fp32 (TF32 off), TF32 and bf16 for B = 32 and 128, uniform and lite batches, a short CPU
+# comparison on that machine's CPU, and the precision / GRU tests on CUDA. Each step has its own
+# time limit (8 minutes in all at most; usually 3 to 4).
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh          # on the GPU machine, from the repo root
 #   OUT=/tmp/x bash benchmarks/gpu_check.sh --cpu-only  # rehearsal without a GPU: skips CUDA parts
@@ -48,17 +49,19 @@ PY
 imports_without_extras() {  # the bench and the tests must not need Reverb, TF, PyYAML or replay/
     "$PY" - <<'PY'
 import sys
-for name in ("yaml", "tensorflow", "reverb", "replay", "grpc", "h5py", "matplotlib"):
+for name in ("yaml", "tensorflow", "reverb", "replay", "grpc", "h5py", "matplotlib", "tqdm"):
     sys.modules[name] = None  # importing any of these now raises ImportError
 sys.path.insert(0, "benchmarks")
 import bench_learner  # noqa: F401
 from learner.learning import QMixLearner  # noqa: F401
-print("bench_learner imports without yaml/tensorflow/reverb/replay/grpc/h5py/matplotlib: ok")
+print("lite 3s5z lengths (the lite batches' shape):", bench_learner.lite_lengths(4, seed=0).tolist())
+print("bench_learner imports without yaml/tensorflow/reverb/replay/grpc/h5py/matplotlib/tqdm: ok")
 PY
 }
 
 tests_on_devices() {  # the precision and hand-written GRU tests, on cpu and (if present) cuda
-    if [ -z "${NO_PYTEST:-}" ] && "$PY" -c "import pytest" 2>/dev/null; then  # NO_PYTEST=1: rehearse the fallback
+    # NO_PYTEST=1 rehearses the fallback where pytest is installed
+    if [ -z "${NO_PYTEST:-}" ] && "$PY" -c "import pytest" 2>/dev/null; then
         "$PY" -m pytest -q -p no:cacheprovider tests/test_networks.py \
             tests/test_learner_update.py -k "bf16 or precision or hand_written"
         return
@@ -101,21 +104,21 @@ export -f versions imports_without_extras tests_on_devices
 if [ "$CPU_ONLY" = 0 ]; then
     step nvidia-smi 30 nvidia-smi
 fi
-step versions 60 versions
-step imports 60 imports_without_extras
+step versions 30 versions
+step imports 30 imports_without_extras
 if [ "$CPU_ONLY" = 0 ]; then
     # 36 rows (3 kinds x 2 shapes x 2 batch sizes x fp32/tf32/bf16), 2 rounds each.
-    step bench-cuda 200 "$PY" benchmarks/bench_learner.py --devices cuda --rounds 2 \
+    step bench-cuda 180 "$PY" benchmarks/bench_learner.py --devices cuda --rounds 2 \
         --batch-sizes 32,128 --shapes uniform,lite --gpu-precisions fp32,tf32,bf16 --out "$OUT/bench_cuda"
     CPU_ARGS=(--batch-sizes 128 --threads "$(nproc)")
 else
-    CPU_ARGS=(--batch-sizes 4 --threads 1)  # the rehearsal only checks that it runs
+    CPU_ARGS=(--batch-sizes 4 --threads 1 --rounds 1)  # the rehearsal only checks that it runs
 fi
 # This machine's CPU: TD update, fp32 vs bf16 against the PyMARL2-style learner; then the same
 # with the hand-written GRU (off by default: on the 2-core dev Xeon it did not pay).
-step bench-cpu 45 "$PY" benchmarks/bench_learner.py --devices cpu --kinds td --shapes uniform \
+step bench-cpu 60 "$PY" benchmarks/bench_learner.py --devices cpu --kinds td --shapes uniform \
     --rounds 3 "${CPU_ARGS[@]}" --out "$OUT/bench_cpu"
-step bench-cpu-hand-gru 45 "$PY" benchmarks/bench_learner.py --devices cpu --kinds td --shapes uniform \
+step bench-cpu-hand-gru 60 "$PY" benchmarks/bench_learner.py --devices cpu --kinds td --shapes uniform \
     --rounds 3 "${CPU_ARGS[@]}" --hand-written-gru --out "$OUT/bench_cpu_hand_gru"
 step tests 90 tests_on_devices
 echo "--- exit status per step (0 = ok, 124 = timed out):" | tee -a "$LOG"
