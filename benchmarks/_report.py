@@ -20,20 +20,26 @@ def machine() -> dict:
     except OSError:
         pass
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
-            "date": time.strftime("%Y-%m-%d"), "load_average_1m": round(load, 2)}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "date": time.strftime("%Y-%m-%d"),
+        "load_average_1m": round(load, 2),
+    }
 
 
-def write(name: str, results: dict, markdown: str) -> Path:
-    """Write docs/bench/<name>.json and .md atomically (temp file + rename)."""
-    DOCS_BENCH.mkdir(parents=True, exist_ok=True)
+def write(name: str, results: dict, markdown: str, directory: Path | None = None) -> Path:
+    """Write <directory>/<name>.json and .md atomically (temp file + rename); docs/bench/ by default."""
+    directory = DOCS_BENCH if directory is None else Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
     payload = {"machine": machine(), **results}
     for suffix, text in ((".json", json.dumps(payload, indent=2) + "\n"), (".md", markdown)):
-        path = DOCS_BENCH / f"{name}{suffix}"
+        path = directory / f"{name}{suffix}"
         tmp = path.with_suffix(suffix + ".tmp")
         tmp.write_text(text)
         os.replace(tmp, path)
-    return DOCS_BENCH / f"{name}.md"
+    return directory / f"{name}.md"
 
 
 def pin_to_one_core() -> str:

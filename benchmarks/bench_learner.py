@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import functools
 import queue
 import statistics
 import sys
@@ -46,7 +47,8 @@ from _report import machine, write  # noqa: E402
 
 from common.config.sections import LearnerConfig  # noqa: E402
 from common.episode import TrainingBatch  # noqa: E402
-from learner.learning import QMixLearner, keep_freed_host_memory  # noqa: E402
+from common.networks import RNNAgent  # noqa: E402
+from learner.learning import QMixLearner, keep_freed_host_memory, resolve_precision  # noqa: E402
 from learner.losses import sample_available_actions, sample_uniform_actions  # noqa: E402
 from learner.targets import td_lambda_targets  # noqa: E402
 
@@ -73,7 +75,13 @@ LITE_TIME_LIMIT_SHARE = 0.016
 
 
 def lite_lengths(count: int, seed: int = 0) -> torch.Tensor:
-    """Lengths (steps) of `count` lite 3s5z episodes played by focus fire with epsilon 0.2."""
+    """Lengths (steps) of `count` lite 3s5z episodes played by focus fire with epsilon 0.2 (a new
+    tensor each call; the play itself is cached, it takes seconds)."""
+    return _lite_lengths(count, seed).clone()
+
+
+@functools.cache
+def _lite_lengths(count: int, seed: int) -> torch.Tensor:
     from common.envs.lite import LiteBatchEnv
     from common.envs.policies import make_policy
 
@@ -275,58 +283,93 @@ class PyMARL2StyleLearner:
 # --- measurement ---------------------------------------------------------------------------------
 
 
-def make_learners(kind: str, device: str, seed: int = 0):
+def make_learners(kind: str, device: str, seed: int = 0, precision: str = "fp32"):
     phase, fields = KINDS[kind]
-    cfg = dataclasses.replace(LearnerConfig(), device=device, **fields)
+    cfg = dataclasses.replace(LearnerConfig(), device=device, precision=precision, **fields)
     ours = QMixLearner(ENV_INFO, cfg, seed=seed)
     if phase == "online" and cfg.use_offline_value_memory:
         ours.freeze_offline_memory()
     return phase, ours
 
 
-def measure_cpu(kind: str, batch_size: int, repeats: int, shape: str = "uniform") -> dict:
-    phase, ours = make_learners(kind, "cpu")
-    ref = PyMARL2StyleLearner(ours)
+def bench_batch(batch_size: int, shape: str, seed: int | None = None) -> TrainingBatch:
+    """The benchmark's batch of `shape` ("uniform" | "lite"), seeded by the batch size by default."""
+    seed = batch_size if seed is None else seed
     lengths = None
     if shape == "lite":
-        lengths = lite_lengths(batch_size, seed=batch_size)
+        lengths = lite_lengths(batch_size, seed=seed)
         lengths[0] = ENV_INFO["episode_limit"]  # one time-limit episode: see LITE_TIME_LIMIT_SHARE
-    batch = make_batch(batch_size, seed=batch_size, lengths=lengths)
+    return make_batch(batch_size, seed=seed, lengths=lengths)
+
+
+def measure_cpu(kind: str, batch_size: int, repeats: int, shape: str, precisions: list[str]) -> list[dict]:
+    """One row per precision: our learner in that precision against the (fp32) PyMARL2-style
+    learner, all from the same weights; each round times the reference and then every precision,
+    so background load hits them alike."""
+    learners = {p: make_learners(kind, "cpu", precision=p) for p in precisions}
+    phase = next(iter(learners.values()))[0]
+    ref = PyMARL2StyleLearner(next(iter(learners.values()))[1])
+    batch = bench_batch(batch_size, shape)
     episodes = 0
-    ours_loss = ours.update(batch, phase, env_steps=0, episodes_seen=episodes)["loss_total"]
     ref_loss = ref.update(batch, phase, memory_coef=1.0, episodes_seen=episodes)
-    agreement = abs(ours_loss - ref_loss) / max(1e-8, abs(ref_loss))
-    times = {"ours": [], "reference": []}
+    agreement = {}
+    for p, (_, ours) in learners.items():
+        ours_loss = ours.update(batch, phase, env_steps=0, episodes_seen=episodes)["loss_total"]
+        agreement[p] = abs(ours_loss - ref_loss) / max(1e-8, abs(ref_loss))
+    times = {"reference": [], **{p: [] for p in learners}}
     for _ in range(repeats):
         episodes += 2  # batch_size_run 2: a target copy every 25 updates, as on 3s5z
         t0 = time.perf_counter()
         ref.update(batch, phase, memory_coef=1.0, episodes_seen=episodes)
         times["reference"].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        ours.update(batch, phase, env_steps=0, episodes_seen=episodes)
-        times["ours"].append(time.perf_counter() - t0)
-    ours_s = statistics.median(times["ours"])
+        for p, (_, ours) in learners.items():
+            t0 = time.perf_counter()
+            ours.update(batch, phase, env_steps=0, episodes_seen=episodes)
+            times[p].append(time.perf_counter() - t0)
     ref_s = statistics.median(times["reference"])
-    return {
-        "kind": kind,
-        "batch_size": batch_size,
-        "shape": shape,
-        "padded_steps": batch.reward.shape[1] - 1,
-        "mean_steps": float(batch.filled.sum() / batch_size - 1),
-        "ours_updates_per_s": 1.0 / ours_s,
-        "reference_updates_per_s": 1.0 / ref_s,
-        "speedup": ref_s / ours_s,
-        "ours_ms": [round(t * 1000, 1) for t in times["ours"]],
-        "reference_ms": [round(t * 1000, 1) for t in times["reference"]],
-        "first_update_loss_relative_difference": agreement,
-    }
+    rows = []
+    for p, (_, ours) in learners.items():
+        ours_s = statistics.median(times[p])
+        rows.append(
+            {
+                "kind": kind,
+                "batch_size": batch_size,
+                "shape": shape,
+                "precision": ours.precision,
+                "padded_steps": batch.reward.shape[1] - 1,
+                "mean_steps": float(batch.filled.sum() / batch_size - 1),
+                "ours_updates_per_s": 1.0 / ours_s,
+                "reference_updates_per_s": 1.0 / ref_s,
+                "speedup": ref_s / ours_s,
+                "ours_ms": [round(t * 1000, 1) for t in times[p]],
+                "reference_ms": [round(t * 1000, 1) for t in times["reference"]],
+                "first_update_loss_relative_difference": agreement[p],
+            }
+        )
+    return rows
 
 
-def measure_gpu(kind: str, batch_size: int, repeats: int, device: str = "cuda") -> dict:
-    """The learner on the GPU, fed by a producer thread handing over pinned CPU batches."""
-    phase, ours = make_learners(kind, device)
+# GPU precisions: "fp32" strict (TF32 off), "tf32" (learner.precision fp32, which allows TF32 on
+# CUDA), "bf16".
+GPU_PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def set_gpu_precision(label: str) -> None:
+    """The process-wide TF32 switches for a GPU row (the learner sets "high" for precision fp32)."""
+    tf32 = label == "tf32"
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    torch.backends.cudnn.allow_tf32 = tf32
+
+
+def measure_gpu(
+    kind: str, batch_size: int, repeats: int, shape: str = "uniform", label: str = "fp32"
+) -> dict:
+    """The learner on the GPU, fed by a producer thread handing over pinned CPU batches; then the
+    PyMARL2-style learner on the same device and TF32 setting, batches already there."""
+    phase, ours = make_learners(kind, "cuda", precision="bf16" if label == "bf16" else "fp32")
+    set_gpu_precision(label)
     pinned = ours.device.type == "cuda"
-    pool = [make_batch(batch_size, seed=batch_size + i) for i in range(3)]
+    pool = [bench_batch(batch_size, shape, seed=batch_size + i) for i in range(3)]
     ready: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -359,11 +402,25 @@ def measure_gpu(kind: str, batch_size: int, repeats: int, device: str = "cuda") 
     finally:
         stop.set()
         producer.join(timeout=5)
+    ref = PyMARL2StyleLearner(ours)
+    on_device = pool[0].to(ours.device)
+    ref.update(on_device, phase, memory_coef=1.0, episodes_seen=0)  # warm-up
+    ref_times = []
+    for k in range(repeats):
+        t0 = time.perf_counter()
+        ref.update(on_device, phase, memory_coef=1.0, episodes_seen=2 * k)  # .item(): a device sync
+        ref_times.append(time.perf_counter() - t0)
+    ref_s = statistics.median(ref_times)
     return {
         "kind": kind,
         "batch_size": batch_size,
+        "shape": shape,
+        "precision": label,
+        "learner_precision": ours.precision,
         "updates_per_s": len(steps) / sum(steps),
         "wait_share": sum(waits) / sum(steps),
+        "reference_updates_per_s": 1.0 / ref_s,
+        "speedup": ref_s * len(steps) / sum(steps),
         "device": torch.cuda.get_device_name(ours.device) if pinned else str(ours.device),
     }
 
@@ -392,131 +449,188 @@ def matmul_gflops(rows: int = 82944, repeats: int = 10) -> float:
     return 2 * rows * 64 * 192 / best / 1e9
 
 
+def cpu_description() -> dict:
+    """The CPU model and the flags that matter for bf16 (from /proc/cpuinfo; empty where absent)."""
+    flags: list[str] = []
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        pass
+    wanted = ("amx_bf16", "amx_tile", "amx_int8", "avx512_bf16", "avx512_fp16", "avx512f")
+    return {"model": machine()["cpu"], "bf16_flags": [f for f in wanted if f in flags]}
+
+
+def _csv(text: str, known, parser, what: str) -> list[str]:
+    items = [x for x in text.split(",") if x]
+    unknown = [x for x in items if x not in known]
+    if unknown:
+        parser.error(f"unknown {what} {unknown}; known: {', '.join(known)}")
+    return items
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="3 timed rounds per cell instead of 7")
+    parser.add_argument("--rounds", type=int, default=None, help="timed rounds per cell (overrides --quick)")
     parser.add_argument("--batch-sizes", default="32,128", help="episodes per batch, comma-separated")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated, of {', '.join(KINDS)}")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     parser.add_argument(
         "--shapes", default="uniform,lite", help="batch shapes, comma-separated, of uniform, lite"
     )
+    parser.add_argument("--precisions", default="fp32,bf16", help="CPU rows' learner.precision values")
+    parser.add_argument(
+        "--gpu-precisions", default=",".join(GPU_PRECISIONS), help="GPU rows: fp32 (TF32 off), tf32, bf16"
+    )
+    parser.add_argument("--devices", default="cpu,cuda", help="cpu and/or cuda (cuda rows only with a GPU)")
+    parser.add_argument(
+        "--hand-written-gru", action="store_true", help="unroll with common.networks.GRUUnroll, not nn.GRU"
+    )
+    parser.add_argument("--out", default=None, help="folder for learner.md/.json (default docs/bench)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/bench alone")
     args = parser.parse_args(argv)
-    repeats = 3 if args.quick else 7
+    repeats = args.rounds if args.rounds is not None else (3 if args.quick else 7)
     batch_sizes = [int(b) for b in args.batch_sizes.split(",") if b]
-    kinds = [k for k in args.kinds.split(",") if k]
-    unknown = [k for k in kinds if k not in KINDS]
-    if unknown:
-        parser.error(f"unknown kind(s) {unknown}; known: {', '.join(KINDS)}")
+    kinds = _csv(args.kinds, KINDS, parser, "kind(s)")
+    shapes = _csv(args.shapes, ("uniform", "lite"), parser, "shape(s)")
+    precisions = _csv(args.precisions, ("fp32", "bf16", "auto"), parser, "precision(s)")
+    gpu_precisions = _csv(args.gpu_precisions, GPU_PRECISIONS, parser, "GPU precision(s)")
+    devices = _csv(args.devices, ("cpu", "cuda"), parser, "device(s)")
+    RNNAgent.hand_written_unroll = args.hand_written_gru
     torch.set_num_threads(args.threads)
     keep_freed_host_memory()  # what the learner does on CPU; applies to both sides of the comparison
+    cpu = cpu_description()
     print(f"learner bench: torch {torch.__version__}, {torch.get_num_threads()} threads, {repeats} rounds")
-    gflops = matmul_gflops()
-    print(f"  fp32 matrix products on this machine: {gflops:.0f} GFLOP/s")
+    print(f"  cpu: {cpu['model']}; bf16-relevant flags: {' '.join(cpu['bf16_flags']) or 'none'}")
+    print(f"  learner.precision=auto here: cpu -> {resolve_precision('auto', torch.device('cpu'))}")
 
-    shapes = [x for x in args.shapes.split(",") if x]
-    if set(shapes) - {"uniform", "lite"}:
-        parser.error(f"unknown shape(s) in --shapes {args.shapes}; known: uniform, lite")
-    cpu_rows = []
-    for shape, kind, B in ((x, k, b) for x in shapes for k in kinds for b in batch_sizes):
-        print(f"  cpu {shape:7s} {kind:12s} B={B:4d} ...", end="", flush=True)
-        row = measure_cpu(kind, B, repeats, shape)
-        cpu_rows.append(row)
-        print(
-            f" ours {row['ours_updates_per_s']:6.2f} upd/s,"
-            f" PyMARL2-style {row['reference_updates_per_s']:6.2f} upd/s,"
-            f" speedup {row['speedup']:.2f}x"
-            f" (loss difference {row['first_update_loss_relative_difference']:.1e})",
-            flush=True,
-        )
-    floors = {
-        B: {"gflop": agent_gflop_per_td_update(B), "max_updates_per_s": gflops / agent_gflop_per_td_update(B)}
-        for B in batch_sizes
-    }
+    cpu_rows, floors, gflops = [], {}, None
+    if "cpu" in devices:
+        gflops = matmul_gflops()
+        print(f"  fp32 matrix products on this machine: {gflops:.0f} GFLOP/s")
+        for shape, kind, B in ((x, k, b) for x in shapes for k in kinds for b in batch_sizes):
+            print(f"  cpu {shape:7s} {kind:12s} B={B:4d}", flush=True)
+            for row in measure_cpu(kind, B, repeats, shape, precisions):
+                cpu_rows.append(row)
+                print(
+                    f"      {row['precision']}: ours {row['ours_updates_per_s']:6.2f} upd/s,"
+                    f" PyMARL2-style {row['reference_updates_per_s']:6.2f} upd/s,"
+                    f" speedup {row['speedup']:.2f}x"
+                    f" (loss difference {row['first_update_loss_relative_difference']:.1e})",
+                    flush=True,
+                )
+        floors = {
+            B: {
+                "gflop": agent_gflop_per_td_update(B),
+                "max_updates_per_s": gflops / agent_gflop_per_td_update(B),
+            }
+            for B in batch_sizes
+        }
     gpu_rows = []
-    if torch.cuda.is_available():
-        for kind in kinds:
-            for B in batch_sizes:
-                print(f"  gpu {kind:12s} B={B:4d} ...", end="", flush=True)
-                row = measure_gpu(kind, B, repeats)
+    if "cuda" in devices and torch.cuda.is_available():
+        print(f"  gpu: {torch.cuda.get_device_name()}, cuda {torch.version.cuda}")
+        for shape, kind, B in ((x, k, b) for x in shapes for k in kinds for b in batch_sizes):
+            for label in gpu_precisions:
+                print(f"  gpu {shape:7s} {kind:12s} B={B:4d} {label}...", end="", flush=True)
+                row = measure_gpu(kind, B, repeats, shape, label)
                 gpu_rows.append(row)
                 print(
-                    f" {row['updates_per_s']:7.2f} upd/s, waiting {100 * row['wait_share']:.1f}%", flush=True
+                    f" {row['updates_per_s']:7.2f} upd/s, waiting {100 * row['wait_share']:.1f}%,"
+                    f" PyMARL2-style {row['reference_updates_per_s']:7.2f} upd/s ({row['speedup']:.1f}x)",
+                    flush=True,
                 )
-    else:
+    elif "cuda" in devices:
         print("  gpu: none (torch.cuda.is_available() is False)")
 
     results = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "rounds": repeats,
+        "cpu_model": cpu["model"],
+        "cpu_bf16_flags": cpu["bf16_flags"],
+        "auto_precision_cpu": resolve_precision("auto", torch.device("cpu")),
+        "hand_written_gru": args.hand_written_gru,
         "shape": {**ENV_INFO, "steps": STEPS},
         "matmul_gflops": gflops,
         "td_matmul_floor": floors,
         "cpu": cpu_rows,
         "gpu": gpu_rows,
     }
-    md = _markdown(results, args.quick)
+    md = _markdown(results, " ".join(argv if argv is not None else sys.argv[1:]))
     if not args.no_write:
-        print(f"wrote {write('learner', results, md)}")
+        print(f"wrote {write('learner', results, md, Path(args.out) if args.out else None)}")
     return 0
 
 
-def _markdown(results: dict, quick: bool) -> str:
+def _markdown(results: dict, arguments: str) -> str:
     m = machine()
-    command = f"python benchmarks/bench_learner.py{' --quick' if quick else ''}"
+    command = f"python benchmarks/bench_learner.py {arguments}".strip()
+    flags = " ".join(results["cpu_bf16_flags"]) or "none"
     lines = [
         "# Learner update speed",
         "",
-        f"`{command}` — {m['cpu']}, {m['cores']} cores, torch {results['torch']},"
-        f" {results['threads']} threads, {m['date']}.",
+        f"`{command}` — {m['cpu']} (bf16 flags: {flags}), {m['cores']} cores, torch {results['torch']},"
+        f" {results['threads']} threads, load average {m['load_average_1m']}, {m['date']}."
+        f" `learner.precision: auto` picks {results['auto_precision_cpu']} on this CPU."
+        + (" Agent unrolled with the hand-written GRU." if results["hand_written_gru"] else ""),
         "",
         "3s5z-shaped batches (8 agents, obs 128, state 216, 14 actions), one `QMixLearner.update` against"
         " a learner written the way PyMARL2's code is (per-step GRUCell loop; CFCQL's raw CQL re-runs the"
-        " mixer per sampled joint action), same weights, same batch, same loss; median of"
-        f" {results['rounds']} alternating rounds, wall-clock time. Episode lengths: *uniform* 60-80"
+        " mixer per sampled joint action; always fp32), same weights, same batch, same loss; median of"
+        f" {results['rounds']} alternating rounds (reference, then ours in each precision), wall-clock"
+        " time. Episode lengths: *uniform* 60-80"
         " steps (DESIGN's anchor); *lite* as the lite world plays 3s5z (focus fire, epsilon 0.2), with"
         " one episode at the 150-step time limit (87% of 128-episode batches of this policy hold one)."
         " Both learners pad to the longest episode; ours unrolls episodes of similar length together,"
-        " so it skips most of that padding.",
+        " so it skips most of that padding. *loss diff*: relative difference of the first update's loss"
+        " from the reference's.",
         "",
-        "| update | lengths | batch | mean / padded steps | ours upd/s | PyMARL2-style upd/s | speedup |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for r in results["cpu"]:
-        lines.append(
-            f"| {KIND_TITLES[r['kind']]} | {r['shape']} | {r['batch_size']} | "
-            f"{r['mean_steps']:.0f} / {r['padded_steps']} | {r['ours_updates_per_s']:.2f} | "
-            f"{r['reference_updates_per_s']:.2f} | {r['speedup']:.2f}x |"
-        )
-    lines += [
-        "",
-        "What bounds the TD update on this CPU: the agent network's matrix products alone (online"
-        " forward and backward, target forward) at this machine's measured fp32 rate of"
-        f" {results['matmul_gflops']:.0f} GFLOP/s:",
-        "",
-        "| batch | GFLOP per update | at most upd/s |",
-        "|---|---|---|",
-    ]
-    for B, floor in results["td_matmul_floor"].items():
-        lines.append(f"| {B} | {floor['gflop']:.1f} | {floor['max_updates_per_s']:.1f} |")
+    if results["cpu"]:
+        lines += [
+            "| update | lengths | batch | mean / padded steps | precision | ours upd/s | PyMARL2-style upd/s"
+            " | speedup | loss diff |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in results["cpu"]:
+            lines.append(
+                f"| {KIND_TITLES[r['kind']]} | {r['shape']} | {r['batch_size']} | "
+                f"{r['mean_steps']:.0f} / {r['padded_steps']} | {r['precision']} | "
+                f"{r['ours_updates_per_s']:.2f} | {r['reference_updates_per_s']:.2f} | {r['speedup']:.2f}x | "
+                f"{r['first_update_loss_relative_difference']:.1e} |"
+            )
+        lines += [
+            "",
+            "What bounds the fp32 TD update on this CPU: the agent network's matrix products alone (online"
+            " forward and backward, target forward) at this machine's measured fp32 rate of"
+            f" {results['matmul_gflops']:.0f} GFLOP/s:",
+            "",
+            "| batch | GFLOP per update | at most upd/s |",
+            "|---|---|---|",
+        ]
+        for B, floor in results["td_matmul_floor"].items():
+            lines.append(f"| {B} | {floor['gflop']:.1f} | {floor['max_updates_per_s']:.1f} |")
     if results["gpu"]:
         gpu = results["gpu"][0]["device"]
         lines += [
             "",
-            f"GPU ({gpu}): batches from a producer thread (pinned), copied non-blocking.",
+            f"GPU ({gpu}): batches from a producer thread (pinned), copied non-blocking; the PyMARL2-style"
+            " learner on the same GPU and TF32 setting (batch already there). Precision *fp32*: TF32"
+            " off; *tf32*: `learner.precision: fp32`, which allows TF32 on CUDA; *bf16*: bf16 autocast.",
             "",
-            "| update | batch | upd/s | share of step waiting for a batch |",
-            "|---|---|---|---|",
+            "| update | lengths | batch | precision | upd/s | share of step waiting for a batch"
+            " | PyMARL2-style upd/s | speedup |",
+            "|---|---|---|---|---|---|---|---|",
         ]
         for r in results["gpu"]:
             lines.append(
-                f"| {KIND_TITLES[r['kind']]} | {r['batch_size']} | {r['updates_per_s']:.1f} | "
-                f"{100 * r['wait_share']:.1f}% |"
+                f"| {KIND_TITLES[r['kind']]} | {r['shape']} | {r['batch_size']} | {r['precision']} | "
+                f"{r['updates_per_s']:.1f} | {100 * r['wait_share']:.1f}% | "
+                f"{r['reference_updates_per_s']:.1f} | {r['speedup']:.2f}x |"
             )
     else:
-        lines += ["", "No GPU on this machine: GPU rows are produced where `torch.cuda.is_available()`."]
+        lines += ["", "No GPU rows: they are produced where `torch.cuda.is_available()`."]
     lines.append("")
     return "\n".join(lines)
 

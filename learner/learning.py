@@ -29,14 +29,20 @@ What each `LearnerConfig` field does here:
   TD(lambda) or one-step target, else plain TD(lambda).
 - rnn_hidden_dim, mixing_embed_dim, hypernet_embed_dim: network sizes. device: "auto" = cuda when
   available, else cpu.
+- precision: "fp32" | "bf16" | "auto" (`resolve_precision`). In bf16 the networks' passes (agent
+  sequence, mixer hypernetworks, target and OVM-memory networks) run under bf16 autocast; their
+  outputs are cast back to fp32 before Q_tot is mixed, so the mixing sum, the targets' recursion,
+  the losses and their reductions, the gradients' accumulation into fp32 weights and Adam stay fp32.
 `method`, `batch_size`, `batch_size_run`, `offline_updates`, `weight_publish_interval` and
 `checkpoint_interval` are for the caller (the sampler and the training loop).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
+import logging
 import sys
 
 import torch
@@ -44,10 +50,20 @@ import torch.nn.functional as F
 
 from common.config.sections import LearnerConfig
 from common.episode import TrainingBatch
-from common.networks import QMixer, RNNAgent, agent_input_size, agent_network, build_agent_inputs, mix
+from common.networks import (
+    MixingWeights,
+    QMixer,
+    RNNAgent,
+    agent_input_size,
+    agent_network,
+    build_agent_inputs,
+    mix,
+)
 from common.schedules import memory_coefficient_at
 from learner import losses
 from learner.targets import double_q_max, one_step_targets, td_lambda_targets, training_mask
+
+log = logging.getLogger(__name__)
 
 PHASES = ("offline", "online")
 # The keys of `QMixLearner.update`'s metrics, always all present (0.0 where a part is inactive).
@@ -75,6 +91,38 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", torch.cuda.current_device())
     return device
+
+
+# /proc/cpuinfo flags of CPU units that run bf16 matrix products natively: AMX tiles (Sapphire
+# Rapids on), AVX512-BF16 dot products (Cooper Lake, Zen 4 on). Without them oneDNN emulates bf16 by
+# converting to fp32, which is slower than plain fp32.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_flags(cpuinfo: str = "/proc/cpuinfo") -> list[str]:
+    """Which of `CPU_BF16_FLAGS` this CPU has ([] where /proc/cpuinfo cannot be read)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return [flag for flag in CPU_BF16_FLAGS if flag in flags]
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """Precision "auto" -> "bf16" where the device computes bf16 fast (a CPU with `CPU_BF16_FLAGS`
+    and oneDNN, a CUDA device with native bf16), else "fp32"; "fp32" and "bf16" as given."""
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        try:
+            native = torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch before 2.3 has no emulation and no argument
+            native = torch.cuda.is_bf16_supported()
+        return "bf16" if native else "fp32"
+    if device.type == "cpu":
+        return "bf16" if cpu_bf16_flags() and torch.backends.mkldnn.is_available() else "fp32"
+    return "fp32"
 
 
 def keep_freed_host_memory() -> bool:
@@ -108,6 +156,16 @@ class QMixLearner:
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
             keep_freed_host_memory()
+        self.precision = resolve_precision(cfg.precision, self.device)  # "fp32" | "bf16"
+        if self.device.type == "cuda" and self.precision == "fp32":
+            # TF32 matmuls: fp32 storage, 10-bit mantissa products on the tensor cores. Process-wide.
+            torch.set_float32_matmul_precision("high")
+        log.info(
+            "learner precision: %s (learner.precision=%s, device %s)",
+            self.precision,
+            cfg.precision,
+            self.device,
+        )
         self.input_size = agent_input_size(self.obs_size, self.n_actions, self.n_agents)
         # CFCQL's agent weights need a behaviour-cloning policy (CFCQL's `behaviour_mac`).
         self.uses_behaviour_policy = (
@@ -183,8 +241,11 @@ class QMixLearner:
         lengths = episode_lengths(batch)
         batch = self._to_device(batch)
         mask = training_mask(batch.filled, batch.terminated)
-        logits = self.behaviour.forward_sequence(self._agent_inputs(batch), lengths=lengths)[:, :-1]
-        loss = losses.behaviour_cloning_loss(logits, batch.actions[:, :-1], batch.avail_actions[:, :-1], mask)
+        with self._compute():
+            logits = self.behaviour.forward_sequence(self._agent_inputs(batch), lengths=lengths)[:, :-1]
+        loss = losses.behaviour_cloning_loss(
+            logits.float(), batch.actions[:, :-1], batch.avail_actions[:, :-1], mask
+        )
         self.behaviour_optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.behaviour.parameters(), self.cfg.grad_clip_offline)
@@ -223,16 +284,20 @@ class QMixLearner:
         inputs = self._agent_inputs(batch)  # [B, T+1, n, in]
 
         # Q(tau_t, .) for every row, and Q_tot of the data actions on the trained rows.
-        agent_qs = self.agent.forward_sequence(inputs, lengths=lengths)  # [B, T+1, n, A]; 0 on padding
+        with self._compute():
+            agent_qs = self.agent.forward_sequence(inputs, lengths=lengths)  # [B, T+1, n, A]; 0 on padding
+            weights = self.mixer.mixing_weights(state[:, :-1])
+        agent_qs, weights = agent_qs.float(), _float_weights(weights)
         chosen = agent_qs[:, :-1].gather(-1, actions).squeeze(-1)  # [B, T, n]
-        weights = self.mixer.mixing_weights(state[:, :-1])
         q_tot = mix(chosen, weights)  # [B, T, 1]
 
         uses_memory = online and cfg.use_offline_value_memory
         with torch.no_grad():
-            target_qs = self.target_agent.forward_sequence(inputs, lengths=lengths)
-            greedy_values = double_q_max(agent_qs.detach(), target_qs, avail)  # [B, T+1, n]
-            bootstrap = self.target_mixer(greedy_values, state)  # [B, T+1, 1]
+            with self._compute():
+                target_qs = self.target_agent.forward_sequence(inputs, lengths=lengths)
+                target_weights = self.target_mixer.mixing_weights(state)
+            greedy_values = double_q_max(agent_qs.detach(), target_qs.float(), avail)  # [B, T+1, n]
+            bootstrap = mix(greedy_values, _float_weights(target_weights))  # [B, T+1, 1]
             if uses_memory and cfg.ovm_target == "one_step":  # the paper's Eq. 4, inside OVM only
                 y_td = one_step_targets(reward, terminated, bootstrap, cfg.gamma)
             else:
@@ -265,7 +330,9 @@ class QMixLearner:
                         "pretrain_behaviour on offline batches before the CQL updates"
                     )
                 with torch.no_grad():  # frozen: only read, and its fit to this batch reported
-                    behaviour_logits = self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1]
+                    with self._compute():
+                        behaviour_logits = self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1]
+                    behaviour_logits = behaviour_logits.float()
                     loss_bc = losses.behaviour_cloning_loss(behaviour_logits, actions, avail[:, :-1], mask)
             loss_cql = self._cql_term(agent_qs[:, :-1], chosen, weights, q_tot, batch, mask, behaviour_logits)
             loss = loss + cql_weight * loss_cql
@@ -303,6 +370,12 @@ class QMixLearner:
 
     # ------------------------------------------------------------------ pieces of the update
 
+    def _compute(self) -> contextlib.AbstractContextManager:
+        """The context the networks' passes run in: bf16 autocast for precision "bf16"."""
+        if self.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _to_device(self, batch: TrainingBatch) -> TrainingBatch:
         if batch.state.device == self.device:
             return batch
@@ -324,8 +397,10 @@ class QMixLearner:
         self, inputs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor, lengths: torch.Tensor
     ) -> torch.Tensor:
         assert self.offline_agent is not None and self.offline_mixer is not None
-        qs = self.offline_agent.forward_sequence(inputs, lengths=lengths)[:, :-1]
-        return self.offline_mixer(qs.gather(-1, actions).squeeze(-1), state[:, :-1])
+        with self._compute():
+            qs = self.offline_agent.forward_sequence(inputs, lengths=lengths)[:, :-1]
+            weights = self.offline_mixer.mixing_weights(state[:, :-1])
+        return mix(qs.float().gather(-1, actions).squeeze(-1), _float_weights(weights))
 
     def _cql_term(self, agent_qs, chosen, weights, q_tot, batch, mask, behaviour_logits) -> torch.Tensor:
         cfg = self.cfg
@@ -429,6 +504,11 @@ def episode_lengths(batch: TrainingBatch) -> torch.Tensor:
 def masked_fraction(condition: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Fraction of trained steps where `condition` [B, T, 1] holds."""
     return losses.masked_mean(condition.to(mask.dtype), mask)
+
+
+def _float_weights(weights: MixingWeights) -> MixingWeights:
+    """The mixer's weights in fp32 (a no-op when they are), so Q_tot is summed in fp32."""
+    return MixingWeights(*(w.float() for w in weights))
 
 
 def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:

@@ -371,6 +371,7 @@ BAD_OVERRIDES = [
     (["replay.port=70000"], "replay.port: must be a port number in [0, 65535], got 70000"),
     (["actor.weight_server=localhost"], "actor.weight_server: must be HOST:PORT"),
     (["learner.device=tpu"], "learner.device: must be auto, cpu, mps, cuda or cuda:N"),
+    (["learner.precision=fp16"], "learner.precision: must be one of auto, fp32, bf16, got 'fp16'"),
     (["run.dataset=none"], "run.dataset: is required when replay.mixing_ratio > 0"),
     (["learner.offline_cql=none"], "learner.online_cql_weight: must be 0 when learner.offline_cql is 'none'"),
     (["learner.lr"], "--set 'learner.lr': expected SECTION.KEY=VALUE"),

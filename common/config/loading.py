@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from common.config import presets
 from common.config.sections import (
     BACKENDS,
@@ -36,6 +34,7 @@ from common.config.sections import (
     EXPLORATIONS,
     METHOD_NAMES,
     OVM_TARGETS,
+    PRECISIONS,
     SECTIONS,
     SMAC_DIFFICULTIES,
     Config,
@@ -279,6 +278,8 @@ def read_config_file(path: str | os.PathLike[str]) -> ConfigFile:
 
 
 def _parse_yaml(text: str) -> Any:
+    import yaml  # here, not at the top: the learner bench imports the config on machines without PyYAML
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -520,6 +521,7 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
         "learner.device",
         f"must be auto, cpu, mps, cuda or cuda:N, got {_show(learner.device)}",
     )
+    p.one_of("learner.precision", learner.precision, PRECISIONS)
     p.at_least("learner.weight_publish_interval", learner.weight_publish_interval, 1)
     p.at_least("learner.checkpoint_interval", learner.checkpoint_interval, 0)
     p.require(
@@ -625,6 +627,8 @@ def validate_config(cfg: Config, sources: Mapping[str, str | None] | None = None
 
 def format_config(cfg: Config) -> str:
     """The configuration as YAML that `--config` reads back to the same Config."""
+    import yaml  # see _parse_yaml
+
     parts = ["# ovmse configuration (resolved); `ovmse <job> --config THIS_FILE` reads it back\n"]
     for name, fields in config_to_dict(cfg).items():
         parts.append(yaml.safe_dump({name: fields}, sort_keys=False, default_flow_style=False))

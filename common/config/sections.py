@@ -55,6 +55,7 @@ CQL_VARIANTS = ("cql", "cfcql", "none")
 CQL_SAMPLERS = ("all_actions", "available_only")
 OVM_TARGETS = ("td_lambda", "one_step")
 DATASET_KINDS = ("medium", "medium_replay")
+PRECISIONS = ("auto", "fp32", "bf16")
 # SMAC's `difficulty` strings: "1" VeryEasy ... "7" VeryHard, "8" CheatVision, "9" CheatMoney,
 # "A" CheatInsane.
 SMAC_DIFFICULTIES = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "A")
@@ -201,6 +202,14 @@ class LearnerConfig:
     mixing_embed_dim: int = 32
     hypernet_embed_dim: int = 64
     device: str = "auto"  # "auto" (cuda when there is one) | "cpu" | "cuda" | "cuda:N"
+    # The learner's compute precision: "bf16" runs the networks' forward and backward (agent
+    # sequence pass, mixer hypernetworks, target networks) in bfloat16, with fp32 master weights,
+    # optimizer state, TD(lambda) recursion and loss; "fp32" does not (and allows TF32 matmuls on
+    # CUDA); "auto" picks bf16 where the device has bf16 units (CPU with AMX or AVX512-BF16, CUDA
+    # with bf16 support) and fp32 elsewhere. See docs/learner.md, "Precision". The default is fp32:
+    # on a 2-core AMX CPU bf16 gained only 1.1-1.3x at batch 128, and with two threads on a loaded
+    # machine (a distributed run's actors share it) its small products stalled for time slices.
+    precision: str = "fp32"
     # Updates between published weight versions. 1 keeps actors as close as possible to the
     # synchronous algorithm (which acts with the newest network); the agent network is ~40k floats.
     weight_publish_interval: int = 1
