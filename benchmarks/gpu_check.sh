@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One short check of the learner on a GPU machine: the machine and versions, the learner bench on
 # CUDA in fp32 (TF32 off), TF32 and bf16 for B = 32 and 128, uniform and lite batches, a short CPU
-# comparison on that machine's CPU, and the precision / GRU tests on CUDA. Each step has its own
-# time limit (8 minutes in all at most; usually 3 to 4).
+# comparison on that machine's CPU, the precision / GRU tests on CUDA, and the one-process trainer
+# (pre-training, then a short online run) on CUDA. Each step has its own time limit (about 9
+# minutes in all at most; usually 4 to 5).
 #
 #   OUT=/some/dir bash benchmarks/gpu_check.sh          # on the GPU machine, from the repo root
 #   OUT=/tmp/x bash benchmarks/gpu_check.sh --cpu-only  # rehearsal without a GPU: skips CUDA parts
@@ -98,8 +99,23 @@ sys.exit(1 if failed else 0)
 PY
 }
 
+one_process_trainer() {  # the one-process trainer, unchanged, on the learner device (no Reverb)
+    local device=$1 updates=$2 steps=$3 dir="$OUT/trainer_$1"
+    local common=(--map 2s3z --set "run.run_dir=$dir" --set "learner.device=$device"
+                  --set learner.batch_size=128 --set actor.test_episodes=32 --set run.log_interval_s=5)
+    "$PY" -m deploy.cli dataset collect --map 2s3z --policy heuristic --epsilon 0.2 --episodes 300 \
+        --out "$dir/2s3z.h5" 2>&1 | grep -v "ep/s" || return 1
+    "$PY" -m deploy.cli pretrain "${common[@]}" --dataset "$dir/2s3z.h5" --set run.name=pretrain \
+        --set "learner.offline_updates=$updates" --set learner.cql_sampler=available_only \
+        --set actor.final_test_episodes=64 --set run.offline_eval_interval=0 2>&1 | grep -v "ep/s" || return 1
+    "$PY" -m deploy.cli train --mode sync "${common[@]}" --set "run.dataset=$dir/2s3z.h5" \
+        --set "run.init_checkpoint=$dir/pretrain/checkpoints/offline.pt" --set run.name=online \
+        --set "run.online_env_steps=$steps" --set run.eval_interval_steps=2500 \
+        --set actor.final_test_episodes=64 2>&1 | grep -v "ep/s"
+}
+
 export PY NO_PYTEST=${NO_PYTEST:-}
-export -f versions imports_without_extras tests_on_devices
+export -f versions imports_without_extras tests_on_devices one_process_trainer
 
 if [ "$CPU_ONLY" = 0 ]; then
     step nvidia-smi 30 nvidia-smi
@@ -121,5 +137,10 @@ step bench-cpu 60 "$PY" benchmarks/bench_learner.py --devices cpu --kinds td --s
 step bench-cpu-hand-gru 60 "$PY" benchmarks/bench_learner.py --devices cpu --kinds td --shapes uniform \
     --rounds 3 "${CPU_ARGS[@]}" --hand-written-gru --out "$OUT/bench_cpu_hand_gru"
 step tests 90 tests_on_devices
+if [ "$CPU_ONLY" = 0 ]; then
+    step trainer-cuda 180 one_process_trainer cuda 300 12000
+else
+    step trainer-cpu 150 one_process_trainer cpu 5 400
+fi
 echo "--- exit status per step (0 = ok, 124 = timed out):" | tee -a "$LOG"
 tee -a "$LOG" <"$STATUS"
