@@ -100,7 +100,7 @@ PY
 }
 
 one_process_trainer() {  # the one-process trainer, unchanged, on the learner device (no Reverb)
-    local device=$1 updates=$2 steps=$3 dir="$OUT/trainer_$1"
+    local device=$1 updates=$2 steps=$3 dir="/tmp/ovmse_trainer_$1"  # not in $OUT: only logs return
     local common=(--map 2s3z --set "run.run_dir=$dir" --set "learner.device=$device"
                   --set learner.batch_size=128 --set actor.test_episodes=32 --set run.log_interval_s=5)
     "$PY" -m deploy.cli dataset collect --map 2s3z --policy heuristic --epsilon 0.2 --episodes 300 \
