@@ -148,6 +148,10 @@ class RNNAgent(nn.Module):
                 # bf16 autocast: CPU autocast runs nn.GRU in bf16 (oneDNN); elsewhere the GRU kernel
                 # may have no autocast rule and refuse mixed dtypes, so it gets its weights' dtype.
                 x = x.to(self.rnn.weight_ih_l0.dtype)
+            if x.is_cuda:
+                # cuDNN wants the GRU's weights in one buffer; copies made after moving to the GPU
+                # (target networks, OVM's memory) are not, and cuDNN would compact them every call.
+                self.rnn.flatten_parameters()
             h0 = None if hidden is None else hidden.unsqueeze(0).contiguous()
             out, _ = self.rnn(x, h0)  # [T, B*n, H]; GRU batch = episodes * agents
         return self.fc2(out).view(T, B, n, self.n_actions)

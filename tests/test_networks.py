@@ -177,8 +177,11 @@ def test_hand_written_unroll_equals_nn_gru_in_values_and_gradients(device, stric
     out, grads = _gru_values_and_gradients(gru_sequence, device)
     ref_out, ref_grads = _gru_values_and_gradients(_nn_gru, device)
     torch.testing.assert_close(out, ref_out, rtol=1e-5, atol=1e-5)
+    # W_hh's gradient is one product over all steps here, cuDNN's a sum of per-step products: on the
+    # H200 4 of 768 elements differed by up to 3.9e-5, so the GPU gets a 1e-4 bound.
+    tol = 1e-5 if device == "cpu" else 1e-4
     for got, want in zip(grads, ref_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
 @pytest.mark.parametrize("device", DEVICES)
