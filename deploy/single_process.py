@@ -191,7 +191,7 @@ def train_sync(
             {"policy_agreement": "policy agreement", "ovm_active_fraction": "OVM-active fraction"},
             log.dir / "probe.png",
             "environment steps (online)",
-            f"{log.dir.name}: the starting policy's greedy actions kept, OVM's floor active",
+            f"{log.dir.name}: probe episodes",
         )
         last = log.read("eval")[-1]
         return TrainResult(
