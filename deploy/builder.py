@@ -32,6 +32,7 @@ from learner.learning import QMixLearner
 ACTOR_SEED_STRIDE = 1000  # actor i plays battles seeded env.seed + 1000 i + b
 EVAL_SEED_OFFSET = 100_000  # test battles differ from every actor's training battles
 EVAL_BATTLES = 32  # battles an evaluation plays at once
+RUN_DATASET = object()  # "the configured run.dataset" (None already means "no offline data")
 
 
 @dataclasses.dataclass
@@ -117,14 +118,13 @@ class Builder:
             seed=[cfg.run.seed, stream],
         )
 
-    def replay_server(self, *, dataset="config", port: int | None = None, progress: bool = False):
+    def replay_server(self, *, dataset=RUN_DATASET, port: int | None = None, progress: bool = False):
         """The Reverb server with both tables; `dataset` defaults to run.dataset (None: no offline
         data), `port` to replay.port (0: a free one)."""
-        from replay.server import FROM_CONFIG, start_replay_server
+        from replay.server import start_replay_server
 
-        return start_replay_server(
-            self.cfg, dataset=FROM_CONFIG if dataset == "config" else dataset, port=port, progress=progress
-        )
+        path = self.cfg.run.dataset if dataset is RUN_DATASET else dataset
+        return start_replay_server(self.cfg, dataset=path, port=port, progress=progress)
 
     def sampler(self, address: str | None = None, *, mixing_ratio: float | None = None, **kwargs):
         """The learner's mixed sampler on `address` (default: the configured replay server)."""
