@@ -210,6 +210,16 @@ def write_summary(out: Path, seeds: list[int], online_steps: int) -> dict:
             continue
         cells = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in (stats[k] for k in stats)]
         lines.append(f"| {method} | {len(block['per_seed'])} | " + " | ".join(cells) + " |")
+    first, second = (summary["online"][m]["per_seed"] for m in METHODS)
+    paired = sorted(set(first) & set(second))
+    if len(paired) > 1:
+        cells = []
+        for key in ("start", "first_online", "lowest_first_3", "final"):
+            diffs = [first[s][key] - second[s][key] for s in paired]
+            m, lo, hi = t_interval(diffs)
+            cells.append(f"{m:+.3f} [{lo:+.3f}, {hi:+.3f}], higher in {sum(d > 0 for d in diffs)}")
+        label = f"{METHODS[0]} - {METHODS[1]}, paired by seed"
+        lines.append(f"| {label} | {len(paired)} | " + " | ".join(cells) + " |")
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     plot(out, summary)
     return summary
