@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config import resolve_config
+from common.stats import T95, Z95, t_interval, wilson_interval
 from deploy.demo import DEMO_MAP, SETTINGS
 
 METHODS = ("ovmse", "switch_cql")
-T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 
 
 @dataclass(frozen=True)
@@ -108,27 +108,6 @@ def ensure_dataset(out: Path) -> None:
 # --- statistics ------------------------------------------------------------------------------------
 
 
-def wilson(wins: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a win rate `wins / n`."""
-    if n == 0:
-        return 0.0, 1.0
-    p = wins / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return centre - half, centre + half
-
-
-def t_interval(values: list[float]) -> tuple[float, float, float]:
-    """(mean, low, high): Student's t 95% interval of the mean over seeds."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan"), float("nan")
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    half = T_975.get(n - 1, 1.96) * sd / math.sqrt(n)
-    return mean, mean - half, mean + half
-
-
 def records(out: Path, name: str, kind: str) -> list[dict]:
     path = out / name / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -147,7 +126,7 @@ def summarize(out: Path, seeds: list[int]) -> dict:
             summary["offline"][seed] = {
                 "win_rate": row["win_rate"],
                 "episodes": n,
-                "wilson": wilson(row["win_rate"] * n, n),
+                "wilson": wilson_interval(round(row["win_rate"] * n), n),
             }
     if offline:
         summary["offline"]["across_seeds"] = t_interval(offline)
@@ -242,7 +221,7 @@ def plot(out: Path, summary: dict) -> None:
         rates = np.array([[c[i][1] for i in range(length)] for c in curves])
         mean = rates.mean(axis=0)
         n = len(curves)
-        half = T_975.get(n - 1, 1.96) * rates.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else 0 * mean
+        half = T95.get(n - 1, Z95) * rates.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else 0 * mean
         ax.plot(steps, mean, marker="o", ms=3, label=f"{method} ({n} seeds)")
         ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
     ax.set_xlabel("environment steps (online)")

@@ -52,3 +52,12 @@ def test_return_half_width_is_196_standard_errors():
 
 def test_return_half_width_is_zero_below_two_episodes():
     assert mean_half_width([]) == 0.0 and mean_half_width([3.0]) == 0.0
+
+
+def test_t_interval_over_five_seeds_uses_students_t_with_four_degrees_of_freedom():
+    from common.stats import t_interval
+
+    values = [0.2, 0.4, 0.3, 0.5, 0.1]  # mean 0.3, sample sd sqrt(0.025)
+    half = 2.776 * math.sqrt(0.025) / math.sqrt(5)
+    assert t_interval(values) == pytest.approx((0.3, 0.3 - half, 0.3 + half))
+    assert math.isnan(t_interval([0.4])[1])
