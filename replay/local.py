@@ -72,11 +72,10 @@ class LocalReplay:
         self.episodes_written += 1
 
     def write_all(self, episodes: Iterable[Episode]) -> int:
-        count = 0
-        for episode in episodes:
-            self.write(episode)
-            count += 1
-        return count
+        episodes = list(episodes)
+        self.online.extend(episodes)  # the FIFO drops the oldest past its capacity
+        self.episodes_written += len(episodes)
+        return len(episodes)
 
     # --- the sampler side -----------------------------------------------------------------------
     def can_sample(self) -> bool:
