@@ -6,6 +6,11 @@ intervals. The first evaluation, at step 0, scores the weights online training s
 offline pre-trained policy); an evaluator that connects after training has moved on fetches those
 from the learner first. When the learner marks its last version done, it plays
 `actor.final_test_episodes` episodes and writes the plots.
+
+The starting policy's greedy episodes (at least PROBE_EPISODES) are kept as probe episodes: every
+later evaluation logs the policy agreement on them (how often the greedy joint action there is still
+the starting policy's), beside the learner's OVM-active fraction, and probe.png draws both. A
+restarted evaluator rebuilds the probe from the start weights, which replay the same battles.
 """
 
 from __future__ import annotations
@@ -13,11 +18,13 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from actors.evaluator import evaluate
+from actors.evaluator import PROBE_EPISODES, eval_result, evaluate, play_greedy
 from actors.rollout import RolloutWorker
 from actors.weight_client import WeightSubscriber, fetch_start
 from common.config.sections import Config
+from common.episode import to_training_batch
 from common.metrics import Metrics
+from common.probe import greedy_joint_actions, policy_agreement
 from common.run_log import RunLog
 
 
@@ -37,6 +44,7 @@ def log_result(runlog: RunLog, kind: str, env_steps: int, result, **extra) -> No
         kind,
         env_steps=env_steps,
         **result.log_fields(),
+        episodes=result.episodes,
         policy_version=result.policy_version,
         **extra,
     )
@@ -51,13 +59,40 @@ def run_evaluator(cfg: Config, parts: EvaluatorParts, stop: threading.Event) -> 
     first_win_rate = earlier[0]["win_rate"] if earlier else None
     next_eval = (int(earlier[-1]["env_steps"]) // interval + 1) * interval if earlier else 0
     latest, final = None, None
+    probe = None  # (probe episodes as a batch, the starting policy's greedy joint actions on them)
+    asked_for_start = False  # a learner resumed mid-run has no start weights: ask once
+
+    def play_start(message) -> list:
+        """Greedy episodes of the start weights; they become the probe."""
+        nonlocal probe
+        worker.set_weights(message.state_dict, message.version)
+        played = play_greedy(worker, max(PROBE_EPISODES, cfg.actor.test_episodes))
+        batch = to_training_batch(played[:PROBE_EPISODES])
+        probe = (batch, greedy_joint_actions(worker.newest_agent, batch))
+        return played
 
     def evaluate_and_log(message) -> None:
         nonlocal first_win_rate
         steps = int(message.extra.get("env_steps", 0))
-        worker.set_weights(message.state_dict, message.version)
-        result = evaluate(worker, cfg.actor.test_episodes)
-        log_result(runlog, "eval", steps, result, updates=int(message.extra.get("updates", 0)))
+        if message.extra.get("start"):
+            result = eval_result(play_start(message), message.version)
+        else:
+            worker.set_weights(message.state_dict, message.version)
+            result = evaluate(worker, cfg.actor.test_episodes)
+        agreement = None
+        if probe is not None:
+            agreement = policy_agreement(
+                greedy_joint_actions(worker.newest_agent, probe[0]), probe[1], probe[0]
+            )
+        log_result(
+            runlog,
+            "eval",
+            steps,
+            result,
+            updates=int(message.extra.get("updates", 0)),
+            policy_agreement=agreement,
+            ovm_active_fraction=message.extra.get("ovm_active_fraction"),
+        )
         metrics.test_win_rate.set(result.win_rate)
         metrics.test_return.set(result.mean_return)
         metrics.policy_version.labels(role="evaluator").set(message.version)
@@ -71,10 +106,16 @@ def run_evaluator(cfg: Config, parts: EvaluatorParts, stop: threading.Event) -> 
             if latest is None:
                 stop.wait(0.05)
                 continue
-            if first_win_rate is None and not latest.extra.get("start"):
+            if probe is None and not asked_for_start and not latest.extra.get("start"):
+                asked_for_start = True
+                # Joined (or restarted) after the start: score the start weights if not yet logged,
+                # else only rebuild the probe from them.
                 start = fetch_start(subscriber.target, subscriber.max_message_bytes)
-                if start is not None:
-                    evaluate_and_log(start)
+                if start is not None and start.version > worker.newest_version:
+                    if first_win_rate is None:
+                        evaluate_and_log(start)
+                    else:
+                        play_start(start)
             steps, done = int(latest.extra.get("env_steps", 0)), bool(latest.extra.get("done"))
             if steps >= next_eval or done:
                 evaluate_and_log(latest)
@@ -82,14 +123,15 @@ def run_evaluator(cfg: Config, parts: EvaluatorParts, stop: threading.Event) -> 
             if done:
                 if cfg.actor.final_test_episodes > 0:
                     final = evaluate(worker, cfg.actor.final_test_episodes)
-                    log_result(runlog, "final_eval", steps, final, episodes=final.episodes)
+                    log_result(runlog, "final_eval", steps, final)
                 break
             stop.wait(0.05)
         plots = runlog.plot_eval(offline_win_rate=first_win_rate)
+        plots.append(runlog.plot_probe())
         return {
             "first_win_rate": first_win_rate,
             "final_win_rate": final.win_rate if final else None,
-            "plots": [str(p) for p in plots],
+            "plots": [str(p) for p in plots if p is not None],
         }
     finally:
         subscriber.stop()

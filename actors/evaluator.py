@@ -11,6 +11,8 @@ from actors.rollout import RolloutWorker
 from common.episode import Episode
 from common.stats import mean_half_width, wilson_interval
 
+PROBE_EPISODES = 32  # the starting policy's greedy episodes on which policy agreement is measured
+
 
 @dataclass(frozen=True)
 class EvalResult:
@@ -53,7 +55,7 @@ def eval_result(episodes: list[Episode], policy_version: int) -> EvalResult:
     )
 
 
-def evaluate(worker: RolloutWorker, episodes: int) -> EvalResult:
+def play_greedy(worker: RolloutWorker, episodes: int) -> list[Episode]:
     """Play `episodes` greedy test episodes from a fresh reset with the worker's newest weights.
 
     Greedy whatever the worker's exploration mode (restored afterwards); episodes are counted in
@@ -61,7 +63,11 @@ def evaluate(worker: RolloutWorker, episodes: int) -> EvalResult:
     """
     mode, worker.exploration = worker.exploration, "greedy"
     try:
-        finished = worker.run_episodes(episodes, epsilon=0.0)
+        return worker.run_episodes(episodes, epsilon=0.0)
     finally:
         worker.exploration = mode
-    return eval_result(finished, worker.newest_version)
+
+
+def evaluate(worker: RolloutWorker, episodes: int) -> EvalResult:
+    """The result of `episodes` greedy test episodes (see `play_greedy`)."""
+    return eval_result(play_greedy(worker, episodes), worker.newest_version)

@@ -68,6 +68,11 @@ class RolloutWorker:
         self._forget_unused_versions()
         return True
 
+    @property
+    def newest_agent(self) -> RNNAgent:
+        """The agent network (torch, CPU) of the newest weights."""
+        return self._agents[self.newest_version]
+
     def _forget_unused_versions(self) -> None:
         in_use = set(self.battle_version.tolist()) | {self.newest_version}
         for v in list(self._agents):

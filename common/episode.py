@@ -15,8 +15,12 @@ An `Episode` holds one episode as numpy arrays with exactly L + 1 rows (no paddi
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import torch
 
 # Field -> (per-step shape given the env info, numpy dtype). Dataset files use these names.
 STEP_FIELDS = ("state", "obs", "actions", "avail_actions", "reward", "terminated", "filled")
@@ -237,3 +241,19 @@ def to_training_batch(episodes: list[Episode]) -> TrainingBatch:
         offline=torch.tensor([e.meta.source == "offline" for e in episodes], dtype=torch.bool),
         policy_version=torch.tensor([e.meta.policy_version for e in episodes], dtype=torch.int64),
     )
+
+
+def training_mask(filled: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
+    """Which steps the learner trains on, [B, T, 1] float, from the batch's filled and terminated
+    [B, T + 1, 1].
+
+    PyMARL2: mask = filled[:, :-1], with mask[:, 1:] *= 1 - terminated[:, :-1] (nothing after a true
+    end). One addition: a step is trained on only if the next row is filled too, which excludes the
+    last observation's row of an episode that ended by the time limit *and* is shorter than the batch
+    (that row has no action; PyMARL2 would train on it, bootstrapping from padding). On PyMARL2's own
+    data this never changes anything: a terminated episode's last row is already masked, and a
+    time-limit episode is always the longest one, whose last row is not among the T steps."""
+    filled = filled.float()
+    mask = filled[:, :-1] * filled[:, 1:]
+    mask[:, 1:] = mask[:, 1:] * (1.0 - terminated[:, :-2].float())  # terminated[:, :-1][:, :-1]
+    return mask

@@ -104,6 +104,29 @@ class RunLog:
             paths.append(path)
         return paths
 
+    def plot_offline_curve(self) -> Path | None:
+        """offline_win_rate.png: the test win rate during pre-training, from "offline_eval" records."""
+        return plot_records(
+            self.read("offline_eval"),
+            "updates",
+            {"win_rate": "test win rate"},
+            self.dir / "offline_win_rate.png",
+            "offline updates",
+            f"{self.dir.name}: pre-training (95% Wilson band)",
+            bands={"win_rate": ("win_rate_low", "win_rate_high")},
+        )
+
+    def plot_probe(self) -> Path | None:
+        """probe.png: policy agreement on the probe episodes and the OVM-active fraction, online."""
+        return plot_records(
+            self.read("eval"),
+            "env_steps",
+            {"policy_agreement": "policy agreement", "ovm_active_fraction": "OVM-active fraction"},
+            self.dir / "probe.png",
+            "environment steps (online)",
+            f"{self.dir.name}: probe episodes",
+        )
+
     def close(self) -> None:
         self._jsonl.close()
 

@@ -88,6 +88,22 @@ class Builder:
         env = self.batch_env(min(EVAL_BATTLES, cfg.actor.test_episodes), seed_offset=EVAL_SEED_OFFSET)
         return self._worker(env, "greedy", cfg.run.seed, actor_id=-1, version=-1)
 
+    def offline_curve(self, learner: QMixLearner, log, evaluator: RolloutWorker | None = None):
+        """The callback `evaluate(updates)` that scores the greedy policy during pre-training and logs
+        an "offline_eval" record; it plays on `evaluator`, or on an evaluator made at its first call."""
+        from actors.evaluator import evaluate
+
+        worker = evaluator
+
+        def evaluate_now(updates: int) -> None:
+            nonlocal worker
+            worker = worker or self.eval_worker()
+            worker.set_weights(learner.agent_state_dict(), worker.newest_version + 1)
+            result = evaluate(worker, self.cfg.actor.test_episodes)
+            log.log("offline_eval", updates=updates, episodes=result.episodes, **result.log_fields())
+
+        return evaluate_now
+
     def trainer_worker(self) -> RolloutWorker:
         """The one-process trainer's batch_size_run battles (PyMARL's parallel runner)."""
         cfg = self.cfg

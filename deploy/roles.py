@@ -34,13 +34,15 @@ def learner_role(cfg: Config, stop: threading.Event) -> dict:
         wait_for_offline_table(cfg.replay.endpoint, cfg.run.dataset, stop)
         return builder.offline_sampler()
 
+    learner = builder.learner()
     parts = LearnerParts(
-        learner=builder.learner(),
+        learner=learner,
         publisher=builder.weight_publisher(),
         offline_batches=offline_batches,
         online_batches=builder.sampler,
         metrics=builder.metrics("learner"),
         log=log,
+        evaluate_offline=builder.offline_curve(learner, log),
     )
     return run_learner(cfg, parts, stop)
 

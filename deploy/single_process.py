@@ -20,18 +20,18 @@ import collections
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.evaluator import eval_result, evaluate, summarize
+from actors.evaluator import PROBE_EPISODES, eval_result, evaluate, play_greedy, summarize
 from common.config.sections import Config, rate_limit
 from common.episode import Episode, to_training_batch
-from common.run_log import ProgressLine, RunLog, fresh_run_dir, plot_records, win_rate_text
+from common.probe import policy_agreement
+from common.run_log import ProgressLine, RunLog, fresh_run_dir, win_rate_text
 from common.schedules import epsilon_at
 from deploy.builder import Builder
 from learner.checkpoint import save_checkpoint
-from learner.probe import greedy_joint_actions, mean_q_tot, policy_agreement
+from learner.probe import greedy_joint_actions, mean_q_tot
 from learner.training import OnlineUpdates, StartPoint, has_offline_phase, run_offline_phase, start_point
 from replay.local import LocalReplay
 
-PROBE_EPISODES = 32
 # Generator streams of the in-process replay, seeded (run.seed, stream): pre-training draws the same
 # batches in `ovmse pretrain` and in the offline phase of `ovmse train --mode sync`.
 OFFLINE_STREAM, ONLINE_STREAM = 1, 2
@@ -60,13 +60,13 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
         replay = builder.local_replay(cfg.run.dataset, mixing_ratio=1.0, stream=OFFLINE_STREAM)
         learner = builder.learner()
         evaluator = builder.eval_worker()
-        curve = offline_curve(cfg, learner, evaluator, log)
+        curve = builder.offline_curve(learner, log, evaluator)
         run_offline_phase(cfg, learner, replay, log, progress, evaluate=curve)
         path = save_checkpoint(learner, run_dir / "checkpoints" / "offline.pt", extra={"phase": "offline"})
         episodes = cfg.actor.final_test_episodes or cfg.actor.test_episodes
         result = evaluate(evaluator, episodes)
         log.log("eval", env_steps=0, episodes=result.episodes, **result.log_fields())
-        plot_offline_curve(log)
+        log.plot_offline_curve()
         print(
             f"offline pre-training done: test win rate {win_rate_text(result.log_fields())}, "
             f"return {result.mean_return:.2f} ({result.episodes} episodes); checkpoint {path}",
@@ -75,29 +75,6 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
         return TrainResult(run_dir, result.win_rate, result.win_rate, result.mean_return, learner.updates, 0)
     finally:
         log.close()
-
-
-def offline_curve(cfg: Config, learner, evaluator, log: RunLog):
-    """The callback that scores the greedy policy during pre-training ("offline_eval" records)."""
-
-    def evaluate_now(updates: int) -> None:
-        evaluator.set_weights(learner.agent_state_dict(), evaluator.newest_version + 1)
-        result = evaluate(evaluator, cfg.actor.test_episodes)
-        log.log("offline_eval", updates=updates, episodes=result.episodes, **result.log_fields())
-
-    return evaluate_now
-
-
-def plot_offline_curve(log: RunLog) -> None:
-    plot_records(
-        log.read("offline_eval"),
-        "updates",
-        {"win_rate": "test win rate"},
-        log.dir / "offline_win_rate.png",
-        "offline updates",
-        f"{log.dir.name}: pre-training (95% Wilson band)",
-        bands={"win_rate": ("win_rate_low", "win_rate_high")},
-    )
 
 
 def train_sync(
@@ -124,13 +101,13 @@ def train_sync(
         def offline_batches():
             return replay.with_mixing_ratio(1.0, seed=[cfg.run.seed, OFFLINE_STREAM])
 
-        curve = offline_curve(cfg, learner, evaluator, log)
+        curve = builder.offline_curve(learner, log, evaluator)
         start = start_point(learner, cfg, run_dir, offline_batches, log, progress, evaluate=curve)
-        plot_offline_curve(log)
+        log.plot_offline_curve()
         version = 1
         evaluator.set_weights(learner.agent_state_dict(), version)
         # Greedy play of the starting policy: its test score, and the probe episodes of Figure 1.
-        start_episodes = evaluator.run_episodes(max(PROBE_EPISODES, cfg.actor.test_episodes))
+        start_episodes = play_greedy(evaluator, max(PROBE_EPISODES, cfg.actor.test_episodes))
         probe = to_training_batch(start_episodes[:PROBE_EPISODES])
         probe_actions = greedy_joint_actions(learner, probe)
         if start.pretrained:
@@ -185,14 +162,7 @@ def train_sync(
             extra={"phase": "online", "env_steps": online.env_steps, "version": online.version},
         )
         log.plot_eval(offline_win_rate)
-        plot_records(
-            log.read("eval"),
-            "env_steps",
-            {"policy_agreement": "policy agreement", "ovm_active_fraction": "OVM-active fraction"},
-            log.dir / "probe.png",
-            "environment steps (online)",
-            f"{log.dir.name}: probe episodes",
-        )
+        log.plot_probe()
         last = log.read("eval")[-1]
         return TrainResult(
             run_dir=run_dir,

@@ -46,22 +46,21 @@ import logging
 import sys
 
 import torch
-import torch.nn.functional as F
 
 from common.config.sections import LearnerConfig
-from common.episode import TrainingBatch
+from common.episode import TrainingBatch, training_mask
 from common.networks import (
     MixingWeights,
     QMixer,
     RNNAgent,
     agent_input_size,
     agent_network,
-    build_agent_inputs,
     mix,
 )
+from common.probe import episode_agent_inputs
 from common.schedules import memory_coefficient_at
 from learner import losses
-from learner.targets import double_q_max, one_step_targets, td_lambda_targets, training_mask
+from learner.targets import double_q_max, one_step_targets, td_lambda_targets
 
 log = logging.getLogger(__name__)
 
@@ -386,12 +385,8 @@ class QMixLearner:
         return batch.to(self.device)
 
     def _agent_inputs(self, batch: TrainingBatch) -> torch.Tensor:
-        """[obs, previous action one-hot, agent id] for every row, built time-major (the layout the
-        recurrent unroll wants) and returned as a [B, T+1, n, in] view."""
-        obs = batch.obs.transpose(0, 1)  # [T+1, B, n, O]
-        onehot = F.one_hot(batch.actions.transpose(0, 1).squeeze(-1), self.n_actions).to(obs.dtype)
-        previous = torch.cat([torch.zeros_like(onehot[:1]), onehot[:-1]], dim=0)
-        return build_agent_inputs(obs, previous, self.n_agents).transpose(0, 1)
+        """What the agents saw on the batch's episodes, [B, T+1, n, in]."""
+        return episode_agent_inputs(batch, self.n_actions)
 
     def _offline_q_tot(
         self, inputs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor, lengths: torch.Tensor

@@ -68,6 +68,7 @@ class LearnerParts:
     online_batches: Callable[[], BatchSource]
     metrics: Metrics
     log: RunLog
+    evaluate_offline: Callable[[int], None] | None = None  # the offline curve: score after N updates
 
 
 def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict:
@@ -76,14 +77,21 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
     checkpoint = learner_checkpoint(run_dir)
     sampler = None
     try:
-        start = start_point(learner, cfg, run_dir, parts.offline_batches, runlog)
+        start = start_point(
+            learner, cfg, run_dir, parts.offline_batches, runlog, evaluate=parts.evaluate_offline
+        )
+        if start.pretrained:
+            runlog.plot_offline_curve()
         version = start.version
+        updates: OnlineUpdates | None = None
 
         def publish(done: bool = False, first: bool = False) -> None:
             nonlocal version
             version += 1
             env_steps, episodes = publisher.totals()
             extra = {"env_steps": env_steps, "episodes": episodes, "updates": learner.updates, "done": done}
+            if updates is not None:  # what the evaluator logs beside its policy agreement
+                extra["ovm_active_fraction"] = updates.last_metrics.get("ovm_active_fraction", 0.0)
             if first:
                 extra["start"] = True
             began = time.perf_counter()

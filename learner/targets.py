@@ -10,22 +10,6 @@ from __future__ import annotations
 import torch
 
 
-def training_mask(filled: torch.Tensor, terminated: torch.Tensor) -> torch.Tensor:
-    """Which steps the learner trains on, [B, T, 1] float, from the batch's filled and terminated
-    [B, T + 1, 1].
-
-    PyMARL2: mask = filled[:, :-1], with mask[:, 1:] *= 1 - terminated[:, :-1] (nothing after a true
-    end). One addition: a step is trained on only if the next row is filled too, which excludes the
-    last observation's row of an episode that ended by the time limit *and* is shorter than the batch
-    (that row has no action; PyMARL2 would train on it, bootstrapping from padding). On PyMARL2's own
-    data this never changes anything: a terminated episode's last row is already masked, and a
-    time-limit episode is always the longest one, whose last row is not among the T steps."""
-    filled = filled.float()
-    mask = filled[:, :-1] * filled[:, 1:]
-    mask[:, 1:] = mask[:, 1:] * (1.0 - terminated[:, :-2].float())  # terminated[:, :-1][:, :-1]
-    return mask
-
-
 def td_lambda_targets(
     reward: torch.Tensor,
     terminated: torch.Tensor,

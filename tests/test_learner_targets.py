@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from learner.targets import double_q_max, one_step_targets, td_lambda_targets, training_mask
+from common.episode import training_mask
+from learner.targets import double_q_max, one_step_targets, td_lambda_targets
 
 GAMMA, LAM = 0.9, 0.5  # lambda * gamma = (1 - lambda) * gamma = 0.45
 
