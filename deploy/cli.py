@@ -46,10 +46,30 @@ def _optional_module(args: argparse.Namespace, module_name: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.resume:
+        if args.map or args.dataset_kind or args.method or args.config or args.overrides:
+            print("--resume RUN_DIR takes the run's own config.yaml; drop the other options", file=sys.stderr)
+            return 2
+        from deploy.embedded import resume_embedded
+
+        try:
+            return resume_embedded(args.resume)
+        except FileNotFoundError as error:
+            print(error, file=sys.stderr)
+            return 2
     cfg = config_from_args(args)
     from deploy.embedded import run_embedded
 
     return run_embedded(cfg)
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped or crashed run where it stopped (its config, checkpoints, logs)",
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -281,7 +301,7 @@ class Command:
 
 # The dispatch table. "dataset validate" is the subcommand `validate` of the group `dataset`.
 COMMANDS: dict[str, Command] = {
-    "run": Command("run everything on this machine: replay, learner, actors, evaluator", _run),
+    "run": Command("run everything on this machine: replay, learner, actors, evaluator", _run, _run_options),
     "train": Command("train one method on one task", _train, _train_options),
     "pretrain": Command("offline phase only: CQL pre-training on the dataset", _pretrain, _pretrain_options),
     "replay-server": Command("serve the offline and online replay tables", _replay_server),
