@@ -107,7 +107,8 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
                 start.actor_sessions or [[-1, "checkpoint", start.env_steps, start.episodes, True]]
             )
             version = max(version, last_published_version(run_dir))
-            print(f"learner: resumed at {start.env_steps:,} env steps, version {version + 1}", flush=True)
+            steps = start.env_steps
+            print(f"learner: resumed at {steps:,} env steps; next version {version + 1}", flush=True)
         updates: OnlineUpdates | None = None
 
         def publish(done: bool = False, first: bool = False) -> None:

@@ -126,7 +126,7 @@ def test_killing_the_orchestrator_takes_its_processes_with_it(tmp_path):
 
 
 def test_a_killed_actor_and_a_killed_learner_rejoin_and_the_run_finishes_its_budget(tmp_path):
-    budget = 5000
+    budget = 4000
     orchestrator = ovmse("run", *SMALL_RUN, "--set", f"run.run_dir={tmp_path}", "--set", "run.name=crashes",
                          "--set", f"run.online_env_steps={budget}")
     run_dir = tmp_path / "crashes"
@@ -137,6 +137,8 @@ def test_a_killed_actor_and_a_killed_learner_rejoin_and_the_run_finishes_its_bud
         wait_for(lambda: progress(run_dir).get("env_steps", 0) > 1500, what="more online steps")
         before = progress(run_dir)
         os.kill(child_pid(run_dir, "learner"), signal.SIGKILL)
+        time.sleep(0.5)
+        last_published = int((run_dir / "published_version").read_text())
         out, _ = orchestrator.communicate(timeout=600)
     finally:
         orchestrator.kill()
@@ -144,8 +146,9 @@ def test_a_killed_actor_and_a_killed_learner_rejoin_and_the_run_finishes_its_bud
     assert "actor0 exited with code -9; restarting" in out or "actor1 exited with code -9; restarting" in out
     assert "learner exited with code -9; restarting" in out
     learner_log = (run_dir / "logs" / "learner.log").read_text()
-    resumed = [int(m.replace(",", "")) for m in _resumed_steps(learner_log)]
-    assert len(resumed) == 1 and 0 < resumed[0] <= before["env_steps"]
+    (resumed,) = _resumed(learner_log)
+    assert 0 < resumed["env_steps"] <= before["env_steps"]
+    assert resumed["next_version"] > last_published  # actors never see a version go back
     # The step count went on from the checkpoint, not from zero, and not twice over.
     done = progress(run_dir)
     assert done["done"] and budget <= done["env_steps"] < budget + 1500
@@ -155,19 +158,20 @@ def test_a_killed_actor_and_a_killed_learner_rejoin_and_the_run_finishes_its_bud
     assert len(records(run_dir, "final_eval")) == 1
 
 
-def _resumed_steps(log: str) -> list[str]:
+def _resumed(log: str) -> list[dict]:
     import re
 
-    return re.findall(r"learner: resumed at ([\d,]+) env steps", log)
+    found = re.findall(r"learner: resumed at ([\d,]+) env steps; next version (\d+)", log)
+    return [{"env_steps": int(steps.replace(",", "")), "next_version": int(v)} for steps, v in found]
 
 
 def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
-    budget = 4000
+    budget = 3000
     first = ovmse("run", *SMALL_RUN, "--set", f"run.run_dir={tmp_path}", "--set", "run.name=stopped",
                   "--set", f"run.online_env_steps={budget}")
     run_dir = tmp_path / "stopped"
     try:
-        wait_for(lambda: progress(run_dir).get("env_steps", 0) > 1500, what="online steps")
+        wait_for(lambda: progress(run_dir).get("env_steps", 0) > 1000, what="online steps")
         first.send_signal(signal.SIGTERM)
         out, _ = first.communicate(timeout=120)
     finally:
@@ -202,3 +206,38 @@ def test_resume_names_a_directory_that_is_not_a_run(tmp_path, capsys):
 
     assert cli.main(["run", "--resume", str(tmp_path / "nothing")]) == 2
     assert "no config.yaml there" in capsys.readouterr().err
+
+
+def test_a_restarted_learner_counts_the_steps_of_every_actor_session_once():
+    from actors.weight_client import ProgressReporter
+    from common.net import pick_free_port
+    from learner.weight_service import WeightPublisher
+
+    port = pick_free_port("127.0.0.1")
+    crashed = WeightPublisher(port=port)
+    dies_too, lives_on = ProgressReporter(crashed.address, 0), ProgressReporter(crashed.address, 1)
+    assert dies_too.report(300, 10) and lives_on.report(500, 20)
+    saved = crashed.sessions()  # what the learner's checkpoint holds
+    crashed.stop()
+
+    restarted = WeightPublisher(port=port)
+    try:
+        restarted.restore_sessions(saved)
+        assert restarted.totals() == (800, 30)
+        assert restarted.all_actors_finished()  # the run's end does not wait for sessions gone silent
+        # Actor 1 lived through the restart and goes on reporting its running totals.
+        assert lives_on.report(650, 26)
+        assert restarted.totals() == (950, 36) and not restarted.all_actors_finished()
+    finally:
+        dies_too.close()
+        lives_on.close()
+        restarted.stop()
+
+
+def test_a_learner_restarted_from_an_older_checkpoint_knows_the_newest_version_it_published(tmp_path):
+    from learner.process import last_published_version, record_published_version
+
+    assert last_published_version(tmp_path) == 0
+    record_published_version(tmp_path, 41)
+    record_published_version(tmp_path, 42)
+    assert last_published_version(tmp_path) == 42
