@@ -337,6 +337,12 @@ class EmbeddedRun:
                 f"  test win rate at the end: {win_rate_text((final or evals)[-1])}"
                 + (f" ({final[-1]['episodes']} episodes)" if final else "")
             )
+        if self.cfg.replay.checkpoint_dir:
+            from replay.process import read_ledger
+
+            lost = int(read_ledger(self.cfg.replay.checkpoint_dir).get("lost_online_episodes", 0))
+            if lost:
+                print(f"  online episodes lost to replay-server restarts: {lost}")
         for png in sorted(self.run_dir.glob("test_*.png")):
             print(f"  plot: {png}")
         return 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -125,14 +126,17 @@ def test_killing_the_orchestrator_takes_its_processes_with_it(tmp_path):
             os.kill(pid, signal.SIGKILL)
 
 
-def test_a_killed_actor_and_a_killed_learner_rejoin_and_the_run_finishes_its_budget(tmp_path):
+def test_a_killed_actor_replay_server_and_learner_rejoin_and_the_run_finishes_its_budget(tmp_path):
     budget = 4000
     orchestrator = ovmse("run", *SMALL_RUN, "--set", f"run.run_dir={tmp_path}", "--set", "run.name=crashes",
-                         "--set", f"run.online_env_steps={budget}")
+                         "--set", f"run.online_env_steps={budget}", "--set", "replay.checkpoint_interval_s=2")
     run_dir = tmp_path / "crashes"
     try:
         wait_for(lambda: progress(run_dir).get("env_steps", 0) > 500, what="online steps")
         os.kill(child_pid(run_dir, "actor"), signal.SIGKILL)
+        wait_for(lambda: (run_dir / "replay_checkpoint" / "reverb").is_dir(), what="a replay checkpoint")
+        time.sleep(1.5)
+        os.kill(child_pid(run_dir, "replay-server"), signal.SIGKILL)
         wait_for(lambda: (run_dir / "checkpoints" / "learner.pt").exists(), what="a learner checkpoint")
         wait_for(lambda: progress(run_dir).get("env_steps", 0) > 1500, what="more online steps")
         before = progress(run_dir)
@@ -145,6 +149,10 @@ def test_a_killed_actor_and_a_killed_learner_rejoin_and_the_run_finishes_its_bud
     assert orchestrator.returncode == 0, out
     assert "actor0 exited with code -9; restarting" in out or "actor1 exited with code -9; restarting" in out
     assert "learner exited with code -9; restarting" in out
+    assert "replay exited with code -9; restarting" in out
+    replay_log = (run_dir / "logs" / "replay.log").read_text()
+    restored = re.search(r"which had taken (\d+) online episodes; (\d+) inserted after it", replay_log)
+    assert restored and int(restored[1]) > 0, replay_log[-2000:]
     learner_log = (run_dir / "logs" / "learner.log").read_text()
     (resumed,) = _resumed(learner_log)
     assert 0 < resumed["env_steps"] <= before["env_steps"]
@@ -159,8 +167,6 @@ def test_a_killed_actor_and_a_killed_learner_rejoin_and_the_run_finishes_its_bud
 
 
 def _resumed(log: str) -> list[dict]:
-    import re
-
     found = re.findall(r"learner: resumed at ([\d,]+) env steps; next version (\d+)", log)
     return [{"env_steps": int(steps.replace(",", "")), "next_version": int(v)} for steps, v in found]
 
