@@ -126,8 +126,9 @@ def _learner(args: argparse.Namespace) -> int:
 def _actor(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from actors.process import resolve_actor_id
-    from deploy.roles import actor_role
+    from deploy.roles import acting_threads, actor_role
 
+    acting_threads()
     actor_id = resolve_actor_id(args.actor_id)
     summary = run_until_signal(lambda stop: actor_role(cfg, actor_id, stop))
     print(f"actor {actor_id}: {summary['env_steps']} env steps, {summary['episodes']} episodes")
@@ -138,8 +139,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.checkpoint:
         return _evaluate_checkpoint(cfg, args.checkpoint, args.episodes or cfg.actor.test_episodes)
-    from deploy.roles import evaluator_role
+    from deploy.roles import acting_threads, evaluator_role
 
+    acting_threads()
     summary = run_until_signal(lambda stop: evaluator_role(cfg, stop))
     print(f"evaluator: first test win rate {summary['first_win_rate']}, final {summary['final_win_rate']}")
     return 0
