@@ -123,6 +123,9 @@ def _learner(args: argparse.Namespace) -> int:
     return 0
 
 
+ACTOR_STOP_S = 5.0  # an actor stuck on the replay's insert throttle exits this long after SIGTERM
+
+
 def _actor(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from actors.process import resolve_actor_id
@@ -130,7 +133,7 @@ def _actor(args: argparse.Namespace) -> int:
 
     acting_threads()
     actor_id = resolve_actor_id(args.actor_id)
-    summary = run_until_signal(lambda stop: actor_role(cfg, actor_id, stop))
+    summary = run_until_signal(lambda stop: actor_role(cfg, actor_id, stop), stop_within_s=ACTOR_STOP_S)
     print(f"actor {actor_id}: {summary['env_steps']} env steps, {summary['episodes']} episodes")
     return 0
 

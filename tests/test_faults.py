@@ -247,3 +247,41 @@ def test_a_learner_restarted_from_an_older_checkpoint_knows_the_newest_version_i
     record_published_version(tmp_path, 41)
     record_published_version(tmp_path, 42)
     assert last_published_version(tmp_path) == 42
+
+
+def test_an_actor_held_back_by_the_replay_throttle_still_stops_on_sigterm(tmp_path):
+    import yaml
+
+    from common.config import resolve_config, write_config
+    from common.envs.lite import LiteBatchEnv
+    from common.net import pick_free_port
+    from common.networks import agent_network
+    from deploy.builder import Builder
+    from learner.weight_service import WeightPublisher
+    from replay.tables import ONLINE_TABLE
+
+    publisher = WeightPublisher(port=0)
+    cfg = resolve_config(map_name="3m", method="qmix", overrides=[
+        f"run.run_dir={tmp_path}", "run.name=held", f"actor.weight_server={publisher.address}",
+        f"replay.port={pick_free_port('127.0.0.1')}", "learner.batch_size=8", "actor.envs_per_actor=4"])
+    server = Builder(cfg).replay_server(dataset=None)
+    weights = agent_network(LiteBatchEnv("3m", num_envs=1).get_env_info()).state_dict()
+    publisher.publish(weights, 1, extra={"env_steps": 0, "start": True}, start=True)
+    write_config(cfg, tmp_path / "held.yaml")
+    assert yaml.safe_load((tmp_path / "held.yaml").read_text())["replay"]["port"] == cfg.replay.port
+    actor = ovmse("actor", "--actor-id", "0", "--config", str(tmp_path / "held.yaml"))
+    try:
+        # Nobody samples, so the rate limiter soon stops taking the actor's episodes.
+        def held() -> bool:
+            first = server.stats()[ONLINE_TABLE].inserts
+            time.sleep(3.0)
+            return first > 0 and server.stats()[ONLINE_TABLE].inserts == first
+
+        wait_for(held, what="the actor's inserts to be held back")
+        actor.send_signal(signal.SIGTERM)
+        out, _ = actor.communicate(timeout=30)  # it would wait for a learner that never samples
+        assert actor.returncode == 0 and "exiting now" in out, out
+    finally:
+        actor.kill()
+        server.stop()
+        publisher.stop()
