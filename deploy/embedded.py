@@ -123,6 +123,7 @@ class EmbeddedRun:
     cfg: Config
     run_dir: Path
     children: dict[str, Child] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))  # the children's environment
 
     @classmethod
     def prepare(cls, cfg: Config) -> EmbeddedRun:
@@ -229,7 +230,7 @@ class EmbeddedRun:
     def run(self, stop: threading.Event) -> int:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("OVMSE__")}  # the config file is the truth
-        self._env = env
+        self.env = env
         plan = {c.name: c for c in self.plan()}
         self.children = plan
         print(
@@ -270,7 +271,7 @@ class EmbeddedRun:
             if child.restart_at is not None:
                 if now >= child.restart_at:
                     child.restart_at = None
-                    child.start(self._env)
+                    child.start(self.env)
                 continue
             code = child.process.returncode
             if code == 0 or (learner_done and name != "learner"):

@@ -89,12 +89,11 @@ def test_restart_delays_double_up_to_a_cap():
 def test_a_process_that_keeps_failing_is_restarted_with_backoff_then_the_run_gives_up(tmp_path, monkeypatch):
     monkeypatch.setattr(embedded, "RESTART_DELAY_S", 0.05)
     run = EmbeddedRun(cfg=None, run_dir=tmp_path)
-    run._env = dict(os.environ)
     failing = Child("actor0", [sys.executable, "-c", "raise SystemExit(3)"], tmp_path / "actor0.log")
     healthy = Child("evaluator", [sys.executable, "-c", "import time; time.sleep(60)"], tmp_path / "e.log")
     run.children = {"actor0": failing, "evaluator": healthy}
-    failing.start(run._env)
-    healthy.start(run._env)
+    failing.start(run.env)
+    healthy.start(run.env)
     try:
         reason, began = None, time.monotonic()
         while reason is None and time.monotonic() - began < 30:
