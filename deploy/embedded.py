@@ -367,7 +367,11 @@ def run_embedded(cfg: Config) -> int:
 
 
 def resume_embedded(run_dir: str | Path) -> int:
-    return execute(EmbeddedRun.resume(run_dir))
+    run = EmbeddedRun.resume(run_dir)
+    if run.progress().get("done") and run.evals("final_eval"):
+        print(f"ovmse run: {run.run_dir} already finished its budget; nothing to resume", flush=True)
+        return 0
+    return execute(run)
 
 
 def execute(embedded: EmbeddedRun) -> int:

@@ -197,6 +197,10 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
     assert [r["env_steps"] for r in evals] == sorted(r["env_steps"] for r in evals)
     assert len(records(run_dir, "final_eval")) == 1
 
+    again = ovmse("run", "--resume", str(run_dir))
+    out, _ = again.communicate(timeout=120)
+    assert again.returncode == 0 and "already finished its budget; nothing to resume" in out, out
+
 
 @pytest.mark.parametrize("extra", [["--map", "3m"], ["--set", "run.seed=1"]])
 def test_resume_takes_only_the_run_directory(tmp_path, extra):
