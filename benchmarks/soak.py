@@ -108,13 +108,16 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=30.0)
     parser.add_argument("--every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--out", default=str(DOCS_BENCH), help="where soak.json/.md/.png go")
+    parser.add_argument(
+        "--online-capacity", type=int, default=400, help="episodes; small, so the table fills early"
+    )
     args = parser.parse_args()
     runs = Path(tempfile.mkdtemp(prefix="ovmse-soak-"))
     argv = [
         sys.executable, "-m", "deploy.cli", "run", "--map", "3m", "--method", "qmix",
         "--set", f"run.run_dir={runs}", "--set", "run.name=soak", "--set", "run.online_env_steps=1000000000",
         "--set", "actor.num_actors=2", "--set", "actor.envs_per_actor=4", "--set", "learner.batch_size=32",
-        "--set", "replay.online_capacity=2000", "--set", "run.log_interval_s=60",
+        "--set", f"replay.online_capacity={args.online_capacity}", "--set", "run.log_interval_s=60",
         "--set", "actor.test_episodes=16", "--set", "run.eval_interval_steps=20000",
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -180,7 +183,8 @@ def main() -> None:
         f"`python benchmarks/soak.py --minutes {args.minutes:g}` — {host['cpu']}, {host['cores']} cores, "
         f"{host['date']}, load average {host['load_average_1m']} at the end (other work shared the machine).",
         "",
-        f"`ovmse run`, lite 3m, QMIX, 2 actors x 4 battles, online capacity 2,000 episodes; "
+        f"`ovmse run`, lite 3m, QMIX, 2 actors x 4 battles, online capacity {args.online_capacity:,} "
+        "episodes; "
         f"{len(samples)} samples every {args.every:g} s; {last.get('env_steps')} env steps and "
         f"{last.get('updates')} updates by the end.",
         "",
@@ -193,7 +197,7 @@ def main() -> None:
     if online:
         lines += [
             "",
-            f"Online table: size {online[-1].get('size')} (capacity 2,000) after "
+            f"Online table: size {online[-1].get('size')} (capacity {args.online_capacity:,}) after "
             f"{online[-1].get('inserts')} inserts and {online[-1].get('samples')} samples; the most it held "
             f"was {max(o.get('size', 0) for o in online)}.",
         ]
