@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -46,6 +47,7 @@ SWEEP_FILE = "sweep.json"
 DONE_FILE = "done.json"
 LOCK_FILE = ".sweep.lock"
 PROGRESS_EVERY_S = 30.0
+RAY_TASK_ENV = "OVMSE_RAY_TASK_ID"
 
 
 class ReproduceError(ValueError):
@@ -259,6 +261,9 @@ def execute_trial(out: Path, name: str, threads: int = 1) -> dict:
         "algorithm": trial.algorithm,
         "seconds": round(time.time() - began, 1),
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "ray_task_id": os.environ.get(RAY_TASK_ENV),  # set when a Ray task ran this trial
         **summary,
     }
     write_json(run_dir / DONE_FILE, done)
@@ -428,11 +433,16 @@ def trial_env() -> dict[str, str]:
 
 def run_logged(out: str, name: str, threads: int) -> int:
     """Run one trial in a child process, its output appended to logs/<name>.log; the exit status."""
+    env = trial_env()
+    with contextlib.suppress(Exception):  # inside a Ray task: say which, for done.json
+        import ray
+
+        env[RAY_TASK_ENV] = ray.get_runtime_context().get_task_id() or ""
     log_path = Path(out) / "logs" / f"{name.replace('/', '__')}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         return subprocess.call(
-            trial_command(Path(out), name, threads), stdout=log, stderr=subprocess.STDOUT, env=trial_env()
+            trial_command(Path(out), name, threads), stdout=log, stderr=subprocess.STDOUT, env=env
         )
 
 
