@@ -31,6 +31,7 @@ import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -60,7 +61,9 @@ class Budget:
     (`--map 3m --methods ovmse,switch_cql --seeds 2 --online-steps 20000`) in a few minutes; the
     paper's values are in the comments."""
 
-    behaviour_win_rate: float = 0.5  # QMIX from scratch stops at this test win rate ("medium")
+    behaviour_win_rate: float = 0.5  # QMIX from scratch stops at this test win rate ("medium") ...
+    behaviour_return: float | None = None  # ... or at this test return, when given (CFCQL's 2s3z
+    # medium data has mean return 12.76)
     behaviour_max_steps: int = 200_000  # ... or here, whatever it reached
     behaviour_eval_interval: int = 5_000
     behaviour_epsilon_anneal_steps: int = 50_000  # PyMARL2: 100k over a 2M run
@@ -279,6 +282,13 @@ def _run_behaviour(out: Path, sweep: Sweep, trial: Trial, run_dir: Path) -> dict
 
     cfg = trial_config(out, sweep, trial)
     target = sweep.budget.behaviour_win_rate
+    target_return = sweep.budget.behaviour_return
+
+    def medium_level(record: dict) -> bool:
+        return record["win_rate"] >= target or (
+            target_return is not None and record["return"] >= target_return
+        )
+
     replay_file = out / "datasets" / f"{sweep.map_name}_medium_replay.h5"
     result = train_sync(
         cfg,
@@ -286,7 +296,7 @@ def _run_behaviour(out: Path, sweep: Sweep, trial: Trial, run_dir: Path) -> dict
         progress=False,
         final_test_episodes=0,
         dump_replay_to=replay_file,
-        stop_when=lambda record: record["win_rate"] >= target,
+        stop_when=medium_level,
     )
     last = _records(run_dir, "eval")[-1]
     level = {
@@ -295,7 +305,8 @@ def _run_behaviour(out: Path, sweep: Sweep, trial: Trial, run_dir: Path) -> dict
         "behaviour_test_return": last["return"],
         "behaviour_test_episodes": last.get("episodes", cfg.actor.test_episodes),
         "behaviour_target_win_rate": target,
-        "behaviour_reached_target": last["win_rate"] >= target,
+        "behaviour_target_return": target_return,
+        "behaviour_reached_target": medium_level(last),
     }
     attrs = {"map_name": sweep.map_name, "policy": "qmix-replay", "kind": "medium_replay", **level}
     write_json(card_path(replay_file), inspect_dataset(replay_file).card(**attrs))
@@ -431,6 +442,15 @@ def trial_env() -> dict[str, str]:
     return env
 
 
+def _die_with_parent() -> None:
+    """In a trial's child process (Linux): end it when the process that started it ends, even by
+    SIGKILL, so that a killed sweep leaves no trial writing into the output directory."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def run_logged(out: str, name: str, threads: int) -> int:
     """Run one trial in a child process, its output appended to logs/<name>.log; the exit status."""
     env = trial_env()
@@ -442,7 +462,11 @@ def run_logged(out: str, name: str, threads: int) -> int:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as log:
         return subprocess.call(
-            trial_command(Path(out), name, threads), stdout=log, stderr=subprocess.STDOUT, env=env
+            trial_command(Path(out), name, threads),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
 
 
@@ -468,7 +492,11 @@ class LocalPool:
         log = open(log_path, "a")
         self._logs[name] = log
         self.running[name] = subprocess.Popen(
-            trial_command(self.out, name, self.threads), stdout=log, stderr=subprocess.STDOUT, env=trial_env()
+            trial_command(self.out, name, self.threads),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=trial_env(),
+            preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
 
     def wait(self, timeout: float) -> list[tuple[str, int]]:
@@ -716,7 +744,11 @@ def sweep_from_args(args: argparse.Namespace) -> Sweep:
     budget = Budget()
     changes = {k: v for k, v in (args.budget or {}).items() if v is not None}
     for name, value in changes.items():
-        if isinstance(value, int | float) and value <= 0 and name != "behaviour_win_rate":
+        if (
+            isinstance(value, int | float)
+            and value <= 0
+            and name not in ("behaviour_win_rate", "behaviour_return")
+        ):
             raise ReproduceError(f"--{name.replace('_', '-')} must be positive, got {value}")
     budget = dataclasses.replace(budget, **changes)
     sweep = Sweep(
@@ -743,6 +775,7 @@ def default_out(sweep: Sweep) -> Path:
 # The budget flags: (flag, Budget field, type, help).
 BUDGET_FLAGS = (
     ("--behaviour-win-rate", "behaviour_win_rate", float, "test win rate QMIX from scratch is trained to"),
+    ("--behaviour-return", "behaviour_return", float, "... or to this test return"),
     ("--behaviour-max-steps", "behaviour_max_steps", int, "env steps at most for that QMIX run"),
     ("--dataset-episodes", "dataset_episodes", int, "medium: greedy episodes; medium-replay: buffer size"),
     ("--offline-updates", "offline_updates", int, "pre-training updates"),
@@ -788,6 +821,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     args.budget = {name: getattr(args, name, None) for _, name, _, _ in BUDGET_FLAGS}
+    # SIGTERM ends the sweep like Ctrl-C: its running trials are stopped on the way out.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     if getattr(args, "jobs", None) is None:
         args.jobs = 2
     try:

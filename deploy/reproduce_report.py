@@ -184,7 +184,13 @@ def dataset_lines(out: Path, sweep: Sweep) -> list[str]:
         parts.append(
             f"made from QMIX trained from scratch for {card['behaviour_env_steps']:,} env steps to a test "
             f"win rate of {card['behaviour_test_win_rate']:.3f} ({card['behaviour_test_episodes']} episodes; "
-            f"it {reached} the stated medium level {card['behaviour_target_win_rate']})"
+            f"it {reached} the stated medium level: win rate {card['behaviour_target_win_rate']}"
+            + (
+                f" or return {card['behaviour_target_return']}"
+                if card.get("behaviour_target_return") is not None
+                else ""
+            )
+            + ")"
         )
     return ["; ".join(parts) + "."]
 

@@ -163,18 +163,29 @@ def test_a_rerun_with_another_budget_is_refused(tmp_path, capsys):
 # --- tiny sweeps, run for real ---------------------------------------------------------------------
 
 TINY = [
-    "--map", "3m", "--dataset-kind", "medium", "--seeds", "2", "--online-steps", "600",
-    "--behaviour-max-steps", "600", "--behaviour-win-rate", "0", "--dataset-episodes", "24",
+    "--map", "3m", "--dataset-kind", "medium", "--seeds", "2", "--online-steps", "400",
+    "--behaviour-max-steps", "300", "--behaviour-win-rate", "0", "--dataset-episodes", "24",
     "--offline-updates", "4", "--batch-size", "8", "--evals", "2", "--test-episodes", "4",
     "--final-test-episodes", "8",
 ]  # fmt: skip
 METHODS = "ovmse,switch_cql,qmix"
 
 
-def reproduce(out: Path, *extra: str) -> subprocess.CompletedProcess:
+def reproduce(out: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """The CLI in its own session, so that a timeout ends it together with its trials."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     command = [sys.executable, "-m", "deploy.cli", "reproduce", *TINY, "--out", str(out), *extra]
-    return subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def records(run_dir: Path, kind: str) -> list[dict]:
