@@ -48,6 +48,7 @@ SWEEP_FILE = "sweep.json"
 DONE_FILE = "done.json"
 LOCK_FILE = ".sweep.lock"
 PROGRESS_EVERY_S = 30.0
+QUIET_EVERY_S = 300.0
 RAY_TASK_ENV = "OVMSE_RAY_TASK_ID"
 
 
@@ -531,12 +532,12 @@ class RayPool:
 
         self.ray = ray
         self.out, self.threads = out, threads
-        root = str(Path(__file__).resolve().parent.parent)
-        runtime_env = {"env_vars": {"PYTHONPATH": root}}
+        # Workers import this module: on a local instance they inherit this process's environment;
+        # on a cluster every node needs the project installed (the project's image does that).
         if address == "local":
-            ray.init(num_cpus=jobs, include_dashboard=False, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(num_cpus=jobs, include_dashboard=False, log_to_driver=False)
         else:
-            ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False)
         resources = ray.cluster_resources()
         self.cpus = int(resources.get("CPU", 1))
         self.gpus = float(resources.get("GPU", 0))
@@ -619,10 +620,14 @@ class Progress:
         )
 
     def show(self, out: Path, running: set[str], failed: set[str], force: bool = False) -> None:
+        """Print the line when something changed (`force`), or every PROGRESS_EVERY_S on a
+        terminal (in place) and every QUIET_EVERY_S into a log file."""
+        stream = self.stream or sys.stdout
+        tty = stream.isatty()
         now = time.monotonic()
-        if force or now - self._last >= PROGRESS_EVERY_S:
+        if force or now - self._last >= (PROGRESS_EVERY_S if tty else QUIET_EVERY_S):
             self._last = now
-            print(self.line(out, running, failed), file=self.stream or sys.stdout, flush=True)
+            print(self.line(out, running, failed), file=stream, flush=True)
 
 
 def _duration(seconds: float) -> str:
