@@ -155,11 +155,11 @@ def plan(sweep: Sweep) -> list[Trial]:
     keys: dict[str, str] = {}
     for method in o2o:
         keys.setdefault(offline_key(sweep.map_name, sweep.dataset_kind, method), method)
+    ratios: tuple[float | None, ...] = sweep.mixing_ratios or (None,)
+    # Seed by seed, so that a sweep stopped part-way has whole seeds of every method.
     for seed in range(sweep.seeds):
         for key, method in keys.items():
             trials.append(Trial(f"pretrain/{key}_s{seed}", "pretrain", seed, method, needs=data_needs))
-    ratios: tuple[float | None, ...] = sweep.mixing_ratios or (None,)
-    for seed in range(sweep.seeds):
         for method in sweep.methods:
             if not METHODS[method].offline_phase:
                 trials.append(Trial(f"online/{method}_s{seed}", "online", seed, method, method))
@@ -621,7 +621,7 @@ class Progress:
 
     def show(self, out: Path, running: set[str], failed: set[str], force: bool = False) -> None:
         """Print the line when something changed (`force`), or every PROGRESS_EVERY_S on a
-        terminal (in place) and every QUIET_EVERY_S into a log file."""
+        terminal and every QUIET_EVERY_S into a log file."""
         stream = self.stream or sys.stdout
         tty = stream.isatty()
         now = time.monotonic()

@@ -280,6 +280,8 @@ def aligned(records: list[RunRecord], key: str, with_start: bool = True) -> tupl
         rows = ([r.start] if with_start and r.start is not None else []) + r.evals
         series.append([(e["env_steps"], e.get(key)) for e in rows if e.get(key) is not None])
     k = min(len(s) for s in series)
+    if k == 0:
+        return np.zeros(0), np.zeros((len(series), 0))
     steps = np.median(np.array([[p[0] for p in s[:k]] for s in series], dtype=float), axis=0)
     values = np.array([[p[1] for p in s[:k]] for s in series], dtype=float)
     return steps, values
@@ -299,6 +301,8 @@ def plot_curves(out: Path, sweep: Sweep, runs: dict[str, list[RunRecord]], reps:
             if not records:
                 continue
             steps, values = aligned(records, key)
+            if not values.size:
+                continue
             bands = [bootstrap_ci(values[:, i][:, None], median, reps=reps) for i in range(values.shape[1])]
             mid = np.array([b.point for b in bands])
             ax.plot(steps, mid, marker="o", ms=3, label=f"{algorithm} ({len(records)} seeds)")
