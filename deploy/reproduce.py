@@ -596,6 +596,7 @@ class Progress:
 
     def line(self, out: Path, running: set[str], failed: set[str]) -> str:
         done = [t for t in self.trials if is_done(out, t.name)]
+        running = {n for n in running if not is_done(out, n)}  # finished, not yet reaped
         left = [t for t in self.trials if t.name not in running and not is_done(out, t.name)]
         seconds: dict[str, list[float]] = {}
         for t in done:
