@@ -326,3 +326,21 @@ def test_the_same_sweep_as_ray_tasks_on_a_local_instance(sweep_dir, tmp_path):
             assert ours[algorithm][seed]["step_0"].keys() == theirs[algorithm][seed]["step_0"].keys()
     # QMIX from scratch reads no dataset: the same seed repeats bit for bit wherever it ran.
     assert ours["qmix"] == theirs["qmix"]
+
+
+def test_progress_line_counts_done_running_left_and_estimates_the_rest(tmp_path):
+    from deploy.reproduce import Progress
+
+    sweep = Sweep("3m", "medium", ("ovmse", "qmix"), 2, 1000)
+    trials = plan(sweep)  # behaviour, medium, 2 pretrains, 4 online
+    assert len(trials) == 8
+    for name, seconds in (("datasets/behaviour", 100), ("online/qmix_s0", 60), ("online/qmix_s1", 40)):
+        (tmp_path / name).mkdir(parents=True)
+        (tmp_path / name / "done.json").write_text(json.dumps({"seconds": seconds}))
+    line = Progress(trials, parallelism=2).line(tmp_path, {"datasets/medium", "online/qmix_s1"}, set())
+    # qmix_s1 finished but not yet reaped: done, not running. Left: 2 pretrains (no pretrain has
+    # finished: the mean of all finished trials, 200 / 3 s) and 2 online trials (their kind's mean,
+    # 50 s); medium, running, counts half of 200 / 3 s; all over 2 parallel slots.
+    expected = (2 * 200 / 3 + 2 * 50 + 0.5 * 200 / 3) / 2
+    assert line.startswith("reproduce: 3/8 trials done, 1 running, 4 left; ETA ")
+    assert line.endswith(f"ETA {int(expected) // 60}m{int(expected) % 60:02d}s")
