@@ -255,7 +255,7 @@ def execute_trial(out: Path, name: str, threads: int = 1) -> dict:
         raise RuntimeError(f"trial {name} needs {', '.join(missing)}, which have not finished")
     run_dir = out / name
     shutil.rmtree(run_dir, ignore_errors=True)
-    began = time.time()
+    began, cpu_began = time.time(), time.process_time()
     summary = RUNNERS[trial.kind](out, sweep, trial, run_dir)
     done = {
         "trial": name,
@@ -264,6 +264,7 @@ def execute_trial(out: Path, name: str, threads: int = 1) -> dict:
         "method": trial.method,
         "algorithm": trial.algorithm,
         "seconds": round(time.time() - began, 1),
+        "cpu_seconds": round(time.process_time() - cpu_began, 1),  # this process, all threads
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": socket.gethostname(),
         "pid": os.getpid(),
