@@ -167,8 +167,9 @@ def _dataset_collect(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from deploy.reproduce import main
+    from deploy.reproduce_report import write_report
 
-    return main(args)
+    return main(args, report=write_report)
 
 
 def _bench(args: argparse.Namespace) -> int:

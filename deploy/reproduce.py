@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -826,7 +827,9 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
-def main(args: argparse.Namespace) -> int:
+def main(args: argparse.Namespace, report: Callable[[Path, Sweep], object] | None = None) -> int:
+    """The command: `report(out, sweep)` writes the results (deploy/reproduce_report.py's
+    `write_report`, which the CLI passes in) after each online trial and at the end."""
     args.budget = {name: getattr(args, name, None) for _, name, _, _ in BUDGET_FLAGS}
     # SIGTERM ends the sweep like Ctrl-C: its running trials are stopped on the way out.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -839,14 +842,12 @@ def main(args: argparse.Namespace) -> int:
         out = out.resolve()
         with sweep_lock(out):
             store_sweep(out, sweep)
-            from deploy.reproduce_report import write_report
-
             pool = (
                 RayPool(out, args.ray, args.jobs, args.threads)
                 if args.ray
                 else LocalPool(out, args.jobs, args.threads)
             )
-            status = run_sweep(out, sweep, pool, report=lambda: write_report(out, sweep))
+            status = run_sweep(out, sweep, pool, report=(lambda: report(out, sweep)) if report else None)
     except ReproduceError as error:
         print(f"ovmse reproduce: {error}", file=sys.stderr)
         return 2

@@ -219,7 +219,7 @@ def test_tiny_sweep_writes_every_output_from_the_runs_own_numbers(sweep_dir):
     data = json.loads((out / "results.json").read_text())
     assert check_raw_results(data) == []
     algorithms = data["smac_lite"]["3m_medium"]
-    assert list(algorithms) == ["ovmse", "switch_cql", "qmix"]
+    assert sorted(algorithms) == ["ovmse", "qmix", "switch_cql"]
     for algorithm, runs in algorithms.items():
         assert sorted(runs) == ["seed_0", "seed_1"]
         for seed, steps in runs.items():
