@@ -821,6 +821,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", metavar="DIR", help="output directory (default runs/reproduce/MAP_KIND)")
     parser.add_argument("--dataset", metavar="FILE", help="use this dataset instead of making one")
     parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per trial")
+    parser.add_argument(
+        "--report-only",
+        action="store_true",
+        help="write results.json, table.md and the curves of the sweep in --out from its finished trials",
+    )
     for flag, name, kind, text in BUDGET_FLAGS:
         parser.add_argument(
             flag, type=kind, default=None, metavar="X", help=f"{text} (default {getattr(b, name)})"
@@ -836,6 +841,8 @@ def main(args: argparse.Namespace, report: Callable[[Path, Sweep], object] | Non
     if getattr(args, "jobs", None) is None:
         args.jobs = 2
     try:
+        if getattr(args, "report_only", False):
+            return report_only(args, report)
         sweep = sweep_from_args(args)
         out = Path(args.out) if args.out else default_out(sweep)
         out.mkdir(parents=True, exist_ok=True)
@@ -856,6 +863,20 @@ def main(args: argparse.Namespace, report: Callable[[Path, Sweep], object] | Non
         print(table.read_text())
     print(f"results in {out}: results.json, table.md, curves_*.png")
     return status
+
+
+def report_only(args: argparse.Namespace, report: Callable[[Path, Sweep], object] | None) -> int:
+    """`--report-only`: the results of the sweep in --out from the trials finished so far (another
+    sweep may be running there); no trial runs."""
+    if not args.out:
+        raise ReproduceError("--report-only needs --out DIR, the sweep's directory")
+    out = Path(args.out)
+    if not (out / SWEEP_FILE).is_file():
+        raise ReproduceError(f"--out {out}: no sweep there ({SWEEP_FILE} is missing)")
+    if report is not None:
+        report(out, load_sweep(out))
+    print((out / "table.md").read_text() if (out / "table.md").exists() else "no results yet")
+    return 0
 
 
 def _trial_main(argv: list[str]) -> int:

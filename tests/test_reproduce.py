@@ -344,3 +344,17 @@ def test_progress_line_counts_done_running_left_and_estimates_the_rest(tmp_path)
     expected = (2 * 200 / 3 + 2 * 50 + 0.5 * 200 / 3) / 2
     assert line.startswith("reproduce: 3/8 trials done, 1 running, 4 left; ETA ")
     assert line.endswith(f"ETA {int(expected) // 60}m{int(expected) % 60:02d}s")
+
+
+def test_report_only_rewrites_the_results_from_the_trials(sweep_dir, tmp_path, capsys):
+    out = tmp_path / "copy"
+    shutil.copytree(sweep_dir, out)
+    for name in ("results.json", "table.md", "summary.json", "curves_win_rate.png"):
+        (out / name).unlink()
+    assert cli_main(["reproduce", "--report-only", "--out", str(out)]) == 0
+    assert "| ovmse | 2 |" in capsys.readouterr().out
+    assert json.loads((out / "results.json").read_text()) == json.loads(
+        (sweep_dir / "results.json").read_text()
+    )
+    assert (out / "curves_win_rate.png").is_file() and (out / "table.md").is_file()
+    assert cli_main(["reproduce", "--report-only", "--out", str(tmp_path / "none")]) == 2
