@@ -734,6 +734,12 @@ def parse_ratios(text: str | None) -> tuple[float, ...] | None:
 
 
 def sweep_from_args(args: argparse.Namespace) -> Sweep:
+    if getattr(args, "method", None):
+        raise ReproduceError(f"--method {args.method}: reproduce runs several; name them with --methods")
+    if getattr(args, "config", None):
+        raise ReproduceError(
+            "--config: reproduce builds each trial from its preset; change fields with --set"
+        )
     map_name = args.map or "3s5z"
     kind = args.dataset_kind or "medium"
     if kind not in ("medium", "medium_replay"):

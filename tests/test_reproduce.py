@@ -143,6 +143,8 @@ def test_trial_configs_follow_each_preset_and_the_budget(tmp_path):
         (["--dataset", "/nonexistent.h5"], "--dataset"),
         (["--jobs", "0"], "--jobs"),
         (["--offline-updates", "-1"], "--offline-updates"),
+        (["--method", "ovmse"], "--methods"),
+        (["--config", "x.yaml"], "--config"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_flag(tmp_path, capsys, extra, flag):
