@@ -133,6 +133,7 @@ def summarize(sweep: Sweep, runs: dict[str, list[RunRecord]]) -> dict:
         finals = [r.final["win_rate"] for r in records]
         returns = [r.final["return"] for r in records]
         drops = [d for d in (offline_drop(r, b.drop_window) for r in records) if d is not None]
+        lowest = [d for d in (offline_drop(r, len(r.evals)) for r in records) if d is not None]
         reach = [steps_to_reach(r, b.target_win_rate) for r in records]
         reached = [s for s in reach if s is not None]
         starts = [r.start["win_rate"] for r in records if r.start is not None]
@@ -148,6 +149,8 @@ def summarize(sweep: Sweep, runs: dict[str, list[RunRecord]]) -> dict:
             "iqm": _ci(finals, iqm, b.bootstrap_reps),
             "mean_return": _ci(returns, mean, b.bootstrap_reps),
             "mean_drop": _ci(drops, mean, b.bootstrap_reps),
+            "lowest": lowest,
+            "mean_lowest": _ci(lowest, mean, b.bootstrap_reps),
             "median_offline": float(np.median(starts)) if starts else None,
             "median_steps_to_target": float(np.median(reached)) if reached else None,
             "reached": len(reached),
@@ -215,23 +218,25 @@ def table_markdown(out: Path, sweep: Sweep, summary: dict) -> str:
         "",
         "Final policy (not the best one). Median and IQM over seeds, 95% stratified bootstrap intervals "
         f"({b.bootstrap_reps} resamples). Drop = lowest test return over the first {b.drop_window} online "
-        "evaluations minus the offline policy's (mean over seeds). Steps to "
+        "evaluations minus the offline policy's (mean over seeds); lowest = the same over every online "
+        "evaluation. Steps to "
         f"{b.target_win_rate:g} = median env steps of the first evaluation at or above that test win rate, "
         "over the seeds that reached it.",
         "",
         "| algorithm | seeds | final win rate, median | final win rate, IQM | mean return | offline win rate "
-        f"(median) | drop after switch (return) | steps to {b.target_win_rate:g} |",
-        "|---|---|---|---|---|---|---|---|",
+        f"(median) | drop after switch (return) | lowest (return) | steps to {b.target_win_rate:g} |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for algorithm, row in rows.items():
         if not row["seeds"]:
-            lines.append(f"| {algorithm} | 0 | — | — | — | — | — | — |")
+            lines.append(f"| {algorithm} | 0 | — | — | — | — | — | — | — |")
             continue
         offline = "—" if row["median_offline"] is None else f"{row['median_offline']:.3f}"
         steps = "—" if row["median_steps_to_target"] is None else f"{row['median_steps_to_target']:,.0f}"
         lines.append(
             f"| {algorithm} | {len(row['seeds'])} | {_cell(row['median'])} | {_cell(row['iqm'])} | "
             f"{_cell(row['mean_return'], 2)} | {offline} | {_cell(row['mean_drop'], 2)} | "
+            f"{_cell(row['mean_lowest'], 2)} | "
             f"{steps} ({row['reached']}/{len(row['seeds'])} reached) |"
         )
     if summary["improvements"]:
