@@ -8,8 +8,9 @@
   bootstrap intervals, mean return, the offline-to-online drop, env steps to a stated win rate, and
   the probability that OVMSE improves on each baseline;
 - curves_win_rate.png, curves_return.png: median over seeds against env steps with a 95% bootstrap
-  band of the median; curves_probe.png: the unlearning probe (mean Q_tot on the starting policy's
-  episodes) and the policy agreement with that policy, per method (median over seeds).
+  band of the median; curves_probe.png: the unlearning probe (mean Q_tot on the offline policy's
+  episodes) and the policy agreement with that policy, per offline-to-online method (median over
+  seeds; QMIX from scratch has no offline policy).
 """
 
 from __future__ import annotations
@@ -322,8 +323,8 @@ def plot_curves(out: Path, sweep: Sweep, runs: dict[str, list[RunRecord]], reps:
         plt.close(fig)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for algorithm, records in runs.items():
-        if not records:
-            continue
+        if not records or any(r.start is None for r in records):
+            continue  # from scratch: no offline policy to forget
         for ax, key in zip(axes, ("probe_q", "policy_agreement"), strict=True):
             steps, values = aligned(records, key)
             if values.size:
