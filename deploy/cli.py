@@ -191,8 +191,10 @@ def _dataset_collect(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    config_from_args(args)
-    return not_implemented(args, "the multi-seed comparison of every method is not built yet")
+    from deploy.reproduce import main
+    from deploy.reproduce_report import write_report
+
+    return main(args, report=write_report)
 
 
 def _bench(args: argparse.Namespace) -> int:
@@ -282,7 +284,9 @@ def _dataset_collect_options(parser: argparse.ArgumentParser) -> None:
 
 def _reproduce_options(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser)
-    parser.add_argument("--seeds", type=int, default=6, metavar="N", help="seeds per method (paper: 6)")
+    from deploy.reproduce import add_options
+
+    add_options(parser)
 
 
 def _bench_options(parser: argparse.ArgumentParser) -> None:

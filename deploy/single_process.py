@@ -17,6 +17,7 @@ The start point and the update step are learner/training.py's, shared with the d
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,10 +84,13 @@ def train_sync(
     progress: bool = True,
     final_test_episodes: int | None = None,
     dump_replay_to: str | Path | None = None,
+    stop_when: Callable[[dict], bool] | None = None,
 ) -> TrainResult:
     """Run the configured method; with `dump_replay_to`, write the online buffer at the end of the
     run (the last `replay.online_capacity` episodes, as the FIFO table holds them) to that dataset
-    file: the paper's medium-replay recipe when the method is qmix."""
+    file: the paper's medium-replay recipe when the method is qmix. `stop_when(eval_record)`, asked
+    after every online evaluation, ends the online phase early when it returns true (training a
+    behaviour policy to a stated level)."""
     builder = Builder(cfg)
     run_dir = fresh_run_dir(run_dir or cfg.run.path)
     log = RunLog(run_dir)
@@ -133,8 +137,9 @@ def train_sync(
             )
 
         buffer = collections.deque(maxlen=cfg.replay.online_capacity) if dump_replay_to else None
+        probes = (probe, probe_actions)
         online = _online_phase(
-            cfg, builder, learner, start, replay, evaluator, (probe, probe_actions), log, progress, buffer
+            cfg, builder, learner, start, replay, evaluator, probes, log, progress, buffer, stop_when
         )
         if buffer:
             from replay.dataset_writer import write_dataset
@@ -193,6 +198,7 @@ def _online_phase(
     log: RunLog,
     progress: bool,
     buffer: collections.deque | None = None,
+    stop_when: Callable[[dict], bool] | None = None,
 ) -> OnlineResult:
     budget = cfg.run.online_env_steps
     bsr = cfg.learner.batch_size_run
@@ -233,8 +239,7 @@ def _online_phase(
             result = evaluate(evaluator, cfg.actor.test_episodes)
             train_win, train_return = summarize(recent)
             last_eval = {"win_rate": result.win_rate}
-            log.log(
-                "eval",
+            record = dict(
                 env_steps=worker.env_steps,
                 **result.log_fields(),
                 probe_q=mean_q_tot(learner, probe[0]),
@@ -247,6 +252,9 @@ def _online_phase(
                 updates=learner.updates,
                 policy_version=version,
             )
+            log.log("eval", **record)
+            if stop_when is not None and stop_when(record):
+                break
         if line:
             line.maybe_print(
                 worker.env_steps,

@@ -68,9 +68,8 @@ def test_package_entry_points_forward_to_their_subcommand(package, command):
     assert yaml.safe_load(done.stdout)["env"]["map_name"] == "2s3z"
 
 
-NOT_LANDED = [
-    (["reproduce"], "multi-seed comparison"),
-]
+# Every job has landed; a job added before its implementation goes here until it does.
+NOT_LANDED: list[tuple[list[str], str]] = []
 
 
 @pytest.mark.parametrize(("argv", "what"), NOT_LANDED)

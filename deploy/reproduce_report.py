@@ -1,0 +1,379 @@
+"""The results of an `ovmse reproduce` sweep, from its finished online trials' own logs:
+
+- results.json: marl-eval's raw format (environment -> task -> algorithm -> seed -> step -> metrics,
+  plus the final policy's "absolute_metrics"); the online evaluations only, so that every algorithm
+  has the same steps (QMIX has no offline policy to score at step 0);
+- summary.json: per trial, what the table is computed from (offline policy, every evaluation, final);
+- table.md: per algorithm, the final test win rate as median and IQM over seeds with 95% stratified
+  bootstrap intervals, mean return, the offline-to-online drop, env steps to a stated win rate, and
+  the probability that OVMSE improves on each baseline;
+- curves_win_rate.png, curves_return.png: median over seeds against env steps with a 95% bootstrap
+  band of the median; curves_probe.png: the unlearning probe (mean Q_tot on the offline policy's
+  episodes) and the policy agreement with that policy, per offline-to-online method (median over
+  seeds; QMIX from scratch has no offline policy).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from common.atomic_files import atomic_path, write_json
+from common.bootstrap import Interval, bootstrap_ci, iqm, mean, median, probability_of_improvement_ci
+from common.marl_eval import RunCurve, raw_results
+from deploy.reproduce import Sweep, dataset_path, is_done, plan, read_done
+
+
+@dataclass
+class RunRecord:
+    """One finished online trial, read from its own metrics.jsonl and done.json."""
+
+    algorithm: str
+    seed: int
+    start: dict | None  # the starting (offline) policy's evaluation at env step 0; None for QMIX
+    evals: list[dict]  # the online evaluations, in order
+    final: dict  # the final policy's evaluation
+    seconds: float
+
+
+def read_records(run_dir: Path) -> list[dict]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load_runs(out: Path, sweep: Sweep) -> dict[str, list[RunRecord]]:
+    """{algorithm: [RunRecord per finished seed]} in the sweep's order of methods."""
+    runs: dict[str, list[RunRecord]] = {}
+    for trial in plan(sweep):
+        if trial.kind != "online":
+            continue
+        runs.setdefault(trial.algorithm or "", [])
+        if not is_done(out, trial.name):
+            continue
+        rows = read_records(out / trial.name)
+        evals = [r for r in rows if r["kind"] == "eval"]
+        finals = [r for r in rows if r["kind"] == "final_eval"]
+        start = evals[0] if evals and evals[0]["env_steps"] == 0 else None
+        online = [r for r in evals if r["env_steps"] > 0]
+        final = finals[-1] if finals else online[-1]
+        seconds = float(read_done(out, trial.name)["seconds"])
+        runs[trial.algorithm or ""].append(
+            RunRecord(trial.algorithm or "", trial.seed, start, online, final, seconds)
+        )
+    return runs
+
+
+# --- per-run quantities (pure) -------------------------------------------------------------------
+
+
+def offline_drop(run: RunRecord, window: int) -> float | None:
+    """Lowest test return over the first `window` online evaluations minus the offline policy's
+    (negative: the return dropped after the switch); None without an offline policy."""
+    if run.start is None or not run.evals:
+        return None
+    return min(e["return"] for e in run.evals[:window]) - run.start["return"]
+
+
+def steps_to_reach(run: RunRecord, win_rate: float) -> int | None:
+    """Env steps of the first online evaluation at or above `win_rate`; None if none reached it."""
+    for e in run.evals:
+        if e["win_rate"] >= win_rate:
+            return int(e["env_steps"])
+    return None
+
+
+# --- results.json ----------------------------------------------------------------------------------
+
+
+def environment_name(sweep: Sweep) -> str:
+    backend = next((o.split("=", 1)[1] for o in sweep.overrides if o.startswith("env.backend=")), "lite")
+    return "smac_lite" if backend == "lite" else "smac"
+
+
+def marl_eval_results(sweep: Sweep, runs: dict[str, list[RunRecord]]) -> dict:
+    curves = {
+        algorithm: {
+            f"seed_{r.seed}": RunCurve(
+                evals=[(e["env_steps"], {"win_rate": e["win_rate"], "return": e["return"]}) for e in r.evals],
+                absolute={"win_rate": r.final["win_rate"], "return": r.final["return"]},
+            )
+            for r in records
+        }
+        for algorithm, records in runs.items()
+        if records
+    }
+    return raw_results(environment_name(sweep), f"{sweep.map_name}_{sweep.dataset_kind}", curves)
+
+
+# --- table.md ----------------------------------------------------------------------------------------
+
+
+def _ci(values: list[float], statistic, reps: int) -> Interval | None:
+    if not values:
+        return None
+    return bootstrap_ci(np.array(values, dtype=float)[:, None], statistic, reps=reps)
+
+
+def _cell(interval: Interval | None, digits: int = 3) -> str:
+    return "—" if interval is None else interval.text(digits)
+
+
+def is_ovmse(algorithm: str) -> bool:
+    return algorithm == "ovmse" or algorithm.startswith("ovmse_m")
+
+
+def summarize(sweep: Sweep, runs: dict[str, list[RunRecord]]) -> dict:
+    b = sweep.budget
+    rows = {}
+    for algorithm, records in runs.items():
+        finals = [r.final["win_rate"] for r in records]
+        returns = [r.final["return"] for r in records]
+        drops = [d for d in (offline_drop(r, b.drop_window) for r in records) if d is not None]
+        lowest = [d for d in (offline_drop(r, len(r.evals)) for r in records) if d is not None]
+        reach = [steps_to_reach(r, b.target_win_rate) for r in records]
+        reached = [s for s in reach if s is not None]
+        starts = [r.start["win_rate"] for r in records if r.start is not None]
+        rows[algorithm] = {
+            "seeds": [r.seed for r in records],
+            "final_win_rate": finals,
+            "final_return": returns,
+            "final_episodes": [r.final.get("episodes") for r in records],
+            "offline_win_rate": starts,
+            "drop": drops,
+            "steps_to_target": reach,
+            "median": _ci(finals, median, b.bootstrap_reps),
+            "iqm": _ci(finals, iqm, b.bootstrap_reps),
+            "mean_return": _ci(returns, mean, b.bootstrap_reps),
+            "mean_drop": _ci(drops, mean, b.bootstrap_reps),
+            "lowest": lowest,
+            "mean_lowest": _ci(lowest, mean, b.bootstrap_reps),
+            "median_offline": float(np.median(starts)) if starts else None,
+            "median_steps_to_target": float(np.median(reached)) if reached else None,
+            "reached": len(reached),
+            "seconds": [r.seconds for r in records],
+        }
+    improvements = {}
+    for ours, ours_records in runs.items():
+        if not is_ovmse(ours) or len(ours_records) < 1:
+            continue
+        for other, other_records in runs.items():
+            if is_ovmse(other) or not other_records:
+                continue
+            x = np.array([r.final["win_rate"] for r in ours_records])[:, None]
+            y = np.array([r.final["win_rate"] for r in other_records])[:, None]
+            improvements[f"{ours} > {other}"] = probability_of_improvement_ci(x, y, reps=b.bootstrap_reps)
+    return {"rows": rows, "improvements": improvements}
+
+
+def dataset_lines(out: Path, sweep: Sweep) -> list[str]:
+    from replay.dataset_writer import card_path
+
+    path = dataset_path(out, sweep)
+    card_file = card_path(path)
+    if not card_file.exists():
+        return [f"Dataset: `{path}` (no card)."]
+    card = json.loads(card_file.read_text())
+    parts = [
+        f"Dataset: {sweep.dataset_kind}, {card.get('episodes', '?')} episodes, "
+        f"win rate {card.get('win_rate', float('nan')):.3f}, "
+        f"return mean {card.get('return_mean', float('nan')):.2f}"
+    ]
+    if "behaviour_test_win_rate" in card:
+        reached = "reached" if card.get("behaviour_reached_target") else "did NOT reach"
+        parts.append(
+            f"made from QMIX trained from scratch for {card['behaviour_env_steps']:,} env steps to a test "
+            f"win rate of {card['behaviour_test_win_rate']:.3f} ({card['behaviour_test_episodes']} episodes; "
+            f"it {reached} the stated medium level: win rate {card['behaviour_target_win_rate']}"
+            + (
+                f" or return {card['behaviour_target_return']}"
+                if card.get("behaviour_target_return") is not None
+                else ""
+            )
+            + ")"
+        )
+    return ["; ".join(parts) + "."]
+
+
+def table_markdown(out: Path, sweep: Sweep, summary: dict) -> str:
+    b = sweep.budget
+    rows = summary["rows"]
+    seeds_done = {a: len(r["seeds"]) for a, r in rows.items()}
+    total_seconds = sum(s for r in rows.values() for s in r["seconds"])
+    lines = [
+        f"# lite {sweep.map_name} {sweep.dataset_kind}: {', '.join(rows)}",
+        "",
+        f"Online budget {sweep.online_steps:,} env steps per trial (the paper: "
+        f"{_paper_budget(sweep):,}); {sweep.seeds} seeds asked, finished per algorithm: "
+        + ", ".join(f"{a} {n}" for a, n in seeds_done.items())
+        + ".",
+        f"Pre-training: {b.offline_updates} updates of {b.batch_size} episodes "
+        f"(`cql_sampler={b.cql_sampler}`); online batches of {b.batch_size}; {b.evals} evaluations of "
+        f"{b.test_episodes} greedy episodes, final policy on {b.final_test_episodes}. "
+        f"Online trials' wall-clock sum: {total_seconds / 60:.1f} min.",
+        *dataset_lines(out, sweep),
+        "",
+        "Final policy (not the best one). Median and IQM over seeds, 95% stratified bootstrap intervals "
+        f"({b.bootstrap_reps} resamples). Drop = lowest test return over the first {b.drop_window} online "
+        "evaluations minus the offline policy's (mean over seeds); lowest = the same over every online "
+        "evaluation. Steps to "
+        f"{b.target_win_rate:g} = median env steps of the first evaluation at or above that test win rate, "
+        "over the seeds that reached it.",
+        "",
+        "| algorithm | seeds | final win rate, median | final win rate, IQM | mean return | offline win rate "
+        f"(median) | drop after switch (return) | lowest (return) | steps to {b.target_win_rate:g} |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for algorithm, row in rows.items():
+        if not row["seeds"]:
+            lines.append(f"| {algorithm} | 0 | — | — | — | — | — | — | — |")
+            continue
+        offline = "—" if row["median_offline"] is None else f"{row['median_offline']:.3f}"
+        steps = "—" if row["median_steps_to_target"] is None else f"{row['median_steps_to_target']:,.0f}"
+        lines.append(
+            f"| {algorithm} | {len(row['seeds'])} | {_cell(row['median'])} | {_cell(row['iqm'])} | "
+            f"{_cell(row['mean_return'], 2)} | {offline} | {_cell(row['mean_drop'], 2)} | "
+            f"{_cell(row['mean_lowest'], 2)} | "
+            f"{steps} ({row['reached']}/{len(row['seeds'])} reached) |"
+        )
+    if summary["improvements"]:
+        lines += [
+            "",
+            "Probability of improvement on the final test win rate: P(X > Y) + P(X = Y)/2 for a random "
+            "seed of each, 95% bootstrap interval (each side resampled).",
+            "",
+            "| comparison | probability of improvement |",
+            "|---|---|",
+        ]
+        for name, interval in summary["improvements"].items():
+            lines.append(f"| {name} | {interval.text()} |")
+    lines += [
+        "",
+        "Per seed, final test win rate:",
+        "",
+        "| algorithm | " + " | ".join(f"seed {s}" for s in range(sweep.seeds)) + " |",
+        "|---|" + "---|" * sweep.seeds,
+    ]
+    for algorithm, row in rows.items():
+        by_seed = dict(zip(row["seeds"], row["final_win_rate"], strict=True))
+        cells = [f"{by_seed[s]:.3f}" if s in by_seed else "—" for s in range(sweep.seeds)]
+        lines.append(f"| {algorithm} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the lite world, not StarCraft II.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _paper_budget(sweep: Sweep) -> int:
+    from common.config.presets import map_hyperparameters
+
+    return map_hyperparameters(sweep.map_name).online_env_steps
+
+
+# --- curves ------------------------------------------------------------------------------------------
+
+
+def aligned(records: list[RunRecord], key: str, with_start: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(env steps [k], values [seeds, k]) over the first k evaluations every seed has; the starting
+    policy's evaluation first when every seed has one."""
+    series = []
+    for r in records:
+        rows = ([r.start] if with_start and r.start is not None else []) + r.evals
+        series.append([(e["env_steps"], e.get(key)) for e in rows if e.get(key) is not None])
+    k = min(len(s) for s in series)
+    if k == 0:
+        return np.zeros(0), np.zeros((len(series), 0))
+    steps = np.median(np.array([[p[0] for p in s[:k]] for s in series], dtype=float), axis=0)
+    values = np.array([[p[1] for p in s[:k]] for s in series], dtype=float)
+    return steps, values
+
+
+def plot_curves(out: Path, sweep: Sweep, runs: dict[str, list[RunRecord]], reps: int = 500) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    title = f"lite {sweep.map_name} {sweep.dataset_kind}"
+    for key, label in (("win_rate", "test win rate"), ("return", "test return")):
+        fig, ax = plt.subplots(figsize=(6.5, 3.8))
+        for algorithm, records in runs.items():
+            if not records:
+                continue
+            steps, values = aligned(records, key)
+            if not values.size:
+                continue
+            bands = [bootstrap_ci(values[:, i][:, None], median, reps=reps) for i in range(values.shape[1])]
+            mid = np.array([b.point for b in bands])
+            ax.plot(steps, mid, marker="o", ms=3, label=f"{algorithm} ({len(records)} seeds)")
+            ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], alpha=0.2)
+        ax.set_xlabel("environment steps (online)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{title}: median over seeds, 95% bootstrap band")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(_save(fig, out / f"curves_{key}.png"))
+        plt.close(fig)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for algorithm, records in runs.items():
+        if not records or any(r.start is None for r in records):
+            continue  # from scratch: no offline policy to forget
+        for ax, key in zip(axes, ("probe_q", "policy_agreement"), strict=True):
+            steps, values = aligned(records, key)
+            if values.size:
+                ax.plot(steps, np.median(values, axis=0), marker="o", ms=3, label=algorithm)
+    axes[0].set_ylabel("mean Q_tot on the starting policy's episodes")
+    axes[1].set_ylabel("agreement with the starting policy")
+    for ax in axes:
+        ax.set_xlabel("environment steps (online)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{title}: unlearning probe (median over seeds)")
+    fig.tight_layout()
+    written.append(_save(fig, out / "curves_probe.png"))
+    plt.close(fig)
+    return written
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    return path
+
+
+# --- all of it -----------------------------------------------------------------------------------------
+
+
+def _jsonable(summary: dict) -> dict:
+    def convert(value):
+        if isinstance(value, Interval):
+            return {"point": value.point, "low": value.low, "high": value.high}
+        if isinstance(value, dict):
+            return {k: convert(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [convert(v) for v in value]
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        return value
+
+    return convert(summary)
+
+
+def write_report(out: Path, sweep: Sweep) -> dict:
+    """Write results.json, summary.json, table.md and the curves from the finished online trials."""
+    runs = load_runs(out, sweep)
+    write_json(out / "results.json", marl_eval_results(sweep, runs))
+    summary = summarize(sweep, runs)
+    write_json(out / "summary.json", {"sweep": sweep.to_json(), **_jsonable(summary)})
+    with atomic_path(out / "table.md") as tmp:
+        Path(tmp).write_text(table_markdown(out, sweep, summary))
+    if any(runs.values()):
+        plot_curves(out, sweep, runs)
+    return summary
