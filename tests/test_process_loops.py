@@ -112,3 +112,115 @@ def test_the_actor_plays_nothing_before_its_first_weights():
                                           Metrics("actor")), stop)
     timer.cancel()
     assert worker.epsilons == [] and result["env_steps"] == 0 and sink.episodes == []
+
+
+# --- the learner process -----------------------------------------------------------------------
+
+
+class FakeActors:
+    """The weight service and the actors behind it: every batch the learner takes stands for 100
+    environment steps and 10 episodes reported by the actors."""
+
+    def __init__(self, env_steps: int = 0):
+        self.env_steps, self.episodes = env_steps, env_steps // 10
+        self.published: list[tuple[int, dict, dict, bool]] = []  # (version, weights, extra, start)
+
+    def publish(self, state_dict, version, extra=None, start=False):
+        assert not self.published or version > self.published[-1][0]
+        self.published.append((version, {k: v.clone() for k, v in state_dict.items()}, dict(extra), start))
+
+    def totals(self):
+        return self.env_steps, self.episodes
+
+    def actors_reporting(self):
+        return {0}
+
+    def all_actors_finished(self):
+        return True
+
+    def stop(self):
+        pass
+
+
+class OnlineBatches:
+    def __init__(self, actors: FakeActors):
+        self.actors, self.served = actors, 0
+
+    def sample(self, timeout=None):
+        from tests.test_learner_update import random_batch
+
+        self.actors.env_steps += 100
+        self.actors.episodes += 10
+        self.served += 1
+        return random_batch(100 + self.served)
+
+    def close(self):
+        pass
+
+
+def learner_run(tmp_path, actors: FakeActors, budget: int, offline_batches, seed: int):
+    from common.run_log import RunLog
+    from learner.learning import QMixLearner
+    from learner.process import LearnerParts, run_learner
+    from tests.test_learner_update import INFO
+    from tests.test_learner_update import config as learner_config
+
+    cfg = Config()
+    cfg = dataclasses.replace(
+        cfg,
+        learner=learner_config(
+            offline_cql="none", offline_updates=3, batch_size_run=4, target_update_interval=1000
+        ),
+        run=dataclasses.replace(
+            cfg.run, run_dir=str(tmp_path), name="resume", dataset=str(tmp_path / "data.h5"),
+            online_env_steps=budget,
+        ),
+    )
+    learner = QMixLearner(INFO, cfg.learner, seed=seed)
+    online = OnlineBatches(actors)
+    parts = LearnerParts(
+        learner, actors, offline_batches, lambda: online, Metrics("learner"), RunLog(cfg.run.path)
+    )
+    return run_learner(cfg, parts, threading.Event()), learner, cfg
+
+
+class OfflineBatches:
+    def __init__(self):
+        self.served = 0
+
+    def sample(self, timeout=None):
+        from tests.test_learner_update import random_batch
+
+        self.served += 1
+        return random_batch(self.served)
+
+    def close(self):
+        pass
+
+
+def test_a_restarted_learner_resumes_its_checkpoint_without_pre_training_again(tmp_path):
+    from learner.checkpoint import load_checkpoint
+    from learner.training import learner_checkpoint
+
+    offline = OfflineBatches()
+    first_actors = FakeActors()
+    first, learner, cfg = learner_run(tmp_path, first_actors, 500, lambda: offline, seed=0)
+    assert offline.served == 3 and first["finished"]  # pre-trained once: 3 offline updates
+    assert first_actors.published[0][0] == 1 and first_actors.published[0][3]  # the start weights
+    saved = load_checkpoint(learner, learner_checkpoint(cfg.run.path))
+    assert saved["version"] == first["version"] and saved["offline_credit"] == 3 * 4
+
+    def no_second_pre_training():
+        raise AssertionError("a resumed learner must not pre-train again")
+
+    # Restarted mid-run (another seed: every number must come from the checkpoint).
+    actors = FakeActors(env_steps=first["env_steps"])
+    second, resumed, _ = learner_run(tmp_path, actors, 900, no_second_pre_training, seed=7)
+    version, weights, extra, start = actors.published[0]
+    assert version == first["version"] + 1 and not start  # versions go on; not new start weights
+    last_weights = first_actors.published[-1][1]
+    assert all(torch.equal(weights[k], last_weights[k]) for k in last_weights)
+    assert extra["updates"] == first["updates"]
+    assert second["updates"] == first["updates"] + 4  # 4 more batches of 100 steps to reach 900
+    again = load_checkpoint(resumed, learner_checkpoint(cfg.run.path))
+    assert again["offline_credit"] == 3 * 4 and again["version"] == second["version"]
