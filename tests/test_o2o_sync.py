@@ -63,14 +63,32 @@ def test_ovmse_does_not_unlearn_right_after_the_switch_to_online(offline_checkpo
     assert (result.run_dir / "test_win_rate.png").exists()
 
 
-def test_qmix_replay_buffer_dump_is_a_dataset_of_the_last_episodes(tmp_path):
-    from replay.dataset import inspect_dataset
+def test_qmix_replay_buffer_dump_is_a_dataset_of_the_last_episodes(tmp_path, monkeypatch):
+    import numpy as np
 
+    from replay.dataset import load_episodes
+    from replay.local import LocalReplay
+
+    played = []  # every online episode, in the order the trainer stored them
+    write_all = LocalReplay.write_all
+
+    def recording(self, episodes):
+        episodes = list(episodes)
+        played.extend(episodes)
+        return write_all(self, episodes)
+
+    monkeypatch.setattr(LocalReplay, "write_all", recording)
     cfg = resolve_config(map_name="3m", method="qmix", overrides=[
         f"run.run_dir={tmp_path}", "run.online_env_steps=600", "run.eval_interval_steps=600",
         "learner.batch_size=8", "replay.min_size_to_sample=8", "replay.online_capacity=10",
         "actor.test_episodes=4", "run.log_interval_s=1000"])
     out = tmp_path / "3m_medium_replay.h5"
     train_sync(cfg, progress=False, final_test_episodes=0, dump_replay_to=out)
-    summary = inspect_dataset(out)
-    assert summary.episodes == 10  # exactly the FIFO table's capacity: the buffer at the end
+    dumped = load_episodes(out)
+    assert len(played) > 20 and len(dumped) == 10  # exactly the FIFO table's capacity
+    last = played[-10:]  # the buffer at the end: the last 10 episodes, oldest first
+    assert [ep.length for ep in dumped] == [ep.length for ep in last]
+    assert all(np.array_equal(d.actions, p.actions) and np.array_equal(d.obs, p.obs)
+               for d, p in zip(dumped, last, strict=True))
+    versions = [ep.meta.policy_version for ep in played]
+    assert versions[-1] > versions[0]  # the weights changed during the run: the last are the newest
