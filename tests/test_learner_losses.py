@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -242,3 +243,50 @@ def test_behaviour_cloning_loss_is_the_nll_of_data_actions_among_available_ones(
     assert loss.item() == pytest.approx(
         (torch.log(torch.tensor(2.0)) + torch.log(torch.tensor(3.0))).item() / 2
     )
+
+
+def test_monte_carlo_return_to_go_includes_a_trained_last_step():
+    reward = torch.tensor([[[1.0], [2.0], [4.0]], [[3.0], [0.0], [0.0]]])
+    mask = torch.tensor([[[1.0], [1.0], [1.0]], [[1.0], [0.0], [0.0]]])
+    assert losses.mc_returns(reward, mask, 0.5).squeeze(-1).tolist() == [[1 + 1 + 1, 2 + 2, 4], [3, 0, 0]]
+
+
+def test_behaviour_cloning_loss_averages_agents_per_step_then_trained_steps():
+    # Step 0: agents' NLLs log 2 and log 3; step 1 (untrained): a huge NLL that must not count.
+    logits = torch.zeros(1, 2, 2, 3)
+    logits[0, 1, :, 0] = -50.0
+    avail = torch.tensor([[[[True, True, False], [True, True, True]], [[True, True, True]] * 2]])
+    actions = torch.tensor([[[[0], [2]], [[0], [0]]]])
+    mask = torch.tensor([[[1.0], [0.0]]])
+    loss = losses.behaviour_cloning_loss(logits, actions, avail, mask)
+    assert loss.item() == pytest.approx((math.log(2) + math.log(3)) / 2, rel=1e-6)
+
+
+def test_uniform_joint_actions_repeat_for_a_seeded_generator():
+    avail = torch.ones(3, 4, 2, 5, dtype=torch.bool)
+    draws = [losses.sample_uniform_actions(avail, 6, torch.Generator().manual_seed(9)) for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    seeded = [losses.sample_available_actions(avail, 6, torch.Generator().manual_seed(9)) for _ in range(2)]
+    assert torch.equal(seeded[0], seeded[1])
+
+
+def test_calql_keeps_the_policy_actions_own_value_when_it_is_above_the_floor():
+    weights, agent_qs, q_data = _fixture()
+    policy = torch.tensor([[[1, 0], [0, 0]]])
+    floor = torch.tensor([[[-100.0], [-100.0]]])  # below everything: the floor changes nothing
+    term = losses.sampled_cql_term(
+        agent_qs, weights, FIX_AVAIL, q_data, FIX_MASK, FIX_SAMPLES, floor=floor, policy_actions=policy
+    )
+    values = [_q_tot(agent_qs, weights, 0, j) for j in [(0, 1), (2, 0), (2, 1), (1, 0)]]
+    expected = torch.logsumexp(torch.stack(values + [torch.tensor(0.0)]), 0) - q_data[0, 0, 0]
+    assert term.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_floor_without_the_policys_actions_is_refused():
+    weights, agent_qs, q_data = _fixture()
+    floor = torch.zeros(1, 2, 1)
+    with pytest.raises(ValueError, match="the Cal-QL floor needs the current policy's actions"):
+        losses.sampled_cql_term(agent_qs, weights, FIX_AVAIL, q_data, FIX_MASK, FIX_SAMPLES, floor=floor)
+    chosen = agent_qs[..., 0]
+    with pytest.raises(ValueError, match="the Cal-QL floor needs the current policy's actions"):
+        losses.counterfactual_cql_term(agent_qs, chosen, weights, FIX_AVAIL, q_data, FIX_MASK, floor=floor)

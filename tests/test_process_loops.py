@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import threading
 
-import numpy as np
 import pytest
 import torch
 
