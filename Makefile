@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test install lint bench lock clean
+.PHONY: demo test install lint bench lock clean mutate
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,15 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
+# Mutation testing of the core pure modules ([tool.mutmut] in pyproject.toml; docs/testing.md).
+# Slow (tens of minutes on two cores), so not part of `make test` or CI. JOBS=N sets the workers.
+mutate: $(STAMP)
+	env -u PYTHONPATH OMP_NUM_THREADS=1 $(BIN)/mutmut run --max-children $(or $(JOBS),2)
+	$(BIN)/mutmut export-cicd-stats
+	$(BIN)/python -c "import json; s = json.load(open('mutants/mutmut-cicd-stats.json')); \
+		print('killed', s['killed'], 'of', s['total'], 'survived', s['survived'])"
+	$(BIN)/mutmut results
+
 bench: $(STAMP)
 	$(BIN)/ovmse bench all
 
@@ -33,4 +42,4 @@ lock: $(STAMP)
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache mutants

@@ -27,7 +27,6 @@ Results: docs/bench/learner.md and .json.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import functools
 import queue
@@ -50,7 +49,6 @@ from common.episode import TrainingBatch  # noqa: E402
 from common.networks import RNNAgent  # noqa: E402
 from learner.learning import QMixLearner, keep_freed_host_memory, resolve_precision  # noqa: E402
 from learner.losses import sample_available_actions, sample_uniform_actions  # noqa: E402
-from learner.targets import td_lambda_targets  # noqa: E402
 
 ENV_INFO = {"n_agents": 8, "obs_shape": 128, "state_shape": 216, "n_actions": 14, "episode_limit": 150}
 STEPS = 80  # trained steps per padded episode (T); each episode has T + 1 rows
@@ -175,6 +173,53 @@ class PyMARL2Agent(nn.Module):
         return self
 
 
+class PyMARL2Mixer(nn.Module):
+    """PyMARL2's `nmix.Mixer` (QMIX with hypernetworks, abs weights, ELU), its forward written out
+    with batched matrix products as PyMARL2 does, not with `common.networks.mix`. Parameter names
+    match `common.networks.QMixer`, so it loads that mixer's weights."""
+
+    def __init__(self, n_agents: int, state_size: int, embed_dim: int, hypernet_embed: int):
+        super().__init__()
+        self.n_agents, self.state_size, self.embed_dim = n_agents, state_size, embed_dim
+        self.hyper_w1 = nn.Sequential(
+            nn.Linear(state_size, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, n_agents * embed_dim)
+        )
+        self.hyper_b1 = nn.Linear(state_size, embed_dim)
+        self.hyper_w2 = nn.Sequential(
+            nn.Linear(state_size, hypernet_embed), nn.ReLU(), nn.Linear(hypernet_embed, embed_dim)
+        )
+        self.hyper_b2 = nn.Sequential(nn.Linear(state_size, embed_dim), nn.ReLU(), nn.Linear(embed_dim, 1))
+
+    def forward(self, qvals: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+        b, t, _ = qvals.size()
+        qvals = qvals.reshape(b * t, 1, self.n_agents)
+        states = states.reshape(-1, self.state_size)
+        w1 = self.hyper_w1(states).abs().view(-1, self.n_agents, self.embed_dim)
+        b1 = self.hyper_b1(states).view(-1, 1, self.embed_dim)
+        w2 = self.hyper_w2(states).abs().view(-1, self.embed_dim, 1)
+        b2 = self.hyper_b2(states).view(-1, 1, 1)
+        hidden = F.elu(torch.bmm(qvals, w1) + b1)
+        return (torch.bmm(hidden, w2) + b2).view(b, t, -1)
+
+    def load_from(self, mixer: nn.Module) -> PyMARL2Mixer:
+        self.load_state_dict({k: v.clone() for k, v in mixer.state_dict().items()})
+        return self
+
+
+def pymarl2_td_lambda_targets(rewards, terminated, mask, target_qs, gamma: float, td_lambda: float):
+    """PyMARL2's `build_td_lambda_targets` (src/utils/rl_utils.py) as that function computes it:
+    ret_T = Qbar_T * (1 - any terminal), ret_t = lambda gamma ret_{t+1} + mask_t [r_t + (1 - lambda)
+    gamma Qbar_{t+1} (1 - term_t)]. Ours differs only on shorter time-limit episodes, which PyMARL2's
+    data (and `make_batch`) never hold."""
+    ret = target_qs.new_zeros(*target_qs.shape)
+    ret[:, -1] = target_qs[:, -1] * (1 - torch.sum(terminated, dim=1))
+    for t in range(ret.shape[1] - 2, -1, -1):
+        ret[:, t] = td_lambda * gamma * ret[:, t + 1] + mask[:, t] * (
+            rewards[:, t] + (1 - td_lambda) * gamma * target_qs[:, t + 1] * (1 - terminated[:, t])
+        )
+    return ret[:, 0:-1]
+
+
 class PyMARL2StyleLearner:
     """PyMARL2's `NQLearner.train` (+ CFCQL's raw CQL, + OVM) for the same config and weights as
     `learner`."""
@@ -185,12 +230,15 @@ class PyMARL2StyleLearner:
         make = lambda: PyMARL2Agent(learner.input_size, learner.n_actions, cfg.rnn_hidden_dim)  # noqa: E731
         self.agent = make().load_from(learner.agent).to(learner.device)
         self.target_agent = make().load_from(learner.target_agent).to(learner.device)
-        self.mixer = copy.deepcopy(learner.mixer)  # the same math as PyMARL2's nmix.Mixer
-        self.target_mixer = copy.deepcopy(learner.target_mixer)
+        mixer = lambda: PyMARL2Mixer(  # noqa: E731
+            learner.n_agents, learner.state_size, cfg.mixing_embed_dim, cfg.hypernet_embed_dim
+        ).to(learner.device)
+        self.mixer = mixer().load_from(learner.mixer)
+        self.target_mixer = mixer().load_from(learner.target_mixer)
         self.offline_agent = self.offline_mixer = None
         if learner.offline_agent is not None:
             self.offline_agent = make().load_from(learner.offline_agent).to(learner.device)
-            self.offline_mixer = copy.deepcopy(learner.offline_mixer)
+            self.offline_mixer = mixer().load_from(learner.offline_mixer)
         self.params = list(self.agent.parameters()) + list(self.mixer.parameters())
         self.optimiser = torch.optim.Adam(self.params, lr=cfg.lr)
         self.generator = torch.Generator(device=learner.device).manual_seed(seed)
@@ -230,8 +278,9 @@ class PyMARL2StyleLearner:
             greedy = masked_qs.max(dim=3, keepdim=True)[1]
             target_values = torch.gather(target_agent_qs, 3, greedy).squeeze(3)
             target_values = self.target_mixer(target_values, batch.state)
-            # The targets themselves are not what differs between the two learners: use ours.
-            targets = td_lambda_targets(rewards, terminated, mask, target_values, cfg.gamma, cfg.td_lambda)
+            targets = pymarl2_td_lambda_targets(
+                rewards, terminated, mask, target_values, cfg.gamma, cfg.td_lambda
+            )
         q_tot = self.mixer(taken_qs, batch.state[:, :-1])
 
         def masked_loss(y):

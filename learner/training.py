@@ -172,7 +172,8 @@ def start_point(
 
 class OnlineUpdates:
     """One online gradient step at a time, and what follows it: publishing the new weights every
-    `learner.weight_publish_interval` updates, a "train" record every LOG_EVERY_UPDATES, and a
+    `learner.weight_publish_interval` updates, a "train" record every LOG_EVERY_UPDATES (with the
+    update's metrics and how many of the batch's episodes came from the offline data), and a
     checkpoint every `learner.checkpoint_interval` updates.
 
     `episodes` passed to `step` counts the online episodes collected so far (the target-copy clock
@@ -213,6 +214,7 @@ class OnlineUpdates:
                 episodes=episodes,
                 updates=learner.updates,
                 epsilon=epsilon_at(self.cfg.actor, env_steps),
+                offline_episodes=int(batch.offline.sum()),  # of this batch's batch_size
                 **metrics,
             )
         if (

@@ -313,6 +313,8 @@ def test_rate_limit_derives_unset_fields_and_keeps_set_ones():
     assert limit.samples_per_insert == 57.5
     assert limit.min_size_to_sample == cfg.learner.batch_size
     assert limit.error_buffer >= max(1.0, limit.samples_per_insert)  # Reverb's minimum
+    # Two gradient steps' worth of online samples: 2 x 57.5 samples per insert x 2 episodes a step.
+    assert limit.error_buffer == 2 * 57.5 * cfg.learner.batch_size_run == 230.0
     cfg = apply_overrides(
         cfg,
         [

@@ -88,20 +88,47 @@ def test_collecting_with_a_missing_checkpoint_names_it_in_one_line(tmp_path, cap
     assert not (tmp_path / "x.h5").exists()
 
 
-def test_collecting_with_a_learner_checkpoint_writes_its_rollouts(tmp_path):
+def greedy_agreement(agent, episodes) -> float:
+    """Share of the recorded agent-steps on which the action is `agent`'s greedy available one."""
+    import numpy as np
+    import torch
+
+    from common.networks import build_agent_inputs, previous_actions_onehot
+
+    same = total = 0
+    for ep in episodes:
+        obs = torch.from_numpy(ep.obs)[None]
+        prev = previous_actions_onehot(torch.from_numpy(ep.actions)[None], agent.fc2.out_features)
+        with torch.no_grad():
+            q = agent.forward_sequence(build_agent_inputs(obs, prev, ep.obs.shape[1]))[0].numpy()
+        steps = ep.length
+        greedy = np.where(ep.avail_actions[:steps].astype(bool), q[:steps], -np.inf).argmax(-1)
+        same += int((greedy == ep.actions[:steps, :, 0]).sum())
+        total += greedy.size
+    return same / total
+
+
+def test_collecting_with_a_learner_checkpoint_plays_that_checkpoints_policy(tmp_path):
     from common.config import resolve_config
     from common.envs.lite import LiteBatchEnv
     from learner.checkpoint import save_checkpoint
     from learner.learning import QMixLearner
+    from replay.dataset import load_episodes
 
     cfg = resolve_config(map_name="3m", method="qmix")
-    learner = QMixLearner(LiteBatchEnv("3m").get_env_info(), cfg.learner)
+    info = LiteBatchEnv("3m").get_env_info()
+    # Seeded unlike the collector's own learner (run.seed 0), so only the file's weights play this.
+    learner = QMixLearner(info, cfg.learner, seed=123)
     checkpoint = save_checkpoint(learner, tmp_path / "qmix.pt")
     out = tmp_path / "3m_ckpt.h5"
-    args = collect_args(out, "--episodes", "5", policy=f"checkpoint:{checkpoint}", epsilon=0.1)
+    args = collect_args(out, "--episodes", "5", policy=f"checkpoint:{checkpoint}", epsilon=0.0)
     assert dataset_collect(args) == 0
     card = json.loads(card_path(out).read_text())
     assert card["episodes"] == 5 and card["policy"] == f"checkpoint:{checkpoint}"
+    episodes = load_episodes(out)
+    assert greedy_agreement(learner.agent, episodes) == 1.0  # greedy play of the checkpoint, step by step
+    other = QMixLearner(info, cfg.learner, seed=0).agent  # what the collector would play without the file
+    assert greedy_agreement(other, episodes) < 0.9
 
 
 def test_collecting_with_a_random_policy_works_too(tmp_path):

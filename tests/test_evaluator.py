@@ -75,7 +75,8 @@ def test_evaluation_plays_greedily_even_for_an_exploring_worker():
     assert not all(played_greedily(t) for t in env.trajectories)
 
     env.trajectories.clear()
-    evaluate(worker, 8)
+    result = evaluate(worker, 8)
+    assert result.policy_version == worker.newest_version == 0
     assert env.trajectories and all(played_greedily(t) for t in env.trajectories)
     assert worker.exploration == "epsilon_greedy"  # the worker explores again afterwards
 

@@ -73,3 +73,51 @@ def test_greedy_takes_the_best_available_action():
 def test_unknown_mode_is_rejected():
     with pytest.raises(ValueError, match="unknown exploration mode 'boltzmann'"):
         exploring_agents(np.random.default_rng(0), full_avail(2), 0.1, "boltzmann")
+
+
+# --- through the rollout worker: what the acting loop actually plays --------------------------
+
+
+def always_action_zero_worker(exploration: str, n_agents: int = 4, n_actions: int = 5, seed: int = 0):
+    """A rollout worker on scripted battles (every action available) whose network's greedy action
+    is action 0 whatever it sees: Q = [1, 0, 0, ...]. Any other action is an explored one."""
+    import torch
+
+    from actors.rollout import RolloutWorker
+    from common.networks import agent_network
+    from tests.fakes.scripted_battles import ScriptedBattles
+
+    env = ScriptedBattles(num_envs=50, seed=seed, win_steps=40, loss_steps=40, n_agents=n_agents,
+                          n_actions=n_actions)
+    agent = agent_network(env.get_env_info())
+    with torch.no_grad():
+        agent.fc2.weight.zero_()
+        agent.fc2.bias.zero_()
+        agent.fc2.bias[0] = 1.0
+    return RolloutWorker(env, agent, exploration=exploration, seed=seed)
+
+
+def non_greedy_share_per_agent(worker, epsilon: float, episodes: int = 50) -> np.ndarray:
+    """Share of each agent's steps on which it did not take the greedy action 0, [n]."""
+    played = []
+    while len(played) < episodes:
+        played += worker.step(epsilon)
+    actions = np.concatenate([ep.actions[:-1, :, 0] for ep in played])  # [steps, n]
+    return (actions != 0).mean(axis=0)
+
+
+# An explored agent draws uniformly among A = 5 actions, so it leaves the greedy one 4/5 of the time.
+@pytest.mark.parametrize(
+    ("mode", "explore_rate"),
+    [("decentralized_se", 0.6 / 4), ("centralized_se", 0.6 / 4), ("epsilon_greedy", 0.6), ("greedy", 0.0)],
+)
+def test_the_rollout_worker_explores_each_agent_as_its_mode_says(mode, explore_rate):
+    # 50 episodes of 40 steps: 2,000 steps per agent, a standard error below 0.01 on each share.
+    share = non_greedy_share_per_agent(always_action_zero_worker(mode), epsilon=0.6)
+    assert np.allclose(share, explore_rate * 4 / 5, atol=0.03), (mode, share)
+
+
+def test_the_rollout_worker_plays_greedily_at_epsilon_zero_and_at_random_at_epsilon_one():
+    assert (non_greedy_share_per_agent(always_action_zero_worker("epsilon_greedy"), 0.0) == 0).all()
+    share = non_greedy_share_per_agent(always_action_zero_worker("epsilon_greedy"), 1.0)
+    assert np.allclose(share, 4 / 5, atol=0.03)

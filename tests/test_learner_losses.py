@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -25,16 +26,16 @@ def test_ovm_target_is_the_elementwise_max_of_memory_and_td_target():
 
 
 def test_ovm_loss_blends_the_two_targets_by_the_memory_coefficient():
-    torch.manual_seed(0)
-    q, y, q_off = torch.randn(3, 4, 1), torch.randn(3, 4, 1), torch.randn(3, 4, 1)
-    mask = (torch.rand(3, 4, 1) > 0.3).float()
-    l_ovm = losses.td_loss(q, torch.maximum(q_off, y), mask)
-    l_td = losses.td_loss(q, y, mask)
-    assert losses.ovm_loss(q, y, q_off, mask, 1.0).item() == pytest.approx(l_ovm.item())
-    assert losses.ovm_loss(q, y, q_off, mask, 0.0).item() == pytest.approx(l_td.item())
-    assert losses.ovm_loss(q, y, q_off, mask, 0.3).item() == pytest.approx(
-        0.3 * l_ovm.item() + 0.7 * l_td.item()
-    )
+    # Three steps, the last untrained. y_OVM = max(Q_offline, y_TD) = [3, 1, 9] (9: untrained).
+    q = torch.tensor([[[1.0], [2.0], [0.0]]])
+    y_td = torch.tensor([[[0.0], [1.0], [9.0]]])
+    q_off = torch.tensor([[[3.0], [-1.0], [7.0]]])
+    mask = torch.tensor([[[1.0], [1.0], [0.0]]])
+    l_ovm = 0.5 * ((1 - 3) ** 2 + (2 - 1) ** 2) / 2  # 1.25
+    l_td = 0.5 * ((1 - 0) ** 2 + (2 - 1) ** 2) / 2  # 0.5
+    assert losses.ovm_loss(q, y_td, q_off, mask, 1.0).item() == pytest.approx(l_ovm)
+    assert losses.ovm_loss(q, y_td, q_off, mask, 0.0).item() == pytest.approx(l_td)
+    assert losses.ovm_loss(q, y_td, q_off, mask, 0.3).item() == pytest.approx(0.3 * l_ovm + 0.7 * l_td)
 
 
 def test_monte_carlo_return_to_go_stops_at_the_end_of_each_episode():
@@ -169,9 +170,24 @@ def test_counterfactual_q_tot_replaces_one_agents_action_at_a_time():
 def test_cfcql_is_the_weighted_logsumexp_over_each_agents_available_actions():
     weights, agent_qs, avail, chosen, q_data, mask = _setup(n=3, A=4)
     term = losses.counterfactual_cql_term(agent_qs, chosen, weights, avail, q_data, mask)
-    cf = losses.counterfactual_q_tot(agent_qs, chosen, weights).masked_fill(~avail, float("-inf"))
-    expected = (torch.logsumexp(cf, -1).mean(-1, keepdim=True) - q_data) * mask  # tau = 0: w = 1/n
-    assert term.item() == pytest.approx((expected.sum() / mask.sum()).item(), rel=1e-5)
+    # Brute force: for each trained step and agent i, Q_tot of the data joint action with agent i's
+    # action replaced by each available j, straight from the mixer; tau = 0 weighs agents by 1/n.
+    expected = 0.0
+    for b, t in itertools.product(range(2), range(3)):
+        if mask[b, t, 0] == 0:
+            continue
+        n_i = []
+        for i in range(3):
+            values = []
+            for j in range(4):
+                if avail[b, t, i, j]:
+                    q = chosen[b, t].clone()
+                    q[i] = agent_qs[b, t, i, j]
+                    step = type(weights)(*(w[b : b + 1, t : t + 1] for w in weights))
+                    values.append(mix(q.view(1, 1, 3), step).squeeze())
+            n_i.append(torch.logsumexp(torch.stack(values), 0))
+        expected += torch.stack(n_i).mean() - q_data[b, t, 0]
+    assert term.item() == pytest.approx((expected / mask.sum()).item(), rel=1e-5)
 
 
 def test_calql_on_cfcql_floors_each_agents_current_policy_action_only():
@@ -227,3 +243,50 @@ def test_behaviour_cloning_loss_is_the_nll_of_data_actions_among_available_ones(
     assert loss.item() == pytest.approx(
         (torch.log(torch.tensor(2.0)) + torch.log(torch.tensor(3.0))).item() / 2
     )
+
+
+def test_monte_carlo_return_to_go_includes_a_trained_last_step():
+    reward = torch.tensor([[[1.0], [2.0], [4.0]], [[3.0], [0.0], [0.0]]])
+    mask = torch.tensor([[[1.0], [1.0], [1.0]], [[1.0], [0.0], [0.0]]])
+    assert losses.mc_returns(reward, mask, 0.5).squeeze(-1).tolist() == [[1 + 1 + 1, 2 + 2, 4], [3, 0, 0]]
+
+
+def test_behaviour_cloning_loss_averages_agents_per_step_then_trained_steps():
+    # Step 0: agents' NLLs log 2 and log 3; step 1 (untrained): a huge NLL that must not count.
+    logits = torch.zeros(1, 2, 2, 3)
+    logits[0, 1, :, 0] = -50.0
+    avail = torch.tensor([[[[True, True, False], [True, True, True]], [[True, True, True]] * 2]])
+    actions = torch.tensor([[[[0], [2]], [[0], [0]]]])
+    mask = torch.tensor([[[1.0], [0.0]]])
+    loss = losses.behaviour_cloning_loss(logits, actions, avail, mask)
+    assert loss.item() == pytest.approx((math.log(2) + math.log(3)) / 2, rel=1e-6)
+
+
+def test_uniform_joint_actions_repeat_for_a_seeded_generator():
+    avail = torch.ones(3, 4, 2, 5, dtype=torch.bool)
+    draws = [losses.sample_uniform_actions(avail, 6, torch.Generator().manual_seed(9)) for _ in range(2)]
+    assert torch.equal(draws[0], draws[1])
+    seeded = [losses.sample_available_actions(avail, 6, torch.Generator().manual_seed(9)) for _ in range(2)]
+    assert torch.equal(seeded[0], seeded[1])
+
+
+def test_calql_keeps_the_policy_actions_own_value_when_it_is_above_the_floor():
+    weights, agent_qs, q_data = _fixture()
+    policy = torch.tensor([[[1, 0], [0, 0]]])
+    floor = torch.tensor([[[-100.0], [-100.0]]])  # below everything: the floor changes nothing
+    term = losses.sampled_cql_term(
+        agent_qs, weights, FIX_AVAIL, q_data, FIX_MASK, FIX_SAMPLES, floor=floor, policy_actions=policy
+    )
+    values = [_q_tot(agent_qs, weights, 0, j) for j in [(0, 1), (2, 0), (2, 1), (1, 0)]]
+    expected = torch.logsumexp(torch.stack(values + [torch.tensor(0.0)]), 0) - q_data[0, 0, 0]
+    assert term.item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+def test_a_floor_without_the_policys_actions_is_refused():
+    weights, agent_qs, q_data = _fixture()
+    floor = torch.zeros(1, 2, 1)
+    with pytest.raises(ValueError, match="the Cal-QL floor needs the current policy's actions"):
+        losses.sampled_cql_term(agent_qs, weights, FIX_AVAIL, q_data, FIX_MASK, FIX_SAMPLES, floor=floor)
+    chosen = agent_qs[..., 0]
+    with pytest.raises(ValueError, match="the Cal-QL floor needs the current policy's actions"):
+        losses.counterfactual_cql_term(agent_qs, chosen, weights, FIX_AVAIL, q_data, FIX_MASK, floor=floor)

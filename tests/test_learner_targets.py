@@ -139,3 +139,12 @@ def test_double_q_on_padding_with_no_available_action_is_finite():
     online, target = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
     value = double_q_max(online, target, torch.zeros(2, 3, 5, dtype=torch.bool))
     assert torch.isfinite(value).all()
+
+
+def test_targets_refuse_bootstrap_values_without_the_extra_row():
+    import pytest
+
+    with pytest.raises(ValueError, match=r"target_qs needs T \+ 1 = 4 rows, got 3"):
+        one_step_targets(REWARD[:, :3], TERMINATED[:, :3], QBAR[:, :3], GAMMA)
+    with pytest.raises(ValueError, match=r"target_qs needs T \+ 1 = 4 rows, got 3"):
+        td_lambda_targets(REWARD[:, :3], TERMINATED[:, :3], FILLED[:, :3], QBAR[:, :3], GAMMA, LAM)

@@ -11,6 +11,7 @@ import torch
 
 from common.config.sections import LearnerConfig
 from common.episode import EpisodeBuilder, TrainingBatch, to_training_batch
+from common.networks import mix
 from learner import learning
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.learning import METRIC_KEYS, QMixLearner, resolve_device
@@ -251,6 +252,67 @@ def test_cql_pushes_actions_absent_from_the_data_below_the_data_actions():
         gap = gap_after_offline_training(variant, floor)
         assert (gap > 0.5).all(), (variant, floor, gap)
         assert (gap > without + 0.5).all(), (variant, floor, gap, without)
+
+
+def constant_q_tot(mixer, value: float) -> None:
+    """Make a mixer's Q_tot = `value` for every state and joint action (w2 = 0, V(s) = value)."""
+    with torch.no_grad():
+        mixer.hyper_w2[-1].weight.zero_()
+        mixer.hyper_w2[-1].bias.zero_()
+        mixer.hyper_b2[-1].weight.zero_()
+        mixer.hyper_b2[-1].bias.fill_(value)
+
+
+def test_the_online_loss_is_eq5_by_hand_on_constant_values():
+    # Q_tot = 2 for every joint action, the frozen memory says 3, and the one-step episodes end at
+    # once (terminal), so y_TD = r. With lambda = 0.4, Eq. 5 on rewards 0, 1, 5 is
+    #   0.4 * 0.5 * mean((2 - max(3, r))^2) + 0.6 * 0.5 * mean((2 - r)^2)
+    #   = 0.4 * 0.5 * (1 + 1 + 9) / 3 + 0.6 * 0.5 * (4 + 1 + 9) / 3.
+    batch = one_step_episodes([(0, 0), (1, 2), (2, 1)], [0.0, 1.0, 5.0])
+    cfg = config(offline_cql="none", memory_coef_start=0.4, memory_coef_end=0.4, memory_anneal_steps=0)
+    learner = QMixLearner(GAME, cfg)
+    learner.freeze_offline_memory()
+    constant_q_tot(learner.mixer, 2.0)
+    constant_q_tot(learner.offline_mixer, 3.0)
+    metrics = learner.update(batch, "online", env_steps=0, episodes_seen=2)
+    td = 0.5 * (4 + 1 + 9) / 3
+    ovm = 0.4 * 0.5 * (1 + 1 + 9) / 3 + 0.6 * td
+    assert metrics["loss_total"] == pytest.approx(ovm, rel=1e-6)
+    assert metrics["loss_ovm"] == pytest.approx(ovm, rel=1e-6)
+    assert metrics["loss_td"] == pytest.approx(td, rel=1e-6)
+    assert metrics["ovm_active_fraction"] == pytest.approx(2 / 3)  # memory above y_TD for r = 0, 1
+    assert metrics["memory_coefficient"] == 0.4 and metrics["target_mean"] == pytest.approx(2.0)
+
+
+def q_tot_of(learner: QMixLearner, joint) -> float:
+    batch = one_step_episodes([joint], [0.0])
+    with torch.no_grad():
+        qs = learner.agent.forward_sequence(learner._agent_inputs(batch))[:, :1]
+        chosen = qs.gather(-1, batch.actions[:, :1]).squeeze(-1)
+        return float(mix(chosen, learner.mixer.mixing_weights(batch.state[:, :1])))
+
+
+def test_the_offline_memory_floors_q_tot_at_the_data_action_while_plain_td_collapses():
+    # Offline, joint action (1, 1) paid 4; online it pays 0 (the online data contradict the offline
+    # values). Plain TD (Switch CQL's online loss) drags Q_tot(1, 1) to 0; OVM with lambda = 1 trains
+    # towards max(Q_offline, y_TD) = Q_offline, so the learned value stays at the memory's.
+    offline_data = one_step_episodes([(1, 1)] * 4 + [(0, 2), (2, 0)] * 2, [4.0] * 4 + [0.0] * 4)
+    online_data = one_step_episodes([(1, 1)] * 8, [0.0] * 8)
+    finals = {}
+    for memory in (True, False):
+        cfg = config(offline_cql="none", use_offline_value_memory=memory, lr=5e-3, target_update_interval=20)
+        learner = QMixLearner(GAME, cfg, seed=0)
+        for k in range(150):
+            learner.update(offline_data, "offline", env_steps=0, episodes_seen=2 * k)
+        learner.update_targets()
+        learner.freeze_offline_memory()
+        remembered = q_tot_of(learner, (1, 1))
+        assert remembered == pytest.approx(4.0, abs=0.3)  # what pre-training learned
+        for k in range(150):
+            learner.update(online_data, "online", env_steps=10 * k, episodes_seen=300 + 2 * k)
+        finals[memory] = q_tot_of(learner, (1, 1))
+    assert finals[True] == pytest.approx(remembered, abs=0.1), finals  # held at the memory
+    assert finals[False] < 0.5, finals  # without the memory: collapsed to the online reward
 
 
 # --- checkpoints ------------------------------------------------------------------------------

@@ -1,5 +1,12 @@
-"""Offline-to-online on lite 2s3z with the synchronous trainer: OVMSE keeps what it learned offline
-through the switch to online training (small budget; the paper's claim at its smallest scale)."""
+"""Offline-to-online on lite 2s3z with the synchronous trainer: OVMSE fine-tunes a pre-trained
+checkpoint with its offline value memory in the online loss.
+
+What this end-to-end test does not claim: that OVMSE unlearns less than Switch CQL. At a CI budget
+(150 offline updates, a few thousand online steps, one checkpoint) the two are not separable beyond
+noise (docs/testing.md has the measurement), and an earlier version of this test, which asserted a
+bounded drop, passed for Switch CQL too. What OVM guarantees is tested deterministically, at unit
+level: `tests/test_learner_update.py::test_the_offline_memory_floors_q_tot_at_the_data_action_while_
+plain_td_collapses`; the comparison of the methods over seeds is `python -m deploy.seed_study`."""
 
 from __future__ import annotations
 
@@ -44,33 +51,55 @@ def offline_checkpoint(tmp_path_factory):
     return tmp, tmp / "pretrain" / "checkpoints" / "offline.pt"
 
 
-def test_ovmse_does_not_unlearn_right_after_the_switch_to_online(offline_checkpoint):
+def test_ovmse_fine_tunes_the_checkpoint_with_its_offline_memory_in_the_online_loss(offline_checkpoint):
     tmp, checkpoint = offline_checkpoint
     cfg = small_config(tmp, "ovmse", **{"run.init_checkpoint": str(checkpoint), "run.name": "ovmse"})
     result = train_sync(cfg, progress=False, final_test_episodes=0)
-    evals = RunLog(result.run_dir).read("eval")
+    log = RunLog(result.run_dir)
+    evals, train = log.read("eval"), log.read("train")
     start = evals[0]
+    # The starting policy is scored first, and training continues from the checkpoint's 150
+    # updates (no second pre-training).
+    assert start["env_steps"] == 0 and start["updates"] == 150 and start["policy_agreement"] == 1.0
     # Online training starts once the online table holds a batch (PyMARL2's can_sample).
     online = [e for e in evals[1:] if e["updates"] > 150]
-    assert start["env_steps"] == 0 and len(online) >= 2
-    # Switch CQL on this setup falls to 0.19 and then 0.0 (see docs/learner.md); OVMSE must hold on
-    # over its first online evaluations (their mean: single 96-episode evaluations are noisy, and
-    # pre-training differs run to run because Reverb's uniform sampler cannot be seeded).
-    first = [e["win_rate"] for e in online[:2]]
-    assert sum(first) / len(first) >= start["win_rate"] - 0.2
-    # The offline memory keeps values from collapsing: the probe's mean Q stays near its start.
-    assert online[0]["probe_q"] >= 0.5 * start["probe_q"]
-    assert (result.run_dir / "test_win_rate.png").exists()
+    assert len(online) >= 2 and train
+    weight = cfg.learner.online_cql_weight
+    for row in train:  # Eq. 5 with lambda = 1 (2s3z) is the online loss, plus the preset's online CQL
+        assert row["memory_coefficient"] == 1.0 and row["loss_ovm"] > 0
+        assert row["loss_total"] == pytest.approx(row["loss_ovm"] + weight * row["loss_cql"], rel=1e-5)
+        assert row["epsilon"] <= cfg.actor.epsilon_start
+    # The memory is above the TD target on part of the data: it shapes the targets.
+    assert max(e["ovm_active_fraction"] for e in online) > 0
+    assert (result.run_dir / "test_win_rate.png").exists() and (result.run_dir / "probe.png").exists()
 
 
-def test_qmix_replay_buffer_dump_is_a_dataset_of_the_last_episodes(tmp_path):
-    from replay.dataset import inspect_dataset
+def test_qmix_replay_buffer_dump_is_a_dataset_of_the_last_episodes(tmp_path, monkeypatch):
+    import numpy as np
 
+    from replay.dataset import load_episodes
+    from replay.local import LocalReplay
+
+    played = []  # every online episode, in the order the trainer stored them
+    write_all = LocalReplay.write_all
+
+    def recording(self, episodes):
+        episodes = list(episodes)
+        played.extend(episodes)
+        return write_all(self, episodes)
+
+    monkeypatch.setattr(LocalReplay, "write_all", recording)
     cfg = resolve_config(map_name="3m", method="qmix", overrides=[
         f"run.run_dir={tmp_path}", "run.online_env_steps=600", "run.eval_interval_steps=600",
         "learner.batch_size=8", "replay.min_size_to_sample=8", "replay.online_capacity=10",
         "actor.test_episodes=4", "run.log_interval_s=1000"])
     out = tmp_path / "3m_medium_replay.h5"
     train_sync(cfg, progress=False, final_test_episodes=0, dump_replay_to=out)
-    summary = inspect_dataset(out)
-    assert summary.episodes == 10  # exactly the FIFO table's capacity: the buffer at the end
+    dumped = load_episodes(out)
+    assert len(played) > 20 and len(dumped) == 10  # exactly the FIFO table's capacity
+    last = played[-10:]  # the buffer at the end: the last 10 episodes, oldest first
+    assert [ep.length for ep in dumped] == [ep.length for ep in last]
+    assert all(np.array_equal(d.actions, p.actions) and np.array_equal(d.obs, p.obs)
+               for d, p in zip(dumped, last, strict=True))
+    versions = [ep.meta.policy_version for ep in played]
+    assert versions[-1] > versions[0]  # the weights changed during the run: the last are the newest

@@ -120,3 +120,45 @@ def test_the_local_replay_repeats_its_batches_for_a_seed():
 def test_the_local_replay_refuses_a_batch_it_cannot_fill_without_repeats():
     with pytest.raises(ValueError, match="fewer than"):
         local_replay(seed=0, batch_size=20, mixing_ratio=0.5)
+
+
+def test_sync_training_with_a_mixing_ratio_draws_round_m_b_offline_episodes_per_batch(
+    dataset, tmp_path, monkeypatch
+):
+    drawn = []
+    sample = LocalReplay.sample
+
+    def counting(self, timeout=None):
+        batch = sample(self, timeout)
+        drawn.append((int(batch.offline.sum()), batch.batch_size))
+        return batch
+
+    monkeypatch.setattr(LocalReplay, "sample", counting)
+    cfg = resolve_config(map_name="3m", method="qmix", overrides=[
+        f"run.dataset={dataset}", f"run.run_dir={tmp_path}", "replay.mixing_ratio=0.3",
+        "learner.batch_size=10", "run.online_env_steps=600", "run.eval_interval_steps=600",
+        "actor.test_episodes=4", "run.log_interval_s=1000"])
+    result = train_sync(cfg, progress=False, final_test_episodes=0)
+    assert result.updates >= 5 and len(drawn) == result.updates
+    assert set(drawn) == {(3, 10)}  # round(0.3 * 10) offline episodes in every batch of 10
+
+
+def test_the_local_replay_reads_no_offline_episode_at_ratio_zero_and_rounds_a_small_share_to_one():
+    none = local_replay(seed=0, batch_size=7, mixing_ratio=0.0)
+    one = local_replay(seed=0, batch_size=7, mixing_ratio=0.1)  # round(0.7) = 1
+    for _ in range(5):
+        assert none.sample().offline.tolist() == [False] * 7
+        batch = one.sample()
+        assert batch.offline.tolist() == [True] + [False] * 6 and batch.policy_version[0] < 0
+
+
+def test_the_local_replay_counts_what_it_is_given_and_its_views_share_the_online_buffer():
+    replay = local_replay(seed=0)  # 10 written, the FIFO keeps 7
+    assert replay.episodes_written == 10 and len(replay.online) == 7
+    replay.write(episode(10, "online"))
+    assert replay.episodes_written == 11 and replay.online[-1].meta.policy_version == 10
+    half = replay.with_mixing_ratio(0.5, seed=3)  # the same episodes, split 5 + 5
+    assert half.sample().offline.tolist() == [True] * 5 + [False] * 5
+    assert replay.sample().offline.tolist() == [True] * 3 + [False] * 7  # the original keeps its split
+    replay.write(episode(11, "online"))
+    assert half.online[-1].meta.policy_version == 11  # one online buffer for both

@@ -162,3 +162,16 @@ def test_a_small_table_still_gives_whole_batches(server):
     with MixedSampler(server.address, ONLINE_EPISODES + 4, 0.0, prefetch_batches=0) as sampler:
         batch = sampler.sample(timeout=30)
     assert batch.batch_size == ONLINE_EPISODES + 4
+
+
+def test_the_builders_sampler_mixes_at_the_configured_ratio(server):
+    from common.config import resolve_config
+    from deploy.builder import Builder
+
+    cfg = resolve_config(map_name="3m", method="qmix", overrides=[
+        "replay.mixing_ratio=0.25", "learner.batch_size=8", "run.dataset=unused.h5"])
+    with Builder(cfg).sampler(server.address, prefetch_batches=0) as sampler:
+        for _ in range(3):
+            batch = sampler.sample()
+            assert batch.batch_size == 8 and int(batch.offline.sum()) == 2  # round(0.25 * 8)
+            assert bool(((batch.policy_version == -1) == batch.offline).all())

@@ -45,3 +45,8 @@ def test_memory_coefficient_follows_the_papers_presets():
     assert memory_coefficient_at(annealed, 200_000) == pytest.approx(0.1)
     assert memory_coefficient_at(annealed, 3_000_000) == pytest.approx(0.1)
     assert memory_coefficient_at(LearnerConfig(), 123) == 1.0
+
+
+def test_a_one_step_anneal_starts_at_start_and_is_at_end_after_one_step():
+    assert linear_anneal(1.0, 0.0, 1, 0) == 1.0
+    assert linear_anneal(1.0, 0.0, 1, 1) == 0.0

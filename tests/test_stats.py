@@ -61,3 +61,13 @@ def test_t_interval_over_five_seeds_uses_students_t_with_four_degrees_of_freedom
     half = 2.776 * math.sqrt(0.025) / math.sqrt(5)
     assert t_interval(values) == pytest.approx((0.3, 0.3 - half, 0.3 + half))
     assert math.isnan(t_interval([0.4])[1])
+
+
+def test_t_interval_of_two_values_uses_one_degree_of_freedom_and_many_fall_back_to_z():
+    from common.stats import t_interval
+
+    # Two values 0 and 1: mean 0.5, sd sqrt(0.5); t(1) = 12.706.
+    assert t_interval([0.0, 1.0]) == pytest.approx((0.5, 0.5 - 12.706 * 0.5, 0.5 + 12.706 * 0.5))
+    values = [0.0, 1.0] * 10  # 19 degrees of freedom: past the table, 1.96 stands in
+    half = 1.96 * math.sqrt(5 / 19) / math.sqrt(20)
+    assert t_interval(values) == pytest.approx((0.5, 0.5 - half, 0.5 + half))
