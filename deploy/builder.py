@@ -62,7 +62,7 @@ class Builder:
         """The learner, seeded with run.seed; with `checkpoint`, restored from that file."""
         learner = QMixLearner(self.env_info, self.cfg.learner, seed=self.cfg.run.seed)
         if checkpoint is not None:
-            load_checkpoint(learner, checkpoint)
+            load_checkpoint(learner, checkpoint, map_name=self.cfg.env.map_name)
         return learner
 
     # ------------------------------------------------------------------ acting

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from common.config import Config, ConfigError, format_config
+from common.errors import InputError
 from common.lifecycle import run_until_signal
 from deploy.config_args import add_config_options, config_from_args, env_overrides
 
@@ -343,6 +344,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except ConfigError as error:
         print(error, file=sys.stderr)
+        return 2
+    except InputError as error:  # a bad file or flag: one line naming it, no traceback
+        print(f"ovmse {args.command}: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

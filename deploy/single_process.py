@@ -62,7 +62,12 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
         evaluator = builder.eval_worker()
         curve = builder.offline_curve(learner, log, evaluator)
         run_offline_phase(cfg, learner, replay, log, progress, evaluate=curve)
-        path = save_checkpoint(learner, run_dir / "checkpoints" / "offline.pt", extra={"phase": "offline"})
+        path = save_checkpoint(
+            learner,
+            run_dir / "checkpoints" / "offline.pt",
+            extra={"phase": "offline"},
+            map_name=cfg.env.map_name,
+        )
         episodes = cfg.actor.final_test_episodes or cfg.actor.test_episodes
         result = evaluate(evaluator, episodes)
         log.log("eval", env_steps=0, episodes=result.episodes, **result.log_fields())
@@ -160,6 +165,7 @@ def train_sync(
             learner,
             run_dir / "checkpoints" / "final.pt",
             extra={"phase": "online", "env_steps": online.env_steps, "version": online.version},
+            map_name=cfg.env.map_name,
         )
         log.plot_eval(offline_win_rate)
         log.plot_probe()

@@ -110,6 +110,7 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
                     "env_steps": env_steps,
                     "episodes": episodes,
                 },
+                map_name=cfg.env.map_name,
             )
 
         # The weights online training starts from; a resumed learner is mid-run and has none.

@@ -132,7 +132,7 @@ def start_point(
     credit = cfg.learner.batch_size_run
     resume = learner_checkpoint(run_dir)
     if resume.exists():
-        extra = load_checkpoint(learner, resume)
+        extra = load_checkpoint(learner, resume, map_name=cfg.env.map_name)
         start = StartPoint(
             version=int(extra.get("version", 0)),
             offline_credit=int(extra.get("offline_credit", 0)),
@@ -145,7 +145,7 @@ def start_point(
             f"learner: resumed from {resume} (version {start.version}, {learner.updates} updates)", flush=True
         )
     elif cfg.run.init_checkpoint:
-        load_checkpoint(learner, cfg.run.init_checkpoint)
+        load_checkpoint(learner, cfg.run.init_checkpoint, map_name=cfg.env.map_name)
         print(f"starting from {cfg.run.init_checkpoint} ({learner.updates} updates so far)", flush=True)
         start = StartPoint(offline_credit=learner.updates * credit, pretrained=True)
     elif has_offline_phase(cfg):
@@ -155,7 +155,12 @@ def start_point(
             run_offline_phase(cfg, learner, batches, log, progress, evaluate)
         finally:
             batches.close()
-        save_checkpoint(learner, Path(run_dir) / "checkpoints" / "offline.pt", extra={"phase": "offline"})
+        save_checkpoint(
+            learner,
+            Path(run_dir) / "checkpoints" / "offline.pt",
+            extra={"phase": "offline"},
+            map_name=cfg.env.map_name,
+        )
         start = StartPoint(offline_credit=learner.updates * credit, pretrained=True)
     else:
         start = StartPoint()
