@@ -24,3 +24,11 @@ class CheckpointError(InputError):
 
     def __reduce__(self):  # keep path and detail across processes (pickle)
         return (CheckpointError, (self.path, self.detail))
+
+
+class RunHalted(RuntimeError):
+    """A run that cannot go on safely (e.g. its weights are no longer numbers), in one line; the
+    CLI prints it without a traceback and exits with status 1."""
+
+    def __str__(self) -> str:
+        return " ".join(super().__str__().split())

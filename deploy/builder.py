@@ -125,13 +125,15 @@ class Builder:
         from replay.local import LocalReplay
 
         cfg = self.cfg
-        offline = load_episodes(dataset, expected_layout(cfg.env), progress=True) if dataset else []
+        layout = expected_layout(cfg.env)
+        offline = load_episodes(dataset, layout, progress=True) if dataset else []
         return LocalReplay(
             offline,
             batch_size=cfg.learner.batch_size,
             mixing_ratio=cfg.replay.mixing_ratio if mixing_ratio is None else mixing_ratio,
             online_capacity=cfg.replay.online_capacity,
             seed=[cfg.run.seed, stream],
+            expected=layout,
         )
 
     def replay_server(self, *, dataset=RUN_DATASET, port: int | None = None, progress: bool = False):
@@ -148,9 +150,9 @@ class Builder:
 
         return MixedSampler.from_config(self.cfg, address, mixing_ratio=mixing_ratio, **kwargs)
 
-    def offline_sampler(self, address: str | None = None):
+    def offline_sampler(self, address: str | None = None, **kwargs):
         """Offline-only batches, for pre-training."""
-        return self.sampler(address, mixing_ratio=1.0)
+        return self.sampler(address, mixing_ratio=1.0, **kwargs)
 
     def episode_writer(self, address: str | None = None):
         """Writes finished episodes into the online table."""

@@ -42,7 +42,7 @@ from typing import Any
 
 import torch
 
-from common.errors import CheckpointError
+from common.errors import CheckpointError, RunHalted
 from learner.learning import QMixLearner
 
 log = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ FORMAT = 2
 KIND = "ovmse-learner-checkpoint"
 
 
-class NonFiniteWeights(RuntimeError):
+class NonFiniteWeights(RunHalted):
     """The learner's weights hold NaN or infinity: they are neither published nor checkpointed."""
 
 

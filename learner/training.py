@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Protocol
 
 from common.config.sections import Config
+from common.errors import RunHalted
 from common.episode import TrainingBatch
 from common.run_log import ProgressLine, RunLog
 from common.schedules import epsilon_at
@@ -29,6 +30,9 @@ from learner.learning import QMixLearner
 
 LOG_EVERY_UPDATES = 20  # a "train" record every this many online updates
 OFFLINE_LOG_EVERY = 50  # an "offline" record every this many offline updates
+# A skipped update (non-finite loss) is a bad batch; this many in a row means the learner itself is
+# broken, and the run stops instead of spinning.
+MAX_SKIPPED_IN_A_ROW = 50
 
 
 class BatchSource(Protocol):
@@ -172,7 +176,9 @@ def start_point(
 class OnlineUpdates:
     """One online gradient step at a time, and what follows it: publishing the new weights every
     `learner.weight_publish_interval` updates, a "train" record every LOG_EVERY_UPDATES, and a
-    checkpoint every `learner.checkpoint_interval` updates.
+    checkpoint every `learner.checkpoint_interval` updates or `learner.checkpoint_interval_s`
+    seconds, whichever comes first. An update the learner skipped (its loss or gradient was not
+    finite: nothing changed) is counted in `skipped` and followed by none of these.
 
     `episodes` passed to `step` counts the online episodes collected so far (the target-copy clock
     adds the offline credit to it); `env_steps` the online environment steps (OVM's lambda_t)."""
@@ -194,6 +200,9 @@ class OnlineUpdates:
         self.checkpoint = checkpoint
         self._seconds: list[float] = []  # the last few update durations
         self.last_metrics: dict = {}
+        self.skipped = 0  # updates skipped for a non-finite loss or gradient
+        self._skipped_in_a_row = 0
+        self._checkpointed_at = time.monotonic()
 
     def step(self, batch: TrainingBatch, env_steps: int, episodes: int) -> dict:
         began = time.perf_counter()
@@ -202,6 +211,16 @@ class OnlineUpdates:
             batch, "online", env_steps=env_steps, episodes_seen=self.offline_credit + episodes
         )
         self._seconds = (self._seconds + [time.perf_counter() - began])[-20:]
+        if metrics["update_skipped"]:
+            self.skipped += 1
+            self._skipped_in_a_row += 1
+            if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise RunHalted(
+                    f"{self._skipped_in_a_row} updates in a row had a non-finite loss or gradient "
+                    f"(after {learner.updates} good ones); stopping: the learner cannot recover"
+                )
+            return metrics
+        self._skipped_in_a_row = 0
         self.last_metrics = metrics
         if learner.updates % cfg.weight_publish_interval == 0:
             self.publish()
@@ -214,12 +233,12 @@ class OnlineUpdates:
                 epsilon=epsilon_at(self.cfg.actor, env_steps),
                 **metrics,
             )
-        if (
-            self.checkpoint is not None
-            and cfg.checkpoint_interval
-            and learner.updates % cfg.checkpoint_interval == 0
+        if self.checkpoint is not None and (
+            (cfg.checkpoint_interval and learner.updates % cfg.checkpoint_interval == 0)
+            or (cfg.checkpoint_interval_s and time.monotonic() - self._checkpointed_at >= cfg.checkpoint_interval_s)
         ):
             self.checkpoint()
+            self._checkpointed_at = time.monotonic()
         return metrics
 
     @property

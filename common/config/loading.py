@@ -524,6 +524,7 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
     p.one_of("learner.precision", learner.precision, PRECISIONS)
     p.at_least("learner.weight_publish_interval", learner.weight_publish_interval, 1)
     p.at_least("learner.checkpoint_interval", learner.checkpoint_interval, 0)
+    p.at_least("learner.checkpoint_interval_s", learner.checkpoint_interval_s, 0)
     p.require(
         learner.online_cql_weight == 0 or learner.offline_cql != "none",
         "learner.online_cql_weight",

@@ -214,6 +214,9 @@ class LearnerConfig:
     # synchronous algorithm (which acts with the newest network); the agent network is ~40k floats.
     weight_publish_interval: int = 1
     checkpoint_interval: int = 2000  # updates between learner checkpoints; 0 = only at the end
+    # Also a learner checkpoint once this many seconds have passed since the last one (0 = only by
+    # updates), so a killed learner loses at most a few minutes of training.
+    checkpoint_interval_s: float = 300.0
 
 
 @dataclass(frozen=True)
