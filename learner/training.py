@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Protocol
 
 from common.config.sections import Config
-from common.errors import RunHalted
 from common.episode import TrainingBatch
+from common.errors import RunHalted
 from common.run_log import ProgressLine, RunLog
 from common.schedules import epsilon_at
 from learner.checkpoint import load_checkpoint, save_checkpoint
@@ -233,10 +233,10 @@ class OnlineUpdates:
                 epsilon=epsilon_at(self.cfg.actor, env_steps),
                 **metrics,
             )
-        if self.checkpoint is not None and (
-            (cfg.checkpoint_interval and learner.updates % cfg.checkpoint_interval == 0)
-            or (cfg.checkpoint_interval_s and time.monotonic() - self._checkpointed_at >= cfg.checkpoint_interval_s)
-        ):
+        by_updates = cfg.checkpoint_interval and learner.updates % cfg.checkpoint_interval == 0
+        since = time.monotonic() - self._checkpointed_at
+        by_time = cfg.checkpoint_interval_s and since >= cfg.checkpoint_interval_s
+        if self.checkpoint is not None and (by_updates or by_time):
             self.checkpoint()
             self._checkpointed_at = time.monotonic()
         return metrics

@@ -95,7 +95,12 @@ class LocalReplay:
             return True
         reason, detail = problem
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
-        log.warning("dropped an online episode from actor %d, not trained on: %s: %s", episode.meta.actor_id, reason, detail)
+        log.warning(
+            "dropped an online episode from actor %d, not trained on: %s: %s",
+            episode.meta.actor_id,
+            reason,
+            detail,
+        )
         return False
 
     # --- the sampler side -----------------------------------------------------------------------

@@ -142,7 +142,8 @@ def episode_problem(episode: Episode, expected=None) -> tuple[str, str] | None:
         }
         for name, shape in want.items():
             if tuple(arrays[name].shape[1:]) != shape:
-                return "shape", f"{name} has steps of shape {tuple(arrays[name].shape[1:])}, this map's are {shape}"
+                got = tuple(arrays[name].shape[1:])
+                return "shape", f"{name} has steps of shape {got}, this map's are {shape}"
         if n_rows > expected.episode_limit + 1:
             return "shape", f"{n_rows - 1} steps, more than the map's limit of {expected.episode_limit}"
     else:
