@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from common.config import Config, ConfigError, format_config
 from common.errors import InputError, RunHalted
-from common.lifecycle import run_until_signal
+from common.lifecycle import Terminated, run_until_signal
 from deploy.config_args import add_config_options, config_from_args, env_overrides
 
 __all__ = ["COMMANDS", "build_parser", "config_from_args", "env_overrides", "main"]
@@ -351,6 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunHalted as error:  # e.g. non-finite weights: stopped on purpose, said in one line
         print(f"ovmse {args.command}: {error}", file=sys.stderr)
         return 1
+    except Terminated:  # SIGTERM, after the job cleaned up
+        return 143
     except KeyboardInterrupt:
         return 130
 

@@ -24,7 +24,7 @@ from actors.evaluator import PROBE_EPISODES, eval_result, evaluate, play_greedy,
 from common.config.sections import Config, rate_limit
 from common.episode import Episode, to_training_batch
 from common.probe import policy_agreement
-from common.run_log import ProgressLine, RunLog, fresh_run_dir, win_rate_text
+from common.run_log import ProgressLine, RunLog, discarded_on_failure, fresh_run_dir, win_rate_text
 from common.schedules import epsilon_at
 from deploy.builder import Builder
 from learner.checkpoint import save_checkpoint
@@ -52,8 +52,13 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
     Writes checkpoints/offline.pt in the run directory."""
     if cfg.run.dataset is None or cfg.learner.offline_updates < 1:
         raise ValueError("pretrain needs run.dataset and learner.offline_updates >= 1")
-    builder = Builder(cfg)
     run_dir = fresh_run_dir(run_dir or cfg.run.path)
+    with discarded_on_failure(run_dir):
+        return _pretrain(cfg, run_dir, progress)
+
+
+def _pretrain(cfg: Config, run_dir: Path, progress: bool) -> TrainResult:
+    builder = Builder(cfg)
     log = RunLog(run_dir)
     log.write_config(cfg)
     try:
@@ -92,8 +97,19 @@ def train_sync(
     """Run the configured method; with `dump_replay_to`, write the online buffer at the end of the
     run (the last `replay.online_capacity` episodes, as the FIFO table holds them) to that dataset
     file: the paper's medium-replay recipe when the method is qmix."""
-    builder = Builder(cfg)
     run_dir = fresh_run_dir(run_dir or cfg.run.path)
+    with discarded_on_failure(run_dir):
+        return _train_sync(cfg, run_dir, progress, final_test_episodes, dump_replay_to)
+
+
+def _train_sync(
+    cfg: Config,
+    run_dir: Path,
+    progress: bool,
+    final_test_episodes: int | None,
+    dump_replay_to: str | Path | None,
+) -> TrainResult:
+    builder = Builder(cfg)
     log = RunLog(run_dir)
     log.write_config(cfg)
     needs_dataset = has_offline_phase(cfg) or cfg.replay.mixing_ratio > 0
