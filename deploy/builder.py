@@ -173,25 +173,36 @@ class Builder:
 
     # ------------------------------------------------------------------ weights
 
+    def token(self) -> str | None:
+        """The run's shared token for the weight service (common/auth.py), or None."""
+        from common.auth import resolve_token
+
+        return resolve_token(self.cfg.run.auth_token_file)
+
     def weight_publisher(self):
         from learner.weight_service import WeightPublisher
 
         cfg = self.cfg
         return WeightPublisher(
-            cfg.run.bind_address, weight_port(cfg), max_message_bytes=cfg.run.grpc_max_message_bytes
+            cfg.run.bind_address,
+            weight_port(cfg),
+            max_message_bytes=cfg.run.grpc_max_message_bytes,
+            token=self.token(),
         )
 
     def weight_subscriber(self):
         from actors.weight_client import WeightSubscriber
 
         return WeightSubscriber(
-            self.cfg.actor.weight_server, max_message_bytes=self.cfg.run.grpc_max_message_bytes
+            self.cfg.actor.weight_server,
+            max_message_bytes=self.cfg.run.grpc_max_message_bytes,
+            token=self.token(),
         )
 
     def progress_reporter(self, actor_id: int):
         from actors.weight_client import ProgressReporter
 
-        return ProgressReporter(self.cfg.actor.weight_server, actor_id)
+        return ProgressReporter(self.cfg.actor.weight_server, actor_id, token=self.token())
 
 
 def weight_port(cfg: Config) -> int:

@@ -100,7 +100,10 @@ def test_wrong_types_in_a_file_are_refused_naming_file_and_key(tmp_path, capsys,
 
 
 def test_a_wrong_type_on_the_command_line_names_the_key(capsys):
-    assert refused(capsys, "--set", "run.seed=first") == "config error: run.seed: expected an integer, got 'first'"
+    assert (
+        refused(capsys, "--set", "run.seed=first")
+        == "config error: run.seed: expected an integer, got 'first'"
+    )
 
 
 def test_the_resolved_config_is_unchanged_for_good_input():

@@ -99,7 +99,7 @@ def test_bad_items_in_the_online_table_never_reach_a_batch_and_are_counted(caplo
 
         sampler = MixedSampler(server.address, 8, 0.0, prefetch_batches=0, expected=LAYOUT, on_drop=dropped)
         with caplog.at_level(logging.WARNING, logger="replay.sampler"), sampler:
-            batches = [sampler.sample() for _ in range(25)]
+            batches = [sampler.sample() for _ in range(10)]
     for batch in batches:
         assert batch.batch_size == 8
         assert bool((batch.policy_version == 1).all()), "a bad item got into a batch"

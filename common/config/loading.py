@@ -620,6 +620,8 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
     )
     if run.init_checkpoint is not None:
         p.not_empty("run.init_checkpoint", run.init_checkpoint)
+    if run.auth_token_file is not None:
+        p.not_empty("run.auth_token_file", run.auth_token_file)
 
     # Across sections, once the fields themselves are sound.
     if not p.found:
