@@ -154,3 +154,46 @@ def test_the_cli_prints_one_line_naming_the_file(tmp_path, capsys):
     assert code == 2
     assert err.strip().splitlines() == [f"ovmse evaluate: {path}: " + err.split(f"{path}: ", 1)[1].strip()]
     assert "Traceback" not in err
+
+
+def tiny_batch():
+    import numpy as np
+
+    from common.episode import Episode, to_training_batch
+
+    rows, n, actions = 4, INFO["n_agents"], INFO["n_actions"]
+    reward = np.zeros((rows, 1), dtype=np.float32)
+    reward[:-1] = 1.0
+    episode = Episode(
+        state=np.ones((rows, INFO["state_shape"]), dtype=np.float32),
+        obs=np.ones((rows, n, INFO["obs_shape"]), dtype=np.float32),
+        actions=np.zeros((rows, n, 1), dtype=np.int64),
+        avail_actions=np.ones((rows, n, actions), dtype=np.int32),
+        reward=reward,
+        terminated=np.zeros((rows, 1), dtype=np.uint8),
+        filled=np.ones((rows, 1), dtype=np.uint8),
+    )
+    return to_training_batch([episode, episode])
+
+
+def test_the_learner_checkpoints_by_time_as_well_as_by_updates(monkeypatch):
+    from common.config import resolve_config
+    from learner import training
+    from learner.training import OnlineUpdates, StartPoint
+
+    cfg = resolve_config(
+        map_name="3m",
+        overrides=["learner.checkpoint_interval=1000", "learner.checkpoint_interval_s=60"],
+    )
+    clock = [1000.0]
+    monkeypatch.setattr(training.time, "monotonic", lambda: clock[0])
+    trained = learner(use_offline_value_memory=False)
+    saved: list[int] = []
+    updates = OnlineUpdates(
+        trained, cfg, StartPoint(), publish=lambda: None, checkpoint=lambda: saved.append(trained.updates)
+    )
+    batch = tiny_batch()
+    for _ in range(12):  # four updates a minute: 1,000 updates would take over four hours
+        clock[0] += 15.0
+        updates.step(batch, env_steps=0, episodes=0)
+    assert saved == [4, 8, 12]  # once a minute, not waiting for 1,000 updates
