@@ -71,6 +71,10 @@ def action_out_of_range(actor: int) -> Episode:
     return bad
 
 
+def too_long(actor: int) -> Episode:
+    return episode(length=LAYOUT.episode_limit + 1, actor=actor, version=666)  # past the time limit
+
+
 def unavailable_action(actor: int) -> Episode:
     bad = episode(actor=actor, version=666)
     bad.avail_actions[2, 1, 1] = 0  # agent 1 took action 1 at step 2, which it could not
@@ -131,10 +135,11 @@ def test_the_one_process_replay_refuses_the_same_episodes(caplog):
                 action_out_of_range(4),
                 episode(),
                 unavailable_action(4),
+                too_long(5),
             ]
         )
     assert added == 2 and len(replay.online) == 2
-    assert replay.dropped == {"nonfinite": 1, "shape": 1, "invalid": 2}
+    assert replay.dropped == {"nonfinite": 1, "shape": 2, "invalid": 2}
     assert "from actor 3" in caplog.text and "from actor 4" in caplog.text
 
 
@@ -247,8 +252,14 @@ def test_a_learner_whose_every_loss_is_non_finite_stops_instead_of_spinning(tmp_
     cfg = small_config(tmp_path)
     learner = QMixLearner(env_info(), cfg.learner)
     parts = learner_parts(cfg, learner, Batches(poison_after=4))
-    with pytest.raises(RunHalted, match=f"{MAX_SKIPPED_IN_A_ROW} updates in a row"):
-        run_learner(cfg, parts, threading.Event())
+    stop = threading.Event()
+    deadline = threading.Timer(120, stop.set)  # a learner that spins forever ends the test, failed
+    deadline.start()
+    try:
+        with pytest.raises(RunHalted, match=f"{MAX_SKIPPED_IN_A_ROW} updates in a row"):
+            run_learner(cfg, parts, stop)
+    finally:
+        deadline.cancel()
     assert learner.updates == 4 and parts.publisher.version == 5  # the start and four good updates
     skipped = parts.metrics.registry.get_sample_value("ovmse_learner_updates_skipped_total")
     assert skipped == MAX_SKIPPED_IN_A_ROW - 1  # the last one raised before it was counted
