@@ -14,9 +14,12 @@ import numpy as np
 
 from actors.exploration import select_actions
 from actors.numpy_agent import NumpyAgent
+from actors.torch_agent import TorchAgent
 from common.envs.protocol import BatchEnv
 from common.episode import Episode, EpisodeBuilder, EpisodeMeta
 from common.networks import RNNAgent
+
+INFERENCE = {"numpy": NumpyAgent, "torch": TorchAgent}  # the one-step forward used for acting
 
 
 class RolloutWorker:
@@ -30,7 +33,11 @@ class RolloutWorker:
         seed: int = 0,
         actor_id: int = 0,
         version: int = 0,
+        inference: str = "torch",
     ):
+        if inference not in INFERENCE:
+            raise ValueError(f"inference: expected one of {', '.join(INFERENCE)}, got {inference!r}")
+        self._acting_agent = INFERENCE[inference]
         self.env = env
         self.exploration = exploration
         self.actor_id = actor_id
@@ -39,7 +46,7 @@ class RolloutWorker:
         self.n_actions = env.n_actions
         agent = agent.to("cpu").eval()
         self._agents: dict[int, RNNAgent] = {version: agent}  # weights per version (torch)
-        self._acting: dict[int, NumpyAgent] = {version: NumpyAgent(agent)}  # the same, for acting
+        self._acting = {version: self._acting_agent(agent)}  # the same, for acting
         self.newest_version = version
         B, n = env.num_envs, self.n_agents
         self.battle_version = np.full(B, version, dtype=np.int64)
@@ -63,7 +70,7 @@ class RolloutWorker:
         agent = copy.deepcopy(self._agents[self.newest_version])
         agent.load_state_dict(state_dict)
         self._agents[version] = agent.eval()
-        self._acting[version] = NumpyAgent(agent)
+        self._acting[version] = self._acting_agent(agent)
         self.newest_version = version
         self._forget_unused_versions()
         return True

@@ -1,11 +1,15 @@
 """Actor speed: env-steps/s with inference, exploration and episode writing against the raw world in
-the same run, and end-to-end env-steps/s of `ovmse run` with 1 and 2 actors.
+the same run, for both acting back-ends (`actor.inference`: numpy, the old default, and torch), and
+end-to-end env-steps/s of `ovmse run`.
 
-Part 1 (one process, one core's worth of work): the lite world alone with random actions, then the
-actor loop (agent network on the CPU, decentralized SE, episodes recorded and written to an
-in-process Reverb server). Part 2 starts the whole embedded system (QMIX from scratch, so no dataset
-is needed) and reads the learner's env-step count; it is bound by the learner's update rate,
-because the replay server's rate limiter holds actors to the synchronous algorithm's ratio.
+Part 1 (one process, one torch thread, as in an actor process): the lite world alone with random
+actions, then the actor loop (agent network on the CPU, decentralized SE, episodes recorded and
+written to an in-process Reverb server), numpy and torch measured alternately. Part 2 starts the
+whole embedded system (QMIX from scratch, so no dataset is needed) and reads the learner's env-step
+count; it is bound by the learner's update rate, because the replay server's rate limiter holds
+actors to the synchronous algorithm's ratio: lite 3m with 1 and 2 actors, and lite 3s5z at the
+paper's ratio (batch 128, an update per two episodes) before (numpy acting, fp32 learner) and after
+(torch acting, `learner.precision=auto`).
 Results: docs/bench/actor.md and .json.
 """
 
@@ -26,6 +30,7 @@ from _report import machine, write  # noqa: E402
 from common.config import resolve_config  # noqa: E402
 from common.envs.lite import LiteBatchEnv  # noqa: E402
 from deploy.builder import Builder  # noqa: E402
+from learner.learning import cpu_bf16_flags  # noqa: E402
 
 MAP = "3s5z"
 BATTLES = (16, 64)
@@ -43,11 +48,12 @@ def raw_world(seconds: float, battles: int = 16) -> float:
     return steps / (time.perf_counter() - start)
 
 
-def actor_loop(seconds: float, write: bool, battles: int = 16) -> float:
+def actor_loop(seconds: float, write: bool, battles: int = 16, inference: str = "torch") -> float:
     cfg = resolve_config(
         map_name=MAP,
         method="qmix",
         overrides=[
+            f"actor.inference={inference}",
             f"actor.envs_per_actor={battles}",
             "actor.exploration=decentralized_se",
             "env.seed=0",
@@ -76,12 +82,12 @@ def actor_loop(seconds: float, write: bool, battles: int = 16) -> float:
             server.stop()
 
 
-def end_to_end(actors: int, steps: int) -> float:
+def end_to_end(actors: int, steps: int, map_name: str = "3m", extra: tuple[str, ...] = ()) -> float:
     from deploy.embedded import EmbeddedRun, execute
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = resolve_config(
-            map_name="3m",
+            map_name=map_name,
             method="qmix",
             overrides=[
                 f"run.run_dir={tmp}",
@@ -93,6 +99,7 @@ def end_to_end(actors: int, steps: int) -> float:
                 "actor.test_episodes=8",
                 "actor.final_test_episodes=0",
                 "run.log_interval_s=1000",
+                *extra,
             ],
         )
         run = EmbeddedRun.prepare(cfg)
@@ -107,76 +114,113 @@ def end_to_end(actors: int, steps: int) -> float:
         return (progress["env_steps"] - first["env_steps"]) / (progress["time"] - first["time"])
 
 
+# The paper's ratio on lite 3s5z: batches of 128 episodes, one update per two new episodes.
+PAPER_RATIO = ("learner.batch_size=128", "learner.batch_size_run=2", "actor.envs_per_actor=8")
+BEFORE = ("actor.inference=numpy", "learner.precision=fp32")
+AFTER = ("actor.inference=torch", "learner.precision=auto")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="shorter runs")
+    parser.add_argument("--skip-end-to-end", action="store_true", help="part 1 only")
     args = parser.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(1)  # as in an actor process
     seconds = 2.0 if args.quick else 8.0
     acting_rows = []
     for battles in BATTLES:
-        raw = raw_world(seconds, battles)
-        acting = actor_loop(seconds, False, battles)
-        writing = actor_loop(seconds, True, battles)
-        acting_rows.append(
-            {
-                "battles": battles,
-                "raw": raw,
-                "acting": acting,
-                "acting_writing": writing,
-                "overhead": 1 - writing / raw,
+        row: dict = {"battles": battles, "raw": raw_world(seconds, battles)}
+        for inference in ("numpy", "torch"):  # alternated, so drift in the machine's load hits both
+            row[inference] = {
+                "acting": actor_loop(seconds, False, battles, inference),
+                "acting_writing": actor_loop(seconds, True, battles, inference),
             }
-        )
+            row[inference]["overhead"] = 1 - row[inference]["acting_writing"] / row["raw"]
+        acting_rows.append(row)
         print(
-            f"{MAP}, {battles} battles: raw world {raw:,.0f} env-steps/s; acting {acting:,.0f}; "
-            f"acting + writing {writing:,.0f}",
+            f"{MAP}, {battles} battles: raw world {row['raw']:,.0f} env-steps/s; "
+            + "; ".join(
+                f"{inf}: acting {row[inf]['acting']:,.0f}, + writing {row[inf]['acting_writing']:,.0f}"
+                for inf in ("numpy", "torch")
+            ),
             flush=True,
         )
-    steps = 3000 if args.quick else 10000
-    e2e = {n: end_to_end(n, steps) for n in (1, 2)}
-    print(
-        f"ovmse run on lite 3m (QMIX, batch 32): 1 actor {e2e[1]:,.0f} env-steps/s, "
-        f"2 actors {e2e[2]:,.0f} env-steps/s",
-        flush=True,
-    )
-    md = "\n".join(
-        [
-            "# Actor speed",
-            "",
-            f"`python benchmarks/bench_actor.py{' --quick' if args.quick else ''}` — {machine()['cpu']}, "
-            f"{machine()['cores']} cores, {machine()['date']}, load average {machine()['load_average_1m']} "
-            "when written (other work on the machine slows the end-to-end rows).",
-            "",
-            f"## Acting and writing against the raw world ({MAP}, one process)",
-            "",
-            "| battles per actor | raw world | + agent network, decentralized SE "
-            "| + episodes written to Reverb | overhead |",
-            "|---|---|---|---|---|",
-            *[
-                f"| {r['battles']} | {r['raw']:,.0f} | {r['acting']:,.0f} ({r['acting'] / r['raw']:.0%}) | "
-                f"{r['acting_writing']:,.0f} ({r['acting_writing'] / r['raw']:.0%}) | {r['overhead']:.0%} |"
-                for r in acting_rows
-            ],
-            "",
-            "Env-steps/s. Target: acting and writing cost at most 20% of the raw world's speed. Acting runs "
-            "the agent network's one-step forward in numpy (`actors/numpy_agent.py`) and records steps "
-            "with vectorised writes (`EpisodeBuilder`); the rest is exploration and Reverb's writer "
-            "(about 1 ms per episode).",
-            "",
+    e2e: dict = {}
+    if not args.skip_end_to_end:
+        steps = 3000 if args.quick else 10000
+        e2e["3m"] = {n: end_to_end(n, steps) for n in (1, 2)}
+        print(
+            f"ovmse run on lite 3m (QMIX, batch 32): 1 actor {e2e['3m'][1]:,.0f} env-steps/s, "
+            f"2 actors {e2e['3m'][2]:,.0f} env-steps/s",
+            flush=True,
+        )
+        # Past the 128 episodes the first batch needs, then long enough to time the online phase.
+        steps = 10000 if args.quick else 16000
+        e2e["3s5z"] = {
+            label: end_to_end(2, steps, "3s5z", PAPER_RATIO + extra)
+            for label, extra in (("before", BEFORE), ("after", AFTER))
+        }
+        print(
+            f"ovmse run on lite 3s5z (QMIX, batch 128, 2 episodes per update, 2 actors): before "
+            f"{e2e['3s5z']['before']:,.0f} env-steps/s, after {e2e['3s5z']['after']:,.0f}",
+            flush=True,
+        )
+    host = machine()
+    flags = " ".join(cpu_bf16_flags())
+    lines = [
+        "# Actor speed",
+        "",
+        f"`python benchmarks/bench_actor.py{' --quick' if args.quick else ''}` — {host['cpu']} "
+        f"(bf16 flags: {flags or 'none'}), {host['cores']} cores, {host['date']}, load average "
+        f"{host['load_average_1m']} when written (other work on the machine slows every row; compare "
+        "within a row).",
+        "",
+        f"## Acting and writing against the raw world ({MAP}, one process, one torch thread)",
+        "",
+        "| battles per actor | raw world | numpy acting | numpy + writing | overhead | torch acting "
+        "| torch + writing | overhead |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in acting_rows:
+        cells = [f"{r['battles']}", f"{r['raw']:,.0f}"]
+        for inf in ("numpy", "torch"):
+            x = r[inf]
+            cells += [
+                f"{x['acting']:,.0f} ({x['acting'] / r['raw']:.0%})",
+                f"{x['acting_writing']:,.0f} ({x['acting_writing'] / r['raw']:.0%})",
+                f"{x['overhead']:.0%}",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Env-steps/s. Target: acting and writing cost at most 20% of the raw world's speed. numpy was "
+        "the acting forward pass before (`actors/numpy_agent.py`); torch (`actors/torch_agent.py`, "
+        "the default `actor.inference`) runs the same step through oneDNN. Episodes are recorded with "
+        "vectorised writes (`EpisodeBuilder`); the rest is exploration and Reverb's writer.",
+        "",
+    ]
+    if e2e:
+        lines += [
             "## End to end: `ovmse run` (replay, learner, actors, evaluator as processes)",
             "",
-            "| actors | env-steps/s (online phase) |",
+            "| run | env-steps/s (online phase) |",
             "|---|---|",
-            f"| 1 | {e2e[1]:,.0f} |",
-            f"| 2 | {e2e[2]:,.0f} |",
+            f"| lite 3m, QMIX, batch 32, 1 actor x 4 battles | {e2e['3m'][1]:,.0f} |",
+            f"| lite 3m, QMIX, batch 32, 2 actors x 4 battles | {e2e['3m'][2]:,.0f} |",
+            f"| lite 3s5z, QMIX, batch 128, 2 episodes per update, 2 actors x 8 battles: before "
+            f"(numpy acting, fp32 learner) | {e2e['3s5z']['before']:,.0f} |",
+            f"| the same, after (torch acting, `learner.precision=auto`) | {e2e['3s5z']['after']:,.0f} |",
             "",
-            "Lite 3m, QMIX from scratch, batch 32, batch_size_run 2, 4 battles per actor. The replay "
-            "server's samples-per-insert limiter holds actors to one learner update per 2 episodes (the "
-            "synchronous algorithm's ratio), so on a 2-core machine the CPU learner, not the actors, sets "
-            "the pace; more actors only help once the learner has its own cores or a GPU.",
+            "The replay server's samples-per-insert limiter holds actors to one learner update per "
+            "`batch_size_run` episodes (the synchronous algorithm's ratio), so on a 2-core machine the "
+            "CPU learner, not the actors, sets the pace; more actors only help once the learner has its "
+            "own cores or a GPU.",
             "",
         ]
-    )
-    write("actor", {"map": MAP, "acting": acting_rows, "end_to_end": e2e}, md)
+    results = {"map": MAP, "cpu_bf16_flags": flags, "acting": acting_rows, "end_to_end": e2e}
+    write("actor", results, "\n".join(lines))
     return 0
 
 

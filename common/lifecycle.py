@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+import sys
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -11,13 +13,40 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def run_until_signal(job: Callable[[threading.Event], T]) -> T:
+def run_until_signal(job: Callable[[threading.Event], T], stop_within_s: float | None = None) -> T:
     """Run `job(stop)`, setting `stop` on SIGTERM or SIGINT so the job can finish cleanly (write its
-    checkpoints); the previous handlers come back afterwards."""
+    checkpoints); the previous handlers come back afterwards.
+
+    With `stop_within_s`, the job runs in a thread and, once asked to stop, gets that long to finish;
+    past it the process exits at once (status 0, with a line on stderr). That is for jobs that can
+    block in native code where `stop` is never looked at: an actor whose insert the replay's rate
+    limiter holds back while the learner is down would otherwise ignore SIGTERM until it came back."""
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return job(stop)
+        if stop_within_s is None:
+            return job(stop)
+        outcome: dict = {}
+
+        def target() -> None:
+            try:
+                outcome["value"] = job(stop)
+            except BaseException as error:  # re-raised in the main thread
+                outcome["error"] = error
+
+        thread = threading.Thread(target=target, name="job", daemon=True)
+        thread.start()
+        while thread.is_alive() and not stop.is_set():
+            thread.join(0.2)
+        thread.join(stop_within_s)
+        if thread.is_alive():
+            print(f"still blocked {stop_within_s:.0f}s after the stop signal; exiting now", file=sys.stderr)
+            sys.stderr.flush()
+            sys.stdout.flush()
+            os._exit(0)
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

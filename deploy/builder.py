@@ -72,7 +72,13 @@ class Builder:
     ) -> RolloutWorker:
         agent = agent_network(self.env_info, self.cfg.learner.rnn_hidden_dim)
         return RolloutWorker(
-            env, agent, exploration=exploration, seed=seed, actor_id=actor_id, version=version
+            env,
+            agent,
+            exploration=exploration,
+            seed=seed,
+            actor_id=actor_id,
+            version=version,
+            inference=self.cfg.actor.inference,
         )
 
     def actor_worker(self, actor_id: int) -> RolloutWorker:

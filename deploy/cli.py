@@ -47,10 +47,30 @@ def _optional_module(args: argparse.Namespace, module_name: str) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    if args.resume:
+        if args.map or args.dataset_kind or args.method or args.config or args.overrides:
+            print("--resume RUN_DIR takes the run's own config.yaml; drop the other options", file=sys.stderr)
+            return 2
+        from deploy.embedded import resume_embedded
+
+        try:
+            return resume_embedded(args.resume)
+        except FileNotFoundError as error:
+            print(error, file=sys.stderr)
+            return 2
     cfg = config_from_args(args)
     from deploy.embedded import run_embedded
 
     return run_embedded(cfg)
+
+
+def _run_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue a stopped or crashed run where it stopped (its config, checkpoints, logs)",
+    )
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -104,13 +124,17 @@ def _learner(args: argparse.Namespace) -> int:
     return 0
 
 
+ACTOR_STOP_S = 5.0  # an actor stuck on the replay's insert throttle exits this long after SIGTERM
+
+
 def _actor(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     from actors.process import resolve_actor_id
-    from deploy.roles import actor_role
+    from deploy.roles import acting_threads, actor_role
 
+    acting_threads()
     actor_id = resolve_actor_id(args.actor_id)
-    summary = run_until_signal(lambda stop: actor_role(cfg, actor_id, stop))
+    summary = run_until_signal(lambda stop: actor_role(cfg, actor_id, stop), stop_within_s=ACTOR_STOP_S)
     print(f"actor {actor_id}: {summary['env_steps']} env steps, {summary['episodes']} episodes")
     return 0
 
@@ -119,8 +143,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.checkpoint:
         return _evaluate_checkpoint(cfg, args.checkpoint, args.episodes or cfg.actor.test_episodes)
-    from deploy.roles import evaluator_role
+    from deploy.roles import acting_threads, evaluator_role
 
+    acting_threads()
     summary = run_until_signal(lambda stop: evaluator_role(cfg, stop))
     print(f"evaluator: first test win rate {summary['first_win_rate']}, final {summary['final_win_rate']}")
     return 0
@@ -282,7 +307,7 @@ class Command:
 
 # The dispatch table. "dataset validate" is the subcommand `validate` of the group `dataset`.
 COMMANDS: dict[str, Command] = {
-    "run": Command("run everything on this machine: replay, learner, actors, evaluator", _run),
+    "run": Command("run everything on this machine: replay, learner, actors, evaluator", _run, _run_options),
     "train": Command("train one method on one task", _train, _train_options),
     "pretrain": Command("offline phase only: CQL pre-training on the dataset", _pretrain, _pretrain_options),
     "replay-server": Command("serve the offline and online replay tables", _replay_server),

@@ -8,11 +8,22 @@ the learner has reached the budget and the evaluator has scored the final policy
 
 Ctrl-C or SIGTERM stops everything cleanly: actors and evaluator first, then the learner (which
 writes its checkpoint), then the replay server (which writes its own). The children run in their
-own sessions, so a Ctrl-C in the terminal reaches only the orchestrator, which stops them in order.
+own sessions, so a Ctrl-C in the terminal reaches only the orchestrator, which stops them in order;
+and each gets SIGTERM from the kernel if the orchestrator itself dies, even by SIGKILL (Linux), so
+none is left running as an orphan.
+
+Supervision: a process that exits with an error is restarted after a delay that doubles from
+RESTART_DELAY_S (capped at RESTART_DELAY_MAX_S); one that fails more than RESTART_LIMIT times within
+RESTART_WINDOW_S ends the run with one line naming it. A restarted actor keeps its id and picks up
+the newest weights; the learner resumes from checkpoints/learner.pt; the replay server restores both
+tables from its last checkpoint (every replay.checkpoint_interval_s, in RUN_DIR/replay_checkpoint);
+the evaluator carries on from the evaluations logged. `ovmse run --resume RUN_DIR` continues a
+stopped or crashed run the same way, on fresh ports.
 """
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import os
@@ -34,6 +45,26 @@ from common.run_log import ProgressLine, fresh_run_dir, win_rate_text
 READY_TIMEOUT_S = 300.0
 STOP_GRACE_S = 30.0
 FINAL_EVAL_TIMEOUT_S = 600.0
+RESTART_LIMIT = 3  # failures of one process within RESTART_WINDOW_S before the run gives up
+RESTART_WINDOW_S = 600.0
+RESTART_DELAY_S = 1.0  # before the first restart; doubles with each failure in the window
+RESTART_DELAY_MAX_S = 30.0
+REPLAY_CHECKPOINTS = "replay_checkpoint"  # in the run directory, unless replay.checkpoint_dir is set
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: ask the kernel for SIGTERM when the orchestrator dies
+    (a SIGKILLed orchestrator cannot stop its children itself)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):  # not Linux: children may outlive a killed orchestrator
+        pass
+
+
+def restart_delay(failures: int) -> float:
+    """Seconds before restarting a process after its `failures`-th failure in the window."""
+    return min(RESTART_DELAY_MAX_S, RESTART_DELAY_S * 2 ** max(failures - 1, 0))
 
 
 def port_open(host: str, port: int) -> bool:
@@ -49,13 +80,27 @@ class Child:
     log_path: Path
     process: subprocess.Popen | None = None
     expected_exit: bool = False
+    failures: list[float] = field(default_factory=list)  # monotonic times of its failures
+    restart_at: float | None = None  # when a failed process is due to start again
+    starts: int = 0
 
     def start(self, env: dict) -> None:
         log = open(self.log_path, "ab")
         self.process = subprocess.Popen(
-            self.argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            self.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         log.close()
+        self.starts += 1
+
+    def failed(self, now: float) -> int:
+        """Record a failure at `now`; returns the failures within the restart window."""
+        self.failures = [t for t in self.failures if now - t < RESTART_WINDOW_S] + [now]
+        return len(self.failures)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -79,24 +124,68 @@ class EmbeddedRun:
     cfg: Config
     run_dir: Path
     children: dict[str, Child] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=lambda: dict(os.environ))  # the children's environment
 
     @classmethod
     def prepare(cls, cfg: Config) -> EmbeddedRun:
         """A fresh run directory with the resolved config, loopback ports filled in."""
         run_dir = fresh_run_dir(cfg.run.path)
+        return cls._in(run_dir, cfg)
+
+    @classmethod
+    def resume(cls, run_dir: str | Path) -> EmbeddedRun:
+        """The run in `run_dir`, from its own config.yaml, on fresh ports (the old ones may be taken)."""
+        from common.config import resolve_config
+
+        run_dir = Path(run_dir)
+        config = run_dir / "config.yaml"
+        if not config.is_file():
+            raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; not a run directory")
+        cfg = resolve_config(file=str(config))
+        cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_dir=str(run_dir.parent)))
+        return cls._in(run_dir, cfg)
+
+    @classmethod
+    def _in(cls, run_dir: Path, cfg: Config) -> EmbeddedRun:
         host = "127.0.0.1"
         cfg = dataclasses.replace(
             cfg,
             # Always fresh ports: gRPC lets two servers share a port, so a fixed one could silently
             # connect this run to another run's replay server.
-            replay=dataclasses.replace(cfg.replay, address=host, port=pick_free_port(host)),
+            replay=dataclasses.replace(
+                cfg.replay,
+                address=host,
+                port=pick_free_port(host),
+                checkpoint_dir=cfg.replay.checkpoint_dir or str(run_dir / REPLAY_CHECKPOINTS),
+            ),
             actor=dataclasses.replace(cfg.actor, weight_server=f"{host}:{pick_free_port(host)}"),
             run=dataclasses.replace(cfg.run, name=run_dir.name, bind_address=host),
         )
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "logs").mkdir(exist_ok=True)
-        write_config(cfg, run_dir / "config.yaml")
+        config = run_dir / "config.yaml"
+        tmp = config.with_suffix(".yaml.tmp")
+        write_config(cfg, tmp)
+        os.replace(tmp, config)
         return cls(cfg, run_dir)
+
+    def resumed_from(self) -> str | None:
+        """What this run directory already holds, in words (None for a fresh one)."""
+        progress, evals = self.progress(), self.evals()
+        if not progress and not evals:
+            return None
+        parts = [
+            f"{int(progress.get('env_steps', 0)):,} online env steps",
+            f"{int(progress.get('updates', 0)):,} updates",
+            f"weight version {int(progress.get('version', 0))}",
+            f"{len(evals)} evaluations",
+        ]
+        learner = self.run_dir / "checkpoints" / "learner.pt"
+        parts.append("learner checkpoint" if learner.exists() else "no learner checkpoint (starts over)")
+        replay = Path(self.cfg.replay.checkpoint_dir) / "reverb"
+        has_replay = replay.is_dir() and any(replay.iterdir())
+        parts.append("replay checkpoint" if has_replay else "no replay checkpoint")
+        return ", ".join(parts)
 
     def _child(self, name: str, *job: str, metrics_port: int = 0) -> Child:
         argv = [sys.executable, "-m", "deploy.cli", *job, "--config", str(self.run_dir / "config.yaml")]
@@ -142,8 +231,10 @@ class EmbeddedRun:
     def run(self, stop: threading.Event) -> int:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("OVMSE__")}  # the config file is the truth
-        # The weight service's token for this run (common/auth.py), handed to the children only.
+        # The weight service's token for this run (common/auth.py), handed to the children only
+        # (restarted ones too: they get the same environment).
         env[TOKEN_ENV] = env.get(TOKEN_ENV) or new_token()
+        self.env = env
         plan = {c.name: c for c in self.plan()}
         self.children = plan
         print(
@@ -152,6 +243,9 @@ class EmbeddedRun:
             f"logs in {self.run_dir / 'logs'}",
             flush=True,
         )
+        resumed = self.resumed_from()
+        if resumed:
+            print(f"ovmse run: resuming: {resumed}", flush=True)
         try:
             plan["replay"].start(env)
             if not self._wait_ready(stop, self.cfg.replay.port, plan["replay"]):
@@ -173,26 +267,50 @@ class EmbeddedRun:
             time.sleep(0.1)
         return False
 
+    def _tend(self, now: float, learner_done: bool) -> str | None:
+        """Restart failed children when due; returns why the run must give up, if it must."""
+        for name, child in self.children.items():
+            if child.alive() or child.expected_exit:
+                continue
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restart_at = None
+                    child.start(self.env)
+                continue
+            code = child.process.returncode
+            if code == 0 or (learner_done and name != "learner"):
+                # Actors and the evaluator stop once the learner is done; the learner when finished.
+                child.expected_exit = True
+                continue
+            failures = child.failed(now)
+            if failures > RESTART_LIMIT:
+                return (
+                    f"{name} failed {failures} times within {RESTART_WINDOW_S:.0f}s "
+                    f"(last exit code {code}); giving up"
+                )
+            delay = restart_delay(failures)
+            child.restart_at = now + delay
+            print(
+                f"ovmse run: {name} exited with code {code}; restarting it in {delay:.0f}s "
+                f"(failure {failures} of at most {RESTART_LIMIT} within {RESTART_WINDOW_S:.0f}s)",
+                flush=True,
+            )
+        return None
+
     def _supervise(self, stop: threading.Event) -> int:
         cfg = self.cfg
         line = ProgressLine(cfg.run.online_env_steps, every_s=cfg.run.log_interval_s)
         learner_done_at = None
         while not stop.wait(0.2):
-            for name, child in self.children.items():
-                if name == "learner" or child.alive() or child.expected_exit:
-                    continue
-                if child.process.returncode != 0:
-                    return self._fail(f"{name} exited with code {child.process.returncode}", stop)
-                child.expected_exit = True  # actors and the evaluator stop once the learner is done
+            now = time.monotonic()
             learner = self.children["learner"]
-            if not learner.alive() and learner_done_at is None:
-                if learner.process.returncode != 0:
-                    return self._fail(f"learner exited with code {learner.process.returncode}", stop)
-                learner_done_at = time.monotonic()
-                learner.expected_exit = True
+            if learner_done_at is None and not learner.alive() and learner.process.returncode == 0:
+                learner_done_at = now
+            give_up = self._tend(now, learner_done_at is not None)
+            if give_up:
+                return self._fail(give_up, stop)
             progress = self.progress()
             steps = int(progress.get("env_steps", 0))
-            now = time.monotonic()
             evals = self.evals()
             line.maybe_print(
                 steps,
@@ -224,6 +342,12 @@ class EmbeddedRun:
                 f"  test win rate at the end: {win_rate_text((final or evals)[-1])}"
                 + (f" ({final[-1]['episodes']} episodes)" if final else "")
             )
+        if self.cfg.replay.checkpoint_dir:
+            from replay.process import read_ledger
+
+            lost = int(read_ledger(self.cfg.replay.checkpoint_dir).get("lost_online_episodes", 0))
+            if lost:
+                print(f"  online episodes lost to replay-server restarts: {lost}")
         for png in sorted(self.run_dir.glob("test_*.png")):
             print(f"  plot: {png}")
         return 0
@@ -244,6 +368,14 @@ class EmbeddedRun:
 
 def run_embedded(cfg: Config) -> int:
     return execute(EmbeddedRun.prepare(cfg))
+
+
+def resume_embedded(run_dir: str | Path) -> int:
+    run = EmbeddedRun.resume(run_dir)
+    if run.progress().get("done") and run.evals("final_eval"):
+        print(f"ovmse run: {run.run_dir} already finished its budget; nothing to resume", flush=True)
+        return 0
+    return execute(run)
 
 
 def execute(embedded: EmbeddedRun) -> int:

@@ -241,8 +241,9 @@ class ActorComponent(Component):
         return _with_weights(_with_replay(cfg, addresses["replay"]), addresses["weights"])
 
     def call(self, cfg: Config, stop: threading.Event) -> dict:
-        from deploy.roles import actor_role
+        from deploy.roles import acting_threads, actor_role
 
+        acting_threads()
         return actor_role(cfg, int(self.index or 0), stop)
 
 
@@ -254,8 +255,9 @@ class EvaluatorComponent(Component):
         return _with_weights(cfg, addresses["weights"])
 
     def call(self, cfg: Config, stop: threading.Event) -> dict:
-        from deploy.roles import evaluator_role
+        from deploy.roles import acting_threads, evaluator_role
 
+        acting_threads()
         return evaluator_role(cfg, stop)
 
 

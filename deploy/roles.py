@@ -52,6 +52,14 @@ def learner_role(cfg: Config, stop: threading.Event) -> dict:
     return run_learner(cfg, parts, stop)
 
 
+def acting_threads() -> None:
+    """For an actor or evaluator process: acting is one small forward pass per step, so one torch
+    thread, and several actors (and the learner) on one machine do not fight over its cores."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 def actor_role(cfg: Config, actor_id: int, stop: threading.Event) -> dict:
     from actors.process import ActorParts, run_actor
 

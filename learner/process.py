@@ -32,6 +32,7 @@ from learner.weight_service import WeightPublisher
 
 log = logging.getLogger(__name__)
 PROGRESS_FILE = "learner_progress.json"
+PUBLISHED_FILE = "published_version"
 FINAL_LINGER_S = 20.0  # at most this long after `done` waiting for actors to finish
 
 
@@ -41,6 +42,22 @@ def write_progress(run_dir: Path, **fields) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"time": time.time(), **fields}))
     os.replace(tmp, path)
+
+
+def record_published_version(run_dir: Path, version: int) -> None:
+    """Remember the newest version handed to actors: a learner restarted from an older checkpoint
+    must publish above it, or actors would keep the newer weights and ignore the resumed ones."""
+    path = run_dir / PUBLISHED_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(str(version))
+    os.replace(tmp, path)
+
+
+def last_published_version(run_dir: Path) -> int:
+    try:
+        return int((run_dir / PUBLISHED_FILE).read_text())
+    except (OSError, ValueError):
+        return 0
 
 
 def drain_until_actors_finish(sampler, publisher: WeightPublisher, stop: threading.Event) -> None:
@@ -83,6 +100,15 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
         if start.pretrained:
             runlog.plot_offline_curve()
         version = start.version
+        if start.resumed:
+            # The run's step count goes on (epsilon, the memory coefficient and the budget follow it),
+            # and versions go on above any published after the checkpoint: actors never go back.
+            publisher.restore_sessions(
+                start.actor_sessions or [[-1, "checkpoint", start.env_steps, start.episodes, True]]
+            )
+            version = max(version, last_published_version(run_dir))
+            steps = start.env_steps
+            print(f"learner: resumed at {steps:,} env steps; next version {version + 1}", flush=True)
         updates: OnlineUpdates | None = None
 
         def publish(done: bool = False, first: bool = False) -> None:
@@ -102,6 +128,7 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
                 raise NonFiniteWeights(f"weights went non-finite ({bad}); not published, run stopped")
             began = time.perf_counter()
             publisher.publish(weights, version, extra=extra, start=first)
+            record_published_version(run_dir, version)
             metrics.broadcast_seconds.observe(time.perf_counter() - began)
             metrics.policy_version.labels(role="learner").set(version)
 
@@ -117,6 +144,7 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
                     "offline_credit": start.offline_credit,
                     "env_steps": env_steps,
                     "episodes": episodes,
+                    "actor_sessions": publisher.sessions(),
                 },
                 map_name=cfg.env.map_name,
             )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -112,6 +112,7 @@ class StartPoint:
     pretrained: bool = False
     env_steps: int = 0
     episodes: int = 0
+    actor_sessions: list = field(default_factory=list)  # the weight service's per-session totals
 
 
 def learner_checkpoint(run_dir: str | Path) -> Path:
@@ -129,12 +130,14 @@ def start_point(
     evaluate: Callable[[int], None] | None = None,
 ) -> StartPoint:
     """Bring `learner` to where online training starts, in this order of preference:
-    resume the run's own checkpoint; else load `run.init_checkpoint`; else pre-train offline on
-    batches from `offline_batches()` (made only when needed), calling `evaluate(updates)` as
-    `run_offline_phase` says, and save checkpoints/offline.pt.
+    resume the run's own checkpoint; else load `run.init_checkpoint`, or the run's own
+    checkpoints/offline.pt (restarted after pre-training, before an online checkpoint); else
+    pre-train offline on batches from `offline_batches()` (made only when needed), calling
+    `evaluate(updates)` as `run_offline_phase` says, and save checkpoints/offline.pt.
     Then, for OVM, freeze the offline memory unless the loaded checkpoint already carries one."""
     credit = cfg.learner.batch_size_run
     resume = learner_checkpoint(run_dir)
+    own_offline = Path(run_dir) / "checkpoints" / "offline.pt"
     if resume.exists():
         extra = load_checkpoint(learner, resume, map_name=cfg.env.map_name)
         start = StartPoint(
@@ -144,13 +147,16 @@ def start_point(
             pretrained=True,
             env_steps=int(extra.get("env_steps", 0)),
             episodes=int(extra.get("episodes", 0)),
+            actor_sessions=list(extra.get("actor_sessions", [])),
         )
         print(
             f"learner: resumed from {resume} (version {start.version}, {learner.updates} updates)", flush=True
         )
-    elif cfg.run.init_checkpoint:
-        load_checkpoint(learner, cfg.run.init_checkpoint, map_name=cfg.env.map_name)
-        print(f"starting from {cfg.run.init_checkpoint} ({learner.updates} updates so far)", flush=True)
+    elif cfg.run.init_checkpoint or own_offline.exists():
+        # A learner restarted before its first online checkpoint reuses its own pre-training.
+        path = cfg.run.init_checkpoint or own_offline
+        load_checkpoint(learner, path, map_name=cfg.env.map_name)
+        print(f"starting from {path} ({learner.updates} updates so far)", flush=True)
         start = StartPoint(offline_credit=learner.updates * credit, pretrained=True)
     elif has_offline_phase(cfg):
         print(f"offline phase: {cfg.learner.offline_updates} updates on {cfg.run.dataset}", flush=True)
@@ -159,12 +165,7 @@ def start_point(
             run_offline_phase(cfg, learner, batches, log, progress, evaluate)
         finally:
             batches.close()
-        save_checkpoint(
-            learner,
-            Path(run_dir) / "checkpoints" / "offline.pt",
-            extra={"phase": "offline"},
-            map_name=cfg.env.map_name,
-        )
+        save_checkpoint(learner, own_offline, extra={"phase": "offline"}, map_name=cfg.env.map_name)
         start = StartPoint(offline_credit=learner.updates * credit, pretrained=True)
     else:
         start = StartPoint()

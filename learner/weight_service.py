@@ -65,6 +65,7 @@ class WeightPublisher:
         self._stopped = False
         self._progress: dict[tuple[int, str], tuple[int, int]] = {}  # (actor, session) -> totals
         self._finished: set[tuple[int, str]] = set()  # sessions that sent their last report
+        self._restored: set[tuple[int, str]] = set()  # from a checkpoint, not heard from since
         # One worker thread per open stream, plus RESERVED_CALLS for reports and fetches.
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=max_subscribers + RESERVED_CALLS, thread_name_prefix="weights"),
@@ -181,7 +182,29 @@ class WeightPublisher:
             self._progress[key] = (max(old[0], totals[0]), max(old[1], totals[1]))  # totals never go back
             if final:
                 self._finished.add(key)
+            elif key in self._restored:  # an actor that lived through the learner's restart
+                self._restored.discard(key)
+                self._finished.discard(key)
         return b""
+
+    def sessions(self) -> list[list]:
+        """[actor, session, env_steps, episodes, finished] of every actor session, for a checkpoint."""
+        with self._changed:
+            return [
+                [actor, session, steps, episodes, (actor, session) in self._finished]
+                for (actor, session), (steps, episodes) in self._progress.items()
+            ]
+
+    def restore_sessions(self, rows: list) -> None:
+        """Totals saved by `sessions()` (a restarted learner continues the run's step count). A
+        restored session counts as finished until it reports again: its actor may have died with the
+        learner, and the run's end should not wait for it."""
+        with self._changed:
+            for actor, session, steps, episodes, *_ in rows:
+                key = (int(actor), str(session))
+                self._progress[key] = (int(steps), int(episodes))
+                self._finished.add(key)
+                self._restored.add(key)
 
     def totals(self) -> tuple[int, int]:
         """(environment steps, episodes) reported by all actors together."""
