@@ -110,7 +110,7 @@ def run_evaluator(cfg: Config, parts: EvaluatorParts, stop: threading.Event) -> 
                 asked_for_start = True
                 # Joined (or restarted) after the start: score the start weights if not yet logged,
                 # else only rebuild the probe from them.
-                start = fetch_start(subscriber.target, subscriber.max_message_bytes)
+                start = fetch_start(subscriber.target, subscriber.max_message_bytes, token=subscriber.token)
                 if start is not None and start.version > worker.newest_version:
                     if first_win_rate is None:
                         evaluate_and_log(start)

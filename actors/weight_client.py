@@ -17,6 +17,7 @@ import uuid
 
 import grpc
 
+from common.auth import call_metadata
 from common.net import grpc_options
 from common.weight_protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -29,28 +30,42 @@ from common.weight_protocol import (
 from common.weights_codec import WeightsMessage, decode_weights
 
 log = logging.getLogger(__name__)
+UNAUTHENTICATED_HINT = (
+    "missing or wrong token (give it the learner's: OVMSE_TOKEN or run.auth_token_file; "
+    "see docs/reliability.md)"
+)
 
 
 def fetch_latest(
-    target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout: float = 10.0
+    target: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    timeout: float = 10.0,
+    token: str | None = None,
 ) -> WeightsMessage | None:
     """The newest weights, or None when the learner has published none yet."""
-    return _fetch(FETCH_LATEST, target, max_message_bytes, timeout)
+    return _fetch(FETCH_LATEST, target, max_message_bytes, timeout, token)
 
 
 def fetch_start(
-    target: str, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, timeout: float = 10.0
+    target: str,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    timeout: float = 10.0,
+    token: str | None = None,
 ) -> WeightsMessage | None:
     """The weights the online phase started from, or None when the learner has none to offer
     (not published yet, or a learner resumed from a checkpoint mid-run)."""
-    return _fetch(FETCH_START, target, max_message_bytes, timeout)
+    return _fetch(FETCH_START, target, max_message_bytes, timeout, token)
 
 
-def _fetch(method: str, target: str, max_message_bytes: int, timeout: float) -> WeightsMessage | None:
+def _fetch(
+    method: str, target: str, max_message_bytes: int, timeout: float, token: str | None
+) -> WeightsMessage | None:
     with grpc.insecure_channel(target, options=grpc_options(max_message_bytes)) as channel:
         call = channel.unary_unary(method)
         try:
-            return decode_weights(call(b"", timeout=timeout, wait_for_ready=True))
+            return decode_weights(
+                call(b"", timeout=timeout, wait_for_ready=True, metadata=call_metadata(token))
+            )
         except grpc.RpcError as error:
             if error.code() == grpc.StatusCode.NOT_FOUND:
                 return None
@@ -61,8 +76,9 @@ class ProgressReporter:
     """Sends this actor's running totals to the learner (best effort: a report that cannot be
     delivered is simply superseded by the next one)."""
 
-    def __init__(self, target: str, actor_id: int, timeout_s: float = 2.0):
+    def __init__(self, target: str, actor_id: int, timeout_s: float = 2.0, token: str | None = None):
         self.actor_id = actor_id
+        self._metadata = call_metadata(token)
         self.session = uuid.uuid4().hex
         self.timeout_s = timeout_s
         self._channel = grpc.insecure_channel(target)
@@ -80,10 +96,12 @@ class ProgressReporter:
             }
         ).encode()
         try:
-            self._report(body, timeout=self.timeout_s)
+            self._report(body, timeout=self.timeout_s, metadata=self._metadata)
             return True
-        except grpc.RpcError:
+        except grpc.RpcError as error:
             self.failures += 1
+            if error.code() == grpc.StatusCode.UNAUTHENTICATED and self.failures == 1:
+                log.error("the learner refused this actor's reports: %s", UNAUTHENTICATED_HINT)
             return False
 
     def close(self) -> None:
@@ -98,8 +116,10 @@ class WeightSubscriber:
         have_version: int = -1,
         min_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
+        token: str | None = None,
     ):
         self.target = target
+        self.token = token
         self.max_message_bytes = max_message_bytes
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -110,6 +130,7 @@ class WeightSubscriber:
         self._stop = threading.Event()
         self._call = None
         self.reconnects = 0
+        self.refused = 0  # streams refused for a missing or wrong token
         self.latencies_s: collections.deque[float] = collections.deque(maxlen=10_000)
         self._thread = threading.Thread(target=self._run, name="weight-subscriber", daemon=True)
 
@@ -142,7 +163,9 @@ class WeightSubscriber:
             channel = grpc.insecure_channel(self.target, options=grpc_options(self.max_message_bytes))
             try:
                 subscribe = channel.unary_stream(SUBSCRIBE)
-                self._call = subscribe(encode_version(self._version), wait_for_ready=True)
+                self._call = subscribe(
+                    encode_version(self._version), wait_for_ready=True, metadata=call_metadata(self.token)
+                )
                 for payload in self._call:
                     message = decode_weights(payload)
                     self.latencies_s.append(max(0.0, time.time() - message.published_at))
@@ -151,7 +174,13 @@ class WeightSubscriber:
                             self._newest, self._version = message, message.version
                     backoff = self.min_backoff_s
             except grpc.RpcError as error:
-                if not self._stop.is_set():
+                if error.code() == grpc.StatusCode.UNAUTHENTICATED and not self.refused:
+                    log.error(
+                        "the weight service at %s refused this client: %s", self.target, UNAUTHENTICATED_HINT
+                    )
+                if error.code() == grpc.StatusCode.UNAUTHENTICATED:
+                    self.refused += 1
+                elif not self._stop.is_set():
                     log.info(
                         "weight stream from %s ended (%s); reconnecting in %.1fs",
                         self.target,

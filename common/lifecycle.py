@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -49,3 +50,26 @@ def run_until_signal(job: Callable[[threading.Event], T], stop_within_s: float |
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the job is, so its cleanup (`finally`, `except BaseException`) runs."""
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within the block, SIGTERM raises `Terminated` (a KeyboardInterrupt, as Ctrl-C would) in the
+    main thread instead of ending the process on the spot, so writers remove their temporary files
+    on the way out. Outside the main thread it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum, frame):
+        raise Terminated(f"stopped by signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

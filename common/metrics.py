@@ -63,6 +63,24 @@ class Metrics:
             buckets=LATENCY_BUCKETS_S,
             registry=r,
         )
+        # Bad data and bad numbers, kept out of training (docs/reliability.md).
+        self.replay_items_dropped = Counter(
+            "ovmse_replay_items_dropped",
+            "Sampled replay items dropped before training: reason = decode | shape | nonfinite",
+            ["table", "reason"],
+            registry=r,
+        )
+        self.learner_updates_skipped = Counter(
+            "ovmse_learner_updates_skipped",
+            "Updates skipped because their loss or gradient was not finite",
+            registry=r,
+        )
+        self.nonfinite_weights_refused = Counter(
+            "ovmse_nonfinite_weights_refused",
+            "Weights not published or checkpointed because they held NaN or infinity",
+            ["what"],
+            registry=r,
+        )
         self._server = None
 
     def serve(self, port: int, address: str = "127.0.0.1") -> int:
@@ -97,4 +115,7 @@ METRIC_NAMES = (
     "ovmse_policy_lag_versions",
     "ovmse_weight_broadcast_seconds",
     "ovmse_learner_batch_wait_seconds",
+    "ovmse_replay_items_dropped_total",
+    "ovmse_learner_updates_skipped_total",
+    "ovmse_nonfinite_weights_refused_total",
 )

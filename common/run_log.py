@@ -8,9 +8,11 @@ when the eval records carry one.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -24,6 +26,24 @@ def fresh_run_dir(path: str | Path) -> Path:
         n += 1
         candidate = path.with_name(f"{path.name}_{n}")
     return candidate
+
+
+@contextlib.contextmanager
+def discarded_on_failure(run_dir: str | Path):
+    """For a job that makes `run_dir`: if the job fails (or is interrupted) before it has saved a
+    checkpoint there, the directory is removed, so the next run takes the same name instead of
+    `<name>_2`. A directory that existed before, or holds a checkpoint, is kept."""
+    run_dir = Path(run_dir)
+    existed = run_dir.exists()
+    try:
+        yield run_dir
+    except BaseException:
+        checkpoints = run_dir / "checkpoints"
+        saved = checkpoints.is_dir() and any(p.is_file() for p in checkpoints.iterdir())
+        if not existed and run_dir.exists() and not saved:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            print(f"removed {run_dir}: the job stopped before saving anything in it", file=sys.stderr)
+        raise
 
 
 class RunLog:

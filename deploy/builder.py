@@ -62,7 +62,7 @@ class Builder:
         """The learner, seeded with run.seed; with `checkpoint`, restored from that file."""
         learner = QMixLearner(self.env_info, self.cfg.learner, seed=self.cfg.run.seed)
         if checkpoint is not None:
-            load_checkpoint(learner, checkpoint)
+            load_checkpoint(learner, checkpoint, map_name=self.cfg.env.map_name)
         return learner
 
     # ------------------------------------------------------------------ acting
@@ -131,13 +131,15 @@ class Builder:
         from replay.local import LocalReplay
 
         cfg = self.cfg
-        offline = load_episodes(dataset, expected_layout(cfg.env), progress=True) if dataset else []
+        layout = expected_layout(cfg.env)
+        offline = load_episodes(dataset, layout, progress=True) if dataset else []
         return LocalReplay(
             offline,
             batch_size=cfg.learner.batch_size,
             mixing_ratio=cfg.replay.mixing_ratio if mixing_ratio is None else mixing_ratio,
             online_capacity=cfg.replay.online_capacity,
             seed=[cfg.run.seed, stream],
+            expected=layout,
         )
 
     def replay_server(self, *, dataset=RUN_DATASET, port: int | None = None, progress: bool = False):
@@ -154,9 +156,9 @@ class Builder:
 
         return MixedSampler.from_config(self.cfg, address, mixing_ratio=mixing_ratio, **kwargs)
 
-    def offline_sampler(self, address: str | None = None):
+    def offline_sampler(self, address: str | None = None, **kwargs):
         """Offline-only batches, for pre-training."""
-        return self.sampler(address, mixing_ratio=1.0)
+        return self.sampler(address, mixing_ratio=1.0, **kwargs)
 
     def episode_writer(self, address: str | None = None):
         """Writes finished episodes into the online table."""
@@ -177,25 +179,36 @@ class Builder:
 
     # ------------------------------------------------------------------ weights
 
+    def token(self) -> str | None:
+        """The run's shared token for the weight service (common/auth.py), or None."""
+        from common.auth import resolve_token
+
+        return resolve_token(self.cfg.run.auth_token_file)
+
     def weight_publisher(self):
         from learner.weight_service import WeightPublisher
 
         cfg = self.cfg
         return WeightPublisher(
-            cfg.run.bind_address, weight_port(cfg), max_message_bytes=cfg.run.grpc_max_message_bytes
+            cfg.run.bind_address,
+            weight_port(cfg),
+            max_message_bytes=cfg.run.grpc_max_message_bytes,
+            token=self.token(),
         )
 
     def weight_subscriber(self):
         from actors.weight_client import WeightSubscriber
 
         return WeightSubscriber(
-            self.cfg.actor.weight_server, max_message_bytes=self.cfg.run.grpc_max_message_bytes
+            self.cfg.actor.weight_server,
+            max_message_bytes=self.cfg.run.grpc_max_message_bytes,
+            token=self.token(),
         )
 
     def progress_reporter(self, actor_id: int):
         from actors.weight_client import ProgressReporter
 
-        return ProgressReporter(self.cfg.actor.weight_server, actor_id)
+        return ProgressReporter(self.cfg.actor.weight_server, actor_id, token=self.token())
 
 
 def weight_port(cfg: Config) -> int:

@@ -17,7 +17,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from common.config import Config, ConfigError, format_config
-from common.lifecycle import run_until_signal
+from common.errors import InputError, RunHalted
+from common.lifecycle import Terminated, run_until_signal
 from deploy.config_args import add_config_options, config_from_args, env_overrides
 
 __all__ = ["COMMANDS", "build_parser", "config_from_args", "env_overrides", "main"]
@@ -373,6 +374,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 2
+    except InputError as error:  # a bad file or flag: one line naming it, no traceback
+        print(f"ovmse {args.command}: {error}", file=sys.stderr)
+        return 2
+    except RunHalted as error:  # e.g. non-finite weights: stopped on purpose, said in one line
+        print(f"ovmse {args.command}: {error}", file=sys.stderr)
+        return 1
+    except Terminated:  # SIGTERM, after the job cleaned up
+        return 143
     except KeyboardInterrupt:
         return 130
 

@@ -36,6 +36,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from common.auth import TOKEN_ENV, new_token
 from common.config import Config, write_config
 from common.lifecycle import run_until_signal
 from common.net import pick_free_port
@@ -230,6 +231,9 @@ class EmbeddedRun:
     def run(self, stop: threading.Event) -> int:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         env = {k: v for k, v in env.items() if not k.startswith("OVMSE__")}  # the config file is the truth
+        # The weight service's token for this run (common/auth.py), handed to the children only
+        # (restarted ones too: they get the same environment).
+        env[TOKEN_ENV] = env.get(TOKEN_ENV) or new_token()
         self.env = env
         plan = {c.name: c for c in self.plan()}
         self.children = plan

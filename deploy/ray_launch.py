@@ -14,6 +14,10 @@ The same process entry points as `ovmse run` and docker compose (`serve_replay`,
 - failures: components are restarted by Ray (`max_restarts`) and their blocking `run` call is
   retried (`max_task_retries`), so a killed actor process comes back, finds the servers through the
   registry and plays on; the learner resumes from its checkpoint (checkpoints/learner.pt).
+- access: the weight service asks every client for the run's token (common/auth.py): OVMSE_TOKEN
+  or run.auth_token_file when set, else one generated per launch and handed to each component.
+  Reverb cannot bind one interface or ask for a token: on a cluster its port is reachable from
+  every host that can reach the node, so keep the nodes on a private network (docs/reliability.md).
 - metrics: every component serves Prometheus /metrics on a free port of its node and registers it;
   the launcher writes them to `<run dir>/prometheus_targets.json` (Prometheus `file_sd_configs`,
   labelled job=replay|learner|actor|evaluator as in compose, so the Grafana dashboard works as is).
@@ -38,6 +42,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from common.auth import TOKEN_ENV, new_token, resolve_token
 from common.config.sections import Config
 from common.net import pick_free_port
 
@@ -90,9 +95,18 @@ class Component:
     role = ""
     needs: tuple[str, ...] = ()
 
-    def __init__(self, cfg: Config, registry_name: str, index: int | None = None, local: bool = False):
+    def __init__(
+        self,
+        cfg: Config,
+        registry_name: str,
+        index: int | None = None,
+        local: bool = False,
+        token: str | None = None,
+    ):
         import ray
 
+        if token:  # the run's weight-service token, read by the builder (common/auth.py)
+            os.environ[TOKEN_ENV] = token
         self.cfg = cfg
         # Found by name, so that a restarted component needs nothing from the launcher's objects.
         self.registry = ray.get_actor(registry_name)
@@ -270,8 +284,11 @@ class RayLaunch:
         local: bool = False,
         max_restarts: int = DEFAULT_MAX_RESTARTS,
         actor_cpus: float = 1.0,
+        token: str | None = None,
     ):
         self.cfg = cfg
+        # Every component gets this run's token (the configured one, else a new one per launch).
+        self.token = token or resolve_token(cfg.run.auth_token_file) or new_token()
         self.num_actors = cfg.actor.num_actors if num_actors is None else int(num_actors)
         self.local = local
         self.max_restarts = max_restarts
@@ -307,7 +324,7 @@ class RayLaunch:
         import ray
 
         remote_cls = ray.remote(cls).options(**self._options(cls.role))
-        handle = remote_cls.remote(self.cfg, self.registry_name, index, self.local)
+        handle = remote_cls.remote(self.cfg, self.registry_name, index, self.local, self.token)
         self.components[name] = handle
         self.runs[name] = handle.run.remote()
 

@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from common.lifecycle import run_until_signal
+from common.lifecycle import run_until_signal, sigterm_raises
 
 DEFAULT_COLLECT_EPISODES = 5000  # the size of the paper's medium datasets
 DEFAULT_COLLECT_ENVS = 16
@@ -145,7 +145,8 @@ def dataset_collect(args: argparse.Namespace) -> int:
         num_envs=int(getattr(args, "envs", None) or DEFAULT_COLLECT_ENVS),
     )
     try:
-        summary = collect_dataset(cfg, request, progress=True)
+        with sigterm_raises():  # a stopped collection leaves no temporary file behind
+            summary = collect_dataset(cfg, request, progress=True)
     except (DatasetError, ValueError) as error:
         return _fail(args, error)
     except OSError as error:
@@ -166,11 +167,12 @@ def _collect_with_learner(args: argparse.Namespace, cfg, policy: str, out: str, 
 
     epsilon = float(getattr(args, "epsilon", None) or 0.0)
     try:
-        if policy == "qmix-replay":
-            summary = collect_qmix_replay(cfg, out, episodes)
-        else:
-            envs = int(getattr(args, "envs", None) or DEFAULT_COLLECT_ENVS)
-            summary = collect_with_checkpoint(cfg, policy.split(":", 1)[1], out, episodes, epsilon, envs)
+        with sigterm_raises():  # a stopped collection leaves no temporary file behind
+            if policy == "qmix-replay":
+                summary = collect_qmix_replay(cfg, out, episodes)
+            else:
+                envs = int(getattr(args, "envs", None) or DEFAULT_COLLECT_ENVS)
+                summary = collect_with_checkpoint(cfg, policy.split(":", 1)[1], out, episodes, epsilon, envs)
     except (DatasetError, ValueError) as error:
         return _fail(args, error)
     print(

@@ -29,18 +29,23 @@ def learner_role(cfg: Config, stop: threading.Event) -> dict:
     if not (cfg.run.path / "config.yaml").exists():
         log.write_config(cfg)
 
+    metrics = builder.metrics("learner")
+
+    def dropped(table: str, reason: str) -> None:  # a bad replay item, kept out of training
+        metrics.replay_items_dropped.labels(table=table, reason=reason).inc()
+
     def offline_batches():
         # Sampling a half-loaded offline table would bias the first batches.
         wait_for_offline_table(cfg.replay.endpoint, cfg.run.dataset, stop)
-        return builder.offline_sampler()
+        return builder.offline_sampler(on_drop=dropped)
 
     learner = builder.learner()
     parts = LearnerParts(
         learner=learner,
         publisher=builder.weight_publisher(),
         offline_batches=offline_batches,
-        online_batches=builder.sampler,
-        metrics=builder.metrics("learner"),
+        online_batches=lambda: builder.sampler(on_drop=dropped),
+        metrics=metrics,
         log=log,
         evaluate_offline=builder.offline_curve(learner, log),
     )

@@ -25,7 +25,7 @@ from actors.evaluator import PROBE_EPISODES, eval_result, evaluate, play_greedy,
 from common.config.sections import Config, rate_limit
 from common.episode import Episode, to_training_batch
 from common.probe import policy_agreement
-from common.run_log import ProgressLine, RunLog, fresh_run_dir, win_rate_text
+from common.run_log import ProgressLine, RunLog, discarded_on_failure, fresh_run_dir, win_rate_text
 from common.schedules import epsilon_at
 from deploy.builder import Builder
 from learner.checkpoint import save_checkpoint
@@ -53,8 +53,13 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
     Writes checkpoints/offline.pt in the run directory."""
     if cfg.run.dataset is None or cfg.learner.offline_updates < 1:
         raise ValueError("pretrain needs run.dataset and learner.offline_updates >= 1")
-    builder = Builder(cfg)
     run_dir = fresh_run_dir(run_dir or cfg.run.path)
+    with discarded_on_failure(run_dir):
+        return _pretrain(cfg, run_dir, progress)
+
+
+def _pretrain(cfg: Config, run_dir: Path, progress: bool) -> TrainResult:
+    builder = Builder(cfg)
     log = RunLog(run_dir)
     log.write_config(cfg)
     try:
@@ -63,7 +68,12 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
         evaluator = builder.eval_worker()
         curve = builder.offline_curve(learner, log, evaluator)
         run_offline_phase(cfg, learner, replay, log, progress, evaluate=curve)
-        path = save_checkpoint(learner, run_dir / "checkpoints" / "offline.pt", extra={"phase": "offline"})
+        path = save_checkpoint(
+            learner,
+            run_dir / "checkpoints" / "offline.pt",
+            extra={"phase": "offline"},
+            map_name=cfg.env.map_name,
+        )
         episodes = cfg.actor.final_test_episodes or cfg.actor.test_episodes
         result = evaluate(evaluator, episodes)
         log.log("eval", env_steps=0, episodes=result.episodes, **result.log_fields())
@@ -91,8 +101,20 @@ def train_sync(
     file: the paper's medium-replay recipe when the method is qmix. `stop_when(eval_record)`, asked
     after every online evaluation, ends the online phase early when it returns true (training a
     behaviour policy to a stated level)."""
-    builder = Builder(cfg)
     run_dir = fresh_run_dir(run_dir or cfg.run.path)
+    with discarded_on_failure(run_dir):
+        return _train_sync(cfg, run_dir, progress, final_test_episodes, dump_replay_to, stop_when)
+
+
+def _train_sync(
+    cfg: Config,
+    run_dir: Path,
+    progress: bool,
+    final_test_episodes: int | None,
+    dump_replay_to: str | Path | None,
+    stop_when: Callable[[dict], bool] | None,
+) -> TrainResult:
+    builder = Builder(cfg)
     log = RunLog(run_dir)
     log.write_config(cfg)
     needs_dataset = has_offline_phase(cfg) or cfg.replay.mixing_ratio > 0
@@ -165,6 +187,7 @@ def train_sync(
             learner,
             run_dir / "checkpoints" / "final.pt",
             extra={"phase": "online", "env_steps": online.env_steps, "version": online.version},
+            map_name=cfg.env.map_name,
         )
         log.plot_eval(offline_win_rate)
         log.plot_probe()

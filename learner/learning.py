@@ -43,6 +43,7 @@ import contextlib
 import copy
 import ctypes
 import logging
+import math
 import sys
 
 import torch
@@ -78,6 +79,7 @@ METRIC_KEYS = (
     "memory_coefficient",
     "cql_weight",
     "grad_norm",
+    "update_skipped",
 )
 
 
@@ -191,6 +193,7 @@ class QMixLearner:
         self.generator = torch.Generator(device=self.device)  # CQL's sampled joint actions
         self.generator.manual_seed(seed)
         self.updates = 0  # gradient steps taken
+        self.skipped_updates = 0  # steps not taken: the loss or the gradient was not finite
         self.behaviour_updates = 0  # steps of the behaviour-cloning phase taken
         self.target_updates = 0
         self.last_target_update_episode = 0
@@ -340,14 +343,6 @@ class QMixLearner:
         loss.backward()
         clip = cfg.grad_clip_online if online else cfg.grad_clip_offline
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, clip)
-        self.optimizer.step()
-        self.updates += 1
-        if episodes_seen < self.last_target_update_episode:  # the caller's count restarted
-            self.last_target_update_episode = episodes_seen
-        if (episodes_seen - self.last_target_update_episode) / cfg.target_update_interval >= 1.0:
-            self.update_targets()
-            self.last_target_update_episode = episodes_seen
-
         with torch.no_grad():
             values = torch.stack(
                 [
@@ -361,10 +356,31 @@ class QMixLearner:
                     active,
                     grad_norm.to(zero.dtype),
                 ]
-            ).tolist()  # one device sync
+            ).tolist()  # one device sync, before the step: it decides whether the step is taken
         metrics = dict(zip(METRIC_KEYS[:8] + ("grad_norm",), values, strict=True))
         metrics["memory_coefficient"] = float(memory_coef)
         metrics["cql_weight"] = float(cql_weight) if cfg.offline_cql != "none" else 0.0
+        # A non-finite loss or gradient would make every weight NaN: skip the step (nothing changes,
+        # not even the counters) and say so; the caller counts it.
+        skipped = not (math.isfinite(metrics["loss_total"]) and math.isfinite(metrics["grad_norm"]))
+        metrics["update_skipped"] = float(skipped)
+        if skipped:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.skipped_updates += 1
+            log.warning(
+                "skipped a %s update: loss %s, gradient norm %s (not finite)",
+                phase,
+                metrics["loss_total"],
+                metrics["grad_norm"],
+            )
+            return {key: metrics[key] for key in METRIC_KEYS}
+        self.optimizer.step()
+        self.updates += 1
+        if episodes_seen < self.last_target_update_episode:  # the caller's count restarted
+            self.last_target_update_episode = episodes_seen
+        if (episodes_seen - self.last_target_update_episode) / cfg.target_update_interval >= 1.0:
+            self.update_targets()
+            self.last_target_update_episode = episodes_seen
         return {key: metrics[key] for key in METRIC_KEYS}
 
     # ------------------------------------------------------------------ pieces of the update

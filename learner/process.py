@@ -25,7 +25,7 @@ from pathlib import Path
 from common.config.sections import Config
 from common.metrics import Metrics
 from common.run_log import RunLog
-from learner.checkpoint import save_checkpoint
+from learner.checkpoint import NonFiniteWeights, first_nonfinite, save_checkpoint
 from learner.learning import QMixLearner
 from learner.training import BatchSource, OnlineUpdates, learner_checkpoint, start_point
 from learner.weight_service import WeightPublisher
@@ -120,15 +120,23 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
                 extra["ovm_active_fraction"] = updates.last_metrics.get("ovm_active_fraction", 0.0)
             if first:
                 extra["start"] = True
+            weights = learner.agent_state_dict()
+            bad = first_nonfinite(weights)
+            if bad is not None:  # never send actors weights that are not numbers; stop the run
+                metrics.nonfinite_weights_refused.labels(what="publish").inc()
+                log.error("not publishing version %d: %s holds NaN or infinity; stopping", version, bad)
+                raise NonFiniteWeights(f"weights went non-finite ({bad}); not published, run stopped")
             began = time.perf_counter()
-            publisher.publish(learner.agent_state_dict(), version, extra=extra, start=first)
+            publisher.publish(weights, version, extra=extra, start=first)
             record_published_version(run_dir, version)
             metrics.broadcast_seconds.observe(time.perf_counter() - began)
             metrics.policy_version.labels(role="learner").set(version)
 
         def save() -> None:
             env_steps, episodes = publisher.totals()
-            save_checkpoint(
+            if first_nonfinite(learner.state_dict()) is not None:
+                metrics.nonfinite_weights_refused.labels(what="checkpoint").inc()
+            save_checkpoint(  # raises NonFiniteWeights rather than overwrite the last good one
                 learner,
                 checkpoint,
                 extra={
@@ -138,6 +146,7 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
                     "episodes": episodes,
                     "actor_sessions": publisher.sessions(),
                 },
+                map_name=cfg.env.map_name,
             )
 
         # The weights online training starts from; a resumed learner is mid-run and has none.
@@ -169,6 +178,9 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
                 continue
             metrics.batch_wait_seconds.observe(time.perf_counter() - wait_start)
             result = updates.step(batch, env_steps, episodes)
+            if result["update_skipped"]:  # a non-finite loss or gradient: nothing was changed
+                metrics.learner_updates_skipped.inc()
+                continue
             metrics.learner_updates.inc()
             for part in ("td", "ovm", "cql", "total"):
                 metrics.learner_loss.labels(part=part).set(result[f"loss_{part}"])

@@ -22,6 +22,7 @@ from typing import Protocol
 
 from common.config.sections import Config
 from common.episode import TrainingBatch
+from common.errors import RunHalted
 from common.run_log import ProgressLine, RunLog
 from common.schedules import epsilon_at
 from learner.checkpoint import load_checkpoint, save_checkpoint
@@ -29,6 +30,9 @@ from learner.learning import QMixLearner
 
 LOG_EVERY_UPDATES = 20  # a "train" record every this many online updates
 OFFLINE_LOG_EVERY = 50  # an "offline" record every this many offline updates
+# A skipped update (non-finite loss) is a bad batch; this many in a row means the learner itself is
+# broken, and the run stops instead of spinning.
+MAX_SKIPPED_IN_A_ROW = 50
 
 
 class BatchSource(Protocol):
@@ -135,7 +139,7 @@ def start_point(
     resume = learner_checkpoint(run_dir)
     own_offline = Path(run_dir) / "checkpoints" / "offline.pt"
     if resume.exists():
-        extra = load_checkpoint(learner, resume)
+        extra = load_checkpoint(learner, resume, map_name=cfg.env.map_name)
         start = StartPoint(
             version=int(extra.get("version", 0)),
             offline_credit=int(extra.get("offline_credit", 0)),
@@ -151,7 +155,7 @@ def start_point(
     elif cfg.run.init_checkpoint or own_offline.exists():
         # A learner restarted before its first online checkpoint reuses its own pre-training.
         path = cfg.run.init_checkpoint or own_offline
-        load_checkpoint(learner, path)
+        load_checkpoint(learner, path, map_name=cfg.env.map_name)
         print(f"starting from {path} ({learner.updates} updates so far)", flush=True)
         start = StartPoint(offline_credit=learner.updates * credit, pretrained=True)
     elif has_offline_phase(cfg):
@@ -161,7 +165,7 @@ def start_point(
             run_offline_phase(cfg, learner, batches, log, progress, evaluate)
         finally:
             batches.close()
-        save_checkpoint(learner, own_offline, extra={"phase": "offline"})
+        save_checkpoint(learner, own_offline, extra={"phase": "offline"}, map_name=cfg.env.map_name)
         start = StartPoint(offline_credit=learner.updates * credit, pretrained=True)
     else:
         start = StartPoint()
@@ -174,7 +178,9 @@ class OnlineUpdates:
     """One online gradient step at a time, and what follows it: publishing the new weights every
     `learner.weight_publish_interval` updates, a "train" record every LOG_EVERY_UPDATES (with the
     update's metrics and how many of the batch's episodes came from the offline data), and a
-    checkpoint every `learner.checkpoint_interval` updates.
+    checkpoint every `learner.checkpoint_interval` updates or `learner.checkpoint_interval_s`
+    seconds, whichever comes first. An update the learner skipped (its loss or gradient was not
+    finite: nothing changed) is counted in `skipped` and followed by none of these.
 
     `episodes` passed to `step` counts the online episodes collected so far (the target-copy clock
     adds the offline credit to it); `env_steps` the online environment steps (OVM's lambda_t)."""
@@ -196,6 +202,9 @@ class OnlineUpdates:
         self.checkpoint = checkpoint
         self._seconds: list[float] = []  # the last few update durations
         self.last_metrics: dict = {}
+        self.skipped = 0  # updates skipped for a non-finite loss or gradient
+        self._skipped_in_a_row = 0
+        self._checkpointed_at = time.monotonic()
 
     def step(self, batch: TrainingBatch, env_steps: int, episodes: int) -> dict:
         began = time.perf_counter()
@@ -204,6 +213,16 @@ class OnlineUpdates:
             batch, "online", env_steps=env_steps, episodes_seen=self.offline_credit + episodes
         )
         self._seconds = (self._seconds + [time.perf_counter() - began])[-20:]
+        if metrics["update_skipped"]:
+            self.skipped += 1
+            self._skipped_in_a_row += 1
+            if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+                raise RunHalted(
+                    f"{self._skipped_in_a_row} updates in a row had a non-finite loss or gradient "
+                    f"(after {learner.updates} good ones); stopping: the learner cannot recover"
+                )
+            return metrics
+        self._skipped_in_a_row = 0
         self.last_metrics = metrics
         if learner.updates % cfg.weight_publish_interval == 0:
             self.publish()
@@ -217,12 +236,12 @@ class OnlineUpdates:
                 offline_episodes=int(batch.offline.sum()),  # of this batch's batch_size
                 **metrics,
             )
-        if (
-            self.checkpoint is not None
-            and cfg.checkpoint_interval
-            and learner.updates % cfg.checkpoint_interval == 0
-        ):
+        by_updates = cfg.checkpoint_interval and learner.updates % cfg.checkpoint_interval == 0
+        since = time.monotonic() - self._checkpointed_at
+        by_time = cfg.checkpoint_interval_s and since >= cfg.checkpoint_interval_s
+        if self.checkpoint is not None and (by_updates or by_time):
             self.checkpoint()
+            self._checkpointed_at = time.monotonic()
         return metrics
 
     @property

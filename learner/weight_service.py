@@ -13,6 +13,12 @@ Calls on service `ovmse.WeightService`, all carrying raw bytes (no protobuf code
   run's budget) is the sum of the newest totals of every (actor, session); a restarted actor opens
   a new session, so nothing it reported before is lost or counted twice.
 Versions only go forward; message sizes are bounded by `max_message_bytes` on both sides.
+
+Access: with a `token` (common/auth.py), every call must carry it, or it is refused with
+UNAUTHENTICATED before anything else happens (no weights, no report counted). Open Subscribe
+streams are capped at `max_subscribers`; a stream beyond that is refused at once with
+RESOURCE_EXHAUSTED, and `RESERVED_CALLS` more concurrent calls are kept for reports and fetches,
+so idle streams can never stall the actors' progress reports (the run's clock).
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import torch
 
+from common.auth import authorized
 from common.net import grpc_options
 from common.weight_protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -31,6 +38,8 @@ from common.weight_protocol import (
     decode_version,
 )
 from common.weights_codec import encode_weights
+
+RESERVED_CALLS = 16  # concurrent calls kept free of Subscribe streams, for reports and fetches
 
 
 class WeightPublisher:
@@ -42,8 +51,13 @@ class WeightPublisher:
         port: int = 0,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         max_subscribers: int = 64,
+        token: str | None = None,
     ):
         self.max_message_bytes = max_message_bytes
+        self.max_subscribers = max_subscribers
+        self._token = token
+        self._streams = 0  # Subscribe streams open now
+        self.refused = {"unauthenticated": 0, "subscribers": 0}  # calls turned away, by reason
         self._changed = threading.Condition()
         self._payload: bytes | None = None
         self._start_payload: bytes | None = None
@@ -52,11 +66,11 @@ class WeightPublisher:
         self._progress: dict[tuple[int, str], tuple[int, int]] = {}  # (actor, session) -> totals
         self._finished: set[tuple[int, str]] = set()  # sessions that sent their last report
         self._restored: set[tuple[int, str]] = set()  # from a checkpoint, not heard from since
-        # One worker thread per open stream, plus a few for FetchLatest.
+        # One worker thread per open stream, plus RESERVED_CALLS for reports and fetches.
         self._server = grpc.server(
-            ThreadPoolExecutor(max_workers=max_subscribers + 4, thread_name_prefix="weights"),
+            ThreadPoolExecutor(max_workers=max_subscribers + RESERVED_CALLS, thread_name_prefix="weights"),
             options=grpc_options(max_message_bytes),
-            maximum_concurrent_rpcs=max_subscribers + 4,
+            maximum_concurrent_rpcs=max_subscribers + RESERVED_CALLS,
         )
         handlers = grpc.method_handlers_generic_handler(
             SERVICE,
@@ -101,12 +115,35 @@ class WeightPublisher:
             self._changed.notify_all()
         return len(payload)
 
+    def _authorize(self, context: grpc.ServicerContext) -> None:
+        if not authorized(context.invocation_metadata(), self._token):
+            with self._changed:
+                self.refused["unauthenticated"] += 1
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "this service needs the run's token")
+
     def _subscribe(self, request: bytes, context: grpc.ServicerContext):
-        sent = decode_version(request)
-        while not self._stopped and context.is_active():
-            payload, sent = self._wait_for_newer(sent)
-            if payload is not None:
-                yield payload
+        self._authorize(context)
+        with self._changed:
+            full = self._streams >= self.max_subscribers
+            if full:
+                self.refused["subscribers"] += 1
+            else:
+                self._streams += 1
+        if full:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"already {self.max_subscribers} subscribers")
+        try:
+            sent = decode_version(request)
+            while not self._stopped and context.is_active():
+                payload, sent = self._wait_for_newer(sent)
+                if payload is not None:
+                    yield payload
+        finally:
+            with self._changed:
+                self._streams -= 1
+
+    @property
+    def open_streams(self) -> int:
+        return self._streams
 
     def _wait_for_newer(self, than: int, timeout: float = 0.5) -> tuple[bytes | None, int]:
         with self._changed:
@@ -116,18 +153,21 @@ class WeightPublisher:
             return self._payload, self._version
 
     def _fetch_latest(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._authorize(context)
         payload = self._payload
         if payload is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no weights published yet")
         return payload
 
     def _fetch_start(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._authorize(context)
         payload = self._start_payload
         if payload is None:
             context.abort(grpc.StatusCode.NOT_FOUND, "no starting weights published")
         return payload
 
     def _report(self, request: bytes, context: grpc.ServicerContext) -> bytes:
+        self._authorize(context)
         try:
             report = json.loads(request)
             key = (int(report["actor"]), str(report["session"]))

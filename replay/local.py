@@ -14,19 +14,26 @@ Memory: episodes are held unpadded as numpy arrays, about 5.5 KB per step on 3s5
 from __future__ import annotations
 
 import collections
+import logging
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from common.config.sections import batch_split
 from common.episode import Episode, TrainingBatch, to_training_batch
+from replay.tables import episode_problem
+
+log = logging.getLogger(__name__)
 
 
 class LocalReplay:
     """`offline` episodes (fixed) plus an online FIFO of `online_capacity` episodes.
 
     `write(episode)` adds an online episode (the EpisodeWriter interface); `sample()` returns a
-    padded `TrainingBatch` of `batch_size` episodes at `mixing_ratio`; `close()` does nothing."""
+    padded `TrainingBatch` of `batch_size` episodes at `mixing_ratio`; `close()` does nothing.
+    An online episode with wrong shapes (against `expected`, a `replay.dataset.MapLayout`, when
+    given), NaN or infinity, or invalid actions is dropped and counted in `dropped`, as the
+    distributed learner's sampler does."""
 
     def __init__(
         self,
@@ -36,6 +43,7 @@ class LocalReplay:
         mixing_ratio: float,
         online_capacity: int,
         seed: int | Sequence[int],
+        expected=None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -52,6 +60,8 @@ class LocalReplay:
             )
         self.rng = np.random.default_rng(seed)
         self.episodes_written = 0
+        self.expected = expected
+        self.dropped: dict[str, int] = {}  # reason -> online episodes refused
 
     def with_mixing_ratio(self, mixing_ratio: float, seed: int | Sequence[int]) -> LocalReplay:
         """Another view of the same episodes with another split and its own generator (offline
@@ -62,20 +72,36 @@ class LocalReplay:
             mixing_ratio=mixing_ratio,
             online_capacity=self.online.maxlen or 1,
             seed=seed,
+            expected=self.expected,
         )
         view.online = self.online
+        view.dropped = self.dropped
         return view
 
     # --- the writer side ------------------------------------------------------------------------
     def write(self, episode: Episode) -> None:
-        self.online.append(episode)
-        self.episodes_written += 1
+        self.write_all([episode])
 
     def write_all(self, episodes: Iterable[Episode]) -> int:
-        episodes = list(episodes)
-        self.online.extend(episodes)  # the FIFO drops the oldest past its capacity
-        self.episodes_written += len(episodes)
-        return len(episodes)
+        """Add the episodes that can be trained on; returns how many were added."""
+        good = [e for e in episodes if self._acceptable(e)]
+        self.online.extend(good)  # the FIFO drops the oldest past its capacity
+        self.episodes_written += len(good)
+        return len(good)
+
+    def _acceptable(self, episode: Episode) -> bool:
+        problem = episode_problem(episode, self.expected)
+        if problem is None:
+            return True
+        reason, detail = problem
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        log.warning(
+            "dropped an online episode from actor %d, not trained on: %s: %s",
+            episode.meta.actor_id,
+            reason,
+            detail,
+        )
+        return False
 
     # --- the sampler side -----------------------------------------------------------------------
     def can_sample(self) -> bool:

@@ -21,20 +21,30 @@ The learner is the only consumer of the tables, so the count stays exact between
 
 With `prefetch_batches` > 0 a background thread keeps that many batches ready, so the learner does
 not wait when data is there; 0 samples on demand in the caller's thread.
+
+Every item drawn is checked before it can join a batch (`replay.tables.decode_checked`): one that
+does not decode, has shapes other than the map's, holds NaN or infinity, or actions out of range or
+unavailable is dropped, counted (`stats.dropped`, and `on_drop(table, reason)`, which the learner
+turns into the `ovmse_replay_items_dropped_total` metric), logged with the actor id it carries, and
+another item is drawn in its place. The table is open to any client; the learner trains only on
+items that pass.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from common.config.sections import Config, batch_split
 from common.episode import Episode, TrainingBatch, to_training_batch
-from replay.tables import OFFLINE_TABLE, ONLINE_TABLE, decode_item, import_reverb
+from replay.tables import OFFLINE_TABLE, ONLINE_TABLE, BadItem, decode_checked, import_reverb
+
+log = logging.getLogger(__name__)
 
 # Batches are drawn without repeats once a table holds this many times the batch's share (see _take).
 DISTINCT_TABLE_FACTOR = 8
@@ -83,6 +93,7 @@ class SamplerStats:
     online_episodes: int = 0
     server_queries: int = 0  # server_info calls made while waiting for the rate limiter
     repeats_redrawn: int = 0  # items drawn twice for one batch and drawn again
+    dropped: dict = field(default_factory=dict)  # reason -> items dropped (see replay.tables.BadItem)
 
 
 class MixedSampler:
@@ -95,7 +106,9 @@ class MixedSampler:
     pin_memory: pin each batch's tensors (for a CUDA learner), in the background thread.
     poll_interval_s: sleep between server queries while a table cannot be sampled yet.
     server_timeout_s: deadline of each server query (a dead server surfaces as an error).
-    background_nice: how much lower the prefetch thread runs (Linux nice; 0 = unchanged)."""
+    background_nice: how much lower the prefetch thread runs (Linux nice; 0 = unchanged).
+    expected: the map's sizes (`replay.dataset.MapLayout`) items must have; None checks only that
+    an item's fields agree with each other. on_drop(table, reason): called for each dropped item."""
 
     def __init__(
         self,
@@ -108,6 +121,8 @@ class MixedSampler:
         poll_interval_s: float = 0.005,
         server_timeout_s: float = 30.0,
         background_nice: int = 10,
+        expected=None,
+        on_drop=None,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -124,6 +139,9 @@ class MixedSampler:
         self.server_timeout_s = server_timeout_s
         self.background_nice = background_nice
         self.stats = SamplerStats()
+        self.expected = expected
+        self.on_drop = on_drop
+        self._drops_logged: dict[tuple, int] = {}  # (actor, reason) -> log lines written
         self._granted = {OFFLINE_TABLE: 0, ONLINE_TABLE: 0}  # samples known to be allowed
         self._stop = threading.Event()
         self._queue: queue.Queue | None = None
@@ -145,7 +163,10 @@ class MixedSampler:
     ) -> MixedSampler:
         """A sampler with the run's batch size, mixing ratio and prefetch depth (offline
         pre-training passes mixing_ratio=1.0)."""
+        from replay.dataset import expected_layout
+
         kwargs.setdefault("prefetch_batches", cfg.replay.prefetch_batches)
+        kwargs.setdefault("expected", expected_layout(cfg.env))
         return cls(
             client or f"{cfg.replay.address}:{cfg.replay.port}",
             cfg.learner.batch_size if batch_size is None else batch_size,
@@ -269,8 +290,31 @@ class MixedSampler:
                     self.stats.repeats_redrawn += 1
                     continue
                 seen.add(key)
-                episodes.append(decode_item(columns, table))
+                try:
+                    episodes.append(decode_checked(columns, table, self.expected))
+                except BadItem as bad:
+                    self._drop(table, bad)
         return episodes
+
+    def _drop(self, table: str, bad: BadItem) -> None:
+        count = self.stats.dropped[bad.reason] = self.stats.dropped.get(bad.reason, 0) + 1
+        if self.on_drop is not None:
+            self.on_drop(table, bad.reason)
+        total = sum(self.stats.dropped.values())
+        # A flood of bad items must not flood the log: the first few of each actor and reason, then
+        # one line per thousand.
+        seen = self._drops_logged.get((bad.actor_id, bad.reason), 0)
+        if (seen < 3 and len(self._drops_logged) < 1000) or total % 1000 == 0:
+            self._drops_logged[(bad.actor_id, bad.reason)] = seen + 1
+            actor = "an unknown actor" if bad.actor_id is None else f"actor {bad.actor_id}"
+            log.warning(
+                "dropped an item of the %s table from %s, not trained on: %s (%d dropped for %s so far)",
+                table,
+                actor,
+                bad,
+                count,
+                bad.reason,
+            )
 
     def _ask_server(self, table: str) -> int:
         self.stats.server_queries += 1

@@ -59,6 +59,8 @@ _PRESET_KEYS = {
     "method": ("learner", "method"),
 }
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+# gRPC sizes messages with a signed 32-bit int: 2047 MiB is the largest whole number of MiB below it.
+GRPC_MAX_MESSAGE_MB = ((1 << 31) - 1) >> 20
 
 
 # --- fields and their types --------------------------------------------------------------------
@@ -281,12 +283,38 @@ def _parse_yaml(text: str) -> Any:
     import yaml  # here, not at the top: the learner bench imports the config on machines without PyYAML
 
     try:
+        _refuse_duplicate_keys(yaml.compose(text, Loader=yaml.SafeLoader))
         return yaml.safe_load(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(error, "problem", None) or type(error).__name__
         raise ConfigError(f"invalid YAML{where}: {problem}") from None
+
+
+def _refuse_duplicate_keys(node: Any, path: str = "") -> None:
+    """YAML lets a later key silently replace an earlier one; a config file must not (TOML refuses
+    them itself). `node` is the composed document."""
+    import yaml
+
+    if isinstance(node, yaml.MappingNode):
+        first: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else None
+            line = key_node.start_mark.line + 1
+            dotted = f"{path}.{key}" if path else str(key)
+            if key is not None and key != "<<":
+                if key in first:
+                    raise ConfigError(
+                        f"duplicate key at line {line} (first at line {first[key]}); "
+                        "remove one of them",
+                        key=dotted,
+                    )
+                first[key] = line
+            _refuse_duplicate_keys(value_node, dotted)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _refuse_duplicate_keys(item, path)
 
 
 def _parse_toml(text: str) -> Any:
@@ -455,6 +483,16 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
 
     p.one_of("env.backend", env.backend, BACKENDS)
     p.not_empty("env.map_name", env.map_name)
+    if env.backend == "lite" and env.map_name.strip():
+        # StarCraft II reads its own map registry (SMAC's, or a custom map), checked when it starts.
+        from common.envs.maps import MAPS
+
+        p.require(
+            env.map_name in MAPS,
+            "env.map_name",
+            f"unknown map {env.map_name!r}{_suggest(env.map_name, MAPS)}; the lite world has "
+            f"{', '.join(sorted(MAPS))}",
+        )
     p.at_least("env.seed", env.seed, 0)
     p.at_least("env.step_mul", env.step_mul, 1)
     p.at_least("env.move_amount", env.move_amount, 1)
@@ -524,6 +562,7 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
     p.one_of("learner.precision", learner.precision, PRECISIONS)
     p.at_least("learner.weight_publish_interval", learner.weight_publish_interval, 1)
     p.at_least("learner.checkpoint_interval", learner.checkpoint_interval, 0)
+    p.at_least("learner.checkpoint_interval_s", learner.checkpoint_interval_s, 0)
     p.require(
         learner.online_cql_weight == 0 or learner.offline_cql != "none",
         "learner.online_cql_weight",
@@ -574,9 +613,16 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
     p.positive("run.log_interval_s", run.log_interval_s)
     p.port("run.metrics_port", run.metrics_port)
     p.not_empty("run.bind_address", run.bind_address)
-    p.at_least("run.grpc_max_message_mb", run.grpc_max_message_mb, 1)
+    p.require(
+        1 <= run.grpc_max_message_mb <= GRPC_MAX_MESSAGE_MB,
+        "run.grpc_max_message_mb",
+        f"must be in [1, {GRPC_MAX_MESSAGE_MB}] (gRPC's messages are at most 2 GiB - 1 byte), "
+        f"got {_show(run.grpc_max_message_mb)}",
+    )
     if run.init_checkpoint is not None:
         p.not_empty("run.init_checkpoint", run.init_checkpoint)
+    if run.auth_token_file is not None:
+        p.not_empty("run.auth_token_file", run.auth_token_file)
 
     # Across sections, once the fields themselves are sound.
     if not p.found:

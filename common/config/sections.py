@@ -214,6 +214,9 @@ class LearnerConfig:
     # synchronous algorithm (which acts with the newest network); the agent network is ~40k floats.
     weight_publish_interval: int = 1
     checkpoint_interval: int = 2000  # updates between learner checkpoints; 0 = only at the end
+    # Also a learner checkpoint once this many seconds have passed since the last one (0 = only by
+    # updates), so a killed learner loses at most a few minutes of training.
+    checkpoint_interval_s: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -255,6 +258,10 @@ class RunConfig:
     metrics_port: int = 0  # Prometheus /metrics port; 0 = off
     grpc_max_message_mb: int = 64  # bound on weight messages, enforced by the learner and its receivers
     bind_address: str = "127.0.0.1"
+    # A file holding the token the learner's weight service asks of actors and the evaluator; made
+    # with a random token if missing. OVMSE_TOKEN in the environment takes precedence. None and no
+    # OVMSE_TOKEN: no token (any client that reaches bind_address is served). See common/auth.py.
+    auth_token_file: str | None = None
 
     @property
     def path(self) -> Path:
