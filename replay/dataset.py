@@ -35,6 +35,7 @@ import numpy as np
 
 from common.atomic_files import atomic_path
 from common.episode import FIELD_DTYPES, STEP_FIELDS, Episode, EpisodeMeta
+from replay.dataset_error import DatasetError
 
 # --- the format -------------------------------------------------------------------------------
 
@@ -73,24 +74,6 @@ MAX_BATTLE_WON_ATTR = 60_000
 # episode at or above this return was a win. Used only for files that do not record battle_won.
 INFERRED_WIN_RETURN = 19.9
 READ_CHUNK = 64  # episodes read and checked at a time
-
-
-class DatasetError(ValueError):
-    """A dataset file problem as one line: `FILE: [episode I: ]FIELD: DETAIL`.
-
-    `field` is the HDF5 key at fault (or "file" when the file itself cannot be read); `episode` the
-    index of the first bad episode, when the problem is in one."""
-
-    def __init__(self, path: str | os.PathLike, field: str, detail: str, episode: int | None = None):
-        self.path = str(path)
-        self.field = field
-        self.detail = detail
-        self.episode = episode
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = f"episode {self.episode}: " if self.episode is not None else ""
-        return " ".join(f"{self.path}: {where}{self.field}: {self.detail}".splitlines())
 
 
 @dataclass(frozen=True)
