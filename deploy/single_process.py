@@ -54,7 +54,7 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
         raise ValueError("pretrain needs run.dataset and learner.offline_updates >= 1")
     builder = Builder(cfg)
     run_dir = fresh_run_dir(run_dir or cfg.run.path)
-    log = RunLog(run_dir)
+    log = RunLog(run_dir, process="pretrain")
     log.write_config(cfg)
     try:
         replay = builder.local_replay(cfg.run.dataset, mixing_ratio=1.0, stream=OFFLINE_STREAM)
@@ -89,7 +89,7 @@ def train_sync(
     file: the paper's medium-replay recipe when the method is qmix."""
     builder = Builder(cfg)
     run_dir = fresh_run_dir(run_dir or cfg.run.path)
-    log = RunLog(run_dir)
+    log = RunLog(run_dir, process="trainer")
     log.write_config(cfg)
     needs_dataset = has_offline_phase(cfg) or cfg.replay.mixing_ratio > 0
     replay = builder.local_replay(cfg.run.dataset if needs_dataset else None, stream=ONLINE_STREAM)
