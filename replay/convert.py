@@ -41,6 +41,16 @@ def convert(
     path written and the episodes converted. Raises DatasetError for a bad source, FileExistsError
     for a vault destination that exists."""
     if is_vault(src):
+        if expected is None:
+            with open_dataset(src) as view:
+                ours = view.ours is not None
+            if not ours:
+                raise DatasetError(
+                    src,
+                    "map",
+                    "needed to convert a vault that ovmse did not write (--map M): its episode limit "
+                    "sets the file's time axis and tells time-limit ends from true ends",
+                )
         return vault_to_hdf5(src, dst, expected)
     return hdf5_to_vault(src, vault_destination(src, dst), expected)
 

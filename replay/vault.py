@@ -215,6 +215,20 @@ class VaultView:
         known_limit = episode_limit or (self.ours or {}).get("episode_limit")
         longest = int(self.lengths.max())
         self.episode_limit = int(known_limit or longest)
+        if self.unfinished_steps > self.episode_limit:
+            raise DatasetError(
+                self.path,
+                "terminals",
+                f"the last {self.unfinished_steps} steps (from step {self.steps - self.unfinished_steps}) "
+                f"have no end flag, more than the episode limit {self.episode_limit}",
+            )
+        if self.unfinished_steps:
+            log.warning(
+                "%s: the last %d steps end with no terminal or truncation flag (an unfinished episode); "
+                "they are left out",
+                self.path,
+                self.unfinished_steps,
+            )
         if longest > self.episode_limit:
             e = int(np.argmax(self.lengths))
             raise DatasetError(
@@ -344,13 +358,7 @@ class VaultView:
                 f"no episode ends in {self.steps} steps (no row where every agent's "
                 "terminal or truncation flag is set)",
             )
-        if end_rows[-1] != self.steps - 1:
-            log.warning(
-                "%s: the last %d steps end with no terminal or truncation flag (an unfinished episode); "
-                "they are left out",
-                self.path,
-                self.steps - 1 - end_rows[-1],
-            )
+        self.unfinished_steps = int(self.steps - 1 - end_rows[-1])
         begins = np.concatenate([[0], end_rows[:-1] + 1])
         return begins, end_rows - begins + 1, np.concatenate(terminal)
 

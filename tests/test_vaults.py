@@ -82,20 +82,19 @@ def vaults(tmp_path_factory):
     good = og_marl_arrays()
 
     def nan_obs(obs):
-        obs[15, 1, 2] = np.nan  # episode 1 (steps 5..12)
+        obs[7, 1, 2] = np.nan  # episode 1 (steps 5..12), its step 2
 
     def no_legal(legals):
         legals[2, 2] = 0.0  # episode 0, step 2, agent 2
 
-    def unfinished(terminals):
-        terminals[:] = 0.0
-        terminals[4] = 1.0  # then 74 steps without an end: longer than 3m's 60-step limit
+    def endless(terminals):
+        terminals[5:-1] = 0.0  # episode 1 runs on to the last step: 71 steps, 3m allows 60
 
     sets = {
         "Good": good,
         "NaN": broken(good, observations=nan_obs),
         "NoLegal": broken(good, infos__legals=no_legal),
-        "Endless": broken(good, terminals=unfinished),
+        "Endless": broken(good, terminals=endless),
     }
     pairs = []
     for uid, arrays in sets.items():
@@ -151,11 +150,15 @@ def test_a_vault_directory_with_several_datasets_asks_for_one(vaults):
 @pytest.mark.parametrize(
     ("uid", "expected"),
     [
-        ("NaN", "episode 1: observations: not finite at row 10"),
-        ("NoLegal", "episode 0: infos.legals: agent 2 has no available action at step 2"),
+        ("NaN", "episode 1: observations: not finite at row 2"),
+        (
+            "NoLegal",
+            "episode 0: actions: agent 2 took action 2 at step 2, which avail_actions marks unavailable",
+        ),
         (
             "Endless",
-            "terminals: 74 steps without an end flag (from step 5), longer than the episode limit 60",
+            "episode 1: terminals: 71 steps without an end flag (from step 5), longer than the episode "
+            "limit 60",
         ),
     ],
 )
@@ -202,16 +205,37 @@ def test_a_vault_for_another_map_is_refused_naming_the_leaf(vaults, capsys):
 def test_a_flashbax_vault_converts_to_hdf5_with_the_same_episodes(vaults, tmp_path, capsys):
     vlt, _ = vaults
     out = tmp_path / "3m_good.h5"
-    assert (
-        dataset_convert(argparse.Namespace(command="dataset convert", path=str(vlt / "Good"), out=str(out)))
-        == 0
+    convert_args = argparse.Namespace(
+        command="dataset convert", path=str(vlt / "Good"), out=str(out), map=MAP
     )
+    assert dataset_convert(convert_args) == 0
     assert f"-> {out}: 4 episodes" in capsys.readouterr().out
     from_vault, from_file = read_episodes(vlt / "Good", LAYOUT), read_episodes(out, LAYOUT)
     for a, b in zip(from_vault, from_file, strict=True):
         for key in ("state", "obs", "actions", "avail_actions", "reward", "terminated", "filled"):
             np.testing.assert_array_equal(getattr(a, key), getattr(b, key), err_msg=key)
         assert a.meta.battle_won == b.meta.battle_won
+
+
+def test_converting_another_tools_vault_needs_its_map(vaults, tmp_path, capsys):
+    vlt, _ = vaults
+    out = tmp_path / "x.h5"
+    convert_args = argparse.Namespace(
+        command="dataset convert", path=str(vlt / "Good"), out=str(out), map=None
+    )
+    assert dataset_convert(convert_args) == 2
+    assert "map: needed to convert a vault that ovmse did not write" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_unfinished_steps_at_the_end_of_a_vault_are_left_out(vaults, tmp_path, caplog):
+    import tensorstore as ts
+
+    copy = copy_vault(vaults, tmp_path)
+    spec = {"driver": "zarr", "kvstore": {"driver": "ocdbt", "base": f"file://{copy}", "path": "vault_index"}}
+    ts.open(spec).result().write(np.array([74], np.int32)).result()  # the last episode: 1 of its 3 steps
+    assert [e.length for e in read_episodes(copy, LAYOUT)] == [5, 8, 60]
+    assert "the last 1 steps end with no terminal or truncation flag" in caplog.text
 
 
 def test_a_flashbax_vault_pretrains(vaults, tmp_path):
