@@ -215,7 +215,7 @@ class VaultView:
         known_limit = episode_limit or (self.ours or {}).get("episode_limit")
         longest = int(self.lengths.max())
         self.episode_limit = int(known_limit or longest)
-        if self.unfinished_steps > self.episode_limit:
+        if known_limit and self.unfinished_steps > self.episode_limit:
             raise DatasetError(
                 self.path,
                 "terminals",
