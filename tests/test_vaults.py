@@ -87,6 +87,9 @@ def vaults(tmp_path_factory):
     def no_legal(legals):
         legals[2, 2] = 0.0  # episode 0, step 2, agent 2
 
+    def split_reward(rewards):
+        rewards[3, 1] += 1.0  # agent 1's reward differs from its team's
+
     def endless(terminals):
         terminals[5:-1] = 0.0  # episode 1 runs on to the last step: 71 steps, 3m allows 60
 
@@ -95,6 +98,7 @@ def vaults(tmp_path_factory):
         "NaN": broken(good, observations=nan_obs),
         "NoLegal": broken(good, infos__legals=no_legal),
         "Endless": broken(good, terminals=endless),
+        "SplitReward": broken(good, rewards=split_reward),
     }
     pairs = []
     for uid, arrays in sets.items():
@@ -143,7 +147,9 @@ def test_validate_and_inspect_accept_a_vault(vaults, capsys):
 
 def test_a_vault_directory_with_several_datasets_asks_for_one(vaults):
     vlt, _ = vaults
-    with pytest.raises(DatasetError, match=r"holds 4 vaults \(Endless, Good, NaN, NoLegal\); name one"):
+    with pytest.raises(
+        DatasetError, match=r"holds 5 vaults \(Endless, Good, NaN, NoLegal, SplitReward\); name one"
+    ):
         validate_dataset(vlt)
 
 
@@ -151,6 +157,7 @@ def test_a_vault_directory_with_several_datasets_asks_for_one(vaults):
     ("uid", "expected"),
     [
         ("NaN", "episode 1: observations: not finite at row 2"),
+        ("SplitReward", "rewards: agents' rewards differ at step 3; QMIX needs one team reward"),
         (
             "NoLegal",
             "episode 0: actions: agent 2 took action 2 at step 2, which avail_actions marks unavailable",
