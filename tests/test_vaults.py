@@ -362,3 +362,20 @@ def test_the_fingerprint_of_a_vault_follows_its_contents(tmp_path):
     meta = vault / "metadata.json"
     meta.write_text(meta.read_text() + " ")
     assert file_fingerprint(vault) != before
+
+
+def test_the_replay_server_loads_a_vault_as_run_dataset(vaults):
+    from common.config import resolve_config
+    from replay.server import start_replay_server
+    from replay.tables import OFFLINE_TABLE
+
+    vlt, _ = vaults
+    cfg = resolve_config(
+        map_name=MAP,
+        overrides=["replay.port=0", "learner.batch_size=4", f"run.dataset={vlt / 'Good'}"],
+    )
+    server = start_replay_server(cfg)
+    try:
+        assert server.loaded_offline and server.stats()[OFFLINE_TABLE].size == len(EPISODES)
+    finally:
+        server.stop()
