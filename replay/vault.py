@@ -144,8 +144,14 @@ def _nest(flat: dict) -> dict:
 
 
 def _first_line(error: BaseException) -> str:
+    """An error's first line, without the spec and source locations TensorStore appends."""
     text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+    if not text:
+        return type(error).__name__
+    text = text.splitlines()[0]
+    for tail in (" [tensorstore_spec=", " [source locations="):
+        text = text.split(tail)[0]
+    return text
 
 
 def read_metadata(vault: Path) -> dict:

@@ -201,6 +201,7 @@ def test_a_vault_with_garbled_storage_is_refused_in_one_line(vaults, tmp_path, c
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and str(copy) in err
     assert any(f": {leaf}: cannot" in err for leaf in ("observations", "vault_index", "actions"))
+    assert "tensorstore_spec" not in err  # TensorStore's spec dump is left out
 
 
 def test_a_vault_for_another_map_is_refused_naming_the_leaf(vaults, capsys):
