@@ -432,10 +432,6 @@ class VaultView:
         return out
 
 
-def open_vault(path: str | os.PathLike, episode_limit: int | None = None) -> VaultView:
-    return VaultView(path, episode_limit)
-
-
 # --- writing ----------------------------------------------------------------------------------
 
 
