@@ -3,19 +3,29 @@
 Layout of `runs/<name>/`: config.yaml, metrics.jsonl (every record, one JSON object per line),
 <kind>.csv (one file per record kind, e.g. eval.csv, train.csv), checkpoints/, and plots:
 test_win_rate.png and test_return.png against environment steps, each with its 95% interval shaded
-when the eval records carry one.
+when the eval records carry one. tensorboard/<process>/ holds TensorBoard event files with the same
+numbers: each record's numeric fields as scalars tagged `<kind>/<field>` (e.g. `eval/win_rate`,
+`train/loss_total`), at its env_steps (else its update count); one directory per process that logs
+(learner, evaluator, trainer), so `tensorboard --logdir runs` shows every run and process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
+import itertools
 import json
+import math
 import os
 import shutil
+import socket
 import sys
 import time
 from pathlib import Path
+
+TENSORBOARD_DIR = "tensorboard"
+STEP_FIELDS = ("env_steps", "updates", "update")  # a record's x axis, the first it has
+_event_files = itertools.count()
 
 
 def fresh_run_dir(path: str | Path) -> Path:
@@ -46,13 +56,46 @@ def discarded_on_failure(run_dir: str | Path):
         raise
 
 
+class EventFile:
+    """One TensorBoard event file, written with TensorBoard's own record writer and protocol
+    buffers. (TensorBoard's EventFileWriter would import TensorFlow, seconds and hundreds of MB, to
+    open a file; this imports only the protos.) Each `scalars` call is flushed to disk."""
+
+    def __init__(self, logdir: Path):
+        from tensorboard.compat.proto import event_pb2, summary_pb2
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+        logdir.mkdir(parents=True, exist_ok=True)
+        stamp = f"{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_event_files)}"
+        name = f"events.out.tfevents.{stamp}"
+        self.path = logdir / name
+        self._records = RecordWriter(open(self.path, "ab"))
+        self._write(self._event(wall_time=time.time(), file_version="brain.Event:2"))
+
+    def _write(self, event) -> None:
+        self._records.write(event.SerializeToString())
+        self._records.flush()
+
+    def scalars(self, step: int, wall_time: float, values: dict[str, float]) -> None:
+        summary = self._summary(value=[self._summary.Value(tag=t, simple_value=v) for t, v in values.items()])
+        self._write(self._event(wall_time=wall_time, step=int(step), summary=summary))
+
+    def close(self) -> None:
+        self._records.close()
+
+
 class RunLog:
-    def __init__(self, run_dir: str | Path):
+    def __init__(self, run_dir: str | Path, process: str = "main"):
+        """`process` names this process's TensorBoard directory (tensorboard/<process>/)."""
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "checkpoints").mkdir(exist_ok=True)
         self._jsonl = open(self.dir / "metrics.jsonl", "a", buffering=1)
         self._csv_fields: dict[str, list[str]] = {}
+        self.tensorboard_dir = self.dir / TENSORBOARD_DIR / process
+        self._events: EventFile | None = None  # opened at the first record
+        self._counts: dict[str, int] = {}
 
     def write_config(self, cfg) -> Path:
         from common.config import write_config
@@ -75,6 +118,23 @@ class RunLog:
                     csv.writer(f).writerow(fields)
         with open(path, "a", newline="") as f:
             csv.writer(f).writerow([row.get(k, "") for k in fields])
+        self._tensorboard(kind, row)
+
+    def _tensorboard(self, kind: str, row: dict) -> None:
+        """The record's finite numbers as scalars `<kind>/<field>` at its step."""
+        self._counts[kind] = self._counts.get(kind, 0) + 1
+        step_field = next((f for f in STEP_FIELDS if isinstance(row.get(f), (int, float))), None)
+        step = row[step_field] if step_field else self._counts[kind]
+        values = {
+            f"{kind}/{name}": float(value)
+            for name, value in row.items()
+            if name not in ("time", step_field) and isinstance(value, (int, float)) and math.isfinite(value)
+        }
+        if not values:
+            return
+        if self._events is None:
+            self._events = EventFile(self.tensorboard_dir)
+        self._events.scalars(step, row["time"], values)
 
     def read(self, kind: str) -> list[dict]:
         """The records of `kind` so far. Other processes of the run append to the same file, so a
@@ -149,6 +209,9 @@ class RunLog:
 
     def close(self) -> None:
         self._jsonl.close()
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
 
 def eval_bands(records: list[dict]) -> dict[str, tuple[list, list, list]]:

@@ -191,6 +191,12 @@ def _dataset_collect(args: argparse.Namespace) -> int:
     return dataset_collect(args)
 
 
+def _dataset_convert(args: argparse.Namespace) -> int:
+    from deploy.replay_commands import dataset_convert
+
+    return dataset_convert(args)
+
+
 def _reproduce(args: argparse.Namespace) -> int:
     from deploy.reproduce import main
     from deploy.reproduce_report import write_report
@@ -250,12 +256,14 @@ def _evaluate_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _dataset_path_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="HDF5 dataset file")
+    parser.add_argument("path", help="HDF5 dataset file, or a Flashbax vault directory (NAME.vlt/UID)")
 
 
 def _pretrain_options(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser)
-    parser.add_argument("--dataset", metavar="FILE", help="HDF5 dataset to pre-train on (sets run.dataset)")
+    parser.add_argument(
+        "--dataset", metavar="PATH", help="HDF5 dataset or vault to pre-train on (sets run.dataset)"
+    )
 
 
 def _dataset_validate_options(parser: argparse.ArgumentParser) -> None:
@@ -281,6 +289,18 @@ def _dataset_collect_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--envs", type=int, metavar="N", help="battles stepped together (default 16)")
     parser.add_argument("--episodes", type=int, metavar="N", help="episodes to collect")
     parser.add_argument("--out", metavar="PATH", help="HDF5 file to write (default: run.dataset)")
+
+
+def _dataset_convert_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="SRC", help="an HDF5 dataset file, or a vault directory NAME.vlt/UID")
+    parser.add_argument(
+        "--out",
+        metavar="DST",
+        required=True,
+        help="for an HDF5 source the vault to write (NAME.vlt/UID; NAME.vlt alone: UID = the file's "
+        "name), for a vault the HDF5 file",
+    )
+    parser.add_argument("--map", metavar="MAP", help="check shapes against this map's sizes")
 
 
 def _reproduce_options(parser: argparse.ArgumentParser) -> None:
@@ -330,6 +350,11 @@ COMMANDS: dict[str, Command] = {
     ),
     "dataset collect": Command(
         "play battles with a policy and write a dataset file", _dataset_collect, _dataset_collect_options
+    ),
+    "dataset convert": Command(
+        "convert between an HDF5 dataset file and a Flashbax vault (OG-MARL)",
+        _dataset_convert,
+        _dataset_convert_options,
     ),
     "reproduce": Command(
         "the paper's comparison: every method, several seeds", _reproduce, _reproduce_options

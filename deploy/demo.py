@@ -5,16 +5,18 @@
 3. fine-tune online with OVMSE: replay server, learner, two actor processes and the evaluator
    (`ovmse run`, starting from the offline checkpoint);
 4. print the offline and final test win rates and where the plots are.
-Sized to finish in about ten minutes on a 2-core machine; everything lands in runs/demo/.
+Sized to finish in a few minutes on a 2-core machine (it prints how long it took); everything lands
+in runs/demo/.
 """
 
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 from common.config import resolve_config
-from common.run_log import win_rate_text
+from common.run_log import format_duration, win_rate_text
 
 DEMO_DIR = Path("runs") / "demo"
 DEMO_MAP = "2s3z"
@@ -64,6 +66,7 @@ def main(args: argparse.Namespace | None = None, **extra) -> int:
     from deploy.recipes import CollectRequest, collect_dataset
     from deploy.single_process import pretrain
 
+    began = time.monotonic()
     cfg, settings = demo_config(**extra)
     print(
         f"ovmse demo: offline-to-online OVMSE on the lite {DEMO_MAP} world; results in {DEMO_DIR}/",
@@ -131,4 +134,6 @@ def main(args: argparse.Namespace | None = None, **extra) -> int:
     )
     for png in sorted(online.run_dir.glob("test_*.png")):
         print(f"  plot: {png}")
+    print(f"  TensorBoard: tensorboard --logdir {DEMO_DIR}")
+    print(f"  the demo took {format_duration(time.monotonic() - began)}")
     return 0

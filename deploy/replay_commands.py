@@ -1,4 +1,4 @@
-"""Handlers of `ovmse replay-server` and `ovmse dataset validate|inspect|collect`.
+"""Handlers of `ovmse replay-server` and `ovmse dataset validate|inspect|collect|convert`.
 
 Each takes the parsed arguments and returns the exit code: 0 done, 2 a problem reported as one
 line on stderr naming the file, field or key. Options the `ovmse` parser may not define (yet) are
@@ -81,8 +81,11 @@ def dataset_validate(args: argparse.Namespace) -> int:
 
 
 def default_plot_path(path: str | Path) -> Path:
-    """data/3s5z_medium.h5 -> data/3s5z_medium.returns.png"""
+    """data/3s5z_medium.h5 -> data/3s5z_medium.returns.png; a vault data/3m.vlt/Good ->
+    data/3m_Good.returns.png (beside the vault, not inside it)."""
     path = Path(path)
+    if path.is_dir() and path.parent.suffix == ".vlt":
+        return path.parent.with_name(f"{path.parent.stem}_{path.name}.returns.png")
     return path.with_name(path.stem + ".returns.png")
 
 
@@ -117,6 +120,26 @@ def dataset_inspect(args: argparse.Namespace) -> int:
     )
     for name, value in rows:
         print(f"{name:<10} {value}")
+    return 0
+
+
+def dataset_convert(args: argparse.Namespace) -> int:
+    """An HDF5 dataset to a Flashbax vault, or a vault to an HDF5 dataset, checked as it is read."""
+    from replay.convert import convert
+    from replay.dataset import DatasetError, map_layout
+
+    map_name = getattr(args, "map", None)
+    try:
+        expected = map_layout(map_name) if map_name else None
+    except ValueError as error:
+        return _fail(args, f"--map: {error}")
+    try:
+        written, episodes = convert(args.path, args.out, expected)
+    except (DatasetError, FileExistsError) as error:
+        return _fail(args, error)
+    except OSError as error:
+        return _fail(args, f"{args.out}: cannot write: {error.strerror or error}")
+    print(f"{args.path} -> {written}: {episodes} episodes")
     return 0
 
 

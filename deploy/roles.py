@@ -25,7 +25,7 @@ def learner_role(cfg: Config, stop: threading.Event) -> dict:
     from replay.server import wait_for_offline_table
 
     builder = Builder(cfg)
-    log = RunLog(cfg.run.path)
+    log = RunLog(cfg.run.path, process="learner")
     if not (cfg.run.path / "config.yaml").exists():
         log.write_config(cfg)
 
@@ -82,6 +82,6 @@ def evaluator_role(cfg: Config, stop: threading.Event) -> dict:
         worker=builder.eval_worker(),
         subscriber=builder.weight_subscriber(),
         metrics=builder.metrics("evaluator"),
-        log=RunLog(cfg.run.path),
+        log=RunLog(cfg.run.path, process="evaluator"),
     )
     return run_evaluator(cfg, parts, stop)

@@ -60,7 +60,7 @@ def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = Tr
 
 def _pretrain(cfg: Config, run_dir: Path, progress: bool) -> TrainResult:
     builder = Builder(cfg)
-    log = RunLog(run_dir)
+    log = RunLog(run_dir, process="pretrain")
     log.write_config(cfg)
     try:
         replay = builder.local_replay(cfg.run.dataset, mixing_ratio=1.0, stream=OFFLINE_STREAM)
@@ -115,7 +115,7 @@ def _train_sync(
     stop_when: Callable[[dict], bool] | None,
 ) -> TrainResult:
     builder = Builder(cfg)
-    log = RunLog(run_dir)
+    log = RunLog(run_dir, process="trainer")
     log.write_config(cfg)
     needs_dataset = has_offline_phase(cfg) or cfg.replay.mixing_ratio > 0
     replay = builder.local_replay(cfg.run.dataset if needs_dataset else None, stream=ONLINE_STREAM)

@@ -20,6 +20,9 @@ final row's action, reward and terminated set to 0 as `common.episode` specifies
 action its policy picked at the final observation there). A file whose final observation row is not
 marked filled (the terminal flag sits on the last filled row) is read as L = filled rows; see
 `episode_lengths`.
+
+A Flashbax vault directory (OG-MARL's datasets) is read wherever a file is: `open_dataset` shows it
+in this layout (replay/vault.py), and problems name the vault's leaf instead of the HDF5 key.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import numpy as np
 
 from common.atomic_files import atomic_path
 from common.episode import FIELD_DTYPES, STEP_FIELDS, Episode, EpisodeMeta
+from replay.dataset_error import DatasetError
 
 # --- the format -------------------------------------------------------------------------------
 
@@ -73,24 +77,6 @@ MAX_BATTLE_WON_ATTR = 60_000
 # episode at or above this return was a win. Used only for files that do not record battle_won.
 INFERRED_WIN_RETURN = 19.9
 READ_CHUNK = 64  # episodes read and checked at a time
-
-
-class DatasetError(ValueError):
-    """A dataset file problem as one line: `FILE: [episode I: ]FIELD: DETAIL`.
-
-    `field` is the HDF5 key at fault (or "file" when the file itself cannot be read); `episode` the
-    index of the first bad episode, when the problem is in one."""
-
-    def __init__(self, path: str | os.PathLike, field: str, detail: str, episode: int | None = None):
-        self.path = str(path)
-        self.field = field
-        self.detail = detail
-        self.episode = episode
-        super().__init__(str(self))
-
-    def __str__(self) -> str:
-        where = f"episode {self.episode}: " if self.episode is not None else ""
-        return " ".join(f"{self.path}: {where}{self.field}: {self.detail}".splitlines())
 
 
 @dataclass(frozen=True)
@@ -221,11 +207,11 @@ def read_layout(h5, path: str | os.PathLike, expected: MapLayout | None = None) 
         if key in h5 and tuple(h5[key].shape) != wanted[key]:
             raise DatasetError(path, key, f"shape {tuple(h5[key].shape)}, expected {wanted[key]}")
     if expected is not None:
-        _check_map(layout, expected, path)
+        _check_map(layout, expected, path, lambda key: _fault(h5, key))
     return layout
 
 
-def _check_map(layout: DatasetLayout, expected: MapLayout, path) -> None:
+def _check_map(layout: DatasetLayout, expected: MapLayout, path, name=lambda key: key) -> None:
     checks = (
         ("obs", "agents", layout.n_agents, expected.n_agents),
         ("obs", "observation size", layout.obs_size, expected.obs_size),
@@ -235,7 +221,7 @@ def _check_map(layout: DatasetLayout, expected: MapLayout, path) -> None:
     )
     for key, what, got, want in checks:
         if got != want:
-            raise DatasetError(path, key, f"{what} is {got}, but map {expected.map_name} has {want}")
+            raise DatasetError(path, name(key), f"{what} is {got}, but map {expected.map_name} has {want}")
 
 
 # --- episode checks (pure, on a chunk of episodes) --------------------------------------------
@@ -369,13 +355,24 @@ def to_episode(arrays: dict[str, np.ndarray], i: int, length: int, meta: Episode
 
 
 @contextlib.contextmanager
-def open_dataset(path: str | os.PathLike):
-    """h5py.File for reading, with unreadable files reported as DatasetError(field="file")."""
+def open_dataset(path: str | os.PathLike, expected: MapLayout | None = None):
+    """h5py.File for reading, with unreadable files reported as DatasetError(field="file"); for a
+    directory, the Flashbax vault there seen in the same layout (replay/vault.py), padded to
+    `expected`'s episode limit when given."""
     import h5py
 
     path = Path(path)
     if not path.exists():
         raise DatasetError(path, "file", "no such file")
+    if path.is_dir():
+        from replay.vault import VaultView
+
+        view = VaultView(path, expected.episode_limit if expected is not None else None)
+        try:
+            yield view
+        finally:
+            view.close()
+        return
     try:
         h5 = h5py.File(path, "r")
     except OSError as error:
@@ -389,9 +386,17 @@ def open_dataset(path: str | os.PathLike):
         h5.close()
 
 
+def _fault(h5, key: str) -> str:
+    """The name to give a problem in `key`: the key itself, or for a vault the leaf it comes from."""
+    fault = getattr(h5, "fault", None)
+    return fault(key) if fault is not None else key
+
+
 def _read(h5, key: str, start: int, stop: int, path) -> np.ndarray:
     try:
         return h5[key][start:stop]
+    except DatasetError:
+        raise
     except (OSError, ValueError) as error:
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise DatasetError(path, key, f"cannot read episodes {start}..{stop - 1}: {first_line}") from None
@@ -415,24 +420,38 @@ def iter_episodes(
     chunk: int = READ_CHUNK,
     on_chunk: Callable[[int], None] | None = None,
 ) -> Iterator[Episode]:
-    """Every episode of a file as an `Episode` (source "offline"), checked as it is read.
+    """Every episode of a file (or vault) as an `Episode` (source "offline"), checked as it is read.
 
     Raises DatasetError at the first problem, possibly after yielding earlier episodes: callers
     that must not act on a partly bad file (the offline-table loader) undo what they did with them.
     `on_chunk(n)` is told how many episodes each chunk held (for progress bars)."""
-    with open_dataset(path) as h5:
+    for episode, _ in iter_episodes_with_probs(path, expected, chunk, on_chunk, probs=False):
+        yield episode
+
+
+def iter_episodes_with_probs(
+    path: str | os.PathLike,
+    expected: MapLayout | None = None,
+    chunk: int = READ_CHUNK,
+    on_chunk: Callable[[int], None] | None = None,
+    probs: bool = True,
+) -> Iterator[tuple[Episode, np.ndarray | None]]:
+    """`iter_episodes`, each episode with its behaviour distribution [L + 1, n, A] (None when the
+    file has no `probs`, or with `probs=False`)."""
+    with open_dataset(path, expected) as h5:
         layout = read_layout(h5, path, expected)
         recorded_wins = _battle_won_attr(h5, layout.episodes)
+        keys = REQUIRED_KEYS + (("probs",) if probs and layout.has_probs else ())
         for start in range(0, layout.episodes, chunk):
             stop = min(start + chunk, layout.episodes)
-            arrays = {key: _read(h5, key, start, stop, path) for key in REQUIRED_KEYS}
+            arrays = {key: _read(h5, key, start, stop, path) for key in keys}
             lengths, structure = episode_lengths(
                 arrays["filled"][..., 0], arrays["terminated"][..., 0], start
             )
             found = [p for p in (structure, check_chunk(arrays, lengths, start)) if p is not None]
             if found:  # the first bad episode; for one episode, its structure before its data
                 problem = min(found, key=lambda p: p.episode)
-                raise DatasetError(path, problem.field, problem.detail, problem.episode)
+                raise DatasetError(path, _fault(h5, problem.field), problem.detail, problem.episode)
             for i, length in enumerate(lengths):
                 length = int(length)
                 episode_return = float(arrays["reward"][i, :length, 0].sum(dtype=np.float64))
@@ -442,7 +461,8 @@ def iter_episodes(
                     true_end = bool(arrays["terminated"][i, :length].any())
                     won = bool(infer_battle_won(np.array([episode_return]), np.array([true_end]))[0])
                 meta = EpisodeMeta(episode_return=episode_return, battle_won=won, source="offline")
-                yield to_episode(arrays, i, length, meta)
+                behaviour = np.array(arrays["probs"][i, : length + 1]) if "probs" in arrays else None
+                yield to_episode(arrays, i, length, meta), behaviour
             if on_chunk is not None:
                 on_chunk(stop - start)
 
@@ -455,16 +475,22 @@ def read_episodes(path: str | os.PathLike, expected: MapLayout | None = None) ->
 
 def dataset_layout(path: str | os.PathLike, expected: MapLayout | None = None) -> DatasetLayout:
     """The layout of a file (shapes and dtypes checked, data not read)."""
-    with open_dataset(path) as h5:
+    with open_dataset(path, expected) as h5:
         return read_layout(h5, path, expected)
 
 
 def file_fingerprint(path: str | os.PathLike, block: int = 1 << 23) -> str:
-    """blake2b of the file's bytes: which dataset a replay checkpoint's offline table came from."""
+    """blake2b of the file's bytes (of a vault directory: of each file's relative path and bytes):
+    which dataset a replay checkpoint's offline table came from."""
     digest = hashlib.blake2b(digest_size=20)
-    with open(path, "rb") as f:
-        while chunk := f.read(block):
-            digest.update(chunk)
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode() + b"\0")
+        with open(file, "rb") as f:
+            while chunk := f.read(block):
+                digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -526,7 +552,7 @@ def summarize(
 def validate_dataset(path: str | os.PathLike, expected: MapLayout | None = None) -> DatasetSummary:
     """Read and check every episode; raise DatasetError at the first problem, else summarise."""
     returns, lengths, won = [], [], []
-    with open_dataset(path) as h5:
+    with open_dataset(path, expected) as h5:
         layout = read_layout(h5, path, expected)
         recorded = _battle_won_attr(h5, layout.episodes) is not None
     for episode in iter_episodes(path, expected):
@@ -552,7 +578,7 @@ def inspect_dataset(path: str | os.PathLike, chunk: int = 1024) -> DatasetSummar
             reward = _read(h5, "reward", start, stop, path)[..., 0].astype(np.float64)
             got, problem = episode_lengths(filled, terminated, start)
             if problem is not None:
-                raise DatasetError(path, problem.field, problem.detail, problem.episode)
+                raise DatasetError(path, _fault(h5, problem.field), problem.detail, problem.episode)
             taken = np.arange(layout.rows)[None, :] < got[:, None]
             returns.append((reward * taken).sum(axis=1))
             lengths.append(got)

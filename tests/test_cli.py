@@ -124,6 +124,7 @@ def test_the_dispatch_table_has_every_job():
         "dataset validate",
         "dataset inspect",
         "dataset collect",
+        "dataset convert",
         "reproduce",
         "bench",
         "ray-launch",

@@ -1,0 +1,94 @@
+"""`ovmse dataset convert`: HDF5 dataset file <-> Flashbax vault, either way, checked on the way.
+
+HDF5 -> vault -> HDF5 gives back the same arrays and attributes for files in our layout (CFCQL files
+come back normalised as replay/dataset.py reads them: the final row's action zeroed). Both
+directions write under a temporary name and rename when complete.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from replay.dataset import (
+    BATTLE_WON_ATTR,
+    SCHEMA_ATTR,
+    DatasetError,
+    MapLayout,
+    dataset_layout,
+    iter_episodes_with_probs,
+    open_dataset,
+)
+from replay.dataset_writer import DatasetWriter
+from replay.vault import VaultWriter, is_vault
+
+VAULT_SUFFIX = ".vlt"
+
+
+def vault_destination(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """Where a vault made from `src` goes: `dst` itself (`NAME.vlt/UID`), or `dst/<src stem>` when
+    `dst` is only `NAME.vlt` (OG-MARL names a vault's datasets, e.g. 3m.vlt/Good)."""
+    dst = Path(dst)
+    return dst / Path(src).stem if dst.suffix == VAULT_SUFFIX else dst
+
+
+def convert(
+    src: str | os.PathLike, dst: str | os.PathLike, expected: MapLayout | None = None
+) -> tuple[Path, int]:
+    """Convert a vault to an HDF5 file or an HDF5 file to a vault (decided by `src`); returns the
+    path written and the episodes converted. Raises DatasetError for a bad source, FileExistsError
+    for a vault destination that exists."""
+    if is_vault(src):
+        if expected is None:
+            with open_dataset(src) as view:
+                ours = view.ours is not None
+            if not ours:
+                raise DatasetError(
+                    src,
+                    "map",
+                    "needed to convert a vault that ovmse did not write (--map M): its episode limit "
+                    "sets the file's time axis and tells time-limit ends from true ends",
+                )
+        return vault_to_hdf5(src, dst, expected)
+    return hdf5_to_vault(src, vault_destination(src, dst), expected)
+
+
+def hdf5_to_vault(src, dst, expected: MapLayout | None = None) -> tuple[Path, int]:
+    layout = dataset_layout(src, expected)
+    with open_dataset(src) as h5:
+        attrs = {k: v for k, v in h5.attrs.items() if k not in (BATTLE_WON_ATTR, SCHEMA_ATTR)}
+    with VaultWriter(
+        dst,
+        n_agents=layout.n_agents,
+        obs_size=layout.obs_size,
+        state_size=layout.state_size,
+        n_actions=layout.n_actions,
+        episode_limit=layout.episode_limit,
+        with_probs=layout.has_probs,
+        attrs=attrs,
+    ) as writer:
+        for episode, probs in iter_episodes_with_probs(src, expected):
+            writer.append(episode, probs)
+    return Path(dst), writer.episodes
+
+
+def vault_to_hdf5(src, dst, expected: MapLayout | None = None) -> tuple[Path, int]:
+    layout = dataset_layout(src, expected)
+    with open_dataset(src, expected) as view:
+        attrs = {k: v for k, v in view.attrs.items() if k not in (BATTLE_WON_ATTR, SCHEMA_ATTR)}
+    if Path(dst).is_dir():
+        raise DatasetError(dst, "file", "is a directory; name the HDF5 file to write")
+    with DatasetWriter(
+        dst,
+        n_agents=layout.n_agents,
+        obs_size=layout.obs_size,
+        state_size=layout.state_size,
+        n_actions=layout.n_actions,
+        episode_limit=layout.episode_limit,
+        attrs={k: np.asarray(v) if isinstance(v, list) else v for k, v in attrs.items()},
+    ) as writer:
+        for episode, probs in iter_episodes_with_probs(src, expected):
+            writer.append(episode, probs)
+    return Path(dst), writer.episodes
