@@ -48,7 +48,7 @@ def _config_error(detail: str, key: str | None, source: str | None) -> ConfigErr
 
 
 # Allowed values of the enumerated fields (checked by `loading.validate_config`).
-BACKENDS = ("lite", "sc2")
+BACKENDS = ("lite", "sc2", "matrix")
 METHOD_NAMES = ("ovmse", "ovm", "se", "switch_cql", "macql", "macal_ql", "qmix")
 EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy")
 CQL_VARIANTS = ("cql", "cfcql", "none")
@@ -91,7 +91,9 @@ class EnvConfig:
     """The battle world. `backend` picks the lite simulator or real StarCraft II; every other field
     is one of SMAC's `StarCraft2Env` constructor arguments, with SMAC's name and default."""
 
-    backend: str = "lite"  # "lite" (our vectorised simulator) | "sc2" (StarCraft II through SMAC)
+    # "lite" (our vectorised simulator) | "sc2" (StarCraft II through SMAC) | "matrix" (one-step
+    # matrix games; map_name xor or mne)
+    backend: str = "lite"
     map_name: str = "3s5z"
     seed: int = 0  # base seed of the battle worlds; each actor / battle offsets it by its index
     step_mul: int = 8
