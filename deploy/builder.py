@@ -27,6 +27,7 @@ from common.envs.factory import make_batch_env
 from common.envs.protocol import BatchEnv
 from common.networks import agent_network
 from learner.checkpoint import load_checkpoint
+from learner.inspo_learner import InSPOLearner
 from learner.learning import QMixLearner
 
 ACTOR_SEED_STRIDE = 1000  # actor i plays battles seeded env.seed + 1000 i + b
@@ -58,9 +59,13 @@ class Builder:
 
     # ------------------------------------------------------------------ learner
 
-    def learner(self, checkpoint: str | Path | None = None) -> QMixLearner:
-        """The learner, seeded with run.seed; with `checkpoint`, restored from that file."""
-        learner = QMixLearner(self.env_info, self.cfg.learner, seed=self.cfg.run.seed)
+    def learner(self, checkpoint: str | Path | None = None) -> QMixLearner | InSPOLearner:
+        """The learner `learner.algorithm` names, seeded with run.seed; with `checkpoint`, restored
+        from that file."""
+        if self.cfg.learner.algorithm == "inspo":
+            learner = InSPOLearner(self.env_info, self.cfg.learner, seed=self.cfg.run.seed)
+        else:
+            learner = QMixLearner(self.env_info, self.cfg.learner, seed=self.cfg.run.seed)
         if checkpoint is not None:
             load_checkpoint(learner, checkpoint)
         return learner
