@@ -91,6 +91,14 @@ METHODS: dict[str, Method] = {
         table_column="macal_ql",
         calql_floor=True,
     ),
+    "qmix": Method(
+        "QMIX from scratch with PyMARL2's settings: no offline data, TD + epsilon-greedy",
+        offline_phase=False,
+        cql_variant=None,
+        online_loss="td",
+        exploration="epsilon_greedy",
+        table_column=None,
+    ),
     # InSPO (arXiv 2412.07639), not an OVMSE-paper method: offline only so far. Its own numbers
     # are the inspo_* defaults of LearnerConfig (NOT FROM THE PAPER, see sections.py); no CQL, no
     # OVM; the mixing ratio and online CQL weight have no column in Tables 4-5 and are 0.
@@ -102,14 +110,6 @@ METHODS: dict[str, Method] = {
         exploration="epsilon_greedy",
         table_column=None,
         algorithm="inspo",
-    ),
-    "qmix": Method(
-        "QMIX from scratch with PyMARL2's settings: no offline data, TD + epsilon-greedy",
-        offline_phase=False,
-        cql_variant=None,
-        online_loss="td",
-        exploration="epsilon_greedy",
-        table_column=None,
     ),
 }
 
