@@ -22,6 +22,7 @@ from functools import cached_property
 from pathlib import Path
 
 from actors.rollout import RolloutWorker
+from common.agent_stack import policy_stack
 from common.config.sections import Config
 from common.envs.factory import make_batch_env
 from common.envs.protocol import BatchEnv
@@ -72,10 +73,17 @@ class Builder:
 
     # ------------------------------------------------------------------ acting
 
+    def acting_network(self):
+        """The network actors play with: the shared agent network (Q-values), or for InSPO one
+        policy network per agent (logits; greedy over available actions works the same)."""
+        if self.cfg.learner.algorithm == "inspo":
+            return policy_stack(self.env_info, self.cfg.learner.rnn_hidden_dim)
+        return agent_network(self.env_info, self.cfg.learner.rnn_hidden_dim)
+
     def _worker(
         self, env: BatchEnv, exploration: str, seed: int, actor_id: int, version: int
     ) -> RolloutWorker:
-        agent = agent_network(self.env_info, self.cfg.learner.rnn_hidden_dim)
+        agent = self.acting_network()
         return RolloutWorker(
             env,
             agent,

@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.agent_stack import AgentStack, policy_stack
 from common.config.sections import LearnerConfig
 from common.episode import TrainingBatch, training_mask
 from common.networks import RNNAgent, agent_network
@@ -61,38 +62,10 @@ METRIC_KEYS = (
 )
 
 
-class AgentStack(nn.Module):
-    """One recurrent network per agent, called like one `RNNAgent` on [B, T, n, in] inputs."""
-
-    def __init__(self, agents: list[RNNAgent]):
-        super().__init__()
-        self.agents = nn.ModuleList(agents)
-        first = agents[0]
-        self.input_size, self.n_actions, self.hidden_size = first.input_size, first.n_actions, first.hidden_size
-
-    def forward_agent(self, m: int, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        """Agent m's outputs [B, T, A] from the batch's inputs [B, T, n, in]."""
-        return self.agents[m].forward_sequence(inputs[:, :, m : m + 1], lengths=lengths)[:, :, 0]
-
-    def forward_sequence(self, inputs: torch.Tensor, lengths: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.stack([self.forward_agent(m, inputs, lengths) for m in range(len(self.agents))], dim=2)
-
-    def forward_step(self, inputs: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """One acting step on rows ordered battle-major, agent-minor: inputs [B*n, in], hidden [B*n, H]."""
-        n = len(self.agents)
-        rows = inputs.view(-1, n, inputs.shape[-1])
-        hid = hidden.view(-1, n, hidden.shape[-1])
-        outs = [self.agents[m].forward_step(rows[:, m], hid[:, m]) for m in range(n)]
-        q = torch.stack([o[0] for o in outs], dim=1).reshape(-1, self.n_actions)
-        h = torch.stack([o[1] for o in outs], dim=1).reshape(-1, self.hidden_size)
-        return q, h
-
-    def init_hidden(self, rows: int, device=None) -> torch.Tensor:
-        return self.agents[0].init_hidden(rows, device)
-
-
 def _mlp(inputs: int, hidden: int) -> nn.Sequential:
-    return nn.Sequential(nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+    )
 
 
 class JointCritic(nn.Module):
@@ -155,7 +128,7 @@ class InSPOLearner:
 
     def make_acting_agent(self) -> AgentStack:
         """A fresh policy stack of this learner's shape, what `agent_state_dict` loads into."""
-        return AgentStack([self.make_agent() for _ in range(self.n_agents)])
+        return policy_stack(self.env_info, self.cfg.rnn_hidden_dim)
 
     def agent_state_dict(self) -> dict[str, torch.Tensor]:
         """The policies' weights (a CPU copy): what acting uses, logits in place of Q-values."""
@@ -203,7 +176,9 @@ class InSPOLearner:
         for agent in self.policies.agents:
             agent.load_state_dict(self.behaviour.state_dict())
 
-    def _critic_step(self, batch: TrainingBatch, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _critic_step(
+        self, batch: TrainingBatch, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One step of the in-sample critic; returns (Q loss, V loss, Q at the data's actions)."""
         cfg = self.cfg
         state = batch.state
@@ -230,14 +205,17 @@ class InSPOLearner:
         iteration, position = divmod(turn, self.n_agents)
         return iteration, position, step
 
-    def update(self, batch: TrainingBatch, phase: str, env_steps: int, episodes_seen: int) -> dict[str, float]:
+    def update(
+        self, batch: TrainingBatch, phase: str, env_steps: int, episodes_seen: int
+    ) -> dict[str, float]:
         """One step of the critic, and of the local critic and policy of the agent whose turn it is."""
         if phase != "offline":
             raise NotImplementedError("InSPO has only an offline phase so far")
         if self.needs_behaviour_pretraining:
             raise RuntimeError(
                 f"InSPO's behaviour policy has had {self.behaviour_updates} of "
-                f"{self.cfg.behaviour_pretrain_updates} behaviour-cloning updates; run pretrain_behaviour first"
+                f"{self.cfg.behaviour_pretrain_updates} behaviour-cloning updates; "
+                "run pretrain_behaviour first"
             )
         cfg = self.cfg
         iteration, position, step = self.turn
@@ -254,11 +232,15 @@ class InSPOLearner:
         loss_q, loss_v, q_joint = self._critic_step(batch, mask)
 
         with torch.no_grad():
-            log_mu = inspo.masked_log_softmax(self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1], avail)
+            log_mu = inspo.masked_log_softmax(
+                self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1], avail
+            )
             teammates = torch.ones(self.n_agents, dtype=torch.bool, device=self.device)
             teammates[m] = False
             if cfg.inspo_sequential:
-                log_pi = inspo.masked_log_softmax(self.policies.forward_sequence(inputs, lengths)[:, :-1], avail)
+                log_pi = inspo.masked_log_softmax(
+                    self.policies.forward_sequence(inputs, lengths)[:, :-1], avail
+                )
                 log_ratio = inspo.teammate_log_ratio(log_pi, log_mu, actions, teammates)
                 ratio = inspo.clipped_ratio(log_ratio, cfg.inspo_ratio_clip)
             else:  # independent: the teammates as in the data
@@ -278,7 +260,11 @@ class InSPOLearner:
             log_mu_m, avail_m, action_m = log_mu[:, :, m], avail[:, :, m], actions[:, :, m]
             value = inspo.soft_value(log_mu_m, q_m, avail_m, cfg.inspo_alpha, cfg.inspo_beta)
             log_w = inspo.log_policy_weights(
-                q_m.gather(-1, action_m), value, log_mu_m.gather(-1, action_m), cfg.inspo_alpha, cfg.inspo_beta
+                q_m.gather(-1, action_m),
+                value,
+                log_mu_m.gather(-1, action_m),
+                cfg.inspo_alpha,
+                cfg.inspo_beta,
             )
         logits = self.policies.forward_agent(m, inputs, lengths)[:, :-1]
         loss_policy = inspo.weighted_bc_loss(logits, action_m, avail_m, log_w, mask, cfg.inspo_max_log_weight)
@@ -301,10 +287,27 @@ class InSPOLearner:
                     (log_w.clamp(max=cfg.inspo_max_log_weight).exp() * mask).sum() / total,
                 ]
             ).tolist()
-        metrics = dict(zip(("loss_q", "loss_v", "loss_local_q", "loss_policy", "q_tot_mean", "ratio_mean", "weight_mean"), values, strict=True))
+        metrics = dict(
+            zip(
+                (
+                    "loss_q",
+                    "loss_v",
+                    "loss_local_q",
+                    "loss_policy",
+                    "q_tot_mean",
+                    "ratio_mean",
+                    "weight_mean",
+                ),
+                values,
+                strict=True,
+            )
+        )
         metrics.update(
             loss_bc=0.0,
-            loss_total=metrics["loss_q"] + metrics["loss_v"] + metrics["loss_local_q"] + metrics["loss_policy"],
+            loss_total=metrics["loss_q"]
+            + metrics["loss_v"]
+            + metrics["loss_local_q"]
+            + metrics["loss_policy"],
             agent=float(m),
             iteration=float(iteration),
         )
@@ -348,7 +351,9 @@ class InSPOLearner:
         if state.get("algorithm") != "inspo":
             raise ValueError("checkpoint is not an InSPO learner's (learner.algorithm differs)")
         if state.get("shape") != self._shape():
-            raise ValueError(f"checkpoint is for networks {state.get('shape')}, this learner has {self._shape()}")
+            raise ValueError(
+                f"checkpoint is for networks {state.get('shape')}, this learner has {self._shape()}"
+            )
         for name in ("behaviour", "policies", "local_q", "critic"):
             getattr(self, name).load_state_dict(state[name])
         for name in ("behaviour_optimizer", "critic_optimizer", "local_q_optimizer", "policy_optimizer"):

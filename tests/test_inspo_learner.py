@@ -73,7 +73,9 @@ def test_policy_updates_wait_for_the_behaviour_policy_and_there_is_no_online_pha
 def test_every_policy_starts_as_the_behaviour_policy_which_is_then_frozen():
     learner, replay = pretrained()
     batch = to_training_batch(replay.offline[:4])
-    assert torch.allclose(learner.action_probabilities(batch), learner.action_probabilities(batch, behaviour=True))
+    assert torch.allclose(
+        learner.action_probabilities(batch), learner.action_probabilities(batch, behaviour=True)
+    )
     assert not any(p.requires_grad for p in learner.behaviour.parameters())
 
 
@@ -94,9 +96,7 @@ def test_each_iteration_gives_every_agent_one_turn_in_a_fresh_random_order():
 
 def test_an_update_changes_only_the_policy_of_the_agent_whose_turn_it_is():
     learner, replay = pretrained()
-    before = [
-        {k: v.clone() for k, v in agent.state_dict().items()} for agent in learner.policies.agents
-    ]
+    before = [{k: v.clone() for k, v in agent.state_dict().items()} for agent in learner.policies.agents]
     m = int(learner.update(replay.sample(), "offline", 0, 0)["agent"])
     for i, agent in enumerate(learner.policies.agents):
         same = all(torch.equal(before[i][k], v) for k, v in agent.state_dict().items())

@@ -538,6 +538,11 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
     )
 
     _inspo_problems(p, learner)
+    p.require(
+        learner.algorithm != "inspo" or actor.inference == "torch",
+        "actor.inference",
+        "must be torch with learner.algorithm inspo (its per-agent policy networks act through torch)",
+    )
 
     p.at_least("actor.num_actors", actor.num_actors, 1)
     p.at_least("actor.envs_per_actor", actor.envs_per_actor, 1)
