@@ -153,6 +153,18 @@ def test_xor_inspo_puts_most_of_its_mass_on_one_optimal_joint_action(xor_sequent
     assert joint.max() > 0.9
 
 
+def test_xor_inspo_acts_greedily_through_the_rollout_worker_and_always_scores(xor_sequential, datasets):
+    """The evaluator's worker plays the learned policies (logits in place of Q-values, argmax over
+    the available actions) and the team scores in every test game."""
+    from actors.evaluator import evaluate
+
+    learner, _ = xor_sequential
+    worker = Builder(matrix_config("xor", datasets["xor", "balanced"], **INSPO)).eval_worker()
+    worker.set_weights(learner.agent_state_dict(), 1)
+    result = evaluate(worker, 16)
+    assert result.win_rate == 1.0 and result.mean_return == 1.0
+
+
 def test_xor_without_the_sequential_update_inspo_stays_miscoordinated(datasets):
     cfg = matrix_config("xor", datasets["xor", "balanced"], **INSPO, inspo_sequential=False)
     learner, replay = train_inspo(cfg)
