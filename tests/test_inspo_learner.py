@@ -156,6 +156,7 @@ def test_the_inspo_preset_turns_off_cql_and_the_offline_memory_and_picks_the_ins
     assert not learner.use_offline_value_memory
     assert cfg.replay.mixing_ratio == 0.0
     assert cfg.run.dataset == "data/3m_medium.h5"
+    assert cfg.run.online_env_steps == 0  # offline only so far
     assert resolve_config("3m", "medium", "ovmse").learner.algorithm == "qmix"
 
 
@@ -171,6 +172,8 @@ def test_the_inspo_preset_turns_off_cql_and_the_offline_memory_and_picks_the_ins
         ("learner.inspo_agent_updates=0", "learner.inspo_agent_updates: must be >= 1, got 0"),
         ("learner.behaviour_pretrain_updates=0", "learner.behaviour_pretrain_updates: must be >= 1, got 0"),
         ("learner.use_offline_value_memory=true", "learner.use_offline_value_memory: must be false"),
+        ("run.online_env_steps=1000", "run.online_env_steps: must be 0 with learner.algorithm inspo"),
+        ("actor.inference=numpy", "actor.inference: must be torch with learner.algorithm inspo"),
     ],
 )
 def test_bad_inspo_settings_are_one_line_errors_naming_the_key(override, message):

@@ -539,6 +539,11 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
 
     _inspo_problems(p, learner)
     p.require(
+        learner.algorithm != "inspo" or run.online_env_steps == 0,
+        "run.online_env_steps",
+        f"must be 0 with learner.algorithm inspo (InSPO has no online phase yet), got {run.online_env_steps}",
+    )
+    p.require(
         learner.algorithm != "inspo" or actor.inference == "torch",
         "actor.inference",
         "must be torch with learner.algorithm inspo (its per-agent policy networks act through torch)",

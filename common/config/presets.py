@@ -314,6 +314,8 @@ def preset(map_name: str, dataset_kind: str | None, method: str) -> dict[str, di
     run.update(
         dataset=default_dataset_path(map_name, dataset_kind), name=_run_name(method, map_name, dataset_kind)
     )
+    if spec.algorithm == "inspo":  # offline only so far: no online budget
+        run["online_env_steps"] = 0
     replay = {"mixing_ratio": MIXING_RATIO[row][column] if column else 0.0}
     return {"env": {"map_name": map_name}, "replay": replay, "learner": learner, "actor": actor, "run": run}
 
