@@ -22,11 +22,13 @@ from functools import cached_property
 from pathlib import Path
 
 from actors.rollout import RolloutWorker
+from common.agent_stack import policy_stack
 from common.config.sections import Config
 from common.envs.factory import make_batch_env
 from common.envs.protocol import BatchEnv
 from common.networks import agent_network
 from learner.checkpoint import load_checkpoint
+from learner.inspo_learner import InSPOLearner
 from learner.learning import QMixLearner
 
 ACTOR_SEED_STRIDE = 1000  # actor i plays battles seeded env.seed + 1000 i + b
@@ -58,19 +60,30 @@ class Builder:
 
     # ------------------------------------------------------------------ learner
 
-    def learner(self, checkpoint: str | Path | None = None) -> QMixLearner:
-        """The learner, seeded with run.seed; with `checkpoint`, restored from that file."""
-        learner = QMixLearner(self.env_info, self.cfg.learner, seed=self.cfg.run.seed)
+    def learner(self, checkpoint: str | Path | None = None) -> QMixLearner | InSPOLearner:
+        """The learner `learner.algorithm` names, seeded with run.seed; with `checkpoint`, restored
+        from that file."""
+        if self.cfg.learner.algorithm == "inspo":
+            learner = InSPOLearner(self.env_info, self.cfg.learner, seed=self.cfg.run.seed)
+        else:
+            learner = QMixLearner(self.env_info, self.cfg.learner, seed=self.cfg.run.seed)
         if checkpoint is not None:
             load_checkpoint(learner, checkpoint, map_name=self.cfg.env.map_name)
         return learner
 
     # ------------------------------------------------------------------ acting
 
+    def acting_network(self):
+        """The network actors play with: the shared agent network (Q-values), or for InSPO one
+        policy network per agent (logits; greedy over available actions works the same)."""
+        if self.cfg.learner.algorithm == "inspo":
+            return policy_stack(self.env_info, self.cfg.learner.rnn_hidden_dim)
+        return agent_network(self.env_info, self.cfg.learner.rnn_hidden_dim)
+
     def _worker(
         self, env: BatchEnv, exploration: str, seed: int, actor_id: int, version: int
     ) -> RolloutWorker:
-        agent = agent_network(self.env_info, self.cfg.learner.rnn_hidden_dim)
+        agent = self.acting_network()
         return RolloutWorker(
             env,
             agent,

@@ -161,7 +161,7 @@ def test_every_method_uses_the_maps_cql_loss_and_macal_ql_adds_the_floor():
     assert resolve_config("6h_vs_8z", "medium", "macql").learner.offline_cql == "cfcql"
     for map_name, kind, method in itertools.product(PAPER_MAPS, DATASET_KINDS, METHOD_NAMES):
         learner = resolve_config(map_name, kind, method).learner
-        if method != "qmix":  # appendix A.4: one CQL loss per map, MACal-QL's included
+        if method not in ("qmix", "inspo"):  # appendix A.4: one CQL loss per map, MACal-QL's included
             assert learner.offline_cql == ("cfcql" if map_name in ("5m_vs_6m", "6h_vs_8z") else "cql")
         assert learner.calql_floor == (method == "macal_ql"), (map_name, kind, method)
 
@@ -353,7 +353,7 @@ BAD_OVERRIDES = [
     ),
     (["learner.memory_coef_start=1.5"], "learner.memory_coef_start: must be in [0, 1], got 1.5"),
     (["learner.memory_coef_start=0.1", "learner.memory_coef_end=0.5"], "learner.memory_coef_end: must be <="),
-    (["env.backend=sc3"], "env.backend: must be one of lite, sc2, got 'sc3'"),
+    (["env.backend=sc3"], "env.backend: must be one of lite, sc2, matrix, got 'sc3'"),
     (["learner.method=dqn"], "learner.method: no preset for method 'dqn'"),
     (["actor.exploration=boltzmann"], "actor.exploration: must be one of decentralized_se"),
     (["learner.offline_cql=bcq"], "learner.offline_cql: must be one of cql, cfcql, none, got 'bcq'"),

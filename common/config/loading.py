@@ -27,6 +27,7 @@ from typing import Any
 
 from common.config import presets
 from common.config.sections import (
+    ALGORITHMS,
     BACKENDS,
     CQL_SAMPLERS,
     CQL_VARIANTS,
@@ -575,6 +576,18 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
         "must be false when learner.offline_cql is 'none' (the floor applies to a CQL variant)",
     )
 
+    _inspo_problems(p, learner)
+    p.require(
+        learner.algorithm != "inspo" or run.online_env_steps == 0,
+        "run.online_env_steps",
+        f"must be 0 with learner.algorithm inspo (InSPO has no online phase yet), got {run.online_env_steps}",
+    )
+    p.require(
+        learner.algorithm != "inspo" or actor.inference == "torch",
+        "actor.inference",
+        "must be torch with learner.algorithm inspo (its per-agent policy networks act through torch)",
+    )
+
     p.at_least("actor.num_actors", actor.num_actors, 1)
     p.at_least("actor.envs_per_actor", actor.envs_per_actor, 1)
     p.one_of("actor.exploration", actor.exploration, EXPLORATIONS)
@@ -658,6 +671,34 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
                 "use 1.0 for offline-only batches",
             )
     return p.found
+
+
+def _inspo_problems(p: _Problems, learner: Any) -> None:
+    """InSPO's fields (`learner.algorithm: inspo`); the ranges hold for any algorithm, so a file
+    switched to inspo later is already sound."""
+    p.one_of("learner.algorithm", learner.algorithm, ALGORITHMS)
+    p.at_least("learner.inspo_alpha", learner.inspo_alpha, 0)
+    p.at_least("learner.inspo_beta", learner.inspo_beta, 0)
+    p.require(
+        learner.inspo_alpha + learner.inspo_beta > 0,
+        "learner.inspo_beta",
+        "learner.inspo_alpha + learner.inspo_beta must be > 0 (their sum is the policy's temperature)",
+    )
+    p.require(
+        0 < learner.inspo_expectile < 1,
+        "learner.inspo_expectile",
+        f"must be in (0, 1), got {_show(learner.inspo_expectile)}",
+    )
+    p.positive("learner.inspo_max_log_weight", learner.inspo_max_log_weight)
+    p.at_least("learner.inspo_ratio_clip", learner.inspo_ratio_clip, 1.0)
+    p.at_least("learner.inspo_agent_updates", learner.inspo_agent_updates, 1)
+    if learner.algorithm == "inspo":
+        p.at_least("learner.behaviour_pretrain_updates", learner.behaviour_pretrain_updates, 1)
+        p.require(
+            not learner.use_offline_value_memory,
+            "learner.use_offline_value_memory",
+            "must be false with learner.algorithm inspo (InSPO has no online phase yet)",
+        )
 
 
 def validate_config(cfg: Config, sources: Mapping[str, str | None] | None = None) -> None:

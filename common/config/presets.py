@@ -38,6 +38,7 @@ class Method:
     # OVMSE's mixing ratios (0.0 on 2s3z-m and 6h_vs_8z-mr, 0.1 on 6h_vs_8z-m), so they take its.
     table_column: str | None
     calql_floor: bool = False  # Cal-QL's floor on the map's CQL loss (MACal-QL)
+    algorithm: str = "qmix"  # learner.algorithm: which learner trains it
 
 
 METHODS: dict[str, Method] = {
@@ -97,6 +98,18 @@ METHODS: dict[str, Method] = {
         online_loss="td",
         exploration="epsilon_greedy",
         table_column=None,
+    ),
+    # InSPO (arXiv 2412.07639), not an OVMSE-paper method: offline only so far. Its own numbers
+    # are the inspo_* defaults of LearnerConfig (NOT FROM THE PAPER, see sections.py); no CQL, no
+    # OVM; the mixing ratio and online CQL weight have no column in Tables 4-5 and are 0.
+    "inspo": Method(
+        "InSPO: in-sample sequential policy optimisation (offline only)",
+        offline_phase=True,
+        cql_variant="none",
+        online_loss="td",
+        exploration="epsilon_greedy",
+        table_column=None,
+        algorithm="inspo",
     ),
 }
 
@@ -279,15 +292,15 @@ def preset(map_name: str, dataset_kind: str | None, method: str) -> dict[str, di
         )
     row = table_row(map_name, dataset_kind)
     column = spec.table_column
-    assert column is not None
     memory = MEMORY_COEFFICIENT[row]
-    online_cql = ONLINE_CQL_WEIGHT[row][column] if spec.online_loss in ("ovm", "td_cql") else 0.0
+    online_cql = ONLINE_CQL_WEIGHT[row][column] if column and spec.online_loss in ("ovm", "td_cql") else 0.0
     learner.update(
+        algorithm=spec.algorithm,
         grad_clip_online=hp.grad_clip_online,
         offline_cql=spec.cql_variant or hp.offline_cql,
         calql_floor=spec.calql_floor,
         cfcql_softmax_temperature=CFCQL_SOFTMAX_TEMPERATURE[row],
-        offline_cql_weight=hp.offline_cql_weight,
+        offline_cql_weight=hp.offline_cql_weight if spec.cql_variant != "none" else 0.0,
         online_cql_weight=online_cql,
         use_offline_value_memory=spec.online_loss == "ovm",
         # Table 6's schedule for every O2O method: only OVM methods use it, and switching OVM on
@@ -301,7 +314,9 @@ def preset(map_name: str, dataset_kind: str | None, method: str) -> dict[str, di
     run.update(
         dataset=default_dataset_path(map_name, dataset_kind), name=_run_name(method, map_name, dataset_kind)
     )
-    replay = {"mixing_ratio": MIXING_RATIO[row][column]}
+    if spec.algorithm == "inspo":  # offline only so far: no online budget
+        run["online_env_steps"] = 0
+    replay = {"mixing_ratio": MIXING_RATIO[row][column] if column else 0.0}
     return {"env": {"map_name": map_name}, "replay": replay, "learner": learner, "actor": actor, "run": run}
 
 

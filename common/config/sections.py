@@ -48,8 +48,9 @@ def _config_error(detail: str, key: str | None, source: str | None) -> ConfigErr
 
 
 # Allowed values of the enumerated fields (checked by `loading.validate_config`).
-BACKENDS = ("lite", "sc2")
-METHOD_NAMES = ("ovmse", "ovm", "se", "switch_cql", "macql", "macal_ql", "qmix")
+BACKENDS = ("lite", "sc2", "matrix")
+METHOD_NAMES = ("ovmse", "ovm", "se", "switch_cql", "macql", "macal_ql", "qmix", "inspo")
+ALGORITHMS = ("qmix", "inspo")  # which learner the builder makes (learner.algorithm)
 EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy")
 CQL_VARIANTS = ("cql", "cfcql", "none")
 CQL_SAMPLERS = ("all_actions", "available_only")
@@ -91,7 +92,9 @@ class EnvConfig:
     """The battle world. `backend` picks the lite simulator or real StarCraft II; every other field
     is one of SMAC's `StarCraft2Env` constructor arguments, with SMAC's name and default."""
 
-    backend: str = "lite"  # "lite" (our vectorised simulator) | "sc2" (StarCraft II through SMAC)
+    # "lite" (our vectorised simulator) | "sc2" (StarCraft II through SMAC) | "matrix" (one-step
+    # matrix games; map_name xor or mne)
+    backend: str = "lite"
     map_name: str = "3s5z"
     seed: int = 0  # base seed of the battle worlds; each actor / battle offsets it by its index
     step_mul: int = 8
@@ -217,6 +220,32 @@ class LearnerConfig:
     # Also a learner checkpoint once this many seconds have passed since the last one (0 = only by
     # updates), so a killed learner loses at most a few minutes of training.
     checkpoint_interval_s: float = 300.0
+    # The learner: "qmix" (QMixLearner: QMIX with CQL / OVM, every method of the OVMSE paper) |
+    # "inspo" (InSPOLearner: in-sample sequential policy optimisation, offline only; the inspo_*
+    # fields below and behaviour_pretrain_updates apply to it). Defaults: docs/inspo.md.
+    algorithm: str = "qmix"
+    # InSPO's per-agent target pi* ~ mu^(alpha/(alpha+beta)) exp(Q_m/(alpha+beta)): alpha weighs the
+    # reverse KL to the behaviour policy, beta the entropy bonus. NOT FROM THE PAPER (its values
+    # could not be read): alpha + beta = 1.1 is a temperature of about one point of SMAC's scaled
+    # return, beta = alpha / 10 keeps rare behaviour actions in play without flattening mu away.
+    inspo_alpha: float = 1.0
+    inspo_beta: float = 0.1
+    # The in-sample critic's expectile (IQL): V(s) tends to the upper expectile of Q(s, a) over the
+    # data's joint actions. 0.7: IQL's value for MuJoCo (NOT FROM THE PAPER).
+    inspo_expectile: float = 0.7
+    # Largest log-weight of weighted behaviour cloning (exponent clipping); ln 100, IQL's clamp of
+    # exp(advantage) at 100 (NOT FROM THE PAPER).
+    inspo_max_log_weight: float = 4.605
+    # Upper clip of the teammates' importance ratio prod_j pi_j / mu_j (NOT FROM THE PAPER).
+    inspo_ratio_clip: float = 10.0
+    # Gradient steps of one agent's turn; an outer iteration (a fresh permutation of the agents) is
+    # n_agents turns, so offline_updates / (n_agents * inspo_agent_updates) iterations run
+    # (NOT FROM THE PAPER).
+    inspo_agent_updates: int = 50
+    # True: each agent's update sees its teammates' newest policies (those updated earlier in this
+    # iteration, the rest as left by the previous one). False (an ablation): every agent sees its
+    # teammates as in the data, i.e. independent regularisation toward the behaviour policy.
+    inspo_sequential: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,9 @@
 """Building a battle world from the `env` section of the configuration.
 
-The back end is one word: "lite" (the vectorised simulator in this repository) or "sc2" (real
-StarCraft II through SMAC). Both are imported only when chosen, so neither needs the other installed.
+The back end is one word: "lite" (the vectorised simulator in this repository), "sc2" (real
+StarCraft II through SMAC) or "matrix" (one-step two-agent matrix games, `common/envs/matrix.py`,
+with env.map_name the game: xor, mne). Each is imported only when chosen, so none needs another
+installed.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from typing import Protocol
 
 from common.envs.protocol import BatchEnv, MultiAgentEnv
 
-BACKENDS = ("lite", "sc2")
+BACKENDS = ("lite", "sc2", "matrix")
 
 
 class EnvConfig(Protocol):
@@ -27,6 +29,10 @@ def make_env(env_cfg: EnvConfig) -> MultiAgentEnv:
     """One battle speaking SMAC's StarCraft2Env API."""
     kwargs = dict(env_cfg.smac_kwargs())
     backend = _backend(env_cfg)
+    if backend == "matrix":
+        from common.envs.matrix import MatrixGameEnv
+
+        return MatrixGameEnv(kwargs["map_name"], seed=kwargs.get("seed"))
     if backend == "lite":
         from common.envs.lite import LiteStarCraft2Env
 
@@ -43,6 +49,10 @@ def make_batch_env(env_cfg: EnvConfig, num_envs: int) -> BatchEnv:
     kwargs = dict(env_cfg.smac_kwargs())
     backend = _backend(env_cfg)
     seed = kwargs.pop("seed", None)
+    if backend == "matrix":  # nothing random in a matrix game: the seed has nothing to seed
+        from common.envs.matrix import MatrixBatchEnv
+
+        return MatrixBatchEnv(kwargs["map_name"], num_envs)
     if backend == "lite":
         from common.envs.lite import LiteBatchEnv
 

@@ -1,0 +1,376 @@
+"""InSPO: in-sample sequential policy optimisation (offline), with the QMixLearner's interface.
+
+    learner = InSPOLearner(env_info, cfg.learner, seed=cfg.run.seed)   # deploy/builder.py builds it
+    while learner.needs_behaviour_pretraining:      # mu_i by behaviour cloning, and the critic
+        learner.pretrain_behaviour(offline_batch)
+    metrics = learner.update(batch, phase="offline", env_steps=0, episodes_seen=...)
+
+The parts, each trained only on the dataset's own actions:
+- behaviour policy mu: one recurrent network shared by the agents (the agent network's shape and
+  inputs), fitted by behaviour cloning with the available-action masks, then frozen. Each policy
+  pi_i starts as a copy of it.
+- in-sample joint critic: Q(s, a) on the state and the one-hot joint action, V(s) on the state. V is
+  the upper expectile of Q over the data's joint actions (IQL); Q regresses on r + gamma V(s'), so
+  no target ever evaluates a joint action the data does not hold. It keeps training throughout.
+- per agent m, a local critic Q_m(tau_m, .) (the agent network's shape): the joint Q of the data,
+  averaged over the teammates' current policies by importance ratios prod_j pi_j / mu_j on the
+  dataset's actions (clipped at `inspo_ratio_clip`), i.e. a weighted regression.
+- per agent m, a policy pi_m (its own network, so updating one agent leaves the others unchanged),
+  fitted by weighted behaviour cloning toward the closed form pi* ~ mu^(a/(a+b)) exp(Q_m/(a+b)).
+
+`update` runs the outer loop one gradient step at a time: one critic step, then one local-critic
+step and one policy step for the agent whose turn it is. A turn is `inspo_agent_updates` steps; an
+outer iteration is one turn per agent in a fresh random permutation. With `inspo_sequential` the
+ratios use the teammates' policies as they are now (updated earlier in this iteration, else as the
+previous iteration left them); without it every teammate counts as in the data (ratio 1).
+
+Only the offline phase exists: `update(..., phase="online")` raises. Networks run in fp32.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.agent_stack import AgentStack, policy_stack
+from common.config.sections import LearnerConfig
+from common.episode import TrainingBatch, training_mask
+from common.networks import RNNAgent, agent_network
+from common.probe import episode_agent_inputs
+from learner import inspo
+from learner.learning import episode_lengths, resolve_device
+
+log = logging.getLogger(__name__)
+
+# Width of the joint critic's hidden layers (NOT FROM THE PAPER: twice the agent network's GRU).
+CRITIC_HIDDEN = 128
+METRIC_KEYS = (
+    "loss_bc",
+    "loss_q",
+    "loss_v",
+    "loss_local_q",
+    "loss_policy",
+    "loss_total",
+    "q_tot_mean",
+    "ratio_mean",
+    "weight_mean",
+    "agent",
+    "iteration",
+)
+
+
+def _mlp(inputs: int, hidden: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(inputs, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+    )
+
+
+class JointCritic(nn.Module):
+    """Q(s, a) on [state, one-hot of every agent's action] and V(s) on the state.
+
+    Not a QMIX mixer: a monotonic mix of per-agent utilities cannot hold XOR-like payoffs (Q(A,B) =
+    Q(B,A) = 1 > Q(A,A) = Q(B,B) = 0 has no monotonic decomposition), and telling coordinated from
+    miscoordinated joint actions is what the sequential update needs from its critic."""
+
+    def __init__(self, state_size: int, n_agents: int, n_actions: int, hidden: int = CRITIC_HIDDEN):
+        super().__init__()
+        self.n_actions = n_actions
+        self.q = _mlp(state_size + n_agents * n_actions, hidden)
+        self.v = _mlp(state_size, hidden)
+
+    def q_value(self, state: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+        """state [..., S], actions [..., n, 1] -> Q [..., 1]."""
+        onehot = F.one_hot(actions.squeeze(-1), self.n_actions).to(state.dtype).flatten(-2)
+        return self.q(torch.cat([state, onehot], dim=-1))
+
+    def value(self, state: torch.Tensor) -> torch.Tensor:
+        return self.v(state)
+
+
+class InSPOLearner:
+    """InSPO (see the module doc). Interface of `QMixLearner` where the training loop needs it."""
+
+    def __init__(self, env_info: dict, cfg: LearnerConfig, seed: int = 0):
+        self.cfg = cfg
+        self.env_info = dict(env_info)
+        self.n_agents = int(env_info["n_agents"])
+        self.n_actions = int(env_info["n_actions"])
+        self.obs_size = int(env_info["obs_shape"])
+        self.state_size = int(env_info["state_shape"])
+        self.device = resolve_device(cfg.device)
+        self.precision = "fp32"
+        n = self.n_agents
+        with torch.random.fork_rng(devices=[]):  # seeded weights; the global RNG is left alone
+            torch.manual_seed(seed)
+            self.behaviour = self.make_agent().to(self.device)
+            self.policies = AgentStack([self.make_agent() for _ in range(n)]).to(self.device)
+            self.local_q = AgentStack([self.make_agent() for _ in range(n)]).to(self.device)
+            self.critic = JointCritic(self.state_size, n, self.n_actions).to(self.device)
+        self.behaviour_optimizer = torch.optim.Adam(self.behaviour.parameters(), lr=cfg.lr)
+        self.critic_optimizer = torch.optim.Adam(self.critic.parameters(), lr=cfg.lr)
+        self.local_q_optimizer = torch.optim.Adam(self.local_q.parameters(), lr=cfg.lr)
+        self.policy_optimizer = torch.optim.Adam(self.policies.parameters(), lr=cfg.lr)
+        self.generator = torch.Generator()  # the agents' permutations
+        self.generator.manual_seed(seed)
+        self.order: list[int] = list(range(n))
+        self.updates = 0
+        self.behaviour_updates = 0
+        # The training loop's OVM hook; InSPO has no offline memory (no online phase yet).
+        self.offline_agent = None
+
+    # ------------------------------------------------------------------ networks
+
+    def make_agent(self) -> RNNAgent:
+        return agent_network(self.env_info, self.cfg.rnn_hidden_dim)
+
+    def make_acting_agent(self) -> AgentStack:
+        """A fresh policy stack of this learner's shape, what `agent_state_dict` loads into."""
+        return policy_stack(self.env_info, self.cfg.rnn_hidden_dim)
+
+    def agent_state_dict(self) -> dict[str, torch.Tensor]:
+        """The policies' weights (a CPU copy): what acting uses, logits in place of Q-values."""
+        return {k: v.detach().to("cpu", copy=True) for k, v in self.policies.state_dict().items()}
+
+    def freeze_offline_memory(self) -> None:
+        raise NotImplementedError("InSPO has no online phase yet, so no offline value memory")
+
+    # ------------------------------------------------------------------ behaviour cloning + critic
+
+    @property
+    def behaviour_pretraining_left(self) -> int:
+        return max(0, self.cfg.behaviour_pretrain_updates - self.behaviour_updates)
+
+    @property
+    def needs_behaviour_pretraining(self) -> bool:
+        return self.behaviour_pretraining_left > 0
+
+    def pretrain_behaviour(self, batch: TrainingBatch) -> float:
+        """One behaviour-cloning step of mu and one critic step; after the last, mu is frozen and
+        every policy starts as a copy of it. Returns the BC loss."""
+        if not self.needs_behaviour_pretraining:
+            raise RuntimeError("no behaviour-cloning update is due: the phase is over")
+        lengths = episode_lengths(batch)
+        batch = batch.to(self.device)
+        mask = training_mask(batch.filled, batch.terminated)
+        inputs = episode_agent_inputs(batch, self.n_actions)
+        logits = self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1]
+        log_mu = inspo.masked_log_softmax(logits, batch.avail_actions[:, :-1])
+        nll = -log_mu.gather(-1, batch.actions[:, :-1]).squeeze(-1).mean(-1, keepdim=True)
+        loss = (nll * mask).sum() / mask.sum().clamp(min=1.0)
+        self.behaviour_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.behaviour.parameters(), self.cfg.grad_clip_offline)
+        self.behaviour_optimizer.step()
+        self._critic_step(batch, mask)
+        self.behaviour_updates += 1
+        if not self.needs_behaviour_pretraining:
+            self._start_policies_at_behaviour()
+        return float(loss.detach())
+
+    def _start_policies_at_behaviour(self) -> None:
+        for p in self.behaviour.parameters():
+            p.requires_grad_(False)
+        for agent in self.policies.agents:
+            agent.load_state_dict(self.behaviour.state_dict())
+
+    def _critic_step(
+        self, batch: TrainingBatch, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One step of the in-sample critic; returns (Q loss, V loss, Q at the data's actions)."""
+        cfg = self.cfg
+        state = batch.state
+        q = self.critic.q_value(state[:, :-1], batch.actions[:, :-1])  # [B, T, 1]
+        with torch.no_grad():
+            next_v = self.critic.value(state[:, 1:])
+            target = batch.reward[:, :-1] + cfg.gamma * (1.0 - batch.terminated[:, :-1]) * next_v
+        loss_q = 0.5 * ((q - target) ** 2 * mask).sum() / mask.sum().clamp(min=1.0)
+        v = self.critic.value(state[:, :-1])
+        loss_v = inspo.expectile_loss(q.detach() - v, cfg.inspo_expectile, mask)
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        (loss_q + loss_v).backward()
+        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip_offline)
+        self.critic_optimizer.step()
+        return loss_q.detach(), loss_v.detach(), q.detach()
+
+    # ------------------------------------------------------------------ the outer loop
+
+    @property
+    def turn(self) -> tuple[int, int, int]:
+        """(iteration, position in the permutation, step within the turn) of the next update."""
+        steps = self.cfg.inspo_agent_updates
+        turn, step = divmod(self.updates, steps)
+        iteration, position = divmod(turn, self.n_agents)
+        return iteration, position, step
+
+    def update(
+        self, batch: TrainingBatch, phase: str, env_steps: int, episodes_seen: int
+    ) -> dict[str, float]:
+        """One step of the critic, and of the local critic and policy of the agent whose turn it is."""
+        if phase != "offline":
+            raise NotImplementedError("InSPO has only an offline phase so far")
+        if self.needs_behaviour_pretraining:
+            raise RuntimeError(
+                f"InSPO's behaviour policy has had {self.behaviour_updates} of "
+                f"{self.cfg.behaviour_pretrain_updates} behaviour-cloning updates; "
+                "run pretrain_behaviour first"
+            )
+        cfg = self.cfg
+        iteration, position, step = self.turn
+        if position == 0 and step == 0:  # a new outer iteration: a fresh random order of the agents
+            self.order = torch.randperm(self.n_agents, generator=self.generator).tolist()
+        m = self.order[position]
+        lengths = episode_lengths(batch)
+        batch = batch.to(self.device)
+        mask = training_mask(batch.filled, batch.terminated)
+        avail = batch.avail_actions[:, :-1]
+        actions = batch.actions[:, :-1]
+        inputs = episode_agent_inputs(batch, self.n_actions)
+
+        loss_q, loss_v, q_joint = self._critic_step(batch, mask)
+
+        with torch.no_grad():
+            log_mu = inspo.masked_log_softmax(
+                self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1], avail
+            )
+            teammates = torch.ones(self.n_agents, dtype=torch.bool, device=self.device)
+            teammates[m] = False
+            if cfg.inspo_sequential:
+                log_pi = inspo.masked_log_softmax(
+                    self.policies.forward_sequence(inputs, lengths)[:, :-1], avail
+                )
+                log_ratio = inspo.teammate_log_ratio(log_pi, log_mu, actions, teammates)
+                ratio = inspo.clipped_ratio(log_ratio, cfg.inspo_ratio_clip)
+            else:  # independent: the teammates as in the data
+                ratio = torch.ones_like(mask)
+
+        # Q_m(tau_m, a_m): the joint value averaged over the teammates' current policies.
+        local = self.local_q.forward_agent(m, inputs, lengths)[:, :-1]  # [B, T, A]
+        loss_local = inspo.weighted_regression_loss(local.gather(-1, actions[:, :, m]), q_joint, ratio, mask)
+        self.local_q_optimizer.zero_grad(set_to_none=True)
+        loss_local.backward()
+        torch.nn.utils.clip_grad_norm_(self.local_q.agents[m].parameters(), cfg.grad_clip_offline)
+        self.local_q_optimizer.step()
+
+        # pi_m by behaviour cloning weighted with pi* / mu, pi* from the updated Q_m.
+        with torch.no_grad():
+            q_m = self.local_q.forward_agent(m, inputs, lengths)[:, :-1]
+            log_mu_m, avail_m, action_m = log_mu[:, :, m], avail[:, :, m], actions[:, :, m]
+            value = inspo.soft_value(log_mu_m, q_m, avail_m, cfg.inspo_alpha, cfg.inspo_beta)
+            log_w = inspo.log_policy_weights(
+                q_m.gather(-1, action_m),
+                value,
+                log_mu_m.gather(-1, action_m),
+                cfg.inspo_alpha,
+                cfg.inspo_beta,
+            )
+        logits = self.policies.forward_agent(m, inputs, lengths)[:, :-1]
+        loss_policy = inspo.weighted_bc_loss(logits, action_m, avail_m, log_w, mask, cfg.inspo_max_log_weight)
+        self.policy_optimizer.zero_grad(set_to_none=True)
+        loss_policy.backward()
+        torch.nn.utils.clip_grad_norm_(self.policies.agents[m].parameters(), cfg.grad_clip_offline)
+        self.policy_optimizer.step()
+        self.updates += 1
+
+        with torch.no_grad():
+            total = mask.sum().clamp(min=1.0)
+            values = torch.stack(
+                [
+                    loss_q,
+                    loss_v,
+                    loss_local.detach(),
+                    loss_policy.detach(),
+                    (q_joint * mask).sum() / total,
+                    (ratio * mask).sum() / total,
+                    (log_w.clamp(max=cfg.inspo_max_log_weight).exp() * mask).sum() / total,
+                ]
+            ).tolist()
+        metrics = dict(
+            zip(
+                (
+                    "loss_q",
+                    "loss_v",
+                    "loss_local_q",
+                    "loss_policy",
+                    "q_tot_mean",
+                    "ratio_mean",
+                    "weight_mean",
+                ),
+                values,
+                strict=True,
+            )
+        )
+        metrics.update(
+            loss_bc=0.0,
+            loss_total=metrics["loss_q"]
+            + metrics["loss_v"]
+            + metrics["loss_local_q"]
+            + metrics["loss_policy"],
+            agent=float(m),
+            iteration=float(iteration),
+        )
+        return {key: metrics[key] for key in METRIC_KEYS}
+
+    # ------------------------------------------------------------------ reading the policies
+
+    @torch.no_grad()
+    def action_probabilities(self, batch: TrainingBatch, behaviour: bool = False) -> torch.Tensor:
+        """pi_i(. | tau_i) (or mu_i) at every row of the batch, [B, T, n, A]."""
+        lengths = episode_lengths(batch)
+        batch = batch.to(self.device)
+        inputs = episode_agent_inputs(batch, self.n_actions)
+        net = self.behaviour if behaviour else self.policies
+        logits = net.forward_sequence(inputs, lengths=lengths)[:, :-1]
+        return inspo.masked_log_softmax(logits, batch.avail_actions[:, :-1]).exp()
+
+    # ------------------------------------------------------------------ state (checkpoints)
+
+    def state_dict(self) -> dict:
+        """Everything a resumed learner needs, as tensors and plain values (torch.load weights_only)."""
+        return {
+            "format": 1,
+            "algorithm": "inspo",
+            "shape": self._shape(),
+            "behaviour": self.behaviour.state_dict(),
+            "policies": self.policies.state_dict(),
+            "local_q": self.local_q.state_dict(),
+            "critic": self.critic.state_dict(),
+            "behaviour_optimizer": self.behaviour_optimizer.state_dict(),
+            "critic_optimizer": self.critic_optimizer.state_dict(),
+            "local_q_optimizer": self.local_q_optimizer.state_dict(),
+            "policy_optimizer": self.policy_optimizer.state_dict(),
+            "generator": self.generator.get_state(),
+            "order": list(self.order),
+            "updates": self.updates,
+            "behaviour_updates": self.behaviour_updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("algorithm") != "inspo":
+            raise ValueError("checkpoint is not an InSPO learner's (learner.algorithm differs)")
+        if state.get("shape") != self._shape():
+            raise ValueError(
+                f"checkpoint is for networks {state.get('shape')}, this learner has {self._shape()}"
+            )
+        for name in ("behaviour", "policies", "local_q", "critic"):
+            getattr(self, name).load_state_dict(state[name])
+        for name in ("behaviour_optimizer", "critic_optimizer", "local_q_optimizer", "policy_optimizer"):
+            getattr(self, name).load_state_dict(state[name])
+        self.generator.set_state(state["generator"].cpu())
+        self.order = [int(i) for i in state["order"]]
+        self.updates = int(state["updates"])
+        self.behaviour_updates = int(state["behaviour_updates"])
+        if not self.needs_behaviour_pretraining:
+            for p in self.behaviour.parameters():
+                p.requires_grad_(False)
+
+    def _shape(self) -> dict:
+        return {
+            "n_agents": self.n_agents,
+            "n_actions": self.n_actions,
+            "obs_size": self.obs_size,
+            "state_size": self.state_size,
+            "rnn_hidden_dim": self.cfg.rnn_hidden_dim,
+        }

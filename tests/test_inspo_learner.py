@@ -1,0 +1,199 @@
+"""The InSPO learner: its outer loop, what each step may change, checkpoints, configuration, and
+that only the builder makes it."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.config import resolve_config
+from common.config.sections import Config, ConfigError, EnvConfig, LearnerConfig, RunConfig
+from common.envs.matrix import dataset_episodes
+from common.episode import to_training_batch
+from deploy.builder import Builder
+from learner.checkpoint import load_checkpoint, save_checkpoint
+from learner.inspo_learner import InSPOLearner
+from replay.local import LocalReplay
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = dict(
+    device="cpu",
+    algorithm="inspo",
+    use_offline_value_memory=False,
+    rnn_hidden_dim=8,
+    batch_size=16,
+    behaviour_pretrain_updates=3,
+    inspo_agent_updates=2,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def matrix_learner(**learner) -> tuple[InSPOLearner, LocalReplay]:
+    cfg = Config(
+        env=EnvConfig(backend="matrix", map_name="mne"),
+        learner=dataclasses.replace(LearnerConfig(), **{**SMALL, **learner}),
+        run=RunConfig(dataset=None, seed=0),
+    )
+    built = Builder(cfg).learner()
+    assert isinstance(built, InSPOLearner)
+    replay = LocalReplay(
+        dataset_episodes("mne", "balanced", 64), batch_size=16, mixing_ratio=1.0, online_capacity=1, seed=0
+    )
+    return built, replay
+
+
+def pretrained(**learner) -> tuple[InSPOLearner, LocalReplay]:
+    learner_, replay = matrix_learner(**learner)
+    while learner_.needs_behaviour_pretraining:
+        learner_.pretrain_behaviour(replay.sample())
+    return learner_, replay
+
+
+def test_policy_updates_wait_for_the_behaviour_policy_and_there_is_no_online_phase():
+    learner, replay = matrix_learner()
+    with pytest.raises(RuntimeError, match="behaviour-cloning"):
+        learner.update(replay.sample(), "offline", 0, 0)
+    while learner.needs_behaviour_pretraining:
+        learner.pretrain_behaviour(replay.sample())
+    with pytest.raises(NotImplementedError):
+        learner.update(replay.sample(), "online", 0, 0)
+
+
+def test_every_policy_starts_as_the_behaviour_policy_which_is_then_frozen():
+    learner, replay = pretrained()
+    batch = to_training_batch(replay.offline[:4])
+    assert torch.allclose(
+        learner.action_probabilities(batch), learner.action_probabilities(batch, behaviour=True)
+    )
+    assert not any(p.requires_grad for p in learner.behaviour.parameters())
+
+
+def test_each_iteration_gives_every_agent_one_turn_in_a_fresh_random_order():
+    learner, replay = pretrained(inspo_agent_updates=2)
+    iterations = 12
+    turns = [learner.update(replay.sample(), "offline", 0, 0) for _ in range(iterations * 2 * 2)]
+    agents = [int(m["agent"]) for m in turns]
+    orders = []
+    for k in range(iterations):
+        steps = agents[4 * k : 4 * k + 4]
+        assert steps[0] == steps[1] and steps[2] == steps[3]  # a turn is inspo_agent_updates steps
+        assert sorted({steps[0], steps[2]}) == [0, 1]  # one turn per agent
+        assert [int(m["iteration"]) for m in turns[4 * k : 4 * k + 4]] == [k] * 4
+        orders.append((steps[0], steps[2]))
+    assert len(set(orders)) == 2  # both orders occur: the permutation is drawn afresh
+
+
+def test_an_update_changes_only_the_policy_of_the_agent_whose_turn_it_is():
+    learner, replay = pretrained()
+    before = [{k: v.clone() for k, v in agent.state_dict().items()} for agent in learner.policies.agents]
+    m = int(learner.update(replay.sample(), "offline", 0, 0)["agent"])
+    for i, agent in enumerate(learner.policies.agents):
+        same = all(torch.equal(before[i][k], v) for k, v in agent.state_dict().items())
+        assert same == (i != m)
+
+
+def test_a_resumed_learner_makes_exactly_the_update_the_uninterrupted_one_makes(tmp_path):
+    learner, replay = pretrained()
+    for _ in range(3):
+        learner.update(replay.sample(), "offline", 0, 0)
+    path = save_checkpoint(learner, tmp_path / "inspo.pt", extra={"phase": "offline"})
+    batches = [replay.sample() for _ in range(3)]
+    expected = [learner.update(b, "offline", 0, 0) for b in batches]
+    resumed, _ = matrix_learner()
+    assert load_checkpoint(resumed, path) == {"phase": "offline"}
+    assert [resumed.update(b, "offline", 0, 0) for b in batches] == expected
+    assert torch.load(path, weights_only=True)["learner"]["algorithm"] == "inspo"
+
+
+def test_a_qmix_checkpoint_is_refused(tmp_path):
+    cfg = Config(env=EnvConfig(backend="matrix", map_name="mne"), learner=LearnerConfig(device="cpu"))
+    path = save_checkpoint(Builder(cfg).learner(), tmp_path / "qmix.pt")
+    learner, _ = matrix_learner()
+    with pytest.raises(ValueError, match="not an InSPO"):
+        load_checkpoint(learner, path)
+
+
+def test_the_learner_trains_on_recurrent_lite_battles_with_masks():
+    cfg = resolve_config(
+        "3m",
+        "medium",
+        "inspo",
+        overrides=["learner.device=cpu", "learner.rnn_hidden_dim=8", "learner.behaviour_pretrain_updates=1"],
+    )
+    builder = Builder(cfg)
+    episodes = builder.collect_worker(4).run_episodes(4, epsilon=1.0)
+    learner = builder.learner()
+    batch = to_training_batch(episodes)
+    learner.pretrain_behaviour(batch)
+    metrics = learner.update(batch, "offline", 0, 0)
+    assert all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
+    probs = learner.action_probabilities(batch)
+    assert probs.shape == (4, batch.max_seq_length - 1, 3, learner.n_actions)
+    unavailable = ~batch.avail_actions[:, :-1]
+    filled = batch.filled[:, :-1, 0].bool()
+    assert (probs[filled][unavailable[filled]] < 1e-6).all()  # no mass on unavailable actions
+
+
+# ---------------------------------------------------------------------------- configuration
+
+
+def test_the_inspo_preset_turns_off_cql_and_the_offline_memory_and_picks_the_inspo_learner():
+    cfg = resolve_config("3m", "medium", "inspo")
+    learner = cfg.learner
+    assert learner.algorithm == "inspo" and learner.method == "inspo"
+    assert learner.offline_cql == "none" and learner.offline_cql_weight == 0.0
+    assert not learner.use_offline_value_memory
+    assert cfg.replay.mixing_ratio == 0.0
+    assert cfg.run.dataset == "data/3m_medium.h5"
+    assert cfg.run.online_env_steps == 0  # offline only so far
+    assert resolve_config("3m", "medium", "ovmse").learner.algorithm == "qmix"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("learner.algorithm=ppo", "learner.algorithm: must be one of qmix, inspo, got 'ppo'"),
+        ("learner.inspo_alpha=-0.1", "learner.inspo_alpha: must be >= 0, got -0.1"),
+        ("learner.inspo_beta=-1", "learner.inspo_beta: must be >= 0, got -1.0"),
+        ("learner.inspo_expectile=1", "learner.inspo_expectile: must be in (0, 1), got 1.0"),
+        ("learner.inspo_max_log_weight=0", "learner.inspo_max_log_weight: must be > 0, got 0.0"),
+        ("learner.inspo_ratio_clip=0.5", "learner.inspo_ratio_clip: must be >= 1.0, got 0.5"),
+        ("learner.inspo_agent_updates=0", "learner.inspo_agent_updates: must be >= 1, got 0"),
+        ("learner.behaviour_pretrain_updates=0", "learner.behaviour_pretrain_updates: must be >= 1, got 0"),
+        ("learner.use_offline_value_memory=true", "learner.use_offline_value_memory: must be false"),
+        ("run.online_env_steps=1000", "run.online_env_steps: must be 0 with learner.algorithm inspo"),
+        ("actor.inference=numpy", "actor.inference: must be torch with learner.algorithm inspo"),
+    ],
+)
+def test_bad_inspo_settings_are_one_line_errors_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as error:
+        resolve_config("3m", "medium", "inspo", overrides=[override])
+    text = str(error.value)
+    assert "\n" not in text and message in text
+
+
+def test_alpha_and_beta_may_not_both_be_zero():
+    with pytest.raises(ConfigError, match="learner.inspo_beta: .*must be > 0"):
+        resolve_config("3m", "medium", "inspo", overrides=["learner.inspo_alpha=0", "learner.inspo_beta=0"])
+
+
+def test_only_the_builder_makes_the_inspo_learner():
+    makers = sorted(
+        str(path.relative_to(ROOT))
+        for package in ("common", "actors", "learner", "replay", "deploy")
+        for path in (ROOT / package).rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "InSPOLearner"
+    )
+    assert makers == ["deploy/builder.py"]
