@@ -131,6 +131,15 @@ class FakeActors:
     def totals(self):
         return self.env_steps, self.episodes
 
+    def sessions(self):
+        return [[0, "one session", self.env_steps, self.episodes, False]]
+
+    def restore_sessions(self, rows):
+        """A restarted learner's totals from its checkpoint; the one actor lived on (same session)."""
+        self.restored = [list(row) for row in rows]
+        self.env_steps = max(self.env_steps, sum(row[2] for row in rows))
+        self.episodes = max(self.episodes, sum(row[3] for row in rows))
+
     def actors_reporting(self):
         return {0}
 
@@ -217,6 +226,7 @@ def test_a_restarted_learner_resumes_its_checkpoint_without_pre_training_again(t
     second, resumed, _ = learner_run(tmp_path, actors, 900, no_second_pre_training, seed=7)
     version, weights, extra, start = actors.published[0]
     assert version == first["version"] + 1 and not start  # versions go on; not new start weights
+    assert actors.restored == [[0, "one session", first["env_steps"], first["env_steps"] // 10, False]]
     last_weights = first_actors.published[-1][1]
     assert all(torch.equal(weights[k], last_weights[k]) for k in last_weights)
     assert extra["updates"] == first["updates"]
