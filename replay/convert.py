@@ -55,17 +55,24 @@ def convert(
     return hdf5_to_vault(src, vault_destination(src, dst), expected)
 
 
+def writer_sizes(layout) -> dict:
+    """The sizes both writers take, from a dataset's layout."""
+    return {
+        "n_agents": layout.n_agents,
+        "obs_size": layout.obs_size,
+        "state_size": layout.state_size,
+        "n_actions": layout.n_actions,
+        "episode_limit": layout.episode_limit,
+    }
+
+
 def hdf5_to_vault(src, dst, expected: MapLayout | None = None) -> tuple[Path, int]:
     layout = dataset_layout(src, expected)
     with open_dataset(src) as h5:
         attrs = {k: v for k, v in h5.attrs.items() if k not in (BATTLE_WON_ATTR, SCHEMA_ATTR)}
     with VaultWriter(
         dst,
-        n_agents=layout.n_agents,
-        obs_size=layout.obs_size,
-        state_size=layout.state_size,
-        n_actions=layout.n_actions,
-        episode_limit=layout.episode_limit,
+        **writer_sizes(layout),
         with_probs=layout.has_probs,
         attrs=attrs,
     ) as writer:
@@ -82,11 +89,7 @@ def vault_to_hdf5(src, dst, expected: MapLayout | None = None) -> tuple[Path, in
         raise DatasetError(dst, "file", "is a directory; name the HDF5 file to write")
     with DatasetWriter(
         dst,
-        n_agents=layout.n_agents,
-        obs_size=layout.obs_size,
-        state_size=layout.state_size,
-        n_actions=layout.n_actions,
-        episode_limit=layout.episode_limit,
+        **writer_sizes(layout),
         attrs={k: np.asarray(v) if isinstance(v, list) else v for k, v in attrs.items()},
     ) as writer:
         for episode, probs in iter_episodes_with_probs(src, expected):
