@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _report import machine, write  # noqa: E402
 
+from common import fused_gru  # noqa: E402
 from common.config.sections import LearnerConfig  # noqa: E402
 from common.episode import TrainingBatch  # noqa: E402
 from common.networks import RNNAgent  # noqa: E402
@@ -534,7 +535,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--devices", default="cpu,cuda", help="cpu and/or cuda (cuda rows only with a GPU)")
     parser.add_argument(
-        "--hand-written-gru", action="store_true", help="unroll with common.networks.GRUUnroll, not nn.GRU"
+        "--gru",
+        choices=("fused", "torch"),
+        default="fused",
+        help="our learner's CPU recurrence: the fused kernel (common.fused_gru, where it builds) or nn.GRU",
     )
     parser.add_argument("--out", default=None, help="folder for learner.md/.json (default docs/bench)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/bench alone")
@@ -546,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     precisions = _csv(args.precisions, ("fp32", "bf16", "auto"), parser, "precision(s)")
     gpu_precisions = _csv(args.gpu_precisions, GPU_PRECISIONS, parser, "GPU precision(s)")
     devices = _csv(args.devices, ("cpu", "cuda"), parser, "device(s)")
-    RNNAgent.hand_written_unroll = args.hand_written_gru
+    RNNAgent.fused_cpu_gru = args.gru == "fused"
     torch.set_num_threads(args.threads)
     keep_freed_host_memory()  # what the learner does on CPU; applies to both sides of the comparison
     cpu = cpu_description()
@@ -599,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_model": cpu["model"],
         "cpu_bf16_flags": cpu["bf16_flags"],
         "auto_precision_cpu": resolve_precision("auto", torch.device("cpu")),
-        "hand_written_gru": args.hand_written_gru,
+        "cpu_gru": "fused" if args.gru == "fused" and fused_gru.available() else "torch (nn.GRU)",
         "shape": {**ENV_INFO, "steps": STEPS},
         "matmul_gflops": gflops,
         "td_matmul_floor": floors,
@@ -622,7 +626,7 @@ def _markdown(results: dict, arguments: str) -> str:
         f"`{command}` — {m['cpu']} (bf16 flags: {flags}), {m['cores']} cores, torch {results['torch']},"
         f" {results['threads']} threads, load average {m['load_average_1m']}, {m['date']}."
         f" `learner.precision: auto` picks {results['auto_precision_cpu']} on this CPU."
-        + (" Agent unrolled with the hand-written GRU." if results["hand_written_gru"] else ""),
+        + f" Our learner's CPU recurrence: {results['cpu_gru']}.",
         "",
         "3s5z-shaped batches (8 agents, obs 128, state 216, 14 actions), one `QMixLearner.update` against"
         " a learner written the way PyMARL2's code is (per-step GRUCell loop; CFCQL's raw CQL re-runs the"

@@ -8,8 +8,9 @@ same parameters and the same numbers (up to float rounding):
 - `forward_step(inputs [R, in], hidden [R, H])`: one step for acting, R = battles * agents;
 - `forward_sequence(inputs [B, T, n, in], lengths=...)`: whole episodes for training, in one fused
   call. During training every input (observation, previous action, agent id) is known before the
-  unroll, so the input layer runs once over all steps and `nn.GRU` unrolls the recurrence in C++
-  instead of a per-step Python loop through a GRUCell (PyMARL2's way). Given the episodes' lengths,
+  unroll, so the input layer runs once over all steps and the recurrence unrolls in C++ (on CPU a
+  fused kernel, `common.fused_gru`; elsewhere nn.GRU) instead of a per-step Python loop through a
+  GRUCell (PyMARL2's way). Given the episodes' lengths,
   episodes of similar length are unrolled together, each group only as far as it needs (a batch is
   padded to its longest episode; lite 3s5z episodes average 66 of up to 151 rows).
 
@@ -25,6 +26,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from common import fused_gru
 
 
 def agent_input_size(obs_size: int, n_actions: int, n_agents: int) -> int:
@@ -75,11 +78,11 @@ def length_groups(lengths: torch.Tensor, rows: int) -> list[tuple[torch.Tensor, 
 class RNNAgent(nn.Module):
     """PyMARL2's recurrent agent network (shared parameters, one call for all agents)."""
 
-    # Unroll training sequences with `GRUUnroll` (same weights, same numbers) instead of nn.GRU.
-    # Off: on the 2-core AMX Xeon it measured no faster than nn.GRU, in fp32 or under bf16 autocast
-    # (its per-step elementwise ops, not the matrix products, bound it; docs/learner.md,
-    # "Precision"). Kept, tested, for measuring on other machines (bench_learner --hand-written-gru).
-    hand_written_unroll = False
+    # On CPU, unroll training sequences with the fused kernel of `common.fused_gru` (same weights,
+    # same numbers up to float rounding) where it builds: nn.GRU's per-step gate math, not its
+    # matrix products, bounded the learner (docs/learner.md, "Precision"). The benchmark turns it
+    # off to compare.
+    fused_cpu_gru = True
 
     def __init__(self, input_size: int, n_actions: int, hidden_size: int = 64):
         super().__init__()
@@ -141,8 +144,8 @@ class RNNAgent(nn.Module):
         """Time-major inputs [T, B, n, in] -> q [T, B, n, A]."""
         T, B, n, _ = x.shape
         x = F.relu(self.fc1(x)).reshape(T, B * n, self.hidden_size)  # one matmul for every step
-        if self.hand_written_unroll:
-            out = gru_sequence(x, hidden, self.rnn)
+        if x.device.type == "cpu" and self.fused_cpu_gru and fused_gru.available():
+            out = fused_gru.fused_gru_sequence(x, hidden, self.rnn)
         else:
             if x.device.type != "cpu" and x.dtype != self.rnn.weight_ih_l0.dtype:
                 # bf16 autocast: CPU autocast runs nn.GRU in bf16 (oneDNN); elsewhere the GRU kernel
@@ -164,93 +167,6 @@ def agent_network(env_info: dict, hidden_size: int = 64) -> RNNAgent:
     """A fresh agent network for a world with `env_info` (SMAC's get_env_info keys)."""
     n, obs, actions = int(env_info["n_agents"]), int(env_info["obs_shape"]), int(env_info["n_actions"])
     return RNNAgent(agent_input_size(obs, actions, n), actions, hidden_size)
-
-
-def gru_sequence(x: torch.Tensor, hidden: torch.Tensor | None, rnn: nn.GRU) -> torch.Tensor:
-    """`rnn(x, hidden)`'s output [T, N, H] for inputs x [T, N, H] (hidden [N, H], zeros when None),
-    computed by `GRUUnroll` with the weights of the single-layer `rnn`.
-
-    The matrix products run in x's dtype: bf16 when x comes from a layer under bf16 autocast, else
-    fp32. The hidden state, the gates and the output stay fp32 either way."""
-    gi = F.linear(x, rnn.weight_ih_l0, rnn.bias_ih_l0)  # every step's input projection, one matmul
-    h0 = x.new_zeros(x.shape[1], rnn.hidden_size, dtype=torch.float32) if hidden is None else hidden
-    return GRUUnroll.apply(gi, h0.float(), rnn.weight_hh_l0, rnn.bias_hh_l0)
-
-
-class GRUUnroll(torch.autograd.Function):
-    """nn.GRU's recurrence with a hand-written backward, given every step's input projection.
-
-    Gates (PyTorch's GRU, in order r, z, n of the 3H axis):
-        r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n),
-        h' = (1 - z) * n + z * h,  with gh = h @ W_hh^T + b_hh.
-    Why by hand: autograd would record ~10 ops per step and one small weight-gradient product per
-    step; here the backward keeps the per-step work to the recurrence (dh_{t-1} = ... + dgh_t @ W_hh)
-    and takes W_hh's gradient as one product over all steps, the shape bf16 matrix units like. Fused
-    ops (lerp, addcmul, tanh_backward, sigmoid_backward) write into preallocated buffers. Measured on
-    the 2-core AMX Xeon (T = 80, N = 1024, forward + backward + a no-grad forward): no faster than
-    nn.GRU (0.9x in fp32, 1.0x under bf16 autocast): ~20 elementwise ops per step on [N, H] bound it,
-    not the products. So `RNNAgent.hand_written_unroll` is off; see docs/learner.md, "Precision".
-
-    gi [T, N, 3H] (x @ W_ih^T + b_ih) sets the matmul dtype; h0 [N, H] fp32. Returns h_1..h_T as
-    [T, N, H] fp32. No double backward."""
-
-    @staticmethod
-    def forward(ctx, gi, h0, w_hh, b_hh):  # noqa: D102 (see the class)
-        T, N, three_h = gi.shape
-        H = three_h // 3
-        dtype, device = gi.dtype, gi.device
-        with torch.autocast(device.type, enabled=False):
-            w = w_hh.to(dtype).t()
-            b = b_hh.to(dtype)
-            gh = torch.empty(T, N, three_h, dtype=dtype, device=device)
-            rz = torch.empty(T, N, 2 * H, device=device)  # sigmoid(r), sigmoid(z)
-            n = torch.empty(T, N, H, device=device)
-            hs = torch.empty(T + 1, N, H, device=device)  # h_0 .. h_T
-            hs[0] = h0
-            for t in range(T):
-                torch.addmm(b, hs[t].to(dtype), w, out=gh[t])
-                torch.add(gi[t, :, : 2 * H], gh[t, :, : 2 * H], out=rz[t])
-                rz[t].sigmoid_()
-                torch.addcmul(gi[t, :, 2 * H :], rz[t, :, :H], gh[t, :, 2 * H :], out=n[t])
-                n[t].tanh_()
-                torch.lerp(n[t], hs[t], rz[t, :, H:], out=hs[t + 1])
-        if any(ctx.needs_input_grad):  # (forward runs with grad mode off: ask the inputs)
-            ctx.save_for_backward(w_hh)
-            ctx.buffers = (gh, rz, n, hs)
-        return hs[1:]
-
-    @staticmethod
-    def backward(ctx, dout):  # noqa: D102
-        (w_hh,) = ctx.saved_tensors
-        gh, rz, n, hs = ctx.buffers
-        del ctx.buffers
-        T, N, H = dout.shape
-        dtype = gh.dtype
-        with torch.autocast(dout.device.type, enabled=False):
-            dout = dout.float()
-            w = w_hh.to(dtype)  # [3H, H]
-            dgh = torch.empty(T, N, 3 * H, dtype=dtype, device=dout.device)  # d(gh) per step
-            dan = torch.empty(T, N, H, device=dout.device)  # d(gi_n + r * gh_n)
-            dh = torch.zeros(N, H, device=dout.device)
-            for t in range(T - 1, -1, -1):
-                r, z = rz[t, :, :H], rz[t, :, H:]
-                dh += dout[t]
-                dn = torch.addcmul(dh, dh, z, value=-1.0)  # dh * (1 - z)
-                torch.ops.aten.tanh_backward.grad_input(dn, n[t], grad_input=dan[t])
-                dg = dgh[t]
-                torch.ops.aten.sigmoid_backward.grad_input(
-                    dan[t] * gh[t, :, 2 * H :], r, grad_input=dg[:, :H]
-                )
-                torch.ops.aten.sigmoid_backward.grad_input(
-                    dh * (hs[t] - n[t]), z, grad_input=dg[:, H : 2 * H]
-                )
-                torch.mul(dan[t], r, out=dg[:, 2 * H :])
-                dh = torch.addcmul((dg @ w).float(), dh, z)  # dh_{t-1} = dh * z + dgh @ W_hh
-            flat = dgh.view(T * N, 3 * H)
-            dw_hh = (flat.t() @ hs[:-1].reshape(T * N, H).to(dtype)).float()
-            db_hh = flat.sum(0, dtype=torch.float32)
-            dgi = torch.cat([dgh[..., : 2 * H], dan.to(dtype)], dim=-1)  # gi's r, z parts = gh's
-        return dgi, dh, dw_hh, db_hh
 
 
 class MixingWeights(NamedTuple):
@@ -297,7 +213,9 @@ class QMixer(nn.Module):
 
 def mix(q: torch.Tensor, weights: MixingWeights) -> torch.Tensor:
     """Q_tot = ELU(q . w1 + b1) . w2 + b2 for q [..., n] and weights of leading shape [...] -> [..., 1]."""
-    hidden = F.elu(torch.matmul(q.unsqueeze(-2), weights.w1).squeeze(-2) + weights.b1)
+    # A broadcast product summed over the agents, not a batched matmul: per state it is a [1, n] @
+    # [n, E] product, and tens of thousands of those ran 5-10x slower as bmm on CPU.
+    hidden = F.elu((q.unsqueeze(-1) * weights.w1).sum(-2) + weights.b1)
     return (hidden * weights.w2).sum(-1, keepdim=True) + weights.b2
 
 

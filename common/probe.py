@@ -12,11 +12,16 @@ from common.episode import TrainingBatch, training_mask
 from common.networks import RNNAgent, build_agent_inputs
 
 
-def episode_agent_inputs(batch: TrainingBatch, n_actions: int) -> torch.Tensor:
+def episode_agent_inputs(
+    batch: TrainingBatch, n_actions: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """[obs, previous action one-hot, agent id] of every row, [B, T+1, n, in]: what the agents saw
     while playing the batch's episodes. Built time-major (the recurrent unroll's layout) and returned
-    as a batch-major view."""
+    as a batch-major view; in `dtype` when given (the learner's compute dtype: cast once here rather
+    than by every network that reads them)."""
     obs = batch.obs.transpose(0, 1)  # [T+1, B, n, O]
+    if dtype is not None:
+        obs = obs.to(dtype)
     onehot = F.one_hot(batch.actions.transpose(0, 1).squeeze(-1), n_actions).to(obs.dtype)
     previous = torch.cat([torch.zeros_like(onehot[:1]), onehot[:-1]], dim=0)
     return build_agent_inputs(obs, previous, obs.shape[-2]).transpose(0, 1)

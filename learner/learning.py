@@ -401,8 +401,10 @@ class QMixLearner:
         return batch.to(self.device)
 
     def _agent_inputs(self, batch: TrainingBatch) -> torch.Tensor:
-        """What the agents saw on the batch's episodes, [B, T+1, n, in]."""
-        return episode_agent_inputs(batch, self.n_actions)
+        """What the agents saw on the batch's episodes, [B, T+1, n, in], in the compute dtype (bf16
+        autocast would cast them again for each of the up to four networks that read them)."""
+        dtype = torch.bfloat16 if self.precision == "bf16" else None
+        return episode_agent_inputs(batch, self.n_actions, dtype)
 
     def _offline_q_tot(
         self, inputs: torch.Tensor, actions: torch.Tensor, state: torch.Tensor, lengths: torch.Tensor

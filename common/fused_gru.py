@@ -1,0 +1,137 @@
+"""The fused CPU GRU unroll: `gru_kernel.cpp`, compiled at first use, behind an autograd Function.
+
+The kernel runs a whole training sequence's recurrence (forward and backward) in one call: each
+step's gate math is one fused fp32 pass and the matrix products run in the inputs' dtype (bf16 on
+CPUs with bf16 units). It is built once per machine kind (the CPU's flags are part of its name,
+since it is compiled for the CPU it runs on) into torch's extension cache, which needs a C++
+compiler and ninja. Where that fails, `available()` is False, the reason is logged once, and the
+agent network keeps nn.GRU. OVMSE_FUSED_GRU=0 turns the kernel off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("gru_kernel.cpp")
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]
+_lock = threading.Lock()
+_state: dict = {}
+
+
+def enabled_by_env() -> bool:
+    return os.environ.get("OVMSE_FUSED_GRU", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def _cpu_tag() -> str:
+    """A short hash of the CPU's model and flags: a kernel built with -march=native for one CPU
+    must not be loaded on another from a shared cache."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        wanted = [ln for ln in lines if ln.startswith(("model name", "flags"))][:2]
+    except OSError:
+        wanted = [os.uname().machine]
+    return hashlib.sha256("\n".join(wanted).encode()).hexdigest()[:10]
+
+
+def kernel():
+    """The compiled module, or None where it cannot be built (the reason is logged once)."""
+    with _lock:
+        if "module" not in _state:
+            _state["module"] = None
+            if not enabled_by_env():
+                _state["reason"] = "OVMSE_FUSED_GRU=0"
+            else:
+                try:
+                    from torch.utils.cpp_extension import load_inline
+
+                    _state["module"] = load_inline(
+                        name=f"ovmse_gru_{_cpu_tag()}",
+                        cpp_sources=[SOURCE.read_text()],
+                        functions=["gru_forward", "gru_backward"],
+                        extra_cflags=CFLAGS,
+                        verbose=False,
+                    )
+                except Exception as exc:  # no compiler, no ninja, a build error: keep nn.GRU
+                    _state["reason"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1:]}"
+                    log.warning("fused CPU GRU unavailable, using nn.GRU (%s)", _state["reason"])
+        return _state["module"]
+
+
+def available() -> bool:
+    return kernel() is not None
+
+
+def unavailable_reason() -> str | None:
+    kernel()
+    return _state.get("reason")
+
+
+def fused_gru_sequence(x: torch.Tensor, hidden: torch.Tensor | None, rnn: torch.nn.GRU) -> torch.Tensor:
+    """`rnn(x, hidden)`'s output [T, N, H] (fp32) for CPU inputs x [T, N, H_in], hidden [N, H] or None.
+
+    The products (the input projection of every step at once, then h @ W_hh^T per step) run in x's
+    dtype: bf16 when x comes from a layer under bf16 autocast (the weights are cast per call; the
+    master weights stay fp32), else fp32. Gates, hidden state and outputs are fp32."""
+    T, N, _ = x.shape
+    h0 = x.new_zeros(N, rnn.hidden_size, dtype=torch.float32) if hidden is None else hidden
+    h0 = h0.float().contiguous()
+    weights = (rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0)
+    with torch.autocast("cpu", enabled=False):
+        if torch.is_grad_enabled():
+            return FusedGRU.apply(x.contiguous(), h0, *weights)
+        # A target pass: nothing kept for a backward.
+        gi = _input_projection(x.contiguous(), rnn.weight_ih_l0.to(x.dtype), rnn.bias_ih_l0.to(x.dtype))
+        w, b = rnn.weight_hh_l0.to(x.dtype), rnn.bias_hh_l0.to(x.dtype)
+        return kernel().gru_forward(gi, h0, w.t().contiguous(), b, False)[0][1:]
+
+
+def _input_projection(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor) -> torch.Tensor:
+    """gi = x @ W_ih^T + b_ih for every step at once: [T, N, H_in] -> [T, N, 3H]."""
+    T, N, width = x.shape
+    return torch.addmm(b_ih, x.view(T * N, width), w_ih.t()).view(T, N, -1)
+
+
+class FusedGRU(torch.autograd.Function):
+    """The GRU over a whole sequence, input projection included; see gru_kernel.cpp.
+    x [T, N, H_in] (fp32 or bf16), h0 [N, H] fp32 and nn.GRU's four parameters -> h_1..h_T
+    [T, N, H] fp32. The backward takes each weight's gradient as one product over every step.
+    No double backward."""
+
+    @staticmethod
+    def forward(ctx, x, h0, w_ih, b_ih, w_hh, b_hh):  # noqa: D102
+        dtype = x.dtype
+        wi, wh = w_ih.detach().to(dtype), w_hh.detach().to(dtype)
+        gi = _input_projection(x, wi, b_ih.detach().to(dtype))
+        bh = b_hh.detach().to(dtype)
+        hs, hs_mm, gh_n, rz, n = kernel().gru_forward(gi, h0, wh.t().contiguous(), bh, True)
+        ctx.save_for_backward(x, wi, wh, hs, hs_mm, gh_n, rz, n)
+        return hs[1:]
+
+    @staticmethod
+    def backward(ctx, dout):  # noqa: D102
+        x, wi, wh, hs, hs_mm, gh_n, rz, n = ctx.saved_tensors
+        T, N, width = x.shape
+        dgi, dh0, dw_hh, db_hh, db_ih = kernel().gru_backward(
+            dout.float().contiguous(), hs, hs_mm, gh_n, rz, n, wh, x
+        )
+        flat = dgi.view(T * N, -1)
+        dx = (flat @ wi).view(T, N, width)
+        dw_ih = (flat.t() @ x.view(T * N, width)).float()
+        return dx, dh0, dw_ih, db_ih, dw_hh, db_hh
+
+
+if __name__ == "__main__":  # `python -m common.fused_gru`: build now (the Makefile's install does)
+    import time
+
+    start = time.monotonic()
+    ok = available()
+    took = time.monotonic() - start
+    print(f"fused CPU GRU: {'built' if ok else 'not available: ' + str(unavailable_reason())} ({took:.0f} s)")
