@@ -75,11 +75,12 @@ def unavailable_reason() -> str | None:
 
 
 def fused_gru_sequence(x: torch.Tensor, hidden: torch.Tensor | None, rnn: torch.nn.GRU) -> torch.Tensor:
-    """`rnn(x, hidden)`'s output [T, N, H] (fp32) for CPU inputs x [T, N, H_in], hidden [N, H] or None.
+    """`rnn(x, hidden)`'s output [T, N, H] for CPU inputs x [T, N, H_in], hidden [N, H] or None.
 
     The products (the input projection of every step at once, then h @ W_hh^T per step) run in x's
     dtype: bf16 when x comes from a layer under bf16 autocast (the weights are cast per call; the
-    master weights stay fp32), else fp32. Gates, hidden state and outputs are fp32."""
+    master weights stay fp32), else fp32. Gates and the hidden state are fp32; the output comes in
+    x's dtype (rounded from the fp32 state), which is what the next layer reads under autocast."""
     T, N, _ = x.shape
     h0 = x.new_zeros(N, rnn.hidden_size, dtype=torch.float32) if hidden is None else hidden
     h0 = h0.float().contiguous()
@@ -88,39 +89,39 @@ def fused_gru_sequence(x: torch.Tensor, hidden: torch.Tensor | None, rnn: torch.
         if torch.is_grad_enabled():
             return FusedGRU.apply(x.contiguous(), h0, *weights)
         # A target pass: nothing kept for a backward.
-        gi = _input_projection(x.contiguous(), rnn.weight_ih_l0.to(x.dtype), rnn.bias_ih_l0.to(x.dtype))
-        w, b = rnn.weight_hh_l0.to(x.dtype), rnn.bias_hh_l0.to(x.dtype)
-        return kernel().gru_forward(gi, h0, w.t().contiguous(), b, False)[0][1:]
+        gi = _input_projection(x.contiguous(), rnn.weight_ih_l0.to(x.dtype))
+        w = rnn.weight_hh_l0.to(x.dtype).t().contiguous()
+        return kernel().gru_forward(gi, h0, w, rnn.bias_ih_l0.float(), rnn.bias_hh_l0.float(), False)[1][1:]
 
 
-def _input_projection(x: torch.Tensor, w_ih: torch.Tensor, b_ih: torch.Tensor) -> torch.Tensor:
-    """gi = x @ W_ih^T + b_ih for every step at once: [T, N, H_in] -> [T, N, 3H]."""
+def _input_projection(x: torch.Tensor, w_ih: torch.Tensor) -> torch.Tensor:
+    """x @ W_ih^T for every step at once, [T, N, H_in] -> [T, N, 3H] (the kernel adds b_ih)."""
     T, N, width = x.shape
-    return torch.addmm(b_ih, x.view(T * N, width), w_ih.t()).view(T, N, -1)
+    return torch.mm(x.view(T * N, width), w_ih.t()).view(T, N, -1)
 
 
 class FusedGRU(torch.autograd.Function):
     """The GRU over a whole sequence, input projection included; see gru_kernel.cpp.
     x [T, N, H_in] (fp32 or bf16), h0 [N, H] fp32 and nn.GRU's four parameters -> h_1..h_T
-    [T, N, H] fp32. The backward takes each weight's gradient as one product over every step.
+    [T, N, H] in x's dtype. The backward takes each weight's gradient as one product over every step.
     No double backward."""
 
     @staticmethod
     def forward(ctx, x, h0, w_ih, b_ih, w_hh, b_hh):  # noqa: D102
         dtype = x.dtype
         wi, wh = w_ih.detach().to(dtype), w_hh.detach().to(dtype)
-        gi = _input_projection(x, wi, b_ih.detach().to(dtype))
-        bh = b_hh.detach().to(dtype)
-        hs, hs_mm, gh_n, rz, n = kernel().gru_forward(gi, h0, wh.t().contiguous(), bh, True)
+        gi = _input_projection(x, wi)
+        bi, bh = b_ih.detach().float(), b_hh.detach().float()
+        hs, hs_mm, gh_n, rz, n = kernel().gru_forward(gi, h0, wh.t().contiguous(), bi, bh, True)
         ctx.save_for_backward(x, wi, wh, hs, hs_mm, gh_n, rz, n)
-        return hs[1:]
+        return hs_mm[1:]
 
     @staticmethod
     def backward(ctx, dout):  # noqa: D102
         x, wi, wh, hs, hs_mm, gh_n, rz, n = ctx.saved_tensors
         T, N, width = x.shape
         dgi, dh0, dw_hh, db_hh, db_ih = kernel().gru_backward(
-            dout.float().contiguous(), hs, hs_mm, gh_n, rz, n, wh, x
+            dout.to(wh.dtype).contiguous(), hs, hs_mm, gh_n, rz, n, wh, x
         )
         flat = dgi.view(T * N, -1)
         dx = (flat @ wi).view(T, N, width)

@@ -13,7 +13,6 @@
 #include <ATen/Parallel.h>
 
 #include <cmath>
-#include <cstring>
 #include <vector>
 
 namespace {
@@ -48,8 +47,9 @@ inline void store_row(const float* src, c10::BFloat16* dst, int64_t n) {
 
 // One forward step for rows [begin, end): writes rz, n, h_next (fp32) and h_next_mm (mm dtype).
 template <typename TI, typename TM>
-void forward_gates(const TI* gi, const TM* gh, const float* h, float* rz, float* n, float* h_next,
-                   TM* h_next_mm, TM* ghn_out, int64_t N, int64_t H) {
+void forward_gates(const TI* gi, const TM* gh, const float* b_ih, const float* b_hh, const float* h, float* rz,
+                   float* n,
+                   float* h_next, TM* h_next_mm, TM* ghn_out, int64_t N, int64_t H) {
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
     std::vector<float> scratch(6 * H);
     float* a = scratch.data();  // gi row, fp32
@@ -57,6 +57,11 @@ void forward_gates(const TI* gi, const TM* gh, const float* h, float* rz, float*
     for (int64_t i = begin; i < end; ++i) {
       load_row(gi + i * 3 * H, a, 3 * H);
       load_row(gh + i * 3 * H, g, 3 * H);
+#pragma omp simd
+      for (int64_t j = 0; j < 3 * H; ++j) {  // the biases here: addmm's bias add costs more than this
+        a[j] += b_ih[j];
+        g[j] += b_hh[j];
+      }
       const float* h_row = h + i * H;
       float* rz_row = rz + i * 2 * H;
       float* n_row = n + i * H;
@@ -70,7 +75,7 @@ void forward_gates(const TI* gi, const TM* gh, const float* h, float* rz, float*
         out_row[j] = nn + rz_row[H + j] * (h_row[j] - nn);
       }
       if (h_next_mm != nullptr) store_row(out_row, h_next_mm + i * H, H);
-      if (ghn_out != nullptr) std::memcpy(ghn_out + i * H, gh + i * 3 * H + 2 * H, H * sizeof(TM));
+      if (ghn_out != nullptr) store_row(g + 2 * H, ghn_out + i * H, H);
     }
   });
 }
@@ -79,23 +84,24 @@ void forward_gates(const TI* gi, const TM* gh, const float* h, float* rz, float*
 // dgi (gi dtype) and carry = g * z (the part of dL/dh_t that skips the products), and adds each
 // row's dgh and dgi_n to bias_sums [N, 4H] (fp32; summed over rows at the end: the biases' grads).
 template <typename TI, typename TM>
-void backward_gates(const float* dout, float* carry, const TM* recurrent, const float* rz, const float* n,
+void backward_gates(const TM* dout, float* carry, const TM* recurrent, const float* rz, const float* n,
                     const TM* gh_n, const float* h_prev, TM* dgh, TI* dgi, float* bias_sums, int64_t N,
                     int64_t H) {
   at::parallel_for(0, N, kGrain, [&](int64_t begin, int64_t end) {
-    std::vector<float> scratch(6 * H);
+    std::vector<float> scratch(7 * H);
     float* ghn = scratch.data();  // gh's n part, fp32
     float* rec = ghn + H;         // dgh_{t+1} @ W_hh row, fp32
     float* d = rec + H;           // d(gh) row: r, z, n parts; d(gi) = r, z parts and dan
     float* dan = d + 3 * H;
+    float* dout_row = dan + H;  // dL/dh_{t+1} from the output, fp32
     for (int64_t i = begin; i < end; ++i) {
       load_row(gh_n + i * H, ghn, H);
+      load_row(dout + i * H, dout_row, H);
       if (recurrent != nullptr) {
         load_row(recurrent + i * H, rec, H);
       } else {
         for (int64_t j = 0; j < H; ++j) rec[j] = 0.0f;
       }
-      const float* dout_row = dout + i * H;
       float* carry_row = carry + i * H;
       const float* r = rz + i * 2 * H;
       const float* z = r + H;
@@ -141,13 +147,18 @@ void dispatch(at::ScalarType type, F&& f) {
 
 }  // namespace
 
-// gi [T, N, 3H] (fp32 or bf16), h0 [N, H] fp32, w_t = W_hh^T [H, 3H] and b [3H] in the matrix
-// products' dtype (fp32 or bf16). save: keep what the backward needs.
-// Returns {hs [T+1, N, H] fp32, hs_mm, gh_n, rz, n}: h_0..h_T in fp32 and in the products' dtype,
-// gh's n part [T, N, H], the gates; without save only hs is filled (the others are empty).
-std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_t, at::Tensor b, bool save) {
+// gi [T, N, 3H] = x @ W_ih^T without its bias (fp32 or bf16), h0 [N, H] fp32, w_t = W_hh^T [H, 3H]
+// in the matrix products' dtype (fp32 or bf16), b_ih and b = b_hh [3H] fp32. save: keep what the
+// backward needs.
+// Returns {hs [T+1, N, H] fp32, hs_mm, gh_n, rz, n}: h_0..h_T in fp32 and in the products' dtype
+// (the same tensor for fp32; its h_1..h_T are the output), gh's n part [T, N, H], the gates;
+// without save gh_n, rz and n are empty.
+std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_t, at::Tensor b_ih, at::Tensor b,
+                                    bool save) {
   TORCH_CHECK(gi.dim() == 3 && gi.is_contiguous() && !gi.is_cuda(), "gi must be a contiguous CPU [T, N, 3H]");
   TORCH_CHECK(h0.scalar_type() == at::kFloat && h0.is_contiguous(), "h0 must be contiguous fp32");
+  TORCH_CHECK(b.scalar_type() == at::kFloat && b.is_contiguous(), "b_hh must be contiguous fp32");
+  TORCH_CHECK(b_ih.scalar_type() == at::kFloat && b_ih.is_contiguous(), "b_ih must be contiguous fp32");
   const int64_t T = gi.size(0), N = gi.size(1), H = gi.size(2) / 3;
   const auto mm = w_t.scalar_type();
   const bool separate_mm = mm != at::kFloat;
@@ -155,53 +166,53 @@ std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_t
   auto mmo = gi.options().dtype(mm);
   at::Tensor hs = at::empty({T + 1, N, H}, f32);
   hs[0].copy_(h0);
-  // Without save, a bf16 copy of h needs only two rows, used in turn.
-  at::Tensor hs_mm = separate_mm ? at::empty({save ? T + 1 : 2, N, H}, mmo) : hs;
+  // h in the products' dtype: the next step's product reads it, and h_1..h_T are the output.
+  at::Tensor hs_mm = separate_mm ? at::empty({T + 1, N, H}, mmo) : hs;
   if (separate_mm) hs_mm[0].copy_(h0);
   const int64_t keep = save ? T : 1;
-  at::Tensor gh = at::empty({N, 3 * H}, mmo);  // this step's h @ W_hh^T + b_hh
+  at::Tensor gh = at::empty({N, 3 * H}, mmo);  // this step's h @ W_hh^T (b_hh added in the gates)
   at::Tensor gh_n = save ? at::empty({T, N, H}, mmo) : at::Tensor();
   at::Tensor rz = at::empty({keep, N, 2 * H}, f32);
   at::Tensor n = at::empty({keep, N, H}, f32);
   for (int64_t t = 0; t < T; ++t) {
     const int64_t s = save ? t : 0;
-    const int64_t cur = (save || !separate_mm) ? t : (t % 2);
-    const int64_t nxt = (save || !separate_mm) ? t + 1 : ((t + 1) % 2);
-    at::addmm_out(gh, b, hs_mm[cur], w_t);
+    at::mm_out(gh, hs_mm[t], w_t);
     dispatch(gi.scalar_type(), [&](auto ti) {
       using TI = decltype(ti);
       dispatch(mm, [&](auto tm) {
         using TM = decltype(tm);
-        forward_gates<TI, TM>(ptr<TI>(gi[t]), ptr<TM>(gh), ptr<float>(hs[t]), ptr<float>(rz[s]),
+        forward_gates<TI, TM>(ptr<TI>(gi[t]), ptr<TM>(gh), ptr<float>(b_ih), ptr<float>(b), ptr<float>(hs[t]),
+                              ptr<float>(rz[s]),
                               ptr<float>(n[s]), ptr<float>(hs[t + 1]),
-                              separate_mm ? ptr<TM>(hs_mm[nxt]) : nullptr,
+                              separate_mm ? ptr<TM>(hs_mm[t + 1]) : nullptr,
                               save ? ptr<TM>(gh_n[t]) : nullptr, N, H);
       });
     });
   }
-  if (!save) return {hs, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  if (!save) return {hs, hs_mm, at::Tensor(), at::Tensor(), at::Tensor()};
   return {hs, hs_mm, gh_n, rz, n};
 }
 
-// dout [T, N, H] fp32 (dL/dh_1..h_T); the saved tensors of gru_forward; w = W_hh [3H, H] in the
+// dout [T, N, H] (dL/dh_1..h_T, in the products' dtype); the saved tensors of gru_forward; w = W_hh [3H, H] in the
 // products' dtype; gi_dtype_like: a tensor of gi's dtype. Returns {dgi, dh0, dw_hh, db_hh, db_ih},
 // the bias gradients in fp32 (b_ih's is gi's column sums).
 std::vector<at::Tensor> gru_backward(at::Tensor dout, at::Tensor hs, at::Tensor hs_mm, at::Tensor gh_n,
                                      at::Tensor rz, at::Tensor n, at::Tensor w, at::Tensor gi_dtype_like) {
-  TORCH_CHECK(dout.scalar_type() == at::kFloat && dout.is_contiguous(), "dout must be contiguous fp32");
   const int64_t T = dout.size(0), N = dout.size(1), H = dout.size(2);
   const auto mm = w.scalar_type();
+  TORCH_CHECK(dout.scalar_type() == mm && dout.is_contiguous(), "dout must be contiguous, in the products' dtype");
   at::Tensor dgh = at::empty({T, N, 3 * H}, gh_n.options());
   at::Tensor dgi = at::empty({T, N, 3 * H}, gi_dtype_like.options());
-  at::Tensor carry = at::zeros({N, H}, dout.options());
+  auto f32 = dout.options().dtype(at::kFloat);
+  at::Tensor carry = at::zeros({N, H}, f32);
   at::Tensor recurrent = at::empty({N, H}, gh_n.options());
-  at::Tensor bias_sums = at::zeros({N, 4 * H}, dout.options());
+  at::Tensor bias_sums = at::zeros({N, 4 * H}, f32);
   for (int64_t t = T - 1; t >= 0; --t) {
     dispatch(gi_dtype_like.scalar_type(), [&](auto ti) {
       using TI = decltype(ti);
       dispatch(mm, [&](auto tm) {
         using TM = decltype(tm);
-        backward_gates<TI, TM>(ptr<float>(dout[t]), ptr<float>(carry),
+        backward_gates<TI, TM>(ptr<TM>(dout[t]), ptr<float>(carry),
                                t == T - 1 ? nullptr : ptr<TM>(recurrent), ptr<float>(rz[t]), ptr<float>(n[t]),
                                ptr<TM>(gh_n[t]), ptr<float>(hs[t]), ptr<TM>(dgh[t]), ptr<TI>(dgi[t]),
                                ptr<float>(bias_sums), N, H);

@@ -162,7 +162,7 @@ def _gru_values_and_gradients(unroll, dtype: torch.dtype = torch.float32):
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
         out = unroll(fc(x), h0, gru)
     inputs = [x, h0, *gru.parameters()]
-    return out.float(), torch.autograd.grad(out, inputs, upstream.to(out.dtype))
+    return out, torch.autograd.grad(out, inputs, upstream.to(out.dtype))
 
 
 def _nn_gru(x, h0, gru):
@@ -187,11 +187,12 @@ def test_the_fused_gru_without_gradients_gives_the_same_values(kernel):
 
 def test_the_fused_gru_in_bf16_stays_within_2_percent_of_fp32(kernel):
     """bf16 matrix products (input projection, h @ W_hh, the weight gradients) with fp32 gates and
-    hidden state. Measured: about 0.3% relative error in every gradient (T = 80, N = 1024)."""
+    hidden state, output rounded to bf16. Measured: about 0.3% relative error in every gradient
+    (T = 80, N = 1024)."""
     out, grads = _gru_values_and_gradients(fused_gru.fused_gru_sequence, torch.bfloat16)
     ref_out, ref_grads = _gru_values_and_gradients(_nn_gru)
-    assert out.dtype == torch.float32  # the hidden state stays fp32
-    assert (out - ref_out).abs().max() < 0.02
+    assert out.dtype == torch.bfloat16  # what the next layer reads; the state itself stays fp32
+    assert (out.float() - ref_out).abs().max() < 0.02
     for got, want in zip(grads, ref_grads, strict=True):
         assert got.dtype == torch.float32
         assert (got - want).norm() <= 0.02 * want.norm()
