@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -82,7 +83,24 @@ def actor_loop(seconds: float, write: bool, battles: int = 16, inference: str = 
             server.stop()
 
 
-def end_to_end(actors: int, steps: int, map_name: str = "3m", extra: tuple[str, ...] = ()) -> float:
+def end_to_end(
+    actors: int, steps: int, map_name: str = "3m", extra: tuple[str, ...] = (), env: dict | None = None
+) -> float:
+    """Env steps/s of an embedded `ovmse run`'s online phase; `env` is set for its processes."""
+
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        return _end_to_end(actors, steps, map_name, extra)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _end_to_end(actors: int, steps: int, map_name: str, extra: tuple[str, ...]) -> float:
     from deploy.embedded import EmbeddedRun, execute
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,6 +135,7 @@ def end_to_end(actors: int, steps: int, map_name: str = "3m", extra: tuple[str, 
 # The paper's ratio on lite 3s5z: batches of 128 episodes, one update per two new episodes.
 PAPER_RATIO = ("learner.batch_size=128", "learner.batch_size_run=2", "actor.envs_per_actor=8")
 BEFORE = ("actor.inference=numpy", "learner.precision=fp32")
+BEFORE_ENV = {"OVMSE_FUSED_GRU": "0"}  # the learner's recurrence through nn.GRU, as before the kernel
 AFTER = ("actor.inference=torch", "learner.precision=auto")
 
 
@@ -159,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         # Past the 128 episodes the first batch needs, then long enough to time the online phase.
         steps = 10000 if args.quick else 16000
         e2e["3s5z"] = {
-            label: end_to_end(2, steps, "3s5z", PAPER_RATIO + extra)
-            for label, extra in (("before", BEFORE), ("after", AFTER))
+            label: end_to_end(2, steps, "3s5z", PAPER_RATIO + extra, env)
+            for label, extra, env in (("before", BEFORE, BEFORE_ENV), ("after", AFTER, {}))
         }
         print(
             f"ovmse run on lite 3s5z (QMIX, batch 128, 2 episodes per update, 2 actors): before "
@@ -210,8 +229,9 @@ def main(argv: list[str] | None = None) -> int:
             f"| lite 3m, QMIX, batch 32, 1 actor x 4 battles | {e2e['3m'][1]:,.0f} |",
             f"| lite 3m, QMIX, batch 32, 2 actors x 4 battles | {e2e['3m'][2]:,.0f} |",
             f"| lite 3s5z, QMIX, batch 128, 2 episodes per update, 2 actors x 8 battles: before "
-            f"(numpy acting, fp32 learner) | {e2e['3s5z']['before']:,.0f} |",
-            f"| the same, after (torch acting, `learner.precision=auto`) | {e2e['3s5z']['after']:,.0f} |",
+            f"(numpy acting, fp32 learner through nn.GRU) | {e2e['3s5z']['before']:,.0f} |",
+            f"| the same, after (torch acting, `learner.precision=auto`, fused GRU) |"
+            f" {e2e['3s5z']['after']:,.0f} |",
             "",
             "The replay server's samples-per-insert limiter holds actors to one learner update per "
             "`batch_size_run` episodes (the synchronous algorithm's ratio), so on a 2-core machine the "
