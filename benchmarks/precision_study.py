@@ -1,11 +1,12 @@
 """Does QMIX learn the same in bf16 as in fp32? QMIX from scratch on lite 3m, both precisions, over
 seeds, with the one-process trainer (same seed -> same battles and exploration in both).
 
-    python benchmarks/precision_study.py [--seeds 3] [--steps 30000] [--jobs 1] [--out DIR]
+    python benchmarks/precision_study.py [--seeds 3] [--steps 30000] [--jobs 1] [--runs DIR] [--out DIR]
 
-A trial whose run directory holds its final evaluation is skipped, so rerunning the command resumes
-a stopped study. Writes summary.json, summary.md and curves.png (mean test win rate over seeds with
-a 95% t-interval band) into --out (default docs/results/precision_3m).
+Each run's directory goes under --runs (default runs/precision_3m); one that holds its final
+evaluation is skipped, so rerunning the command resumes a stopped study. Writes summary.json,
+summary.md and curves.png (mean test win rate over seeds with a 95% t-interval band) into --out
+(default docs/results/precision_3m).
 """
 
 from __future__ import annotations
@@ -32,13 +33,13 @@ def trial_name(precision: str, seed: int) -> str:
     return f"qmix_{precision}_s{seed}"
 
 
-def trial_config(out: Path, precision: str, seed: int, steps: int):
+def trial_config(runs: Path, precision: str, seed: int, steps: int):
     from common.config import resolve_config
 
     settings = {
         "run.seed": seed,
         "env.seed": seed,
-        "run.run_dir": str(out / "runs"),
+        "run.run_dir": str(runs),
         "run.name": trial_name(precision, seed),
         "run.online_env_steps": steps,
         "run.eval_interval_steps": max(1, steps // 10),
@@ -54,34 +55,34 @@ def trial_config(out: Path, precision: str, seed: int, steps: int):
     )
 
 
-def records(out: Path, name: str, kind: str) -> list[dict]:
-    path = out / "runs" / name / "metrics.jsonl"
+def records(runs: Path, name: str, kind: str) -> list[dict]:
+    path = runs / name / "metrics.jsonl"
     rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
     return [r for r in rows if r.get("kind") == kind]
 
 
-def run_trial(out: str, precision: str, seed: int, steps: int) -> tuple[str, float]:
+def run_trial(runs: str, precision: str, seed: int, steps: int) -> tuple[str, float]:
     import torch
 
     from deploy.single_process import train_sync
 
     torch.set_num_threads(1)
-    out_dir, name = Path(out), trial_name(precision, seed)
-    shutil.rmtree(out_dir / "runs" / name, ignore_errors=True)  # an unfinished trial starts over
+    runs_dir, name = Path(runs), trial_name(precision, seed)
+    shutil.rmtree(runs_dir / name, ignore_errors=True)  # an unfinished trial starts over
     start = time.monotonic()
-    train_sync(trial_config(out_dir, precision, seed, steps), run_dir=out_dir / "runs" / name, progress=False)
+    train_sync(trial_config(runs_dir, precision, seed, steps), run_dir=runs_dir / name, progress=False)
     return name, time.monotonic() - start
 
 
-def summarize(out: Path, seeds: list[int], steps: int) -> dict:
+def summarize(runs: Path, seeds: list[int], steps: int) -> dict:
     summary: dict = {"map": MAP, "online_env_steps": steps, "seeds": seeds, "precisions": {}}
     for precision in PRECISIONS:
         per_seed = {}
         for seed in seeds:
             name = trial_name(precision, seed)
-            final = records(out, name, "final_eval")
+            final = records(runs, name, "final_eval")
             if final:
-                curve = [(e["env_steps"], e["win_rate"]) for e in records(out, name, "eval")]
+                curve = [(e["env_steps"], e["win_rate"]) for e in records(runs, name, "eval")]
                 per_seed[seed] = {
                     "final": final[-1]["win_rate"],
                     "episodes": final[-1]["episodes"],
@@ -157,17 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=30000, help="env steps per run")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (one torch thread each)")
-    parser.add_argument("--out", default=str(ROOT / "docs/results/precision_3m"))
+    parser.add_argument("--runs", default="runs/precision_3m", help="the runs' directories")
+    parser.add_argument("--out", default=str(ROOT / "docs/results/precision_3m"), help="summary and curves")
     args = parser.parse_args(argv)
-    out = Path(args.out)
+    out, runs = Path(args.out), Path(args.runs)
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seeds))
     command = "python benchmarks/precision_study.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    todo = [(p, s) for s in seeds for p in PRECISIONS if not records(out, trial_name(p, s), "final_eval")]
+    todo = [(p, s) for s in seeds for p in PRECISIONS if not records(runs, trial_name(p, s), "final_eval")]
     print(f"precision study: {len(seeds) * len(PRECISIONS)} runs, {len(todo)} to run", flush=True)
     start = time.monotonic()
     with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        futures = [pool.submit(run_trial, str(out), p, s, args.steps) for p, s in todo]
+        futures = [pool.submit(run_trial, str(runs), p, s, args.steps) for p, s in todo]
         for done, future in enumerate(as_completed(futures), 1):
             name, seconds = future.result()
             rate = (time.monotonic() - start) / done
@@ -176,8 +178,8 @@ def main(argv: list[str] | None = None) -> int:
                 f" ETA {rate * (len(todo) - done):.0f} s",
                 flush=True,
             )
-            write_outputs(out, summarize(out, seeds, args.steps), command.strip())
-    write_outputs(out, summarize(out, seeds, args.steps), command.strip())
+            write_outputs(out, summarize(runs, seeds, args.steps), command.strip())
+    write_outputs(out, summarize(runs, seeds, args.steps), command.strip())
     print((out / "summary.md").read_text())
     return 0
 
