@@ -210,8 +210,9 @@ class LearnerConfig:
     # optimizer state, TD(lambda) recursion and loss; "fp32" does not (and allows TF32 matmuls on
     # CUDA); "auto" picks bf16 where the device has bf16 units (CPU with AMX or AVX512-BF16, CUDA
     # with bf16 support) and fp32 elsewhere. See docs/learner.md, "Precision". The default is fp32:
-    # on a 2-core AMX CPU bf16 gained only 1.1-1.3x at batch 128, and with two threads on a loaded
-    # machine (a distributed run's actors share it) its small products stalled for time slices.
+    # on a 2-core AMX CPU bf16 gains about 1.4-1.6x over fp32 at batch 128, but with two threads on
+    # a loaded machine (a distributed run's actors share it) its small products stalled for time
+    # slices, and fp32 keeps one-process runs comparable with earlier ones.
     precision: str = "fp32"
     # Updates between published weight versions. 1 keeps actors as close as possible to the
     # synchronous algorithm (which acts with the newest network); the agent network is ~40k floats.
