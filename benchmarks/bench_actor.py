@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         # Past the 128 episodes the first batch needs, then long enough to time the online phase.
-        steps = 10000 if args.quick else 16000
+        steps = 14000 if args.quick else 16000  # the learner logs every 20 updates: 2+ records
         e2e["3s5z"] = {
             label: end_to_end(2, steps, "3s5z", PAPER_RATIO + extra, env)
             for label, extra, env in (("before", BEFORE, BEFORE_ENV), ("after", AFTER, {}))
