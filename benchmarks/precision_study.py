@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common.stats import T95, Z95, t_interval  # noqa: E402
+from common.stats import t_interval  # noqa: E402
 
 MAP = "3m"
 PRECISIONS = ("fp32", "bf16")
@@ -125,32 +124,16 @@ def write_outputs(out: Path, summary: dict, command: str) -> None:
 
 
 def plot(out: Path, summary: dict) -> None:
-    import matplotlib
+    from deploy.seed_study import plot_mean_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for precision in PRECISIONS:
-        curves = [v["curve"] for v in summary["precisions"][precision]["per_seed"].values()]
-        if not curves:
-            continue
-        length = min(len(c) for c in curves)
-        steps = [c[0] for c in curves[0][:length]]
-        rates = np.array([[c[i][1] for i in range(length)] for c in curves])
-        mean, n = rates.mean(axis=0), len(curves)
-        half = T95.get(n - 1, Z95) * rates.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else 0 * mean
-        ax.plot(steps, mean, marker="o", ms=3, label=f"{precision} ({n} seeds)")
-        ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
-    ax.set_xlabel("environment steps")
-    ax.set_ylabel("test win rate (32 episodes)")
-    ax.set_title(f"QMIX from scratch, lite {MAP}: mean over seeds, 95% t-interval")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
-    plt.close(fig)
+    series = {p: [v["curve"] for v in summary["precisions"][p]["per_seed"].values()] for p in PRECISIONS}
+    plot_mean_curves(
+        out / "curves.png",
+        series,
+        xlabel="environment steps",
+        ylabel="test win rate (32 episodes)",
+        title=f"QMIX from scratch, lite {MAP}: mean over seeds, 95% t-interval",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

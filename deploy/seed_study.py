@@ -205,6 +205,20 @@ def write_summary(out: Path, seeds: list[int], online_steps: int) -> dict:
 
 
 def plot(out: Path, summary: dict) -> None:
+    online = summary["online"]
+    series = {method: [v["curve"] for v in online[method]["per_seed"].values()] for method in METHODS}
+    plot_mean_curves(
+        out / "curves.png",
+        series,
+        xlabel="environment steps (online)",
+        ylabel="test win rate",
+        title=f"lite {DEMO_MAP}: mean over seeds, 95% t-interval",
+    )
+
+
+def plot_mean_curves(path: Path, series: dict[str, list], xlabel: str, ylabel: str, title: str) -> None:
+    """One line per label: the mean over its seeds' curves ([(step, value)] each, cut to the
+    shortest) with a 95% t-interval band, written as a PNG to `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,25 +226,24 @@ def plot(out: Path, summary: dict) -> None:
     import numpy as np
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for method in METHODS:
-        curves = [v["curve"] for v in summary["online"][method]["per_seed"].values()]
+    for label, curves in series.items():
         if not curves:
             continue
         length = min(len(c) for c in curves)
         steps = [c[0] for c in curves[0][:length]]
-        rates = np.array([[c[i][1] for i in range(length)] for c in curves])
-        mean = rates.mean(axis=0)
+        values = np.array([[c[i][1] for i in range(length)] for c in curves])
+        mean = values.mean(axis=0)
         n = len(curves)
-        half = T95.get(n - 1, Z95) * rates.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else 0 * mean
-        ax.plot(steps, mean, marker="o", ms=3, label=f"{method} ({n} seeds)")
+        half = T95.get(n - 1, Z95) * values.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else 0 * mean
+        ax.plot(steps, mean, marker="o", ms=3, label=f"{label} ({n} seeds)")
         ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
-    ax.set_xlabel("environment steps (online)")
-    ax.set_ylabel("test win rate")
-    ax.set_title(f"lite {DEMO_MAP}: mean over seeds, 95% t-interval")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(out / "curves.png", dpi=100)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
