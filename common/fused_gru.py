@@ -14,6 +14,7 @@ import hashlib
 import logging
 import os
 import threading
+import time
 from pathlib import Path
 
 import torch
@@ -54,19 +55,55 @@ def kernel():
                 _state["reason"] = "OVMSE_FUSED_GRU=0"
             else:
                 try:
-                    from torch.utils.cpp_extension import load_inline
-
-                    _state["module"] = load_inline(
-                        name=f"ovmse_gru_{_cpu_tag()}",
-                        cpp_sources=[SOURCE.read_text()],
-                        functions=["gru_forward", "gru_backward"],
-                        extra_cflags=CFLAGS,
-                        verbose=False,
-                    )
+                    _state["module"] = _load_or_build()
                 except Exception as exc:  # no compiler, no ninja, a build error: keep nn.GRU
                     _state["reason"] = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1:]}"
                     log.warning("fused CPU GRU unavailable, using nn.GRU (%s)", _state["reason"])
         return _state["module"]
+
+
+STALE_LOCK_S = 600  # a build takes about a minute; a lock file this old belongs to a dead builder
+
+
+def _load_or_build():
+    """Import the built library when it exists; build it (torch's JIT builder) only when it does not.
+
+    The name holds the CPU tag and the source's hash, so each source and CPU has its own build
+    directory. Importing directly matters because torch's builder takes a lock file in that
+    directory on every load (to run ninja) and never releases it if its process is killed: every
+    later process would then wait forever. A lock older than STALE_LOCK_S is removed before
+    building for the same reason."""
+    import importlib.util
+
+    from torch.utils.cpp_extension import _get_build_directory, load_inline
+
+    source = SOURCE.read_text()
+    name = f"ovmse_gru_{_cpu_tag()}_{hashlib.sha256(source.encode()).hexdigest()[:10]}"
+    build_dir = Path(_get_build_directory(name, verbose=False))
+    library = build_dir / f"{name}.so"
+    if library.is_file():
+        try:
+            spec = importlib.util.spec_from_file_location(name, library)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            return module
+        except ImportError as exc:  # a partial file from a killed build: build it again
+            log.warning("rebuilding the fused CPU GRU (%s)", exc)
+            library.unlink(missing_ok=True)
+    lock = build_dir / "lock"
+    try:
+        if time.time() - lock.stat().st_mtime > STALE_LOCK_S:
+            lock.unlink(missing_ok=True)
+    except OSError:
+        pass
+    return load_inline(
+        name=name,
+        cpp_sources=[source],
+        functions=["gru_forward", "gru_backward"],
+        extra_cflags=CFLAGS,
+        build_directory=str(build_dir),
+        verbose=False,
+    )
 
 
 def available() -> bool:
@@ -136,8 +173,6 @@ class FusedGRU(torch.autograd.Function):
 
 
 if __name__ == "__main__":  # `python -m common.fused_gru`: build now (the Makefile's install does)
-    import time
-
     start = time.monotonic()
     ok = available()
     took = time.monotonic() - start

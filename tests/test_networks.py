@@ -4,6 +4,7 @@ sequences (learner); the mixer is PyMARL2's monotonic mixer."""
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +222,21 @@ def _counting(fn, calls: list):
         return fn(*args)
 
     return wrapped
+
+
+def test_a_lock_left_by_a_killed_build_does_not_block_loading_the_kernel(kernel):
+    """torch's builder never releases its lock file if its process is killed (a learner SIGKILLed
+    while loading); a later process must still load the built kernel."""
+    import subprocess
+    import sys
+
+    from torch.utils.cpp_extension import _get_build_directory
+
+    name = fused_gru._load_or_build().__name__
+    lock = Path(_get_build_directory(name, verbose=False)) / "lock"
+    lock.touch()
+    try:
+        code = "from common import fused_gru; assert fused_gru.available(), fused_gru.unavailable_reason()"
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    finally:
+        lock.unlink(missing_ok=True)
