@@ -132,16 +132,19 @@ def fused_gru_sequence(x: torch.Tensor, hidden: torch.Tensor | None, rnn: torch.
     with torch.autocast("cpu", enabled=False):
         if torch.is_grad_enabled():
             return FusedGRU.apply(x.contiguous(), h0, step_dtype, *weights)
-        # A target pass: nothing kept for a backward.
-        gi = _input_projection(x.contiguous(), rnn.weight_ih_l0.to(x.dtype))
-        w = rnn.weight_hh_l0.to(step_dtype).t().contiguous()
-        return kernel().gru_forward(gi, h0, w, rnn.bias_ih_l0.float(), rnn.bias_hh_l0.float(), False)[1][1:]
+        with torch.no_grad():  # a target pass: nothing kept for a backward
+            return _forward(x.contiguous(), h0, step_dtype, *weights, save=False)[2][1][1:]
 
 
-def _input_projection(x: torch.Tensor, w_ih: torch.Tensor) -> torch.Tensor:
-    """x @ W_ih^T for every step at once, [T, N, H_in] -> [T, N, 3H] (the kernel adds b_ih)."""
+def _forward(x, h0, step_dtype, w_ih, b_ih, w_hh, b_hh, save: bool):
+    """The kernel's forward with the weights in the products' dtypes: (W_ih, W_hh as cast, the
+    kernel's outputs). The input projection of every step is one product, x @ W_ih^T (the kernel
+    adds the biases)."""
     T, N, width = x.shape
-    return torch.mm(x.view(T * N, width), w_ih.t()).view(T, N, -1)
+    wi, wh = w_ih.detach().to(x.dtype), w_hh.detach().to(step_dtype)
+    gi = torch.mm(x.view(T * N, width), wi.t()).view(T, N, -1)
+    biases = b_ih.detach().float(), b_hh.detach().float()
+    return wi, wh, kernel().gru_forward(gi, h0, wh.t().contiguous(), *biases, save)
 
 
 class FusedGRU(torch.autograd.Function):
@@ -152,10 +155,7 @@ class FusedGRU(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, h0, step_dtype, w_ih, b_ih, w_hh, b_hh):  # noqa: D102
-        wi, wh = w_ih.detach().to(x.dtype), w_hh.detach().to(step_dtype)
-        gi = _input_projection(x, wi)
-        bi, bh = b_ih.detach().float(), b_hh.detach().float()
-        hs, hs_mm, gh_n, rz, n = kernel().gru_forward(gi, h0, wh.t().contiguous(), bi, bh, True)
+        wi, wh, (hs, hs_mm, gh_n, rz, n) = _forward(x, h0, step_dtype, w_ih, b_ih, w_hh, b_hh, save=True)
         ctx.save_for_backward(x, wi, wh, hs, hs_mm, gh_n, rz, n)
         return hs_mm[1:]
 
