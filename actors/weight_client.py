@@ -18,12 +18,13 @@ import uuid
 import grpc
 
 from common.auth import call_metadata
-from common.net import grpc_options
+from common.net import client_options
 from common.weight_protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
     FETCH_LATEST,
     FETCH_START,
     REPORT,
+    ROLE_KEY,
     SUBSCRIBE,
     encode_version,
 )
@@ -60,7 +61,7 @@ def fetch_start(
 def _fetch(
     method: str, target: str, max_message_bytes: int, timeout: float, token: str | None
 ) -> WeightsMessage | None:
-    with grpc.insecure_channel(target, options=grpc_options(max_message_bytes)) as channel:
+    with grpc.insecure_channel(target, options=client_options(max_message_bytes)) as channel:
         call = channel.unary_unary(method)
         try:
             return decode_weights(
@@ -81,7 +82,7 @@ class ProgressReporter:
         self._metadata = call_metadata(token)
         self.session = uuid.uuid4().hex
         self.timeout_s = timeout_s
-        self._channel = grpc.insecure_channel(target)
+        self._channel = grpc.insecure_channel(target, options=client_options(1 << 20))
         self._report = self._channel.unary_unary(REPORT)
         self.failures = 0
 
@@ -117,9 +118,11 @@ class WeightSubscriber:
         min_backoff_s: float = 0.1,
         max_backoff_s: float = 5.0,
         token: str | None = None,
+        role: str = "actor",
     ):
         self.target = target
         self.token = token
+        self.role = role  # sent with Subscribe: the learner waits at the end for an evaluator's stream
         self.max_message_bytes = max_message_bytes
         self.min_backoff_s = min_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -160,12 +163,11 @@ class WeightSubscriber:
     def _run(self) -> None:
         backoff = self.min_backoff_s
         while not self._stop.is_set():
-            channel = grpc.insecure_channel(self.target, options=grpc_options(self.max_message_bytes))
+            channel = grpc.insecure_channel(self.target, options=client_options(self.max_message_bytes))
             try:
                 subscribe = channel.unary_stream(SUBSCRIBE)
-                self._call = subscribe(
-                    encode_version(self._version), wait_for_ready=True, metadata=call_metadata(self.token)
-                )
+                metadata = (*(call_metadata(self.token) or ()), (ROLE_KEY, self.role))
+                self._call = subscribe(encode_version(self._version), wait_for_ready=True, metadata=metadata)
                 for payload in self._call:
                     message = decode_weights(payload)
                     self.latencies_s.append(max(0.0, time.time() - message.published_at))

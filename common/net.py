@@ -19,3 +19,18 @@ def grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.max_receive_message_length", max_message_bytes),
     ]
+
+
+# gRPC's own reconnect backoff grows to 120 s by default; a client waiting (wait_for_ready) for a
+# restarted server could then miss a short life of it entirely (a restarted learner that plays out
+# the last steps of a run). Capped at 2 s, a client reaches a restarted server within ~2 s.
+RECONNECT_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.min_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
+
+
+def client_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Options for a client channel: bounded messages and a short reconnect backoff."""
+    return grpc_options(max_message_bytes) + RECONNECT_OPTIONS

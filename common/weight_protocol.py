@@ -13,6 +13,10 @@ REPORT = f"/{SERVICE}/Report"
 FETCH_LATEST = f"/{SERVICE}/FetchLatest"
 FETCH_START = f"/{SERVICE}/FetchStart"
 DEFAULT_MAX_MESSAGE_BYTES = 64 << 20
+# Subscribe metadata naming the subscriber's role: a finished learner keeps serving until the
+# evaluator has been sent the final version, so it must tell the evaluator's stream from the actors'.
+ROLE_KEY = "ovmse-role"
+EVALUATOR_ROLE = "evaluator"
 
 
 def encode_version(version: int) -> bytes:

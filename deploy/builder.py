@@ -209,13 +209,14 @@ class Builder:
             token=self.token(),
         )
 
-    def weight_subscriber(self):
+    def weight_subscriber(self, role: str = "actor"):
         from actors.weight_client import WeightSubscriber
 
         return WeightSubscriber(
             self.cfg.actor.weight_server,
             max_message_bytes=self.cfg.run.grpc_max_message_bytes,
             token=self.token(),
+            role=role,
         )
 
     def progress_reporter(self, actor_id: int):

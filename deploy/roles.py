@@ -9,6 +9,7 @@ import threading
 
 from common.config.sections import Config
 from common.run_log import RunLog
+from common.weight_protocol import EVALUATOR_ROLE
 from deploy.builder import Builder
 
 
@@ -80,7 +81,7 @@ def evaluator_role(cfg: Config, stop: threading.Event) -> dict:
     builder = Builder(cfg)
     parts = EvaluatorParts(
         worker=builder.eval_worker(),
-        subscriber=builder.weight_subscriber(),
+        subscriber=builder.weight_subscriber(role=EVALUATOR_ROLE),
         metrics=builder.metrics("evaluator"),
         log=RunLog(cfg.run.path, process="evaluator"),
     )

@@ -8,7 +8,8 @@ synchronous trainer.
 
 Order of events: resume from checkpoints/learner.pt if present; else start from run.init_checkpoint;
 else pre-train offline on the offline table. Then publish version 1 and train online until the
-actors have played run.online_env_steps; publish a last version marked done, checkpoint, and exit.
+actors have played run.online_env_steps; publish a last version marked done, checkpoint, keep
+serving until the actors have finished and the evaluator has the last version, and exit.
 """
 
 from __future__ import annotations
@@ -33,7 +34,11 @@ from learner.weight_service import WeightPublisher
 log = logging.getLogger(__name__)
 PROGRESS_FILE = "learner_progress.json"
 PUBLISHED_FILE = "published_version"
+EVALUATOR_FILE = "evaluator_subscribed"  # the run has an evaluator: a restarted learner waits for it
 FINAL_LINGER_S = 20.0  # at most this long after `done` waiting for actors to finish
+# ... and for the evaluator to take the last version: longer, as it may be restarting (the
+# orchestrator's restart delay plus its start-up) or reconnecting to a restarted learner.
+FINAL_EVALUATOR_WAIT_S = 120.0
 
 
 def write_progress(run_dir: Path, **fields) -> None:
@@ -60,16 +65,41 @@ def last_published_version(run_dir: Path) -> int:
         return 0
 
 
-def drain_until_actors_finish(sampler, publisher: WeightPublisher, stop: threading.Event) -> None:
+def linger_until_run_ends(
+    sampler, publisher: WeightPublisher, final_version: int, stop: threading.Event
+) -> None:
     """After `done`: keep sampling (and discarding) so the online table's rate limiter lets actors'
     last inserts through, and keep serving the final version, until every actor has said it is
-    finished. Otherwise an actor blocked in an insert would never see `done`."""
-    deadline = time.monotonic() + FINAL_LINGER_S
-    while not stop.is_set() and time.monotonic() < deadline and not publisher.all_actors_finished():
+    finished (otherwise an actor blocked in an insert would never see `done`) and, if the run has an
+    evaluator, until it has been handed the final version (otherwise it would never score the final
+    policy, and the run would wait for that score)."""
+    began = time.monotonic()
+    while not stop.is_set():
+        waited = time.monotonic() - began
+        actors_done = publisher.all_actors_finished() or waited >= FINAL_LINGER_S
+        evaluator_done = (
+            not publisher.evaluator_seen
+            or publisher.evaluator_has(final_version)
+            or waited >= FINAL_EVALUATOR_WAIT_S
+        )
+        if actors_done and evaluator_done:
+            return
+        if actors_done:  # nothing left to insert: only waiting for the evaluator
+            stop.wait(0.1)
+            continue
         try:
             sampler.sample(timeout=0.2)
         except TimeoutError:
             pass
+
+
+def note_evaluator(run_dir: Path, publisher: WeightPublisher) -> bool:
+    """Record in the run directory that the run has an evaluator (once one has subscribed), so a
+    restarted learner waits for it at the end even before it reconnects; True once recorded."""
+    if not publisher.evaluator_seen:
+        return False
+    (run_dir / EVALUATOR_FILE).touch()
+    return True
 
 
 @dataclass
@@ -109,6 +139,8 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
             version = max(version, last_published_version(run_dir))
             steps = start.env_steps
             print(f"learner: resumed at {steps:,} env steps; next version {version + 1}", flush=True)
+        if (run_dir / EVALUATOR_FILE).exists():  # restarted: the evaluator may not have reconnected
+            publisher.expect_evaluator()
         updates: OnlineUpdates | None = None
 
         def publish(done: bool = False, first: bool = False) -> None:
@@ -155,6 +187,7 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
         budget = cfg.run.online_env_steps
         sampler = parts.online_batches()
         next_progress = 0.0
+        evaluator_noted = (run_dir / EVALUATOR_FILE).exists()
         while not stop.is_set():
             env_steps, episodes = publisher.totals()
             if env_steps >= budget:
@@ -171,6 +204,7 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
                     actors=sorted(publisher.actors_reporting()),
                 )
                 next_progress = time.monotonic() + 1.0
+                evaluator_noted = evaluator_noted or note_evaluator(run_dir, publisher)
             wait_start = time.perf_counter()
             try:
                 batch = sampler.sample(timeout=0.5)
@@ -203,7 +237,7 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
             actors=sorted(publisher.actors_reporting()),
         )
         if finished:
-            drain_until_actors_finish(sampler, publisher, stop)
+            linger_until_run_ends(sampler, publisher, version, stop)
         return {"updates": learner.updates, "version": version, "env_steps": env_steps, "finished": finished}
     finally:
         if sampler is not None:

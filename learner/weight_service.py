@@ -14,6 +14,10 @@ Calls on service `ovmse.WeightService`, all carrying raw bytes (no protobuf code
   a new session, so nothing it reported before is lost or counted twice.
 Versions only go forward; message sizes are bounded by `max_message_bytes` on both sides.
 
+A Subscribe call whose metadata names the role `evaluator` (common/weight_protocol.ROLE_KEY) is
+the run's evaluator: the service remembers the newest version it has handed to such a stream, so a
+finished learner can keep serving until the evaluator has its final version (learner/process.py).
+
 Access: with a `token` (common/auth.py), every call must carry it, or it is refused with
 UNAUTHENTICATED before anything else happens (no weights, no report counted). Open Subscribe
 streams are capped at `max_subscribers`; a stream beyond that is refused at once with
@@ -34,6 +38,8 @@ from common.auth import authorized
 from common.net import grpc_options
 from common.weight_protocol import (
     DEFAULT_MAX_MESSAGE_BYTES,
+    EVALUATOR_ROLE,
+    ROLE_KEY,
     SERVICE,
     decode_version,
 )
@@ -66,6 +72,8 @@ class WeightPublisher:
         self._progress: dict[tuple[int, str], tuple[int, int]] = {}  # (actor, session) -> totals
         self._finished: set[tuple[int, str]] = set()  # sessions that sent their last report
         self._restored: set[tuple[int, str]] = set()  # from a checkpoint, not heard from since
+        self._evaluator_seen = False  # an evaluator has subscribed in this run (or a checkpoint says so)
+        self._evaluator_version = -1  # the newest version handed to an evaluator's stream
         # One worker thread per open stream, plus RESERVED_CALLS for reports and fetches.
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=max_subscribers + RESERVED_CALLS, thread_name_prefix="weights"),
@@ -131,12 +139,20 @@ class WeightPublisher:
                 self._streams += 1
         if full:
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, f"already {self.max_subscribers} subscribers")
+        evaluator = dict(context.invocation_metadata()).get(ROLE_KEY) == EVALUATOR_ROLE
+        if evaluator:
+            with self._changed:
+                self._evaluator_seen = True
         try:
             sent = decode_version(request)
             while not self._stopped and context.is_active():
                 payload, sent = self._wait_for_newer(sent)
                 if payload is not None:
                     yield payload
+                    # Resumed only once gRPC has taken the message for sending.
+                    if evaluator:
+                        with self._changed:
+                            self._evaluator_version = max(self._evaluator_version, sent)
         finally:
             with self._changed:
                 self._streams -= 1
@@ -205,6 +221,22 @@ class WeightPublisher:
                 self._progress[key] = (int(steps), int(episodes))
                 self._finished.add(key)
                 self._restored.add(key)
+
+    @property
+    def evaluator_seen(self) -> bool:
+        """Whether the run has an evaluator: one subscribed here, or `expect_evaluator` was called."""
+        return self._evaluator_seen
+
+    def expect_evaluator(self) -> None:
+        """A restarted learner's checkpoint says the run has an evaluator, which may not have
+        reconnected yet: the end of the run waits for it as for one that is connected."""
+        with self._changed:
+            self._evaluator_seen = True
+
+    def evaluator_has(self, version: int) -> bool:
+        """Whether an evaluator's stream has been handed `version` (or a newer one)."""
+        with self._changed:
+            return self._evaluator_version >= version
 
     def totals(self) -> tuple[int, int]:
         """(environment steps, episodes) reported by all actors together."""

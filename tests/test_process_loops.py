@@ -146,6 +146,14 @@ class FakeActors:
     def all_actors_finished(self):
         return True
 
+    evaluator_seen = False  # an evaluator has subscribed (or the learner was told to expect one)
+
+    def expect_evaluator(self):
+        self.evaluator_seen = True
+
+    def evaluator_has(self, version):
+        return self.evaluator_seen  # an evaluator that is there has taken every version
+
     def stop(self):
         pass
 
@@ -233,3 +241,17 @@ def test_a_restarted_learner_resumes_its_checkpoint_without_pre_training_again(t
     assert second["updates"] == first["updates"] + 4  # 4 more batches of 100 steps to reach 900
     again = load_checkpoint(resumed, learner_checkpoint(cfg.run.path))
     assert again["offline_credit"] == 3 * 4 and again["version"] == second["version"]
+
+
+def test_a_restarted_learner_waits_for_the_runs_evaluator_even_before_it_reconnects(tmp_path):
+    offline = OfflineBatches()
+    first_actors = FakeActors()
+    first_actors.evaluator_seen = True  # the run's evaluator subscribed to the first learner
+    learner_run(tmp_path, first_actors, 500, lambda: offline, seed=0)
+    restarted = FakeActors(env_steps=500)  # a new weight service: no evaluator connected yet
+    learner_run(tmp_path, restarted, 900, lambda: offline, seed=0)
+    assert restarted.evaluator_seen  # told by the run directory to wait for it at the end
+
+    other_run = FakeActors()  # a run without an evaluator expects none
+    learner_run(tmp_path / "other", other_run, 500, lambda: OfflineBatches(), seed=0)
+    assert not other_run.evaluator_seen

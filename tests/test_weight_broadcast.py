@@ -4,6 +4,8 @@ a learner restart."""
 from __future__ import annotations
 
 import socket
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -108,6 +110,80 @@ def test_an_actor_keeps_playing_through_a_learner_restart_and_picks_up_the_new_v
         restarted.stop()
     finally:
         subscriber.stop()
+
+
+class NothingToSample:
+    def sample(self, timeout=None):
+        time.sleep(timeout or 0)
+        raise TimeoutError
+
+
+def test_the_service_knows_which_versions_the_evaluator_has_been_handed():
+    publisher = WeightPublisher(port=0)
+    actor = WeightSubscriber(publisher.address).start()
+    try:
+        publisher.publish(weights(1.0), 1)
+        assert actor.wait_for_version(1, timeout=10)
+        assert not publisher.evaluator_seen and not publisher.evaluator_has(1)  # an actor is not it
+        evaluator = WeightSubscriber(publisher.address, role="evaluator").start()
+        assert evaluator.wait_for_version(1, timeout=10)
+        publisher.publish(weights(2.0), 2)
+        assert evaluator.wait_for_version(2, timeout=10)
+        deadline = time.monotonic() + 5
+        while not publisher.evaluator_has(2) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert publisher.evaluator_seen and publisher.evaluator_has(2) and not publisher.evaluator_has(3)
+        evaluator.stop()
+    finally:
+        actor.stop()
+        publisher.stop()
+
+
+def test_a_finished_learner_keeps_serving_until_an_evaluator_that_is_reconnecting_has_the_last_version():
+    """A restarted learner can finish the run before the evaluator reconnects; it must not exit
+    before the evaluator has the final version, or the final policy is never scored."""
+    from actors.weight_client import ProgressReporter
+    from learner.process import linger_until_run_ends
+
+    publisher = WeightPublisher(port=0)
+    publisher.expect_evaluator()  # what a restarted learner knows from the run directory
+    publisher.publish(weights(3.0), 7, extra={"done": True})
+    actor = ProgressReporter(publisher.address, 0)
+    assert actor.report(500, 10, final=True)  # the actors have all finished
+    actor.close()
+    lingering = threading.Thread(
+        target=linger_until_run_ends, args=(NothingToSample(), publisher, 7, threading.Event())
+    )
+    lingering.start()
+    try:
+        lingering.join(timeout=2.0)
+        assert lingering.is_alive()  # no actors are left, but the evaluator has nothing yet
+        evaluator = WeightSubscriber(publisher.address, role="evaluator").start()
+        assert evaluator.wait_for_version(7, timeout=10)
+        lingering.join(timeout=10)
+        assert not lingering.is_alive() and evaluator.take().extra["done"]
+        evaluator.stop()
+    finally:
+        publisher.stop()
+        lingering.join()
+
+
+def test_a_finished_learner_without_an_evaluator_does_not_wait_for_one():
+    from learner.process import linger_until_run_ends
+
+    from actors.weight_client import ProgressReporter
+
+    publisher = WeightPublisher(port=0)
+    try:
+        publisher.publish(weights(3.0), 7, extra={"done": True})
+        actor = ProgressReporter(publisher.address, 0)
+        assert actor.report(500, 10, final=True)
+        actor.close()
+        began = time.monotonic()
+        linger_until_run_ends(NothingToSample(), publisher, 7, threading.Event())
+        assert time.monotonic() - began < 5  # FINAL_EVALUATOR_WAIT_S is 120
+    finally:
+        publisher.stop()
 
 
 def test_actor_reports_add_up_and_a_restarted_actor_counts_as_a_new_session():
