@@ -11,7 +11,9 @@ A sweep is a small graph of trials, each a directory under the output directory:
     pretrain/<loss>_s<seed>    one offline pre-training per (dataset, offline loss, seed), shared by
                                every method whose offline phase is that loss
     online/<algorithm>_s<seed> each method fine-tuned from its seed's pre-training with its preset
-                               (qmix from scratch, with its own schedule), one-process trainer
+                               (qmix from scratch, with its own schedule), one-process trainer;
+                               offline methods (inspo, bc, qmix_cql, cfcql) have none: their
+                               pre-training, scored greedily at its end, is their result
 
 A trial is finished when its directory holds `done.json` (written last, atomically). Rerunning the
 same command skips finished trials and starts unfinished ones again from their start point (the
@@ -19,7 +21,7 @@ shared pre-training checkpoint for an online trial: the one-process trainer keep
 checkpoint, so an online trial's own progress is redone). Trials run as local processes, `--jobs`
 at a time, or as Ray tasks (`--ray ADDRESS`, `--ray local` for an instance on this machine); a Ray
 task writes into the output directory, which every node must see at the same path (shared storage).
-After each online trial the results are written: results.json (marl-eval's raw format),
+After each online trial and pre-training the results are written: results.json (marl-eval's raw format),
 table.md and curves_*.png (deploy/reproduce_report.py).
 """
 
@@ -135,6 +137,8 @@ def offline_key(map_name: str, dataset_kind: str, method: str) -> str:
     """The offline loss a method pre-trains with ("cql", "cfcql", "cql_calql", ...): methods with the
     same key share a pre-training."""
     learner = preset(map_name, dataset_kind, method)["learner"]
+    if learner.get("algorithm") == "inspo":
+        return "inspo" if METHODS[method].policy_updates else "bc"
     return learner["offline_cql"] + ("_calql" if learner.get("calql_floor") else "")
 
 
@@ -162,6 +166,8 @@ def plan(sweep: Sweep) -> list[Trial]:
         for key, method in keys.items():
             trials.append(Trial(f"pretrain/{key}_s{seed}", "pretrain", seed, method, needs=data_needs))
         for method in sweep.methods:
+            if not METHODS[method].online_phase:  # an offline method: its pre-training is the trial
+                continue
             if not METHODS[method].offline_phase:
                 trials.append(Trial(f"online/{method}_s{seed}", "online", seed, method, method))
                 continue
@@ -220,9 +226,12 @@ def trial_config(out: Path, sweep: Sweep, trial: Trial) -> Config:
         anneal = paper["learner"].get("memory_anneal_steps", 0)
         if anneal:
             settings["learner.memory_anneal_steps"] = scaled(anneal, sweep.online_steps, paper_budget)
+        if not METHODS[method].online_phase:  # offline methods keep their budget of 0
+            del settings["run.online_env_steps"], settings["run.eval_interval_steps"]
         if METHODS[method].offline_phase:
             settings["run.dataset"] = str(dataset_path(out, sweep))
-            settings["learner.offline_updates"] = b.offline_updates
+            if METHODS[method].policy_updates:  # bc: behaviour cloning only
+                settings["learner.offline_updates"] = b.offline_updates
     if trial.kind == "online" and trial.needs:
         settings["run.init_checkpoint"] = str(out / trial.needs[0] / "checkpoints" / "offline.pt")
     if trial.mixing_ratio is not None:
@@ -642,7 +651,7 @@ def _duration(seconds: float) -> str:
 
 def run_sweep(out: Path, sweep: Sweep, pool, report=None) -> int:
     """Run every unfinished trial of `sweep` on `pool`, each once its needs are done; call
-    `report()` after each online trial. 0 when all finished, 1 when any failed."""
+    `report()` after each online trial and pre-training. 0 when all finished, 1 when any failed."""
     trials = plan(sweep)
     todo = [t for t in trials if not is_done(out, t.name)]
     print(
@@ -681,7 +690,7 @@ def run_sweep(out: Path, sweep: Sweep, pool, report=None) -> int:
                 else:
                     done = read_done(out, name)
                     print(f"reproduce: {name} done in {_duration(done['seconds'])}", flush=True)
-                    if report is not None and name.startswith("online/"):
+                    if report is not None and name.startswith(("online/", "pretrain/")):
                         _report_safely(report)
                 progress.show(out, running, failed, force=True)
             progress.show(out, running, failed)
@@ -807,7 +816,7 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--methods",
         default=",".join(DEFAULT_METHODS),
         metavar="LIST",
-        help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)}; also ovm, se)",
+        help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)}; also ovm, se; offline only: inspo, bc, qmix_cql, cfcql)",
     )
     parser.add_argument("--seeds", type=int, default=6, metavar="N", help="seeds per method (paper: 6)")
     parser.add_argument(

@@ -7,6 +7,8 @@
 - table.md: per algorithm, the final test win rate as median and IQM over seeds with 95% stratified
   bootstrap intervals, mean return, the offline-to-online drop, env steps to a stated win rate, and
   the probability that OVMSE improves on each baseline;
+- the offline table (in table.md and summary.json): every pre-training's final policy (the
+  offline methods' only result: InSPO, BC, QMIX+CQL, CFCQL; the start of the online methods);
 - curves_win_rate.png, curves_return.png: median over seeds against env steps with a 95% bootstrap
   band of the median; curves_probe.png: the unlearning probe (mean Q_tot on the offline policy's
   episodes) and the policy agreement with that policy, per offline-to-online method (median over
@@ -26,7 +28,7 @@ import numpy as np
 from common.atomic_files import atomic_path, write_json
 from common.bootstrap import Interval, bootstrap_ci, iqm, mean, median, probability_of_improvement_ci
 from common.marl_eval import RunCurve, raw_results
-from deploy.reproduce import Sweep, dataset_path, is_done, plan, read_done
+from deploy.reproduce import Sweep, dataset_path, is_done, offline_key, plan, read_done
 
 
 @dataclass
@@ -66,6 +68,106 @@ def load_runs(out: Path, sweep: Sweep) -> dict[str, list[RunRecord]]:
             RunRecord(trial.algorithm or "", trial.seed, start, online, final, seconds)
         )
     return runs
+
+
+@dataclass
+class PretrainRecord:
+    """One finished pre-training: its final greedy evaluation (the policy it ends with)."""
+
+    key: str  # the offline loss ("cql", "cfcql", "inspo", "bc", ...)
+    seed: int
+    win_rate: float
+    mean_return: float
+    episodes: int
+    updates: int
+    seconds: float
+
+
+def load_pretrainings(out: Path, sweep: Sweep) -> dict[str, list[PretrainRecord]]:
+    """{offline key: [PretrainRecord per finished seed]} in the sweep's order."""
+    found: dict[str, list[PretrainRecord]] = {}
+    for trial in plan(sweep):
+        if trial.kind != "pretrain":
+            continue
+        key = trial.name.split("/", 1)[1].rsplit("_s", 1)[0]
+        found.setdefault(key, [])
+        if not is_done(out, trial.name):
+            continue
+        done = read_done(out, trial.name)
+        evals = [r for r in read_records(out / trial.name) if r["kind"] == "eval"]
+        final = evals[-1]
+        found[key].append(
+            PretrainRecord(
+                key, trial.seed, float(final["win_rate"]), float(final["return"]), int(final["episodes"]),
+                int(done.get("updates", 0)), float(done["seconds"]),
+            )
+        )
+    return found
+
+
+def offline_label(sweep: Sweep, key: str) -> str:
+    """A pre-training's row name: the offline method it is, or its loss and the methods sharing it."""
+    users = [m for m in sweep.methods if offline_key(sweep.map_name, sweep.dataset_kind, m) == key]
+    return users[0] if users == [key] else f"{key} ({', '.join(users)})"
+
+
+def summarize_offline(sweep: Sweep, pretrainings: dict[str, list[PretrainRecord]]) -> dict:
+    reps = sweep.budget.bootstrap_reps
+    rows = {}
+    for key, records in pretrainings.items():
+        wins = [r.win_rate for r in records]
+        returns = [r.mean_return for r in records]
+        rows[key] = {
+            "label": offline_label(sweep, key),
+            "seeds": [r.seed for r in records],
+            "win_rate": wins,
+            "return": returns,
+            "episodes": [r.episodes for r in records],
+            "updates": [r.updates for r in records],
+            "seconds": [r.seconds for r in records],
+            "median": _ci(wins, median, reps),
+            "iqm": _ci(wins, iqm, reps),
+            "mean_return": _ci(returns, mean, reps),
+        }
+    improvements = {}
+    ours = pretrainings.get("inspo", [])
+    for key, records in pretrainings.items():
+        if key == "inspo" or not ours or not records:
+            continue
+        x = np.array([r.win_rate for r in ours])[:, None]
+        y = np.array([r.win_rate for r in records])[:, None]
+        improvements[f"inspo > {key}"] = probability_of_improvement_ci(x, y, reps=reps)
+    return {"rows": rows, "improvements": improvements}
+
+
+def offline_table_lines(sweep: Sweep, offline: dict) -> list[str]:
+    rows = {k: r for k, r in offline["rows"].items() if r["seeds"]}
+    if not rows:
+        return []
+    b = sweep.budget
+    lines = [
+        "",
+        "## Offline pre-training",
+        "",
+        f"The policy each pre-training ends with ({b.offline_updates} updates of {b.batch_size} episodes "
+        "after any behaviour cloning; bc is the cloning alone), greedy, on "
+        f"{b.final_test_episodes} episodes per seed: the offline methods' result, and the starting point "
+        "of the online methods that share it. Median and IQM over seeds, 95% stratified bootstrap intervals.",
+        "",
+        "| pre-training | seeds | win rate, median | win rate, IQM | mean return | per seed |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows.values():
+        per_seed = ", ".join(f"{w:.3f}" for w in row["win_rate"])
+        lines.append(
+            f"| {row['label']} | {len(row['seeds'])} | {_cell(row['median'])} | {_cell(row['iqm'])} | "
+            f"{_cell(row['mean_return'], 2)} | {per_seed} |"
+        )
+    if offline["improvements"]:
+        lines += ["", "| comparison (offline win rate) | probability of improvement |", "|---|---|"]
+        for name, interval in offline["improvements"].items():
+            lines.append(f"| {name} | {interval.text()} |")
+    return lines
 
 
 # --- per-run quantities (pure) -------------------------------------------------------------------
@@ -199,7 +301,7 @@ def dataset_lines(out: Path, sweep: Sweep) -> list[str]:
     return ["; ".join(parts) + "."]
 
 
-def table_markdown(out: Path, sweep: Sweep, summary: dict) -> str:
+def table_markdown(out: Path, sweep: Sweep, summary: dict, pretrainings: dict | None = None) -> str:
     b = sweep.budget
     rows = summary["rows"]
     seeds_done = {a: len(r["seeds"]) for a, r in rows.items()}
@@ -262,6 +364,7 @@ def table_markdown(out: Path, sweep: Sweep, summary: dict) -> str:
         by_seed = dict(zip(row["seeds"], row["final_win_rate"], strict=True))
         cells = [f"{by_seed[s]:.3f}" if s in by_seed else "—" for s in range(sweep.seeds)]
         lines.append(f"| {algorithm} | " + " | ".join(cells) + " |")
+    lines += offline_table_lines(sweep, pretrainings) if pretrainings else []
     lines += [
         "",
         f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the lite world, not StarCraft II.",
@@ -371,9 +474,10 @@ def write_report(out: Path, sweep: Sweep) -> dict:
     runs = load_runs(out, sweep)
     write_json(out / "results.json", marl_eval_results(sweep, runs))
     summary = summarize(sweep, runs)
-    write_json(out / "summary.json", {"sweep": sweep.to_json(), **_jsonable(summary)})
+    offline = summarize_offline(sweep, load_pretrainings(out, sweep))
+    write_json(out / "summary.json", {"sweep": sweep.to_json(), **_jsonable(summary), "offline": _jsonable(offline)})
     with atomic_path(out / "table.md") as tmp:
-        Path(tmp).write_text(table_markdown(out, sweep, summary))
+        Path(tmp).write_text(table_markdown(out, sweep, summary, offline))
     if any(runs.values()):
         plot_curves(out, sweep, runs)
     return summary

@@ -30,7 +30,14 @@ from common.schedules import epsilon_at
 from deploy.builder import Builder
 from learner.checkpoint import save_checkpoint
 from learner.probe import greedy_joint_actions, mean_q_tot
-from learner.training import OnlineUpdates, StartPoint, has_offline_phase, run_offline_phase, start_point
+from learner.training import (
+    OnlineUpdates,
+    StartPoint,
+    clones_only,
+    has_offline_phase,
+    run_offline_phase,
+    start_point,
+)
 from replay.local import LocalReplay
 
 # Generator streams of the in-process replay, seeded (run.seed, stream): pre-training draws the same
@@ -51,7 +58,7 @@ class TrainResult:
 def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
     """The offline phase alone: CQL pre-training on `run.dataset`, then a greedy evaluation.
     Writes checkpoints/offline.pt in the run directory."""
-    if cfg.run.dataset is None or cfg.learner.offline_updates < 1:
+    if cfg.run.dataset is None or (cfg.learner.offline_updates < 1 and not clones_only(cfg)):
         raise ValueError("pretrain needs run.dataset and learner.offline_updates >= 1")
     run_dir = fresh_run_dir(run_dir or cfg.run.path)
     with discarded_on_failure(run_dir):

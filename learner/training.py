@@ -42,12 +42,23 @@ class BatchSource(Protocol):
 
 
 def has_offline_phase(cfg: Config) -> bool:
-    """Pre-train unless there is no dataset, QMIX from scratch, or a checkpoint to start from."""
+    """Pre-train unless there is no dataset, QMIX from scratch, or a checkpoint to start from, or
+    nothing to do (no updates, and no behaviour cloning that is itself the policy: InSPO's)."""
     return (
         cfg.run.dataset is not None
-        and cfg.learner.offline_updates > 0
+        and (cfg.learner.offline_updates > 0 or clones_only(cfg))
         and cfg.learner.method != "qmix"
         and cfg.run.init_checkpoint is None
+    )
+
+
+def clones_only(cfg: Config) -> bool:
+    """Behaviour cloning alone (method bc): InSPO's learner with no policy updates after cloning,
+    so its policies are the cloned behaviour policy."""
+    return (
+        cfg.learner.algorithm == "inspo"
+        and cfg.learner.offline_updates == 0
+        and cfg.learner.behaviour_pretrain_updates > 0
     )
 
 

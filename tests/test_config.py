@@ -156,12 +156,17 @@ def test_only_the_ovm_methods_use_the_offline_value_memory():
         assert uses == (method in ("ovmse", "ovm")), method
 
 
+OFFLINE_BASELINE_LOSS = {"inspo": "none", "bc": "none", "qmix_cql": "cql", "cfcql": "cfcql"}
+
+
 def test_every_method_uses_the_maps_cql_loss_and_macal_ql_adds_the_floor():
     assert resolve_config("2s3z", "medium", "switch_cql").learner.offline_cql == "cql"
     assert resolve_config("6h_vs_8z", "medium", "macql").learner.offline_cql == "cfcql"
     for map_name, kind, method in itertools.product(PAPER_MAPS, DATASET_KINDS, METHOD_NAMES):
         learner = resolve_config(map_name, kind, method).learner
-        if method not in ("qmix", "inspo"):  # appendix A.4: one CQL loss per map, MACal-QL's included
+        if method in OFFLINE_BASELINE_LOSS:  # InSPO and its baselines: each its own loss on every map
+            assert learner.offline_cql == OFFLINE_BASELINE_LOSS[method], (map_name, method)
+        elif method != "qmix":  # appendix A.4: one CQL loss per map, MACal-QL's included
             assert learner.offline_cql == ("cfcql" if map_name in ("5m_vs_6m", "6h_vs_8z") else "cql")
         assert learner.calql_floor == (method == "macal_ql"), (map_name, kind, method)
 

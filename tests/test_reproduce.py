@@ -133,6 +133,28 @@ def test_trial_configs_follow_each_preset_and_the_budget(tmp_path):
     assert switch.learner.online_cql_weight == 0.0 and switch.actor.exploration == "epsilon_greedy"
 
 
+def test_offline_methods_are_their_pre_training_alone_with_no_online_trial(tmp_path):
+    methods = ("ovmse", "inspo", "bc", "qmix_cql", "cfcql")
+    sweep = Sweep("2s3z", "medium", methods, 2, 20_000)
+    trials = {t.name: t for t in plan(sweep)}
+    assert sorted(n for n in trials if n.startswith("online/")) == ["online/ovmse_s0", "online/ovmse_s1"]
+    keys = {m: offline_key("2s3z", "medium", m) for m in methods}
+    # QMIX + CQL is the CQL pre-training OVMSE starts from on 2s3z: one trial for both.
+    assert keys == {"ovmse": "cql", "inspo": "inspo", "bc": "bc", "qmix_cql": "cql", "cfcql": "cfcql"}
+    assert sorted(n for n in trials if n.startswith("pretrain/")) == sorted(
+        f"pretrain/{k}_s{s}" for k in ("cql", "inspo", "bc", "cfcql") for s in range(2)
+    )
+    inspo = trial_config(tmp_path, sweep, trials["pretrain/inspo_s0"])
+    assert inspo.learner.algorithm == "inspo" and inspo.run.online_env_steps == 0
+    assert inspo.learner.offline_updates == Budget().offline_updates
+    bc = trial_config(tmp_path, sweep, trials["pretrain/bc_s1"])
+    assert bc.learner.algorithm == "inspo" and bc.learner.offline_updates == 0
+    assert bc.learner.behaviour_pretrain_updates > 0 and bc.run.seed == 1
+    cfcql = trial_config(tmp_path, sweep, trials["pretrain/cfcql_s0"])
+    assert cfcql.learner.offline_cql == "cfcql" and cfcql.learner.algorithm == "qmix"
+    assert cfcql.learner.offline_cql_weight > 0
+
+
 @pytest.mark.parametrize(
     ("extra", "flag"),
     [
@@ -329,6 +351,35 @@ def test_the_same_sweep_as_ray_tasks_on_a_local_instance(sweep_dir, tmp_path):
             assert ours[algorithm][seed]["step_0"].keys() == theirs[algorithm][seed]["step_0"].keys()
     # QMIX from scratch reads no dataset: the same seed repeats bit for bit wherever it ran.
     assert ours["qmix"] == theirs["qmix"]
+
+
+def test_an_offline_comparison_reports_each_pre_training_from_its_own_evaluation(sweep_dir, tmp_path):
+    out = tmp_path / "offline"
+    dataset = sweep_dir / "datasets" / "3m_medium.h5"
+    result = reproduce(
+        out, "--methods", "inspo,bc,cfcql", "--dataset", str(dataset), "--jobs", "2",
+        "--set", "learner.behaviour_pretrain_updates=4",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert not (out / "online").exists()
+    summary = json.loads((out / "summary.json").read_text())["offline"]
+    table = (out / "table.md").read_text()
+    assert "## Offline pre-training" in table
+    for key in ("inspo", "bc", "cfcql"):
+        finals = [records(out / "pretrain" / f"{key}_s{s}", "eval")[-1] for s in (0, 1)]
+        assert all(f["episodes"] == 8 for f in finals)  # --final-test-episodes
+        wins = [f["win_rate"] for f in finals]
+        row = summary["rows"][key]
+        assert row["win_rate"] == wins and row["seeds"] == [0, 1]
+        assert row["return"] == [pytest.approx(f["return"]) for f in finals]
+        assert row["median"]["point"] == pytest.approx(float(np.median(wins)))
+        line = next(x for x in table.splitlines() if x.startswith(f"| {key} | 2 |"))
+        assert line.endswith(f"| {wins[0]:.3f}, {wins[1]:.3f} |")
+    bc_log = records(out / "pretrain" / "bc_s0", "behaviour")
+    assert bc_log and not records(out / "pretrain" / "bc_s0", "offline")  # cloning, no policy updates
+    x = np.array(summary["rows"]["inspo"]["win_rate"])
+    y = np.array(summary["rows"]["bc"]["win_rate"])
+    assert summary["improvements"]["inspo > bc"]["point"] == probability_of_improvement(x, y)
 
 
 def test_progress_line_counts_done_running_left_and_estimates_the_rest(tmp_path):

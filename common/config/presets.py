@@ -39,6 +39,9 @@ class Method:
     table_column: str | None
     calql_floor: bool = False  # Cal-QL's floor on the map's CQL loss (MACal-QL)
     algorithm: str = "qmix"  # learner.algorithm: which learner trains it
+    online_phase: bool = True  # False: an offline baseline (run.online_env_steps 0)
+    # False: behaviour cloning only (learner.offline_updates 0; InSPO's learner stops after cloning)
+    policy_updates: bool = True
 
 
 METHODS: dict[str, Method] = {
@@ -110,6 +113,38 @@ METHODS: dict[str, Method] = {
         exploration="epsilon_greedy",
         table_column=None,
         algorithm="inspo",
+        online_phase=False,
+    ),
+    # Offline baselines for InSPO's comparison (its paper's BC, QMIX+CQL and CFCQL rows): the
+    # pre-training alone, with the map's Table 3 CQL weight.
+    "bc": Method(
+        "behaviour cloning (offline only): InSPO's recurrent behaviour policy, no policy updates",
+        offline_phase=True,
+        cql_variant="none",
+        online_loss="td",
+        exploration="epsilon_greedy",
+        table_column=None,
+        algorithm="inspo",
+        online_phase=False,
+        policy_updates=False,
+    ),
+    "qmix_cql": Method(
+        "QMIX + CQL (offline only)",
+        offline_phase=True,
+        cql_variant="cql",
+        online_loss="td",
+        exploration="epsilon_greedy",
+        table_column=None,
+        online_phase=False,
+    ),
+    "cfcql": Method(
+        "QMIX + CFCQL (offline only)",
+        offline_phase=True,
+        cql_variant="cfcql",
+        online_loss="td",
+        exploration="epsilon_greedy",
+        table_column=None,
+        online_phase=False,
     ),
 }
 
@@ -314,8 +349,10 @@ def preset(map_name: str, dataset_kind: str | None, method: str) -> dict[str, di
     run.update(
         dataset=default_dataset_path(map_name, dataset_kind), name=_run_name(method, map_name, dataset_kind)
     )
-    if spec.algorithm == "inspo":  # offline only so far: no online budget
+    if not spec.online_phase:  # an offline method: no online budget
         run["online_env_steps"] = 0
+    if not spec.policy_updates:
+        learner["offline_updates"] = 0
     replay = {"mixing_ratio": MIXING_RATIO[row][column] if column else 0.0}
     return {"env": {"map_name": map_name}, "replay": replay, "learner": learner, "actor": actor, "run": run}
 

@@ -49,7 +49,10 @@ def _config_error(detail: str, key: str | None, source: str | None) -> ConfigErr
 
 # Allowed values of the enumerated fields (checked by `loading.validate_config`).
 BACKENDS = ("lite", "sc2", "matrix")
-METHOD_NAMES = ("ovmse", "ovm", "se", "switch_cql", "macql", "macal_ql", "qmix", "inspo")
+METHOD_NAMES = (
+    "ovmse", "ovm", "se", "switch_cql", "macql", "macal_ql", "qmix",  # the OVMSE paper's
+    "inspo", "bc", "qmix_cql", "cfcql",  # offline only: InSPO and its baselines
+)
 ALGORITHMS = ("qmix", "inspo")  # which learner the builder makes (learner.algorithm)
 EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy")
 CQL_VARIANTS = ("cql", "cfcql", "none")
