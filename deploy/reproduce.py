@@ -816,7 +816,8 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         "--methods",
         default=",".join(DEFAULT_METHODS),
         metavar="LIST",
-        help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)}; also ovm, se; offline only: inspo, bc, qmix_cql, cfcql)",
+        help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)}; also ovm, se, inspo_ovm; "
+        "offline only: inspo, bc, qmix_cql, cfcql)",
     )
     parser.add_argument("--seeds", type=int, default=6, metavar="N", help="seeds per method (paper: 6)")
     parser.add_argument(

@@ -475,7 +475,9 @@ def write_report(out: Path, sweep: Sweep) -> dict:
     write_json(out / "results.json", marl_eval_results(sweep, runs))
     summary = summarize(sweep, runs)
     offline = summarize_offline(sweep, load_pretrainings(out, sweep))
-    write_json(out / "summary.json", {"sweep": sweep.to_json(), **_jsonable(summary), "offline": _jsonable(offline)})
+    write_json(
+        out / "summary.json", {"sweep": sweep.to_json(), **_jsonable(summary), "offline": _jsonable(offline)}
+    )
     with atomic_path(out / "table.md") as tmp:
         Path(tmp).write_text(table_markdown(out, sweep, summary, offline))
     if any(runs.values()):

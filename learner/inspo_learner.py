@@ -24,11 +24,21 @@ outer iteration is one turn per agent in a fresh random permutation. With `inspo
 ratios use the teammates' policies as they are now (updated earlier in this iteration, else as the
 previous iteration left them); without it every teammate counts as in the data (ratio 1).
 
-Only the offline phase exists: `update(..., phase="online")` raises. Networks run in fp32.
+Online (fine-tuning after the offline phase, on mixed batches of offline and online episodes),
+the same updates run with two changes, both choices of ours (the paper is offline only):
+- mu keeps learning: one behaviour-cloning step per update on the batch, so that it stays the
+  behaviour policy of the data the in-sample weights are computed on (the mixture of the dataset and
+  of what the actors played), rather than the dataset's alone;
+- with `use_offline_value_memory`, the critic's Q regression is OVM's (Eq. 5): the frozen offline
+  critic Q_offline(s, a) at the data's joint action floors the TD target r + gamma V(s'), weighted
+  by the memory coefficient lambda_t, exactly as OVMSE floors Q_tot; the value V, the local critics
+  and the policies follow that critic.
+Networks run in fp32.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -40,7 +50,8 @@ from common.config.sections import LearnerConfig
 from common.episode import TrainingBatch, training_mask
 from common.networks import RNNAgent, agent_network
 from common.probe import episode_agent_inputs
-from learner import inspo
+from common.schedules import memory_coefficient_at
+from learner import inspo, losses
 from learner.learning import episode_lengths, resolve_device
 
 log = logging.getLogger(__name__)
@@ -54,7 +65,13 @@ METRIC_KEYS = (
     "loss_local_q",
     "loss_policy",
     "loss_total",
+    "loss_td",
+    "loss_ovm",
+    "loss_cql",
     "q_tot_mean",
+    "ovm_active_fraction",
+    "memory_coefficient",
+    "update_skipped",
     "ratio_mean",
     "weight_mean",
     "agent",
@@ -118,8 +135,9 @@ class InSPOLearner:
         self.order: list[int] = list(range(n))
         self.updates = 0
         self.behaviour_updates = 0
-        # The training loop's OVM hook; InSPO has no offline memory (no online phase yet).
-        self.offline_agent = None
+        # OVM's memory: the critic frozen at the switch to online (see freeze_offline_memory). The
+        # training loop's hook reads `offline_agent` (None until frozen) on every learner.
+        self.offline_critic: JointCritic | None = None
 
     # ------------------------------------------------------------------ networks
 
@@ -134,8 +152,15 @@ class InSPOLearner:
         """The policies' weights (a CPU copy): what acting uses, logits in place of Q-values."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.policies.state_dict().items()}
 
+    @property
+    def offline_agent(self) -> JointCritic | None:
+        return self.offline_critic
+
     def freeze_offline_memory(self) -> None:
-        raise NotImplementedError("InSPO has no online phase yet, so no offline value memory")
+        """Keep a frozen copy of the critic as it leaves the offline phase: OVM's memory."""
+        self.offline_critic = copy.deepcopy(self.critic)
+        for p in self.offline_critic.parameters():
+            p.requires_grad_(False)
 
     # ------------------------------------------------------------------ behaviour cloning + critic
 
@@ -156,19 +181,12 @@ class InSPOLearner:
         batch = batch.to(self.device)
         mask = training_mask(batch.filled, batch.terminated)
         inputs = episode_agent_inputs(batch, self.n_actions)
-        logits = self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1]
-        log_mu = inspo.masked_log_softmax(logits, batch.avail_actions[:, :-1])
-        nll = -log_mu.gather(-1, batch.actions[:, :-1]).squeeze(-1).mean(-1, keepdim=True)
-        loss = (nll * mask).sum() / mask.sum().clamp(min=1.0)
-        self.behaviour_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.behaviour.parameters(), self.cfg.grad_clip_offline)
-        self.behaviour_optimizer.step()
+        loss = self._behaviour_step(inputs, lengths, batch.avail_actions[:, :-1], batch.actions[:, :-1], mask)
         self._critic_step(batch, mask)
         self.behaviour_updates += 1
         if not self.needs_behaviour_pretraining:
             self._start_policies_at_behaviour()
-        return float(loss.detach())
+        return float(loss)
 
     def _start_policies_at_behaviour(self) -> None:
         for p in self.behaviour.parameters():
@@ -176,24 +194,54 @@ class InSPOLearner:
         for agent in self.policies.agents:
             agent.load_state_dict(self.behaviour.state_dict())
 
+    def _behaviour_step(self, inputs, lengths, avail, actions, mask) -> torch.Tensor:
+        """One behaviour-cloning step of mu on a batch (online: the replay's mixture)."""
+        for p in self.behaviour.parameters():
+            p.requires_grad_(True)
+        logits = self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1]
+        log_mu = inspo.masked_log_softmax(logits, avail)
+        nll = -log_mu.gather(-1, actions).squeeze(-1).mean(-1, keepdim=True)
+        loss = (nll * mask).sum() / mask.sum().clamp(min=1.0)
+        self.behaviour_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.behaviour.parameters(), self.cfg.grad_clip_offline)
+        self.behaviour_optimizer.step()
+        return loss.detach()
+
     def _critic_step(
-        self, batch: TrainingBatch, mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One step of the in-sample critic; returns (Q loss, V loss, Q at the data's actions)."""
+        self, batch: TrainingBatch, mask: torch.Tensor, memory_coef: float | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """One step of the in-sample critic; returns (Q loss, V loss, Q at the data's actions, OVM
+        parts). With `memory_coef` (online, OVM on) the Q loss is OVM's against the frozen critic."""
         cfg = self.cfg
         state = batch.state
         q = self.critic.q_value(state[:, :-1], batch.actions[:, :-1])  # [B, T, 1]
         with torch.no_grad():
             next_v = self.critic.value(state[:, 1:])
             target = batch.reward[:, :-1] + cfg.gamma * (1.0 - batch.terminated[:, :-1]) * next_v
-        loss_q = 0.5 * ((q - target) ** 2 * mask).sum() / mask.sum().clamp(min=1.0)
+        loss_td = losses.td_loss(q, target, mask)
+        ovm = {"loss_ovm": 0.0, "ovm_active_fraction": 0.0, "memory_coefficient": 0.0}
+        loss_q = loss_td
+        if memory_coef is not None:
+            if self.offline_critic is None:  # no offline phase ran here: the memory is the start
+                self.freeze_offline_memory()
+            with torch.no_grad():
+                q_offline = self.offline_critic.q_value(state[:, :-1], batch.actions[:, :-1])
+                active = ((q_offline > target).float() * mask).sum() / mask.sum().clamp(min=1.0)
+            loss_q = losses.ovm_loss(q, target, q_offline, mask, memory_coef)
+            ovm = {
+                "loss_ovm": float(loss_q.detach()),
+                "ovm_active_fraction": float(active),
+                "memory_coefficient": float(memory_coef),
+            }
+        ovm["loss_td"] = float(loss_td.detach())
         v = self.critic.value(state[:, :-1])
         loss_v = inspo.expectile_loss(q.detach() - v, cfg.inspo_expectile, mask)
         self.critic_optimizer.zero_grad(set_to_none=True)
         (loss_q + loss_v).backward()
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), cfg.grad_clip_offline)
         self.critic_optimizer.step()
-        return loss_q.detach(), loss_v.detach(), q.detach()
+        return loss_q.detach(), loss_v.detach(), q.detach(), ovm
 
     # ------------------------------------------------------------------ the outer loop
 
@@ -208,9 +256,11 @@ class InSPOLearner:
     def update(
         self, batch: TrainingBatch, phase: str, env_steps: int, episodes_seen: int
     ) -> dict[str, float]:
-        """One step of the critic, and of the local critic and policy of the agent whose turn it is."""
-        if phase != "offline":
-            raise NotImplementedError("InSPO has only an offline phase so far")
+        """One step of the critic, and of the local critic and policy of the agent whose turn it is;
+        online, first one behaviour-cloning step of mu on the batch (see the module doc)."""
+        if phase not in ("offline", "online"):
+            raise ValueError(f"phase must be offline or online, got {phase!r}")
+        online = phase == "online"
         if self.needs_behaviour_pretraining:
             raise RuntimeError(
                 f"InSPO's behaviour policy has had {self.behaviour_updates} of "
@@ -229,7 +279,13 @@ class InSPOLearner:
         actions = batch.actions[:, :-1]
         inputs = episode_agent_inputs(batch, self.n_actions)
 
-        loss_q, loss_v, q_joint = self._critic_step(batch, mask)
+        loss_bc = torch.zeros(())
+        if online:  # mu follows the replay's mixture of dataset and online episodes
+            loss_bc = self._behaviour_step(inputs, lengths, avail, actions, mask)
+        memory_coef = None
+        if online and cfg.use_offline_value_memory:
+            memory_coef = memory_coefficient_at(cfg, env_steps)
+        loss_q, loss_v, q_joint, ovm = self._critic_step(batch, mask, memory_coef)
 
         with torch.no_grad():
             log_mu = inspo.masked_log_softmax(
@@ -303,13 +359,16 @@ class InSPOLearner:
             )
         )
         metrics.update(
-            loss_bc=0.0,
+            loss_bc=float(loss_bc),
             loss_total=metrics["loss_q"]
             + metrics["loss_v"]
             + metrics["loss_local_q"]
             + metrics["loss_policy"],
+            loss_cql=0.0,
+            update_skipped=0.0,
             agent=float(m),
             iteration=float(iteration),
+            **ovm,
         )
         return {key: metrics[key] for key in METRIC_KEYS}
 
@@ -325,10 +384,19 @@ class InSPOLearner:
         logits = net.forward_sequence(inputs, lengths=lengths)[:, :-1]
         return inspo.masked_log_softmax(logits, batch.avail_actions[:, :-1]).exp()
 
+    @torch.no_grad()
+    def mean_q_value(self, batch: TrainingBatch) -> float:
+        """Mean Q(s_t, a_t) of the joint critic over the batch's real steps (the unlearning probe)."""
+        batch = batch.to(self.device)
+        q = self.critic.q_value(batch.state[:, :-1], batch.actions[:, :-1])
+        mask = training_mask(batch.filled, batch.terminated)
+        return float((q * mask).sum() / mask.sum().clamp(min=1.0))
+
     # ------------------------------------------------------------------ state (checkpoints)
 
     def state_dict(self) -> dict:
         """Everything a resumed learner needs, as tensors and plain values (torch.load weights_only)."""
+        memory = {} if self.offline_critic is None else {"offline_critic": self.offline_critic.state_dict()}
         return {
             "format": 1,
             "algorithm": "inspo",
@@ -345,6 +413,7 @@ class InSPOLearner:
             "order": list(self.order),
             "updates": self.updates,
             "behaviour_updates": self.behaviour_updates,
+            **memory,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -362,6 +431,10 @@ class InSPOLearner:
         self.order = [int(i) for i in state["order"]]
         self.updates = int(state["updates"])
         self.behaviour_updates = int(state["behaviour_updates"])
+        self.offline_critic = None
+        if "offline_critic" in state:
+            self.freeze_offline_memory()
+            self.offline_critic.load_state_dict(state["offline_critic"])
         if not self.needs_behaviour_pretraining:
             for p in self.behaviour.parameters():
                 p.requires_grad_(False)

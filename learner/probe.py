@@ -10,6 +10,7 @@ import torch
 from common.episode import TrainingBatch, training_mask
 from common.probe import episode_agent_inputs
 from common.probe import greedy_joint_actions as agent_greedy_joint_actions
+from learner.inspo_learner import InSPOLearner
 from learner.learning import QMixLearner
 
 
@@ -19,8 +20,11 @@ def _agent_qs(learner: QMixLearner, batch: TrainingBatch) -> torch.Tensor:
 
 
 @torch.no_grad()
-def mean_q_tot(learner: QMixLearner, batch: TrainingBatch) -> float:
-    """Mean Q_tot(s_t, a_t) of the online networks over the batch's real steps."""
+def mean_q_tot(learner: QMixLearner | InSPOLearner, batch: TrainingBatch) -> float:
+    """Mean Q_tot(s_t, a_t) of the online networks over the batch's real steps (InSPO: its joint
+    critic's Q(s_t, a_t))."""
+    if isinstance(learner, InSPOLearner):
+        return learner.mean_q_value(batch)
     batch = batch.to(learner.device)
     q = _agent_qs(learner, batch)
     chosen = torch.gather(q, dim=3, index=batch.actions[:, :-1]).squeeze(3)
@@ -29,6 +33,8 @@ def mean_q_tot(learner: QMixLearner, batch: TrainingBatch) -> float:
     return float((q_tot * mask).sum() / mask.sum().clamp(min=1))
 
 
-def greedy_joint_actions(learner: QMixLearner, batch: TrainingBatch) -> torch.Tensor:
-    """The online agent network's greedy joint actions [B, T, n] on the batch's trained steps."""
-    return agent_greedy_joint_actions(learner.agent, batch)
+def greedy_joint_actions(learner: QMixLearner | InSPOLearner, batch: TrainingBatch) -> torch.Tensor:
+    """The online agent network's (InSPO: the policies') greedy joint actions [B, T, n] on the
+    batch's trained steps."""
+    network = learner.policies if isinstance(learner, InSPOLearner) else learner.agent
+    return agent_greedy_joint_actions(network, batch)

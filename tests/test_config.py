@@ -153,10 +153,12 @@ def test_memory_coefficient_follows_table_6(map_name, kind, end, steps):
 def test_only_the_ovm_methods_use_the_offline_value_memory():
     for method in METHOD_NAMES:
         uses = resolve_config("3s5z", "medium", method).learner.use_offline_value_memory
-        assert uses == (method in ("ovmse", "ovm")), method
+        assert uses == (method in ("ovmse", "ovm", "inspo_ovm")), method
 
 
-OFFLINE_BASELINE_LOSS = {"inspo": "none", "bc": "none", "qmix_cql": "cql", "cfcql": "cfcql"}
+OFFLINE_BASELINE_LOSS = {
+    "inspo": "none", "bc": "none", "qmix_cql": "cql", "cfcql": "cfcql", "inspo_ovm": "none",
+}  # fmt: skip
 
 
 def test_every_method_uses_the_maps_cql_loss_and_macal_ql_adds_the_floor():
@@ -202,7 +204,7 @@ def test_td_lambda_is_0_3_on_6h_vs_8z_only():
 def test_exploration_per_method():
     for method in METHOD_NAMES:
         actor = resolve_config("5m_vs_6m", "medium", method).actor
-        expected = "decentralized_se" if method in ("ovmse", "se") else "epsilon_greedy"
+        expected = "decentralized_se" if method in ("ovmse", "se", "inspo_ovm") else "epsilon_greedy"
         assert actor.exploration == expected
         if method != "qmix":  # Table 7 and A.2: 1.0 -> 0.05 over 100k in every O2O task
             assert (actor.epsilon_start, actor.epsilon_end, actor.epsilon_anneal_steps) == (

@@ -60,14 +60,13 @@ def pretrained(**learner) -> tuple[InSPOLearner, LocalReplay]:
     return learner_, replay
 
 
-def test_policy_updates_wait_for_the_behaviour_policy_and_there_is_no_online_phase():
+def test_policy_updates_wait_for_the_behaviour_policy_in_either_phase():
     learner, replay = matrix_learner()
-    with pytest.raises(RuntimeError, match="behaviour-cloning"):
-        learner.update(replay.sample(), "offline", 0, 0)
-    while learner.needs_behaviour_pretraining:
-        learner.pretrain_behaviour(replay.sample())
-    with pytest.raises(NotImplementedError):
-        learner.update(replay.sample(), "online", 0, 0)
+    for phase in ("offline", "online"):
+        with pytest.raises(RuntimeError, match="behaviour-cloning"):
+            learner.update(replay.sample(), phase, 0, 0)
+    with pytest.raises(ValueError, match="phase"):
+        learner.update(replay.sample(), "warmup", 0, 0)
 
 
 def test_every_policy_starts_as_the_behaviour_policy_which_is_then_frozen():
@@ -116,6 +115,83 @@ def test_a_resumed_learner_makes_exactly_the_update_the_uninterrupted_one_makes(
     assert read_checkpoint(path)[0]["algorithm"] == "inspo"
 
 
+# --- online fine-tuning ------------------------------------------------------------------------
+
+
+def critic_targets_by_hand(learner: InSPOLearner, batch, gamma: float):
+    """(Q(s, a), r + gamma (1 - terminated) V(s'), the mask) of the learner's critic, by hand."""
+    critic = learner.critic
+    with torch.no_grad():
+        q = critic.q(torch.cat([batch.state[:, :-1], joint_one_hot(batch, learner.n_actions)], dim=-1))
+        next_v = critic.v(batch.state[:, 1:])
+    target = batch.reward[:, :-1] + gamma * (1.0 - batch.terminated[:, :-1]) * next_v
+    filled, terminated = batch.filled.float(), batch.terminated.float()
+    after_end = torch.cat([torch.zeros_like(terminated[:, :1]), terminated[:, :-2]], dim=1)
+    mask = filled[:, :-1] * filled[:, 1:] * (1.0 - after_end)  # nothing after a true end
+    return q, target, mask
+
+
+def joint_one_hot(batch, n_actions: int) -> torch.Tensor:
+    actions = batch.actions[:, :-1, :, 0]  # [B, T, n]
+    return torch.nn.functional.one_hot(actions, n_actions).float().flatten(2)
+
+
+def test_online_the_critic_regresses_on_the_offline_memorys_floor_of_its_td_target():
+    learner, replay = pretrained(use_offline_value_memory=True, memory_coef_start=1.0, memory_coef_end=1.0)
+    learner.freeze_offline_memory()
+    with torch.no_grad():  # a memory that remembers more value than the critic now bootstraps
+        learner.offline_critic.q[-1].bias.add_(5.0)
+    batch = replay.sample()
+    q, target, mask = critic_targets_by_hand(learner, batch, learner.cfg.gamma)
+    with torch.no_grad():
+        q_offline = learner.offline_critic.q(
+            torch.cat([batch.state[:, :-1], joint_one_hot(batch, learner.n_actions)], dim=-1)
+        )
+    floor = torch.maximum(q_offline, target)
+    expected = float(0.5 * ((q - floor) ** 2 * mask).sum() / mask.sum())
+    expected_td = float(0.5 * ((q - target) ** 2 * mask).sum() / mask.sum())
+    metrics = learner.update(batch, "online", env_steps=0, episodes_seen=0)
+    assert metrics["loss_ovm"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["loss_td"] == pytest.approx(expected_td, rel=1e-5)
+    active = float(((q_offline > target).float() * mask).sum() / mask.sum())
+    assert metrics["ovm_active_fraction"] == pytest.approx(active)
+    assert metrics["ovm_active_fraction"] > 0.5 and metrics["memory_coefficient"] == 1.0
+
+
+def test_online_without_the_memory_the_critic_regresses_on_its_td_target_alone():
+    learner, replay = pretrained()
+    batch = replay.sample()
+    q, target, mask = critic_targets_by_hand(learner, batch, learner.cfg.gamma)
+    metrics = learner.update(batch, "online", env_steps=0, episodes_seen=0)
+    expected = float(0.5 * ((q - target) ** 2 * mask).sum() / mask.sum())
+    assert metrics["loss_q"] == pytest.approx(expected, rel=1e-5)
+    assert metrics["loss_ovm"] == 0.0 and learner.offline_critic is None
+
+
+def test_online_the_behaviour_policy_keeps_learning_from_the_batches_offline_it_is_frozen():
+    learner, replay = pretrained()
+    before = {k: v.clone() for k, v in learner.behaviour.state_dict().items()}
+    learner.update(replay.sample(), "offline", 0, 0)
+    assert all(torch.equal(before[k], v) for k, v in learner.behaviour.state_dict().items())
+    metrics = learner.update(replay.sample(), "online", 0, 0)
+    assert metrics["loss_bc"] > 0
+    assert not all(torch.equal(before[k], v) for k, v in learner.behaviour.state_dict().items())
+
+
+def test_the_offline_memory_survives_a_checkpoint(tmp_path):
+    learner, replay = pretrained(use_offline_value_memory=True)
+    learner.freeze_offline_memory()
+    learner.update(replay.sample(), "online", 0, 0)
+    path = save_checkpoint(learner, tmp_path / "online.pt")
+    resumed, _ = matrix_learner(use_offline_value_memory=True)
+    load_checkpoint(resumed, path)
+    memory, restored = learner.offline_critic.state_dict(), resumed.offline_critic.state_dict()
+    assert all(torch.equal(memory[k], restored[k]) for k in memory)
+    assert not any(p.requires_grad for p in resumed.offline_critic.parameters())
+    batch = replay.sample()
+    assert resumed.update(batch, "online", 10, 0) == learner.update(batch, "online", 10, 0)
+
+
 def test_a_qmix_checkpoint_is_refused(tmp_path):
     cfg = Config(env=EnvConfig(backend="matrix", map_name="mne"), learner=LearnerConfig(device="cpu"))
     path = save_checkpoint(Builder(cfg).learner(), tmp_path / "qmix.pt")
@@ -156,7 +232,7 @@ def test_the_inspo_preset_turns_off_cql_and_the_offline_memory_and_picks_the_ins
     assert not learner.use_offline_value_memory
     assert cfg.replay.mixing_ratio == 0.0
     assert cfg.run.dataset == "data/3m_medium.h5"
-    assert cfg.run.online_env_steps == 0  # offline only so far
+    assert cfg.run.online_env_steps == 0  # offline only; inspo_ovm fine-tunes online
     assert resolve_config("3m", "medium", "ovmse").learner.algorithm == "qmix"
 
 
@@ -171,14 +247,17 @@ def test_the_inspo_preset_turns_off_cql_and_the_offline_memory_and_picks_the_ins
         ("learner.inspo_ratio_clip=0.5", "learner.inspo_ratio_clip: must be >= 1.0, got 0.5"),
         ("learner.inspo_agent_updates=0", "learner.inspo_agent_updates: must be >= 1, got 0"),
         ("learner.behaviour_pretrain_updates=0", "learner.behaviour_pretrain_updates: must be >= 1, got 0"),
-        ("learner.use_offline_value_memory=true", "learner.use_offline_value_memory: must be false"),
-        ("run.online_env_steps=1000", "run.online_env_steps: must be 0 with learner.algorithm inspo"),
+        (
+            ["run.online_env_steps=1000", "run.dataset=null"],
+            "run.online_env_steps: is 1000, but InSPO fine-tunes a pre-trained policy",
+        ),
         ("actor.inference=numpy", "actor.inference: must be torch with learner.algorithm inspo"),
     ],
 )
 def test_bad_inspo_settings_are_one_line_errors_naming_the_key(override, message):
+    overrides = override if isinstance(override, list) else [override]
     with pytest.raises(ConfigError) as error:
-        resolve_config("3m", "medium", "inspo", overrides=[override])
+        resolve_config("3m", "medium", "inspo", overrides=overrides)
     text = str(error.value)
     assert "\n" not in text and message in text
 

@@ -134,13 +134,22 @@ def test_trial_configs_follow_each_preset_and_the_budget(tmp_path):
 
 
 def test_offline_methods_are_their_pre_training_alone_with_no_online_trial(tmp_path):
-    methods = ("ovmse", "inspo", "bc", "qmix_cql", "cfcql")
+    methods = ("ovmse", "inspo", "inspo_ovm", "bc", "qmix_cql", "cfcql")
     sweep = Sweep("2s3z", "medium", methods, 2, 20_000)
     trials = {t.name: t for t in plan(sweep)}
-    assert sorted(n for n in trials if n.startswith("online/")) == ["online/ovmse_s0", "online/ovmse_s1"]
+    online = sorted(n for n in trials if n.startswith("online/"))
+    assert online == [f"online/{m}_s{s}" for m in ("inspo_ovm", "ovmse") for s in (0, 1)]
     keys = {m: offline_key("2s3z", "medium", m) for m in methods}
-    # QMIX + CQL is the CQL pre-training OVMSE starts from on 2s3z: one trial for both.
-    assert keys == {"ovmse": "cql", "inspo": "inspo", "bc": "bc", "qmix_cql": "cql", "cfcql": "cfcql"}
+    # QMIX + CQL is the CQL pre-training OVMSE starts from on 2s3z: one trial for both; InSPO's
+    # online fine-tuning starts from InSPO's.
+    assert keys == {
+        "ovmse": "cql", "inspo": "inspo", "inspo_ovm": "inspo",
+        "bc": "bc", "qmix_cql": "cql", "cfcql": "cfcql",
+    }  # fmt: skip
+    assert trials["online/inspo_ovm_s1"].needs == ("pretrain/inspo_s1",)
+    tuned = trial_config(tmp_path, sweep, trials["online/inspo_ovm_s1"])
+    assert tuned.learner.algorithm == "inspo" and tuned.learner.use_offline_value_memory
+    assert tuned.run.online_env_steps == 20_000 and tuned.actor.exploration == "decentralized_se"
     assert sorted(n for n in trials if n.startswith("pretrain/")) == sorted(
         f"pretrain/{k}_s{s}" for k in ("cql", "inspo", "bc", "cfcql") for s in range(2)
     )

@@ -169,9 +169,8 @@ def test_a_finished_learner_keeps_serving_until_an_evaluator_that_is_reconnectin
 
 
 def test_a_finished_learner_without_an_evaluator_does_not_wait_for_one():
-    from learner.process import linger_until_run_ends
-
     from actors.weight_client import ProgressReporter
+    from learner.process import linger_until_run_ends
 
     publisher = WeightPublisher(port=0)
     try:

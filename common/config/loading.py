@@ -578,9 +578,13 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
 
     _inspo_problems(p, learner)
     p.require(
-        learner.algorithm != "inspo" or run.online_env_steps == 0,
+        learner.algorithm != "inspo"
+        or run.online_env_steps == 0
+        or run.dataset is not None
+        or run.init_checkpoint is not None,
         "run.online_env_steps",
-        f"must be 0 with learner.algorithm inspo (InSPO has no online phase yet), got {run.online_env_steps}",
+        f"is {run.online_env_steps}, but InSPO fine-tunes a pre-trained policy: give run.dataset "
+        "(pre-training first) or run.init_checkpoint",
     )
     p.require(
         learner.algorithm != "inspo" or actor.inference == "torch",
@@ -694,11 +698,6 @@ def _inspo_problems(p: _Problems, learner: Any) -> None:
     p.at_least("learner.inspo_agent_updates", learner.inspo_agent_updates, 1)
     if learner.algorithm == "inspo":
         p.at_least("learner.behaviour_pretrain_updates", learner.behaviour_pretrain_updates, 1)
-        p.require(
-            not learner.use_offline_value_memory,
-            "learner.use_offline_value_memory",
-            "must be false with learner.algorithm inspo (InSPO has no online phase yet)",
-        )
 
 
 def validate_config(cfg: Config, sources: Mapping[str, str | None] | None = None) -> None:

@@ -115,6 +115,18 @@ METHODS: dict[str, Method] = {
         algorithm="inspo",
         online_phase=False,
     ),
+    # InSPO fine-tuned online (our extension; the paper is offline only): its offline phase, then
+    # the same updates on mixed batches with OVM's memory on its joint critic and OVMSE's SE
+    # exploration and schedules (see learner/inspo_learner.py and docs/inspo.md).
+    "inspo_ovm": Method(
+        "InSPO offline, then InSPO online with OVM's memory on its critic + decentralized SE",
+        offline_phase=True,
+        cql_variant="none",
+        online_loss="ovm",
+        exploration="decentralized_se",
+        table_column="ovmse",
+        algorithm="inspo",
+    ),
     # Offline baselines for InSPO's comparison (its paper's BC, QMIX+CQL and CFCQL rows): the
     # pre-training alone, with the map's Table 3 CQL weight.
     "bc": Method(
@@ -328,7 +340,11 @@ def preset(map_name: str, dataset_kind: str | None, method: str) -> dict[str, di
     row = table_row(map_name, dataset_kind)
     column = spec.table_column
     memory = MEMORY_COEFFICIENT[row]
-    online_cql = ONLINE_CQL_WEIGHT[row][column] if column and spec.online_loss in ("ovm", "td_cql") else 0.0
+    online_cql = (
+        ONLINE_CQL_WEIGHT[row][column]
+        if column and spec.online_loss in ("ovm", "td_cql") and spec.cql_variant != "none"
+        else 0.0
+    )
     learner.update(
         algorithm=spec.algorithm,
         grad_clip_online=hp.grad_clip_online,

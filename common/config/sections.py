@@ -51,7 +51,8 @@ def _config_error(detail: str, key: str | None, source: str | None) -> ConfigErr
 BACKENDS = ("lite", "sc2", "matrix")
 METHOD_NAMES = (
     "ovmse", "ovm", "se", "switch_cql", "macql", "macal_ql", "qmix",  # the OVMSE paper's
-    "inspo", "bc", "qmix_cql", "cfcql",  # offline only: InSPO and its baselines
+    "inspo", "inspo_ovm",  # InSPO offline, and fine-tuned online
+    "bc", "qmix_cql", "cfcql",  # offline baselines for InSPO
 )
 ALGORITHMS = ("qmix", "inspo")  # which learner the builder makes (learner.algorithm)
 EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy")
