@@ -4,6 +4,7 @@ that only the builder makes it."""
 from __future__ import annotations
 
 import ast
+import json
 import dataclasses
 from pathlib import Path
 
@@ -219,6 +220,30 @@ def test_the_learner_trains_on_recurrent_lite_battles_with_masks():
     unavailable = ~batch.avail_actions[:, :-1]
     filled = batch.filled[:, :-1, 0].bool()
     assert (probs[filled][unavailable[filled]] < 1e-6).all()  # no mass on unavailable actions
+
+
+def test_inspo_ovm_fine_tunes_online_in_the_one_process_trainer(tmp_path):
+    from deploy.single_process import train_sync
+    from replay.dataset_writer import write_dataset
+
+    small = ["learner.device=cpu", "learner.rnn_hidden_dim=8", "learner.batch_size=4"]
+    collect = Builder(resolve_config("3m", "medium", "inspo", overrides=small))
+    episodes = collect.collect_worker(8).run_episodes(16, epsilon=1.0)
+    dataset = write_dataset(tmp_path / "3m_random.h5", episodes, episode_limit=collect.env_info["episode_limit"])
+    cfg = resolve_config("3m", "medium", "inspo_ovm", overrides=[
+        *small, f"run.dataset={dataset}", f"run.run_dir={tmp_path}", "learner.behaviour_pretrain_updates=2",
+        "learner.offline_updates=2", "run.online_env_steps=300", "run.eval_interval_steps=150",
+        "actor.test_episodes=4", "actor.final_test_episodes=4", "actor.epsilon_anneal_steps=100",
+        "learner.memory_anneal_steps=100", "learner.memory_coef_end=0.5",
+    ])  # fmt: skip
+    result = train_sync(cfg, progress=False)
+    assert result.online_env_steps >= 300 and result.updates > 2  # online updates after the offline two
+    rows = [json.loads(line) for line in (result.run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["kind"] == "eval"]
+    assert evals[0]["env_steps"] == 0 and evals[-1]["env_steps"] >= 150
+    assert all(r.get("probe_q") is not None for r in evals)  # the unlearning probe reads InSPO's critic
+    trained = [r for r in rows if r["kind"] == "train"]
+    assert all(r["loss_bc"] > 0 and 0.5 <= r["memory_coefficient"] <= 1.0 for r in trained)
 
 
 # ---------------------------------------------------------------------------- configuration
