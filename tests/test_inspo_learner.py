@@ -4,8 +4,8 @@ that only the builder makes it."""
 from __future__ import annotations
 
 import ast
-import json
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
