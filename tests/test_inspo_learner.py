@@ -229,7 +229,8 @@ def test_inspo_ovm_fine_tunes_online_in_the_one_process_trainer(tmp_path):
     small = ["learner.device=cpu", "learner.rnn_hidden_dim=8", "learner.batch_size=4"]
     collect = Builder(resolve_config("3m", "medium", "inspo", overrides=small))
     episodes = collect.collect_worker(8).run_episodes(16, epsilon=1.0)
-    dataset = write_dataset(tmp_path / "3m_random.h5", episodes, episode_limit=collect.env_info["episode_limit"])
+    limit = collect.env_info["episode_limit"]
+    dataset = write_dataset(tmp_path / "3m_random.h5", episodes, episode_limit=limit)
     cfg = resolve_config("3m", "medium", "inspo_ovm", overrides=[
         *small, f"run.dataset={dataset}", f"run.run_dir={tmp_path}", "learner.behaviour_pretrain_updates=2",
         "learner.offline_updates=2", "run.online_env_steps=300", "run.eval_interval_steps=150",
