@@ -82,6 +82,9 @@ def _pretrain(cfg: Config, run_dir: Path, progress: bool) -> TrainResult:
             map_name=cfg.env.map_name,
         )
         episodes = cfg.actor.final_test_episodes or cfg.actor.test_episodes
+        # The weights the phase ended with (the offline curve may never have set any: bc has no
+        # policy updates, so no curve point).
+        evaluator.set_weights(learner.agent_state_dict(), evaluator.newest_version + 1)
         result = evaluate(evaluator, episodes)
         log.log("eval", env_steps=0, episodes=result.episodes, **result.log_fields())
         log.plot_offline_curve()

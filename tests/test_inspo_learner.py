@@ -247,6 +247,34 @@ def test_inspo_ovm_fine_tunes_online_in_the_one_process_trainer(tmp_path):
     assert all(r["loss_bc"] > 0 and 0.5 <= r["memory_coefficient"] <= 1.0 for r in trained)
 
 
+def test_bc_pretraining_scores_the_cloned_policy_it_saves(tmp_path):
+    """bc makes no policy updates after cloning; its final evaluation must still play the cloned
+    policy (the one in its checkpoint), not the evaluator's initial weights."""
+    from actors.evaluator import evaluate
+    from deploy.recipes import CollectRequest, collect_dataset
+    from deploy.single_process import pretrain
+    from learner.checkpoint import load_checkpoint
+
+    dataset = tmp_path / "3m_heuristic.h5"  # focus fire: a policy worth cloning
+    cfg = resolve_config("3m", "medium", "bc", overrides=[
+        "learner.device=cpu", "learner.rnn_hidden_dim=16", "learner.batch_size=16", f"run.dataset={dataset}",
+        f"run.run_dir={tmp_path}", "learner.behaviour_pretrain_updates=60",
+        "actor.test_episodes=8", "actor.final_test_episodes=8",
+    ])  # fmt: skip
+    collect_dataset(cfg, CollectRequest(out=str(dataset), episodes=64, policy="heuristic", epsilon=0.0,
+                                        num_envs=16), progress=False)  # fmt: skip
+    result = pretrain(cfg, progress=False)
+    builder = Builder(cfg)
+    learner, worker = builder.learner(), builder.eval_worker()
+    load_checkpoint(learner, result.run_dir / "checkpoints" / "offline.pt")
+    worker.set_weights(learner.agent_state_dict(), 1)
+    again = evaluate(worker, 8)  # the same seeded test battles, with the saved policy
+    assert result.final_return == pytest.approx(again.mean_return)
+    untrained = builder.eval_worker()
+    untrained.set_weights(builder.learner().agent_state_dict(), 1)
+    assert evaluate(untrained, 8).mean_return != pytest.approx(again.mean_return)  # the test can tell
+
+
 # ---------------------------------------------------------------------------- configuration
 
 
