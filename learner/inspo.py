@@ -56,6 +56,20 @@ def log_policy_weights(
     return (q_taken - value) / temperature - beta / temperature * log_mu_taken
 
 
+def anchored_log_weights(
+    q_taken: torch.Tensor,
+    value: torch.Tensor,
+    log_anchor_taken: torch.Tensor,
+    log_mu_taken: torch.Tensor,
+    alpha: float,
+    beta: float,
+) -> torch.Tensor:
+    """log pi*(a|s) - log mu(a|s) for the closed form regularised toward an `anchor` policy instead
+    of the behaviour policy mu that drew the action: pi* ~ anchor^(alpha/(alpha+beta)) exp(q/(alpha+
+    beta)), `value` = `soft_value` over the anchor. Equals `log_policy_weights` when anchor = mu."""
+    return log_policy_weights(q_taken, value, log_anchor_taken, alpha, beta) + log_anchor_taken - log_mu_taken
+
+
 def weighted_bc_loss(
     logits: torch.Tensor,
     actions: torch.Tensor,

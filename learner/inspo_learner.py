@@ -29,6 +29,9 @@ the same updates run with two changes, both choices of ours (the paper is offlin
 - mu keeps learning: one behaviour-cloning step per update on the batch, so that it stays the
   behaviour policy of the data the in-sample weights are computed on (the mixture of the dataset and
   of what the actors played), rather than the dataset's alone;
+- the KL anchor of the closed form is pi_m as it is (a mirror-descent step), not mu: mu now holds
+  the exploration's random actions, and pulling pi toward it unlearns the policy. The weight of a
+  batch action is pi*/mu = (pi*/anchor)(anchor/mu), so mu still corrects for who played it;
 - with `use_offline_value_memory`, the critic's Q regression is OVM's (Eq. 5): the frozen offline
   critic Q_offline(s, a) at the data's joint action floors the TD target r + gamma V(s'), weighted
   by the memory coefficient lambda_t, exactly as OVMSE floors Q_tot; the value V, the local critics
@@ -314,10 +317,19 @@ class InSPOLearner:
         with torch.no_grad():
             q_m = self.local_q.forward_agent(m, inputs, lengths)[:, :-1]
             log_mu_m, avail_m, action_m = log_mu[:, :, m], avail[:, :, m], actions[:, :, m]
-            value = inspo.soft_value(log_mu_m, q_m, avail_m, cfg.inspo_alpha, cfg.inspo_beta)
-            log_w = inspo.log_policy_weights(
+            # Offline the KL anchor is mu, the dataset's behaviour (the paper's objective). Online it is
+            # pi_m as it is now: mu then follows the replay (exploratory play), and anchoring to it
+            # would pull pi toward that play; mu stays the importance correction (see module doc).
+            log_anchor = log_mu_m
+            if online:
+                log_anchor = inspo.masked_log_softmax(
+                    self.policies.forward_agent(m, inputs, lengths)[:, :-1], avail_m
+                )
+            value = inspo.soft_value(log_anchor, q_m, avail_m, cfg.inspo_alpha, cfg.inspo_beta)
+            log_w = inspo.anchored_log_weights(
                 q_m.gather(-1, action_m),
                 value,
+                log_anchor.gather(-1, action_m),
                 log_mu_m.gather(-1, action_m),
                 cfg.inspo_alpha,
                 cfg.inspo_beta,

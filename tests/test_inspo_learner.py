@@ -179,6 +179,31 @@ def test_online_the_behaviour_policy_keeps_learning_from_the_batches_offline_it_
     assert not all(torch.equal(before[k], v) for k, v in learner.behaviour.state_dict().items())
 
 
+def test_online_the_policy_is_anchored_to_itself_and_corrected_by_the_replays_behaviour(monkeypatch):
+    from learner import inspo
+
+    learner, replay = pretrained()
+    for _ in range(4):  # move pi away from mu first
+        learner.update(replay.sample(), "offline", 0, 0)
+    seen = {}
+    real = inspo.anchored_log_weights
+
+    def spy(q_taken, value, log_anchor_taken, log_mu_taken, alpha, beta):
+        seen.update(anchor=log_anchor_taken.clone(), mu=log_mu_taken.clone())
+        return real(q_taken, value, log_anchor_taken, log_mu_taken, alpha, beta)
+
+    monkeypatch.setattr(inspo, "anchored_log_weights", spy)
+    batch = replay.sample()
+    pi_before = learner.action_probabilities(batch)
+    m = int(learner.update(batch, "online", 0, 0)["agent"])
+    taken = batch.actions[:, :-1, m]
+    expected_anchor = pi_before[:, :, m].gather(-1, taken).log()
+    mu_after_its_step = learner.action_probabilities(batch, behaviour=True)[:, :, m].gather(-1, taken).log()
+    assert torch.allclose(seen["anchor"], expected_anchor, atol=1e-5)  # pi_m as it was, not mu
+    assert torch.allclose(seen["mu"], mu_after_its_step, atol=1e-5)  # mu after this update's BC step
+    assert not torch.allclose(seen["anchor"], seen["mu"], atol=1e-3)
+
+
 def test_the_offline_memory_survives_a_checkpoint(tmp_path):
     learner, replay = pretrained(use_offline_value_memory=True)
     learner.freeze_offline_memory()

@@ -102,3 +102,19 @@ def test_expectile_loss_weights_positive_and_negative_errors_asymmetrically():
     assert inspo.expectile_loss(difference, 0.8, mask).item() == pytest.approx((3.2 + 0.2) / 2, rel=1e-6)
     # expectile 0.5 is half the squared error
     assert inspo.expectile_loss(difference, 0.5, mask).item() == pytest.approx(0.5 * 5 / 2, rel=1e-6)
+
+
+def test_anchored_weights_are_the_closed_form_toward_the_anchor_over_the_behaviour_by_hand():
+    from learner.inspo import anchored_log_weights, log_policy_weights, soft_value
+
+    anchor = torch.tensor([[0.5, 0.5]]).log()
+    mu = torch.tensor([[0.9, 0.1]]).log()
+    q = torch.tensor([[0.0, 1.0]])
+    avail = torch.ones(1, 2, dtype=torch.bool)
+    value = soft_value(anchor, q, avail, alpha=1.0, beta=0.0)
+    log_w = anchored_log_weights(q[:, 1:], value, anchor[:, 1:], mu[:, 1:], alpha=1.0, beta=0.0)
+    # pi* ~ 0.5 * e^q = (1, e) / (1 + e); the action was drawn with probability 0.1
+    assert log_w.item() == pytest.approx(math.log(math.e / (1 + math.e) / 0.1))
+    v_mu = soft_value(mu, q, avail, 1.0, 0.5)
+    same = anchored_log_weights(q[:, :1], v_mu, mu[:, :1], mu[:, :1], 1.0, 0.5)  # anchor = mu: offline
+    assert torch.allclose(same, log_policy_weights(q[:, :1], v_mu, mu[:, :1], 1.0, 0.5))
