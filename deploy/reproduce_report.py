@@ -89,7 +89,7 @@ def load_pretrainings(out: Path, sweep: Sweep) -> dict[str, list[PretrainRecord]
     for trial in plan(sweep):
         if trial.kind != "pretrain":
             continue
-        key = trial.name.split("/", 1)[1].rsplit("_s", 1)[0]
+        key = offline_key(sweep.map_name, sweep.dataset_kind, trial.method)
         found.setdefault(key, [])
         if not is_done(out, trial.name):
             continue

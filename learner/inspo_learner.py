@@ -296,6 +296,7 @@ class InSPOLearner:
             )
             teammates = torch.ones(self.n_agents, dtype=torch.bool, device=self.device)
             teammates[m] = False
+            log_pi = None  # every agent's current policy, when the sequential ratios need it
             if cfg.inspo_sequential:
                 log_pi = inspo.masked_log_softmax(
                     self.policies.forward_sequence(inputs, lengths)[:, :-1], avail
@@ -321,7 +322,9 @@ class InSPOLearner:
             # pi_m as it is now: mu then follows the replay (exploratory play), and anchoring to it
             # would pull pi toward that play; mu stays the importance correction (see module doc).
             log_anchor = log_mu_m
-            if online:
+            if online and log_pi is not None:  # pi_m is unchanged since the ratios read it
+                log_anchor = log_pi[:, :, m]
+            elif online:
                 log_anchor = inspo.masked_log_softmax(
                     self.policies.forward_agent(m, inputs, lengths)[:, :-1], avail_m
                 )
