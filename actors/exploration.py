@@ -5,6 +5,9 @@
   so on average epsilon agents of a team explore per step and no coordination is needed.
 - centralized_se: with probability epsilon exactly one agent, chosen uniformly among the live ones,
   acts at random; the others act greedily.
+- policy_sample: for policy learners (InSPO), whose network outputs logits: every agent samples its
+  action from softmax(logits) over its available actions; epsilon is not used (the policy's own
+  entropy explores).
 Random actions are uniform over the agent's *available* actions; greedy ones are the argmax of Q over
 available actions. All functions are vectorised over [B, n] and take their randomness from `rng`.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-MODES = ("greedy", "epsilon_greedy", "decentralized_se", "centralized_se")
+MODES = ("greedy", "epsilon_greedy", "decentralized_se", "centralized_se", "policy_sample")
 
 
 def greedy_actions(q: np.ndarray, avail: np.ndarray) -> np.ndarray:
@@ -24,6 +27,13 @@ def greedy_actions(q: np.ndarray, avail: np.ndarray) -> np.ndarray:
 def random_available_actions(rng: np.random.Generator, avail: np.ndarray) -> np.ndarray:
     noise = np.where(avail, rng.random(avail.shape), -1.0)
     return noise.argmax(axis=-1)
+
+
+def sampled_actions(rng: np.random.Generator, logits: np.ndarray, avail: np.ndarray) -> np.ndarray:
+    """A sample of softmax(logits) [B, n, A] over the available actions (the Gumbel-max trick:
+    argmax of logits plus independent Gumbel noise is distributed as the softmax)."""
+    gumbel = -np.log(-np.log(rng.random(logits.shape).clip(1e-12, 1.0 - 1e-12)))
+    return np.where(avail, logits + gumbel, -np.inf).argmax(axis=-1)
 
 
 def exploring_agents(rng: np.random.Generator, avail: np.ndarray, epsilon: float, mode: str) -> np.ndarray:
@@ -51,8 +61,11 @@ def exploring_agents(rng: np.random.Generator, avail: np.ndarray, epsilon: float
 def select_actions(
     q: np.ndarray, avail: np.ndarray, epsilon: float, mode: str, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Actions [B, n] and the mask of agents that explored."""
+    """Actions [B, n] and the mask of agents that explored (`policy_sample`: that left the argmax)."""
     avail = avail.astype(bool, copy=False)
+    if mode == "policy_sample":  # q holds logits; an agent "explored" where it left the argmax
+        actions = sampled_actions(rng, q, avail)
+        return actions, actions != greedy_actions(q, avail)
     explore = exploring_agents(rng, avail, epsilon, mode)
     actions = greedy_actions(q, avail)
     if explore.any():

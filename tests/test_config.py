@@ -363,6 +363,7 @@ BAD_OVERRIDES = [
     (["env.backend=sc3"], "env.backend: must be one of lite, sc2, matrix, got 'sc3'"),
     (["learner.method=dqn"], "learner.method: no preset for method 'dqn'"),
     (["actor.exploration=boltzmann"], "actor.exploration: must be one of decentralized_se"),
+    (["actor.exploration=policy_sample"], "actor.exploration: policy_sample samples from a policy's logits"),
     (["learner.offline_cql=bcq"], "learner.offline_cql: must be one of cql, cfcql, none, got 'bcq'"),
     (
         ["learner.offline_cql=calql"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from actors.exploration import exploring_agents, greedy_actions, select_actions
+from actors.exploration import exploring_agents, greedy_actions, sampled_actions, select_actions
 
 B, N, A = 20_000, 5, 7
 
@@ -51,7 +51,7 @@ def test_epsilon_greedy_explores_each_agent_with_epsilon():
     assert np.allclose(explore.mean(axis=0), 0.2, atol=0.01)
 
 
-@pytest.mark.parametrize("mode", ["epsilon_greedy", "decentralized_se", "centralized_se"])
+@pytest.mark.parametrize("mode", ["epsilon_greedy", "decentralized_se", "centralized_se", "policy_sample"])
 def test_explored_actions_are_always_available(mode):
     rng = np.random.default_rng(4)
     avail = rng.random((5000, N, A)) < 0.4
@@ -68,6 +68,28 @@ def test_greedy_takes_the_best_available_action():
     assert greedy_actions(q, avail).tolist() == [[2]]
     actions, explore = select_actions(q, avail, 0.0, "decentralized_se", np.random.default_rng(0))
     assert actions.tolist() == [[2]] and not explore.any()
+
+
+def test_policy_sampling_draws_each_available_action_with_its_softmax_probability():
+    rng = np.random.default_rng(5)
+    logits = np.array([0.0, 2.0, 1.0, -1.0, 3.0])
+    avail = np.array([True, True, True, True, False])  # the largest logit is unavailable
+    draws = sampled_actions(rng, np.broadcast_to(logits, (B, 1, 5)), np.broadcast_to(avail, (B, 1, 5)))
+    expected = np.where(avail, np.exp(logits), 0.0)
+    expected /= expected.sum()
+    assert np.allclose(np.bincount(draws.ravel(), minlength=5) / B, expected, atol=0.01)
+
+
+def test_policy_sampling_ignores_epsilon_and_marks_the_agents_that_left_the_argmax():
+    q = np.broadcast_to(np.array([0.0, 1.0, 0.0]), (B, N, 3))
+    avail = np.ones((B, N, 3), dtype=bool)
+    shares = []
+    for epsilon in (0.0, 1.0):
+        actions, explore = select_actions(q, avail, epsilon, "policy_sample", np.random.default_rng(6))
+        assert (explore == (actions != 1)).all()
+        shares.append(explore.mean())
+    # P(leaving action 1) = 2 / (2 + e) whatever epsilon is.
+    assert shares[0] == shares[1] == pytest.approx(2 / (2 + np.e), abs=0.01)
 
 
 def test_unknown_mode_is_rejected():
@@ -115,6 +137,12 @@ def test_the_rollout_worker_explores_each_agent_as_its_mode_says(mode, explore_r
     # 50 episodes of 40 steps: 2,000 steps per agent, a standard error below 0.01 on each share.
     share = non_greedy_share_per_agent(always_action_zero_worker(mode), epsilon=0.6)
     assert np.allclose(share, explore_rate * 4 / 5, atol=0.03), (mode, share)
+
+
+def test_the_rollout_worker_samples_from_the_policy_in_policy_sample_mode():
+    # Logits [1, 0, 0, 0, 0]: the worker leaves action 0 with probability 4 / (4 + e), at any epsilon.
+    share = non_greedy_share_per_agent(always_action_zero_worker("policy_sample"), epsilon=0.0)
+    assert np.allclose(share, 4 / (4 + np.e), atol=0.03), share
 
 
 def test_the_rollout_worker_plays_greedily_at_epsilon_zero_and_at_random_at_epsilon_one():

@@ -315,6 +315,11 @@ def test_the_inspo_preset_turns_off_cql_and_the_offline_memory_and_picks_the_ins
     assert resolve_config("3m", "medium", "ovmse").learner.algorithm == "qmix"
 
 
+def test_inspo_may_act_by_sampling_its_policy():
+    cfg = resolve_config("3m", "medium", "inspo_ovm", overrides=["actor.exploration=policy_sample"])
+    assert cfg.actor.exploration == "policy_sample"
+
+
 @pytest.mark.parametrize(
     ("override", "message"),
     [

@@ -595,6 +595,12 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
     p.at_least("actor.num_actors", actor.num_actors, 1)
     p.at_least("actor.envs_per_actor", actor.envs_per_actor, 1)
     p.one_of("actor.exploration", actor.exploration, EXPLORATIONS)
+    p.require(
+        actor.exploration != "policy_sample" or learner.algorithm == "inspo",
+        "actor.exploration",
+        "policy_sample samples from a policy's logits: it needs learner.algorithm inspo "
+        f"(got {learner.algorithm!r}, whose network outputs Q-values)",
+    )
     p.one_of("actor.inference", actor.inference, ("torch", "numpy"))
     p.unit("actor.epsilon_start", actor.epsilon_start)
     p.unit("actor.epsilon_end", actor.epsilon_end)

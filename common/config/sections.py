@@ -55,7 +55,7 @@ METHOD_NAMES = (
     "bc", "qmix_cql", "cfcql",  # offline baselines for InSPO
 )
 ALGORITHMS = ("qmix", "inspo")  # which learner the builder makes (learner.algorithm)
-EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy")
+EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy", "policy_sample")
 CQL_VARIANTS = ("cql", "cfcql", "none")
 CQL_SAMPLERS = ("all_actions", "available_only")
 OVM_TARGETS = ("td_lambda", "one_step")
@@ -261,7 +261,7 @@ class ActorConfig:
     # Battles each actor steps together (one batched network call per step). Small, so the
     # episodes in flight stay few and the policy lag stays low; on real SC2 each battle is a game.
     envs_per_actor: int = 4
-    exploration: str = "decentralized_se"  # | "centralized_se" | "epsilon_greedy"
+    exploration: str = "decentralized_se"  # | "centralized_se" | "epsilon_greedy" | "policy_sample"
     inference: str = "torch"  # the acting forward pass: "torch" | "numpy" (docs/bench/actor.md)
     epsilon_start: float = 1.0
     epsilon_end: float = 0.05
