@@ -29,9 +29,10 @@ the same updates run with two changes, both choices of ours (the paper is offlin
 - mu keeps learning: one behaviour-cloning step per update on the batch, so that it stays the
   behaviour policy of the data the in-sample weights are computed on (the mixture of the dataset and
   of what the actors played), rather than the dataset's alone;
-- the KL anchor of the closed form is pi_m as it is (a mirror-descent step), not mu: mu now holds
-  the exploration's random actions, and pulling pi toward it unlearns the policy. The weight of a
-  batch action is pi*/mu = (pi*/anchor)(anchor/mu), so mu still corrects for who played it;
+- the KL anchor of the closed form is `inspo_online_anchor`: pi_m as it is (a mirror-descent step,
+  the default), pi_m as the offline phase left it (frozen at the switch, a memory of the offline
+  policy), or mu. The weight of a batch action is pi*/mu = (pi*/anchor)(anchor/mu), so mu still
+  corrects for who played it;
 - with `use_offline_value_memory`, the critic's Q regression is OVM's (Eq. 5): the frozen offline
   critic Q_offline(s, a) at the data's joint action floors the TD target r + gamma V(s'), weighted
   by the memory coefficient lambda_t, exactly as OVMSE floors Q_tot; the value V, the local critics
@@ -141,6 +142,8 @@ class InSPOLearner:
         # OVM's memory: the critic frozen at the switch to online (see freeze_offline_memory). The
         # training loop's hook reads `offline_agent` (None until frozen) on every learner.
         self.offline_critic: JointCritic | None = None
+        # The policies frozen at the same moment: the online KL anchor "offline_policy".
+        self.offline_policies: AgentStack | None = None
 
     # ------------------------------------------------------------------ networks
 
@@ -160,9 +163,11 @@ class InSPOLearner:
         return self.offline_critic
 
     def freeze_offline_memory(self) -> None:
-        """Keep a frozen copy of the critic as it leaves the offline phase: OVM's memory."""
+        """Keep frozen copies of the critic (OVM's memory) and of the policies (the anchor
+        "offline_policy") as they leave the offline phase."""
         self.offline_critic = copy.deepcopy(self.critic)
-        for p in self.offline_critic.parameters():
+        self.offline_policies = copy.deepcopy(self.policies)
+        for p in (*self.offline_critic.parameters(), *self.offline_policies.parameters()):
             p.requires_grad_(False)
 
     # ------------------------------------------------------------------ behaviour cloning + critic
@@ -319,15 +324,10 @@ class InSPOLearner:
             q_m = self.local_q.forward_agent(m, inputs, lengths)[:, :-1]
             log_mu_m, avail_m, action_m = log_mu[:, :, m], avail[:, :, m], actions[:, :, m]
             # Offline the KL anchor is mu, the dataset's behaviour (the paper's objective). Online it is
-            # pi_m as it is now: mu then follows the replay (exploratory play), and anchoring to it
-            # would pull pi toward that play; mu stays the importance correction (see module doc).
+            # `inspo_online_anchor`; mu stays the importance correction (see module doc).
             log_anchor = log_mu_m
-            if online and log_pi is not None:  # pi_m is unchanged since the ratios read it
-                log_anchor = log_pi[:, :, m]
-            elif online:
-                log_anchor = inspo.masked_log_softmax(
-                    self.policies.forward_agent(m, inputs, lengths)[:, :-1], avail_m
-                )
+            if online:
+                log_anchor = self._online_anchor(m, inputs, lengths, avail_m, log_pi, log_mu_m)
             value = inspo.soft_value(log_anchor, q_m, avail_m, cfg.inspo_alpha, cfg.inspo_beta)
             log_w = inspo.anchored_log_weights(
                 q_m.gather(-1, action_m),
@@ -387,6 +387,21 @@ class InSPOLearner:
         )
         return {key: metrics[key] for key in METRIC_KEYS}
 
+    def _online_anchor(self, m, inputs, lengths, avail_m, log_pi, log_mu_m) -> torch.Tensor:
+        """log of agent m's online KL anchor at the batch's rows, [B, T, A]."""
+        anchor = self.cfg.inspo_online_anchor
+        if anchor == "behaviour":
+            return log_mu_m
+        if anchor == "offline_policy":
+            if self.offline_policies is None:  # no offline phase ran here: the memory is the start
+                self.freeze_offline_memory()
+            net = self.offline_policies
+        elif log_pi is not None:  # "policy": pi_m is unchanged since the ratios read it
+            return log_pi[:, :, m]
+        else:
+            net = self.policies
+        return inspo.masked_log_softmax(net.forward_agent(m, inputs, lengths)[:, :-1], avail_m)
+
     # ------------------------------------------------------------------ reading the policies
 
     @torch.no_grad()
@@ -411,7 +426,12 @@ class InSPOLearner:
 
     def state_dict(self) -> dict:
         """Everything a resumed learner needs, as tensors and plain values (torch.load weights_only)."""
-        memory = {} if self.offline_critic is None else {"offline_critic": self.offline_critic.state_dict()}
+        memory = {}
+        if self.offline_critic is not None:
+            memory = {
+                "offline_critic": self.offline_critic.state_dict(),
+                "offline_policies": self.offline_policies.state_dict(),
+            }
         return {
             "format": 1,
             "algorithm": "inspo",
@@ -446,10 +466,12 @@ class InSPOLearner:
         self.order = [int(i) for i in state["order"]]
         self.updates = int(state["updates"])
         self.behaviour_updates = int(state["behaviour_updates"])
-        self.offline_critic = None
+        self.offline_critic = self.offline_policies = None
         if "offline_critic" in state:
             self.freeze_offline_memory()
             self.offline_critic.load_state_dict(state["offline_critic"])
+            if "offline_policies" in state:  # older checkpoints lack it: then the policies as loaded
+                self.offline_policies.load_state_dict(state["offline_policies"])
         if not self.needs_behaviour_pretraining:
             for p in self.behaviour.parameters():
                 p.requires_grad_(False)

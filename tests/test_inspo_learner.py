@@ -204,6 +204,35 @@ def test_online_the_policy_is_anchored_to_itself_and_corrected_by_the_replays_be
     assert not torch.allclose(seen["anchor"], seen["mu"], atol=1e-3)
 
 
+@pytest.mark.parametrize("anchor", ["offline_policy", "behaviour"])
+def test_online_the_anchor_can_be_the_offline_policy_or_the_behaviour_policy(monkeypatch, anchor):
+    from learner import inspo
+
+    learner, replay = pretrained(inspo_online_anchor=anchor)
+    for _ in range(4):  # pi moves away from mu
+        learner.update(replay.sample(), "offline", 0, 0)
+    probe = replay.sample()
+    pi_at_switch = learner.action_probabilities(probe)
+    for _ in range(4):  # online updates move pi away from where the offline phase left it
+        learner.update(replay.sample(), "online", 0, 0)
+    seen = {}
+    real = inspo.anchored_log_weights
+
+    def spy(q_taken, value, log_anchor_taken, log_mu_taken, alpha, beta):
+        seen.update(anchor=log_anchor_taken.clone(), mu=log_mu_taken.clone())
+        return real(q_taken, value, log_anchor_taken, log_mu_taken, alpha, beta)
+
+    monkeypatch.setattr(inspo, "anchored_log_weights", spy)
+    pi_now = learner.action_probabilities(probe)
+    m = int(learner.update(probe, "online", 0, 0)["agent"])
+    taken = probe.actions[:, :-1, m]
+    if anchor == "offline_policy":  # frozen at the switch, not pi as it is now
+        assert torch.allclose(seen["anchor"], pi_at_switch[:, :, m].gather(-1, taken).log(), atol=1e-5)
+        assert not torch.allclose(seen["anchor"], pi_now[:, :, m].gather(-1, taken).log(), atol=1e-3)
+    else:  # mu after this update's behaviour-cloning step
+        assert torch.allclose(seen["anchor"], seen["mu"])
+
+
 def test_the_offline_memory_survives_a_checkpoint(tmp_path):
     learner, replay = pretrained(use_offline_value_memory=True)
     learner.freeze_offline_memory()
@@ -211,8 +240,9 @@ def test_the_offline_memory_survives_a_checkpoint(tmp_path):
     path = save_checkpoint(learner, tmp_path / "online.pt")
     resumed, _ = matrix_learner(use_offline_value_memory=True)
     load_checkpoint(resumed, path)
-    memory, restored = learner.offline_critic.state_dict(), resumed.offline_critic.state_dict()
-    assert all(torch.equal(memory[k], restored[k]) for k in memory)
+    for name in ("offline_critic", "offline_policies"):  # the critic's memory and the policy anchor
+        memory, restored = getattr(learner, name).state_dict(), getattr(resumed, name).state_dict()
+        assert all(torch.equal(memory[k], restored[k]) for k in memory), name
     assert not any(p.requires_grad for p in resumed.offline_critic.parameters())
     batch = replay.sample()
     assert resumed.update(batch, "online", 10, 0) == learner.update(batch, "online", 10, 0)
@@ -330,6 +360,7 @@ def test_inspo_may_act_by_sampling_its_policy():
         ("learner.inspo_max_log_weight=0", "learner.inspo_max_log_weight: must be > 0, got 0.0"),
         ("learner.inspo_ratio_clip=0.5", "learner.inspo_ratio_clip: must be >= 1.0, got 0.5"),
         ("learner.inspo_agent_updates=0", "learner.inspo_agent_updates: must be >= 1, got 0"),
+        ("learner.inspo_online_anchor=mu", "learner.inspo_online_anchor: must be one of policy, offline_policy"),
         ("learner.behaviour_pretrain_updates=0", "learner.behaviour_pretrain_updates: must be >= 1, got 0"),
         (
             ["run.online_env_steps=1000", "run.dataset=null"],

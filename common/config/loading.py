@@ -33,6 +33,7 @@ from common.config.sections import (
     CQL_VARIANTS,
     DATASET_KINDS,
     EXPLORATIONS,
+    INSPO_ONLINE_ANCHORS,
     METHOD_NAMES,
     OVM_TARGETS,
     PRECISIONS,
@@ -702,6 +703,7 @@ def _inspo_problems(p: _Problems, learner: Any) -> None:
     p.positive("learner.inspo_max_log_weight", learner.inspo_max_log_weight)
     p.at_least("learner.inspo_ratio_clip", learner.inspo_ratio_clip, 1.0)
     p.at_least("learner.inspo_agent_updates", learner.inspo_agent_updates, 1)
+    p.one_of("learner.inspo_online_anchor", learner.inspo_online_anchor, INSPO_ONLINE_ANCHORS)
     if learner.algorithm == "inspo":
         p.at_least("learner.behaviour_pretrain_updates", learner.behaviour_pretrain_updates, 1)
 

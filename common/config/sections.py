@@ -54,7 +54,8 @@ METHOD_NAMES = (
     "inspo", "inspo_ovm",  # InSPO offline, and fine-tuned online
     "bc", "qmix_cql", "cfcql",  # offline baselines for InSPO
 )
-ALGORITHMS = ("qmix", "inspo")  # which learner the builder makes (learner.algorithm)
+ALGORITHMS = ("qmix", "inspo")
+INSPO_ONLINE_ANCHORS = ("policy", "offline_policy", "behaviour")  # which learner the builder makes (learner.algorithm)
 EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy", "policy_sample")
 CQL_VARIANTS = ("cql", "cfcql", "none")
 CQL_SAMPLERS = ("all_actions", "available_only")
@@ -251,6 +252,11 @@ class LearnerConfig:
     # iteration, the rest as left by the previous one). False (an ablation): every agent sees its
     # teammates as in the data, i.e. independent regularisation toward the behaviour policy.
     inspo_sequential: bool = True
+    # Online, the policy each agent's closed form is anchored to (its KL term): "policy" (pi as it is
+    # now: a mirror-descent step) | "offline_policy" (pi as the offline phase left it, frozen at the
+    # switch beside OVM's critic memory) | "behaviour" (mu, refitted online to the replay). Offline
+    # the anchor is always mu, the dataset's behaviour. NOT FROM THE PAPER (offline only).
+    inspo_online_anchor: str = "policy"
 
 
 @dataclass(frozen=True)
