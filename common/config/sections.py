@@ -54,8 +54,8 @@ METHOD_NAMES = (
     "inspo", "inspo_ovm",  # InSPO offline, and fine-tuned online
     "bc", "qmix_cql", "cfcql",  # offline baselines for InSPO
 )
-ALGORITHMS = ("qmix", "inspo")
-INSPO_ONLINE_ANCHORS = ("policy", "offline_policy", "behaviour")  # which learner the builder makes (learner.algorithm)
+ALGORITHMS = ("qmix", "inspo")  # which learner the builder makes (learner.algorithm)
+INSPO_ONLINE_ANCHORS = ("policy", "offline_policy", "behaviour")
 EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy", "policy_sample")
 CQL_VARIANTS = ("cql", "cfcql", "none")
 CQL_SAMPLERS = ("all_actions", "available_only")
