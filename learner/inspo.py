@@ -10,7 +10,7 @@ cloning the dataset's actions weighted by pi*(a|s) / mu(a|s) (`log_policy_weight
 `weighted_bc_loss`); writing V(s) = (alpha + beta) log Z(s) (`soft_value`) that weight is
 exp((Q_m - V) / (alpha + beta)) * mu^(-beta / (alpha + beta)), the form of the derivation in the
 project's InSPO notes. The teammates' current policies enter Q_m through importance ratios on the
-dataset's joint actions (`teammate_log_ratio`, `clipped_ratio`, `weighted_regression_loss`), and
+dataset's joint actions (`teammate_log_ratios`, `clipped_ratio`, `weighted_regression_loss`), and
 the joint critic is trained in-sample with IQL's expectile regression (`expectile_loss`).
 
 Shapes: the functions take any leading axes; the action axis is last.
@@ -88,15 +88,11 @@ def weighted_bc_loss(
     return -(weights * log_pi * mask).sum() / mask.sum().clamp(min=1.0)
 
 
-def teammate_log_ratio(
-    log_pi: torch.Tensor, log_mu: torch.Tensor, actions: torch.Tensor, teammates: torch.Tensor
-) -> torch.Tensor:
-    """sum over the teammates j of log pi_j(a_j) - log mu_j(a_j), at the dataset's actions.
-
-    log_pi, log_mu [..., n, A]; actions [..., n, 1]; teammates [n] bool (which agents count).
-    Returns [..., 1]."""
+def teammate_log_ratios(log_pi: torch.Tensor, log_mu: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
+    """For every agent i, the sum over its teammates j != i of log pi_j(a_j) - log mu_j(a_j) at the
+    dataset's actions. log_pi, log_mu [..., n, A]; actions [..., n, 1]. Returns [..., n]."""
     taken = (log_pi - log_mu).gather(-1, actions).squeeze(-1)  # [..., n]
-    return (taken * teammates.to(taken.dtype)).sum(-1, keepdim=True)
+    return taken.sum(-1, keepdim=True) - taken
 
 
 def clipped_ratio(log_ratio: torch.Tensor, clip: float) -> torch.Tensor:

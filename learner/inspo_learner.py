@@ -299,25 +299,14 @@ class InSPOLearner:
             log_mu = inspo.masked_log_softmax(
                 self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1], avail
             )
-            teammates = torch.ones(self.n_agents, dtype=torch.bool, device=self.device)
-            teammates[m] = False
             log_pi = None  # every agent's current policy, when the sequential ratios need it
             if cfg.inspo_sequential:
                 log_pi = inspo.masked_log_softmax(
                     self.policies.forward_sequence(inputs, lengths)[:, :-1], avail
                 )
-                log_ratio = inspo.teammate_log_ratio(log_pi, log_mu, actions, teammates)
-                ratio = inspo.clipped_ratio(log_ratio, cfg.inspo_ratio_clip)
-            else:  # independent: the teammates as in the data
-                ratio = torch.ones_like(mask)
-
-        # Q_m(tau_m, a_m): the joint value averaged over the teammates' current policies.
-        local = self.local_q.forward_agent(m, inputs, lengths)[:, :-1]  # [B, T, A]
-        loss_local = inspo.weighted_regression_loss(local.gather(-1, actions[:, :, m]), q_joint, ratio, mask)
-        self.local_q_optimizer.zero_grad(set_to_none=True)
-        loss_local.backward()
-        torch.nn.utils.clip_grad_norm_(self.local_q.agents[m].parameters(), cfg.grad_clip_offline)
-        self.local_q_optimizer.step()
+        loss_local, ratio = self._local_critic_step(
+            m, inputs, lengths, actions, q_joint, log_pi, log_mu, mask
+        )
 
         # pi_m by behaviour cloning weighted with pi* / mu, pi* from the updated Q_m.
         with torch.no_grad():
@@ -386,6 +375,31 @@ class InSPOLearner:
             **ovm,
         )
         return {key: metrics[key] for key in METRIC_KEYS}
+
+    def _local_critic_step(self, m, inputs, lengths, actions, q_joint, log_pi, log_mu, mask):
+        """One step of the local critics Q_i(tau_i, a_i): the joint value averaged over the
+        teammates' current policies (importance ratios on the batch's joint actions). Agent m's alone
+        (`inspo_local_critics: turn`) or every agent's (`all`). Returns (agent m's loss, its ratio)."""
+        cfg = self.cfg
+        agents = [m] if cfg.inspo_local_critics == "turn" else list(range(self.n_agents))
+        with torch.no_grad():
+            if log_pi is None:  # independent: the teammates as in the data
+                ratios = torch.ones_like(mask).expand(*mask.shape[:-1], self.n_agents)
+            else:
+                log_ratios = inspo.teammate_log_ratios(log_pi, log_mu, actions)  # [B, T, n]
+                ratios = inspo.clipped_ratio(log_ratios, cfg.inspo_ratio_clip)
+        losses_ = {}
+        self.local_q_optimizer.zero_grad(set_to_none=True)
+        for i in agents:
+            local = self.local_q.forward_agent(i, inputs, lengths)[:, :-1]  # [B, T, A]
+            loss = inspo.weighted_regression_loss(
+                local.gather(-1, actions[:, :, i]), q_joint, ratios[..., i : i + 1], mask
+            )
+            loss.backward()  # each agent's network gets its own loss only
+            torch.nn.utils.clip_grad_norm_(self.local_q.agents[i].parameters(), cfg.grad_clip_offline)
+            losses_[i] = loss.detach()
+        self.local_q_optimizer.step()
+        return losses_[m], ratios[..., m : m + 1]
 
     def _online_anchor(self, m, inputs, lengths, avail_m, log_pi, log_mu_m) -> torch.Tensor:
         """log of agent m's online KL anchor at the batch's rows, [B, T, A]."""

@@ -103,6 +103,16 @@ def test_an_update_changes_only_the_policy_of_the_agent_whose_turn_it_is():
         assert same == (i != m)
 
 
+@pytest.mark.parametrize("local_critics", ["turn", "all"])
+def test_an_update_trains_the_local_critic_of_the_agent_whose_turn_it_is_or_of_every_agent(local_critics):
+    learner, replay = pretrained(inspo_local_critics=local_critics)
+    before = [{k: v.clone() for k, v in agent.state_dict().items()} for agent in learner.local_q.agents]
+    m = int(learner.update(replay.sample(), "offline", 0, 0)["agent"])
+    for i, agent in enumerate(learner.local_q.agents):
+        changed = not all(torch.equal(before[i][k], v) for k, v in agent.state_dict().items())
+        assert changed == (local_critics == "all" or i == m), i
+
+
 def test_a_resumed_learner_makes_exactly_the_update_the_uninterrupted_one_makes(tmp_path):
     learner, replay = pretrained()
     for _ in range(3):
@@ -360,6 +370,7 @@ def test_inspo_may_act_by_sampling_its_policy():
         ("learner.inspo_max_log_weight=0", "learner.inspo_max_log_weight: must be > 0, got 0.0"),
         ("learner.inspo_ratio_clip=0.5", "learner.inspo_ratio_clip: must be >= 1.0, got 0.5"),
         ("learner.inspo_agent_updates=0", "learner.inspo_agent_updates: must be >= 1, got 0"),
+        ("learner.inspo_local_critics=some", "learner.inspo_local_critics: must be one of turn, all"),
         ("learner.inspo_online_anchor=mu", "learner.inspo_online_anchor: must be one of policy, offline_"),
         ("learner.behaviour_pretrain_updates=0", "learner.behaviour_pretrain_updates: must be >= 1, got 0"),
         (

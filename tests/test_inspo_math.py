@@ -65,20 +65,16 @@ def test_weighted_bc_loss_is_the_clipped_weighted_negative_log_likelihood():
     assert logits.grad[2].abs().sum() == 0  # the masked step teaches nothing
 
 
-def test_teammate_ratio_multiplies_the_updated_teammates_ratios_only_and_is_clipped():
-    # Three agents, two actions; agent 0 is being updated, agents 1 and 2 are its teammates, of which
-    # only agent 1 counts here. Dataset actions (0, 1, 0).
+def test_each_agents_teammate_ratio_multiplies_the_other_agents_ratios_and_is_clipped():
+    # Three agents, two actions; dataset actions (0, 1, 0). Per-agent ratios pi/mu: 1.0, 1.6, 3.0.
     pi = torch.tensor([[0.5, 0.5], [0.2, 0.8], [0.9, 0.1]])
     mu = torch.tensor([[0.5, 0.5], [0.5, 0.5], [0.3, 0.7]])
     actions = torch.tensor([[0], [1], [0]])
-    only_1 = torch.tensor([False, True, False])
-    log_ratio = inspo.teammate_log_ratio(pi.log(), mu.log(), actions, only_1)
-    assert log_ratio.exp().item() == pytest.approx(0.8 / 0.5, rel=1e-6)
-    both = torch.tensor([False, True, True])
-    log_ratio = inspo.teammate_log_ratio(pi.log(), mu.log(), actions, both)
-    assert log_ratio.exp().item() == pytest.approx((0.8 / 0.5) * (0.9 / 0.3), rel=1e-6)  # 4.8
-    assert inspo.clipped_ratio(log_ratio, clip=3.0).item() == pytest.approx(3.0, rel=1e-6)
-    assert inspo.clipped_ratio(log_ratio, clip=10.0).item() == pytest.approx(4.8, rel=1e-6)
+    log_ratio = inspo.teammate_log_ratios(pi.log(), mu.log(), actions)
+    expected = [1.6 * 3.0, 1.0 * 3.0, 1.0 * 1.6]  # agent i's teammates exclude i
+    assert log_ratio.exp().tolist() == pytest.approx(expected, rel=1e-6)
+    assert inspo.clipped_ratio(log_ratio, clip=3.0).tolist() == pytest.approx([3.0, 3.0, 1.6], rel=1e-6)
+    assert inspo.clipped_ratio(log_ratio, clip=10.0).tolist() == pytest.approx(expected, rel=1e-6)
 
 
 def test_weighted_regression_fits_the_weighted_mean_of_the_targets():

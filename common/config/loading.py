@@ -33,6 +33,7 @@ from common.config.sections import (
     CQL_VARIANTS,
     DATASET_KINDS,
     EXPLORATIONS,
+    INSPO_LOCAL_CRITICS,
     INSPO_ONLINE_ANCHORS,
     METHOD_NAMES,
     OVM_TARGETS,
@@ -704,6 +705,7 @@ def _inspo_problems(p: _Problems, learner: Any) -> None:
     p.at_least("learner.inspo_ratio_clip", learner.inspo_ratio_clip, 1.0)
     p.at_least("learner.inspo_agent_updates", learner.inspo_agent_updates, 1)
     p.one_of("learner.inspo_online_anchor", learner.inspo_online_anchor, INSPO_ONLINE_ANCHORS)
+    p.one_of("learner.inspo_local_critics", learner.inspo_local_critics, INSPO_LOCAL_CRITICS)
     if learner.algorithm == "inspo":
         p.at_least("learner.behaviour_pretrain_updates", learner.behaviour_pretrain_updates, 1)
 

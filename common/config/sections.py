@@ -56,6 +56,7 @@ METHOD_NAMES = (
 )
 ALGORITHMS = ("qmix", "inspo")  # which learner the builder makes (learner.algorithm)
 INSPO_ONLINE_ANCHORS = ("policy", "offline_policy", "behaviour")
+INSPO_LOCAL_CRITICS = ("turn", "all")
 EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy", "policy_sample")
 CQL_VARIANTS = ("cql", "cfcql", "none")
 CQL_SAMPLERS = ("all_actions", "available_only")
@@ -257,6 +258,10 @@ class LearnerConfig:
     # switch beside OVM's critic memory) | "behaviour" (mu, refitted online to the replay). Offline
     # the anchor is always mu, the dataset's behaviour. NOT FROM THE PAPER (offline only).
     inspo_online_anchor: str = "policy"
+    # Which local critics Q_i(tau_i, a_i) learn on each update: "turn" (only the agent whose turn it
+    # is) | "all" (every agent's, so each is fitted to the current data and teammates when its
+    # turn comes). NOT FROM THE PAPER.
+    inspo_local_critics: str = "turn"
 
 
 @dataclass(frozen=True)
