@@ -165,10 +165,8 @@ class InSPOLearner:
     def freeze_offline_memory(self) -> None:
         """Keep frozen copies of the critic (OVM's memory) and of the policies (the anchor
         "offline_policy") as they leave the offline phase."""
-        self.offline_critic = copy.deepcopy(self.critic)
-        self.offline_policies = copy.deepcopy(self.policies)
-        for p in (*self.offline_critic.parameters(), *self.offline_policies.parameters()):
-            p.requires_grad_(False)
+        self.offline_critic = _frozen_copy(self.critic)
+        self.offline_policies = _frozen_copy(self.policies)
 
     # ------------------------------------------------------------------ behaviour cloning + critic
 
@@ -407,8 +405,8 @@ class InSPOLearner:
         if anchor == "behaviour":
             return log_mu_m
         if anchor == "offline_policy":
-            if self.offline_policies is None:  # no offline phase ran here: the memory is the start
-                self.freeze_offline_memory()
+            if self.offline_policies is None:  # the first online update: pi as the offline phase left it
+                self.offline_policies = _frozen_copy(self.policies)
             net = self.offline_policies
         elif log_pi is not None:  # "policy": pi_m is unchanged since the ratios read it
             return log_pi[:, :, m]
@@ -440,12 +438,11 @@ class InSPOLearner:
 
     def state_dict(self) -> dict:
         """Everything a resumed learner needs, as tensors and plain values (torch.load weights_only)."""
-        memory = {}
-        if self.offline_critic is not None:
-            memory = {
-                "offline_critic": self.offline_critic.state_dict(),
-                "offline_policies": self.offline_policies.state_dict(),
-            }
+        memory = {
+            name: getattr(self, name).state_dict()
+            for name in ("offline_critic", "offline_policies")
+            if getattr(self, name) is not None
+        }
         return {
             "format": 1,
             "algorithm": "inspo",
@@ -481,11 +478,10 @@ class InSPOLearner:
         self.updates = int(state["updates"])
         self.behaviour_updates = int(state["behaviour_updates"])
         self.offline_critic = self.offline_policies = None
-        if "offline_critic" in state:
-            self.freeze_offline_memory()
-            self.offline_critic.load_state_dict(state["offline_critic"])
-            if "offline_policies" in state:  # older checkpoints lack it: then the policies as loaded
-                self.offline_policies.load_state_dict(state["offline_policies"])
+        for name, live in (("offline_critic", self.critic), ("offline_policies", self.policies)):
+            if name in state:  # the frozen copies share their live networks' shapes
+                setattr(self, name, _frozen_copy(live))
+                getattr(self, name).load_state_dict(state[name])
         if not self.needs_behaviour_pretraining:
             for p in self.behaviour.parameters():
                 p.requires_grad_(False)
@@ -498,3 +494,10 @@ class InSPOLearner:
             "state_size": self.state_size,
             "rnn_hidden_dim": self.cfg.rnn_hidden_dim,
         }
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    frozen = copy.deepcopy(module)
+    for p in frozen.parameters():
+        p.requires_grad_(False)
+    return frozen

@@ -189,10 +189,10 @@ def test_online_the_behaviour_policy_keeps_learning_from_the_batches_offline_it_
     assert not all(torch.equal(before[k], v) for k, v in learner.behaviour.state_dict().items())
 
 
-def test_online_the_policy_is_anchored_to_itself_and_corrected_by_the_replays_behaviour(monkeypatch):
+def test_the_policy_anchor_is_pi_as_it_is_corrected_by_the_replays_behaviour(monkeypatch):
     from learner import inspo
 
-    learner, replay = pretrained()
+    learner, replay = pretrained(inspo_online_anchor="policy")
     for _ in range(4):  # move pi away from mu first
         learner.update(replay.sample(), "offline", 0, 0)
     seen = {}
@@ -215,10 +215,10 @@ def test_online_the_policy_is_anchored_to_itself_and_corrected_by_the_replays_be
 
 
 @pytest.mark.parametrize("anchor", ["offline_policy", "behaviour"])
-def test_online_the_anchor_can_be_the_offline_policy_or_the_behaviour_policy(monkeypatch, anchor):
+def test_online_the_anchor_is_the_offline_policy_by_default_or_the_behaviour_policy(monkeypatch, anchor):
     from learner import inspo
 
-    learner, replay = pretrained(inspo_online_anchor=anchor)
+    learner, replay = pretrained(**({} if anchor == "offline_policy" else {"inspo_online_anchor": anchor}))
     for _ in range(4):  # pi moves away from mu
         learner.update(replay.sample(), "offline", 0, 0)
     probe = replay.sample()
@@ -371,7 +371,7 @@ def test_inspo_may_act_by_sampling_its_policy():
         ("learner.inspo_ratio_clip=0.5", "learner.inspo_ratio_clip: must be >= 1.0, got 0.5"),
         ("learner.inspo_agent_updates=0", "learner.inspo_agent_updates: must be >= 1, got 0"),
         ("learner.inspo_local_critics=some", "learner.inspo_local_critics: must be one of turn, all"),
-        ("learner.inspo_online_anchor=mu", "learner.inspo_online_anchor: must be one of policy, offline_"),
+        ("learner.inspo_online_anchor=mu", "learner.inspo_online_anchor: must be one of offline_policy"),
         ("learner.behaviour_pretrain_updates=0", "learner.behaviour_pretrain_updates: must be >= 1, got 0"),
         (
             ["run.online_env_steps=1000", "run.dataset=null"],
