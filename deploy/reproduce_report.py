@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -269,7 +270,27 @@ def summarize(sweep: Sweep, runs: dict[str, list[RunRecord]]) -> dict:
             x = np.array([r.final["win_rate"] for r in ours_records])[:, None]
             y = np.array([r.final["win_rate"] for r in other_records])[:, None]
             improvements[f"{ours} > {other}"] = probability_of_improvement_ci(x, y, reps=b.bootstrap_reps)
+    for lower, higher in mixing_ratio_pairs(list(runs)):  # a --mixing-ratios study, within a method
+        if runs[lower] and runs[higher]:
+            x = np.array([r.final["win_rate"] for r in runs[lower]])[:, None]
+            y = np.array([r.final["win_rate"] for r in runs[higher]])[:, None]
+            improvements[f"{lower} > {higher}"] = probability_of_improvement_ci(x, y, reps=b.bootstrap_reps)
     return {"rows": rows, "improvements": improvements}
+
+
+def mixing_ratio_pairs(algorithms: list[str]) -> list[tuple[str, str]]:
+    """(lower ratio, higher ratio) for every two labels of one method at different mixing ratios
+    ("ovmse_m0", "ovmse_m0.3"), lower ratios first: does using less offline data cost anything?"""
+    by_method: dict[str, list[tuple[float, str]]] = {}
+    for name in algorithms:
+        found = re.fullmatch(r"(.+)_m(\d+(?:\.\d+)?)", name)
+        if found:
+            by_method.setdefault(found.group(1), []).append((float(found.group(2)), name))
+    pairs = []
+    for labels in by_method.values():
+        labels.sort()
+        pairs += [(a, b) for i, (_, a) in enumerate(labels) for (_, b) in labels[i + 1 :]]
+    return pairs
 
 
 def dataset_lines(out: Path, sweep: Sweep) -> list[str]:

@@ -77,6 +77,18 @@ def test_probability_of_improvement_by_hand():
     assert (sure.point, sure.low, sure.high) == (1.0, 1.0, 1.0)
 
 
+def test_a_mixing_ratio_study_compares_each_lower_ratio_with_each_higher_one_within_a_method():
+    from deploy.reproduce_report import mixing_ratio_pairs
+
+    labels = ["ovmse_m0.3", "qmix", "ovmse_m0", "switch_cql_m0.5", "ovmse_m0.1", "switch_cql_m0.1", "ovmse"]
+    assert mixing_ratio_pairs(labels) == [
+        ("ovmse_m0", "ovmse_m0.1"),
+        ("ovmse_m0", "ovmse_m0.3"),
+        ("ovmse_m0.1", "ovmse_m0.3"),
+        ("switch_cql_m0.1", "switch_cql_m0.5"),
+    ]
+
+
 # --- marl-eval's format -------------------------------------------------------------------------------
 
 
