@@ -322,14 +322,38 @@ def dataset_lines(out: Path, sweep: Sweep) -> list[str]:
     return ["; ".join(parts) + "."]
 
 
-def table_markdown(out: Path, sweep: Sweep, summary: dict, pretrainings: dict | None = None) -> str:
+def table_markdown(out: Path, sweep: Sweep, summary: dict, offline: dict | None = None) -> str:
+    """table.md: the online trials' tables, then the pre-trainings' (`offline`, from
+    `summarize_offline`), whichever the sweep has."""
+    b = sweep.budget
+    rows = summary["rows"]
+    offline_names = list((offline or {}).get("rows", {}))
+    lines = [f"# lite {sweep.map_name} {sweep.dataset_kind}: {', '.join(rows or offline_names)}", ""]
+    if rows:
+        lines += online_lines(out, sweep, summary)
+    else:  # offline methods only: no online trial, so no online table
+        lines += [
+            f"Offline methods only; {sweep.seeds} seeds asked. Pre-training: {b.offline_updates} updates "
+            f"of {b.batch_size} episodes (`cql_sampler={b.cql_sampler}`); final policy on "
+            f"{b.final_test_episodes} greedy episodes.",
+            *dataset_lines(out, sweep),
+        ]
+    lines += offline_table_lines(sweep, offline) if offline else []
+    lines += [
+        "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the lite world, not StarCraft II.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def online_lines(out: Path, sweep: Sweep, summary: dict) -> list[str]:
+    """The online trials' part of table.md: budget, dataset, the final-policy table, the
+    comparisons and the per-seed values."""
     b = sweep.budget
     rows = summary["rows"]
     seeds_done = {a: len(r["seeds"]) for a, r in rows.items()}
     total_seconds = sum(s for r in rows.values() for s in r["seconds"])
     lines = [
-        f"# lite {sweep.map_name} {sweep.dataset_kind}: {', '.join(rows)}",
-        "",
         f"Online budget {sweep.online_steps:,} env steps per trial (the paper: "
         f"{_paper_budget(sweep):,}); {sweep.seeds} seeds asked, finished per algorithm: "
         + ", ".join(f"{a} {n}" for a, n in seeds_done.items())
@@ -385,12 +409,7 @@ def table_markdown(out: Path, sweep: Sweep, summary: dict, pretrainings: dict | 
         by_seed = dict(zip(row["seeds"], row["final_win_rate"], strict=True))
         cells = [f"{by_seed[s]:.3f}" if s in by_seed else "—" for s in range(sweep.seeds)]
         lines.append(f"| {algorithm} | " + " | ".join(cells) + " |")
-    lines += offline_table_lines(sweep, pretrainings) if pretrainings else []
-    lines += [
-        "",
-        f"Written {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; the lite world, not StarCraft II.",
-    ]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _paper_budget(sweep: Sweep) -> int:

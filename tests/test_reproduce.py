@@ -386,6 +386,8 @@ def test_an_offline_comparison_reports_each_pre_training_from_its_own_evaluation
     summary = json.loads((out / "summary.json").read_text())["offline"]
     table = (out / "table.md").read_text()
     assert "## Offline pre-training" in table
+    assert table.startswith("# lite 3m medium: inspo, bc, cfcql\n")
+    assert "final win rate, median" not in table  # no online trial: no (empty) online table
     for key in ("inspo", "bc", "cfcql"):
         finals = [records(out / "pretrain" / f"{key}_s{s}", "eval")[-1] for s in (0, 1)]
         assert all(f["episodes"] == 8 for f in finals)  # --final-test-episodes
