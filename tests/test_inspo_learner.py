@@ -370,7 +370,7 @@ def test_inspo_may_act_by_sampling_its_policy():
         ("learner.inspo_max_log_weight=0", "learner.inspo_max_log_weight: must be > 0, got 0.0"),
         ("learner.inspo_ratio_clip=0.5", "learner.inspo_ratio_clip: must be >= 1.0, got 0.5"),
         ("learner.inspo_agent_updates=0", "learner.inspo_agent_updates: must be >= 1, got 0"),
-        ("learner.inspo_local_critics=some", "learner.inspo_local_critics: must be one of turn, all"),
+        ("learner.inspo_local_critics=some", "learner.inspo_local_critics: must be one of all, turn"),
         ("learner.inspo_online_anchor=mu", "learner.inspo_online_anchor: must be one of offline_policy"),
         ("learner.behaviour_pretrain_updates=0", "learner.behaviour_pretrain_updates: must be >= 1, got 0"),
         (
