@@ -18,21 +18,22 @@ The parts, each trained only on the dataset's own actions:
 - per agent m, a policy pi_m (its own network, so updating one agent leaves the others unchanged),
   fitted by weighted behaviour cloning toward the closed form pi* ~ mu^(a/(a+b)) exp(Q_m/(a+b)).
 
-`update` runs the outer loop one gradient step at a time: one critic step, then one local-critic
-step and one policy step for the agent whose turn it is. A turn is `inspo_agent_updates` steps; an
+`update` runs the outer loop one gradient step at a time: one critic step, one step of every
+agent's local critic (`inspo_local_critics: all`; `turn`: only the agent whose turn it is), and one
+policy step for the agent whose turn it is. A turn is `inspo_agent_updates` steps; an
 outer iteration is one turn per agent in a fresh random permutation. With `inspo_sequential` the
 ratios use the teammates' policies as they are now (updated earlier in this iteration, else as the
 previous iteration left them); without it every teammate counts as in the data (ratio 1).
 
 Online (fine-tuning after the offline phase, on mixed batches of offline and online episodes),
-the same updates run with two changes, both choices of ours (the paper is offline only):
+the same updates run with three changes, all choices of ours (the paper is offline only):
 - mu keeps learning: one behaviour-cloning step per update on the batch, so that it stays the
   behaviour policy of the data the in-sample weights are computed on (the mixture of the dataset and
   of what the actors played), rather than the dataset's alone;
-- the KL anchor of the closed form is `inspo_online_anchor`: pi_m as it is (a mirror-descent step,
-  the default), pi_m as the offline phase left it (frozen at the switch, a memory of the offline
-  policy), or mu. The weight of a batch action is pi*/mu = (pi*/anchor)(anchor/mu), so mu still
-  corrects for who played it;
+- the KL anchor of the closed form is `inspo_online_anchor`: pi_m as the offline phase left it
+  (frozen at the switch, a memory of the offline policy; the default), pi_m as it is (a
+  mirror-descent step) or mu. The weight of a batch action is pi*/mu = (pi*/anchor)(anchor/mu), so
+  mu still corrects for who played it;
 - with `use_offline_value_memory`, the critic's Q regression is OVM's (Eq. 5): the frozen offline
   critic Q_offline(s, a) at the data's joint action floors the TD target r + gamma V(s'), weighted
   by the memory coefficient lambda_t, exactly as OVMSE floors Q_tot; the value V, the local critics
@@ -42,7 +43,6 @@ Networks run in fp32.
 
 from __future__ import annotations
 
-import copy
 import logging
 
 import torch
@@ -56,7 +56,7 @@ from common.networks import RNNAgent, agent_network
 from common.probe import episode_agent_inputs
 from common.schedules import memory_coefficient_at
 from learner import inspo, losses
-from learner.learning import episode_lengths, resolve_device
+from learner.learning import episode_lengths, frozen_copy, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -165,8 +165,8 @@ class InSPOLearner:
     def freeze_offline_memory(self) -> None:
         """Keep frozen copies of the critic (OVM's memory) and of the policies (the anchor
         "offline_policy") as they leave the offline phase."""
-        self.offline_critic = _frozen_copy(self.critic)
-        self.offline_policies = _frozen_copy(self.policies)
+        self.offline_critic = frozen_copy(self.critic)
+        self.offline_policies = frozen_copy(self.policies)
 
     # ------------------------------------------------------------------ behaviour cloning + critic
 
@@ -406,7 +406,7 @@ class InSPOLearner:
             return log_mu_m
         if anchor == "offline_policy":
             if self.offline_policies is None:  # the first online update: pi as the offline phase left it
-                self.offline_policies = _frozen_copy(self.policies)
+                self.offline_policies = frozen_copy(self.policies)
             net = self.offline_policies
         elif log_pi is not None:  # "policy": pi_m is unchanged since the ratios read it
             return log_pi[:, :, m]
@@ -480,7 +480,7 @@ class InSPOLearner:
         self.offline_critic = self.offline_policies = None
         for name, live in (("offline_critic", self.critic), ("offline_policies", self.policies)):
             if name in state:  # the frozen copies share their live networks' shapes
-                setattr(self, name, _frozen_copy(live))
+                setattr(self, name, frozen_copy(live))
                 getattr(self, name).load_state_dict(state[name])
         if not self.needs_behaviour_pretraining:
             for p in self.behaviour.parameters():
@@ -495,9 +495,3 @@ class InSPOLearner:
             "rnn_hidden_dim": self.cfg.rnn_hidden_dim,
         }
 
-
-def _frozen_copy(module: nn.Module) -> nn.Module:
-    frozen = copy.deepcopy(module)
-    for p in frozen.parameters():
-        p.requires_grad_(False)
-    return frozen

@@ -181,8 +181,8 @@ class QMixLearner:
                 self.n_agents, self.state_size, cfg.mixing_embed_dim, cfg.hypernet_embed_dim
             ).to(self.device)
             self.behaviour = self.make_agent().to(self.device) if self.uses_behaviour_policy else None
-        self.target_agent = _frozen_copy(self.agent)
-        self.target_mixer = _frozen_copy(self.mixer)
+        self.target_agent = frozen_copy(self.agent)
+        self.target_mixer = frozen_copy(self.mixer)
         self.offline_agent: RNNAgent | None = None  # OVM's frozen Q_offline, see freeze_offline_memory
         self.offline_mixer: QMixer | None = None
         self.params = list(self.agent.parameters()) + list(self.mixer.parameters())
@@ -211,8 +211,8 @@ class QMixLearner:
     def freeze_offline_memory(self) -> None:
         """Keep a frozen copy of the current *target* agent and mixer as OVM's Q_offline. Call once,
         at the switch from offline to online training."""
-        self.offline_agent = _frozen_copy(self.target_agent)
-        self.offline_mixer = _frozen_copy(self.target_mixer)
+        self.offline_agent = frozen_copy(self.target_agent)
+        self.offline_mixer = frozen_copy(self.target_mixer)
 
     def update_targets(self) -> None:
         """Hard copy of agent and mixer into the target networks."""
@@ -524,7 +524,8 @@ def _float_weights(weights: MixingWeights) -> MixingWeights:
     return MixingWeights(*(w.float() for w in weights))
 
 
-def _frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy that takes no gradients: a target network, or a memory of the offline phase."""
     clone = copy.deepcopy(module)
     for p in clone.parameters():
         p.requires_grad_(False)
