@@ -189,12 +189,11 @@ def test_online_the_behaviour_policy_keeps_learning_from_the_batches_offline_it_
     assert not all(torch.equal(before[k], v) for k, v in learner.behaviour.state_dict().items())
 
 
-def test_the_policy_anchor_is_pi_as_it_is_corrected_by_the_replays_behaviour(monkeypatch):
+def spy_on_the_anchor(monkeypatch) -> dict:
+    """What the next policy step's weights are computed from: {"anchor": log anchor(a), "mu": log mu(a)}
+    at the batch's actions of the agent whose turn it is."""
     from learner import inspo
 
-    learner, replay = pretrained(inspo_online_anchor="policy")
-    for _ in range(4):  # move pi away from mu first
-        learner.update(replay.sample(), "offline", 0, 0)
     seen = {}
     real = inspo.anchored_log_weights
 
@@ -203,6 +202,14 @@ def test_the_policy_anchor_is_pi_as_it_is_corrected_by_the_replays_behaviour(mon
         return real(q_taken, value, log_anchor_taken, log_mu_taken, alpha, beta)
 
     monkeypatch.setattr(inspo, "anchored_log_weights", spy)
+    return seen
+
+
+def test_the_policy_anchor_is_pi_as_it_is_corrected_by_the_replays_behaviour(monkeypatch):
+    learner, replay = pretrained(inspo_online_anchor="policy")
+    for _ in range(4):  # move pi away from mu first
+        learner.update(replay.sample(), "offline", 0, 0)
+    seen = spy_on_the_anchor(monkeypatch)
     batch = replay.sample()
     pi_before = learner.action_probabilities(batch)
     m = int(learner.update(batch, "online", 0, 0)["agent"])
@@ -216,8 +223,6 @@ def test_the_policy_anchor_is_pi_as_it_is_corrected_by_the_replays_behaviour(mon
 
 @pytest.mark.parametrize("anchor", ["offline_policy", "behaviour"])
 def test_online_the_anchor_is_the_offline_policy_by_default_or_the_behaviour_policy(monkeypatch, anchor):
-    from learner import inspo
-
     learner, replay = pretrained(**({} if anchor == "offline_policy" else {"inspo_online_anchor": anchor}))
     for _ in range(4):  # pi moves away from mu
         learner.update(replay.sample(), "offline", 0, 0)
@@ -225,14 +230,7 @@ def test_online_the_anchor_is_the_offline_policy_by_default_or_the_behaviour_pol
     pi_at_switch = learner.action_probabilities(probe)
     for _ in range(4):  # online updates move pi away from where the offline phase left it
         learner.update(replay.sample(), "online", 0, 0)
-    seen = {}
-    real = inspo.anchored_log_weights
-
-    def spy(q_taken, value, log_anchor_taken, log_mu_taken, alpha, beta):
-        seen.update(anchor=log_anchor_taken.clone(), mu=log_mu_taken.clone())
-        return real(q_taken, value, log_anchor_taken, log_mu_taken, alpha, beta)
-
-    monkeypatch.setattr(inspo, "anchored_log_weights", spy)
+    seen = spy_on_the_anchor(monkeypatch)
     pi_now = learner.action_probabilities(probe)
     m = int(learner.update(probe, "online", 0, 0)["agent"])
     taken = probe.actions[:, :-1, m]
