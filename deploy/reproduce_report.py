@@ -260,21 +260,15 @@ def summarize(sweep: Sweep, runs: dict[str, list[RunRecord]]) -> dict:
             "reached": len(reached),
             "seconds": [r.seconds for r in records],
         }
+    # Which pairs are compared: OVMSE against each baseline, and each method's mixing ratios
+    # against each other (a --mixing-ratios study: does less offline data cost anything?).
+    pairs = [(ours, other) for ours in runs if is_ovmse(ours) for other in runs if not is_ovmse(other)]
+    pairs += mixing_ratio_pairs(list(runs))
     improvements = {}
-    for ours, ours_records in runs.items():
-        if not is_ovmse(ours) or len(ours_records) < 1:
-            continue
-        for other, other_records in runs.items():
-            if is_ovmse(other) or not other_records:
-                continue
-            x = np.array([r.final["win_rate"] for r in ours_records])[:, None]
-            y = np.array([r.final["win_rate"] for r in other_records])[:, None]
+    for ours, other in pairs:
+        if runs[ours] and runs[other]:
+            x, y = (np.array([r.final["win_rate"] for r in runs[a]])[:, None] for a in (ours, other))
             improvements[f"{ours} > {other}"] = probability_of_improvement_ci(x, y, reps=b.bootstrap_reps)
-    for lower, higher in mixing_ratio_pairs(list(runs)):  # a --mixing-ratios study, within a method
-        if runs[lower] and runs[higher]:
-            x = np.array([r.final["win_rate"] for r in runs[lower]])[:, None]
-            y = np.array([r.final["win_rate"] for r in runs[higher]])[:, None]
-            improvements[f"{lower} > {higher}"] = probability_of_improvement_ci(x, y, reps=b.bootstrap_reps)
     return {"rows": rows, "improvements": improvements}
 
 
