@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -52,6 +54,11 @@ def run_until_signal(job: Callable[[threading.Event], T], stop_within_s: float |
             signal.signal(sig, handler)
 
 
+def _signal_main_thread_soon(delay_s: float = 0.01) -> None:
+    time.sleep(delay_s)
+    _thread.interrupt_main(signal.SIGTERM)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where the job is, so its cleanup (`finally`, `except BaseException`) runs."""
 
@@ -60,7 +67,12 @@ class Terminated(KeyboardInterrupt):
 def sigterm_raises():
     """Within the block, SIGTERM raises `Terminated` (a KeyboardInterrupt, as Ctrl-C would) in the
     main thread instead of ending the process on the spot, so writers remove their temporary files
-    on the way out. Outside the main thread it changes nothing."""
+    on the way out. Outside the main thread it changes nothing.
+
+    Python runs a signal handler wherever the main thread happens to be, and when that is a weakref
+    callback or a `__del__` (h5py's caches run them while a dataset is written) it prints the
+    exception and carries on: the stop would be lost. Such a `Terminated` is caught by the
+    unraisable hook and the signal delivered again, until it is raised in the job's own code."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -68,8 +80,18 @@ def sigterm_raises():
     def terminate(signum, frame):
         raise Terminated(f"stopped by signal {signum}")
 
+    def deliver_again_if_swallowed(unraisable) -> None:
+        if isinstance(unraisable.exc_value, Terminated):
+            # Later and from another thread: run here, `terminate` would be ignored again.
+            threading.Thread(target=_signal_main_thread_soon, daemon=True).start()
+        else:
+            previous_hook(unraisable)
+
     previous = signal.signal(signal.SIGTERM, terminate)
+    previous_hook = sys.unraisablehook
+    sys.unraisablehook = deliver_again_if_swallowed
     try:
         yield
     finally:
+        sys.unraisablehook = previous_hook
         signal.signal(signal.SIGTERM, previous)

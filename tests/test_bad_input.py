@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from common.config import ConfigError, resolve_config
+from common.lifecycle import Terminated, sigterm_raises
 from deploy import cli
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -150,6 +151,24 @@ def test_a_failed_job_keeps_a_directory_that_holds_a_checkpoint(tmp_path):
                 (run_dir / "checkpoints" / "offline.pt").write_bytes(b"weights")
             raise RuntimeError("the job failed")
     assert kept.is_dir() and not removed.exists()
+
+
+def test_a_sigterm_that_lands_in_a_finalizer_still_stops_the_block():
+    # Python ignores (prints) an exception raised in a __del__ or a weakref callback: when the
+    # signal's handler runs there, the stop must still reach the job's own code.
+    class SignalledWhileFinalized:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)
+
+    previous = signal.getsignal(signal.SIGTERM)
+    deadline = time.monotonic() + 5.0
+    with pytest.raises(Terminated):
+        with sigterm_raises():
+            SignalledWhileFinalized()  # finalized at once, the signal handled inside __del__
+            while time.monotonic() < deadline:  # the job's own loop
+                pass
+    assert time.monotonic() < deadline, "the loop ran to its end: the stop was lost"
+    assert signal.getsignal(signal.SIGTERM) is previous
 
 
 def test_dataset_collect_stopped_by_sigterm_removes_its_temporary_file(tmp_path):
