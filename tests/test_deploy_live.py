@@ -445,6 +445,67 @@ class PromServer:
         return body["data"]["result"]
 
 
+# --- Ray -------------------------------------------------------------------------------------------
+# Before the Prometheus tests: their module-scoped run keeps both cores busy until the module ends,
+# which made this test four times slower.
+
+
+def test_ray_launch_restarts_a_killed_actor_and_the_run_goes_on(tmp_path):
+    import ray
+
+    from common.config import resolve_config
+    from deploy.ray_launch import RayLaunch, absolute_paths, init_ray
+
+    # A budget that outlasts the kill and the restart, then a finished run with a final evaluation.
+    config = small_config_file(tmp_path, run={"online_env_steps": 12000}, actor={"final_test_episodes": 16})
+    cfg = absolute_paths(resolve_config(file=str(config)))
+    assert init_ray(None, num_actors=2)
+    launch = None
+    try:
+        launch = RayLaunch(cfg, 2, local=True, max_restarts=2).start()
+
+        def actor_steps(i: int) -> float:
+            address = launch.addresses().get(f"metrics/actor/{i}")
+            return sample_value(scrape(address), "ovmse_env_steps_total", actor=str(i)) if address else 0.0
+
+        def learner_updates() -> float:
+            address = launch.addresses().get("metrics/learner")
+            return sample_value(scrape(address), "ovmse_learner_updates_total") if address else 0.0
+
+        wait_for(lambda: actor_steps(0) > 0 and actor_steps(1) > 0, RUN_TIMEOUT_S, "both actors stepping")
+        wait_for(learner_updates, RUN_TIMEOUT_S, "learner updates")
+        before = {"address": launch.addresses()["metrics/actor/1"], "updates": learner_updates()}
+        pid = launch.pid("actor/1")
+        os.kill(pid, signal.SIGKILL)
+
+        def restarted() -> bool:
+            return (
+                launch.starts().get("actor/1", 0) >= 2
+                and launch.addresses()["metrics/actor/1"] != before["address"]
+            )
+
+        wait_for(restarted, 300, "Ray to restart actor 1")
+        new_pid = launch.pid("actor/1")
+        assert new_pid != pid
+        wait_for(lambda: actor_steps(1) > 0, RUN_TIMEOUT_S, "the restarted actor to play")
+        wait_for(lambda: learner_updates() > before["updates"], 300, "the learner to keep updating")
+        targets = json.loads(launch.write_prometheus_targets().read_text())  # what wait() keeps current
+        assert {g["labels"]["job"] for g in targets} == {"replay", "learner", "actor", "evaluator"}
+        assert launch.wait(RUN_TIMEOUT_S), "the run did not finish"
+        summary = launch.stop()
+        launch = None
+        assert summary["starts"]["actor/1"] == 2 and summary["starts"]["actor/0"] == 1
+        assert summary["starts"]["learner"] == 1 and summary["starts"]["replay"] == 1
+        results = summary["results"]
+        assert results["learner"]["finished"] and results["learner"]["env_steps"] >= 12000
+        assert results["evaluator"]["final_win_rate"] is not None
+        assert not [r for r in results.values() if "error" in r], results
+    finally:
+        if launch is not None:
+            launch.stop(timeout_s=30)
+        ray.shutdown()
+
+
 @pytest.fixture(scope="module")
 def live_run(tmp_path_factory):
     """`ovmse run` with metrics on consecutive ports, scraped by a real Prometheus server."""
@@ -518,62 +579,3 @@ def test_every_dashboard_metric_is_exported_and_every_query_has_data(live_run):
         wait_for(lambda: not missing(), 300, "every dashboard query to return data", watch, 2.0)
     except pytest.fail.Exception:
         pytest.fail(f"dashboard queries without data: {missing()}")
-
-
-# --- Ray -------------------------------------------------------------------------------------------
-
-
-def test_ray_launch_restarts_a_killed_actor_and_the_run_goes_on(tmp_path):
-    import ray
-
-    from common.config import resolve_config
-    from deploy.ray_launch import RayLaunch, absolute_paths, init_ray
-
-    # A budget that outlasts the kill and the restart, then a finished run with a final evaluation.
-    config = small_config_file(tmp_path, run={"online_env_steps": 12000}, actor={"final_test_episodes": 16})
-    cfg = absolute_paths(resolve_config(file=str(config)))
-    assert init_ray(None, num_actors=2)
-    launch = None
-    try:
-        launch = RayLaunch(cfg, 2, local=True, max_restarts=2).start()
-
-        def actor_steps(i: int) -> float:
-            address = launch.addresses().get(f"metrics/actor/{i}")
-            return sample_value(scrape(address), "ovmse_env_steps_total", actor=str(i)) if address else 0.0
-
-        def learner_updates() -> float:
-            address = launch.addresses().get("metrics/learner")
-            return sample_value(scrape(address), "ovmse_learner_updates_total") if address else 0.0
-
-        wait_for(lambda: actor_steps(0) > 0 and actor_steps(1) > 0, RUN_TIMEOUT_S, "both actors stepping")
-        wait_for(learner_updates, RUN_TIMEOUT_S, "learner updates")
-        before = {"address": launch.addresses()["metrics/actor/1"], "updates": learner_updates()}
-        pid = launch.pid("actor/1")
-        os.kill(pid, signal.SIGKILL)
-
-        def restarted() -> bool:
-            return (
-                launch.starts().get("actor/1", 0) >= 2
-                and launch.addresses()["metrics/actor/1"] != before["address"]
-            )
-
-        wait_for(restarted, 300, "Ray to restart actor 1")
-        new_pid = launch.pid("actor/1")
-        assert new_pid != pid
-        wait_for(lambda: actor_steps(1) > 0, RUN_TIMEOUT_S, "the restarted actor to play")
-        wait_for(lambda: learner_updates() > before["updates"], 300, "the learner to keep updating")
-        targets = json.loads(launch.write_prometheus_targets().read_text())  # what wait() keeps current
-        assert {g["labels"]["job"] for g in targets} == {"replay", "learner", "actor", "evaluator"}
-        assert launch.wait(RUN_TIMEOUT_S), "the run did not finish"
-        summary = launch.stop()
-        launch = None
-        assert summary["starts"]["actor/1"] == 2 and summary["starts"]["actor/0"] == 1
-        assert summary["starts"]["learner"] == 1 and summary["starts"]["replay"] == 1
-        results = summary["results"]
-        assert results["learner"]["finished"] and results["learner"]["env_steps"] >= 12000
-        assert results["evaluator"]["final_win_rate"] is not None
-        assert not [r for r in results.values() if "error" in r], results
-    finally:
-        if launch is not None:
-            launch.stop(timeout_s=30)
-        ray.shutdown()
