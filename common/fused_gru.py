@@ -27,6 +27,11 @@ CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]
 # measured on the 2-core AMX Xeon, a bf16 [64, 64] @ [64, 192] took 46 us against 11 us in fp32,
 # while from 256 rows on bf16 was faster (57 against 82 us; 96 against 330 us at 1,024).
 BF16_MIN_ROWS = 128
+# Run the per-step products on AMX tiles inside the kernel where it was built for a CPU with them
+# (bf16 products, hidden size a multiple of 32): there a step's product costs microseconds at any
+# row count, and its fp32 result feeds the gates directly. OVMSE_GRU_AMX=0 turns it off (tests and
+# the benchmark compare both).
+USE_AMX = os.environ.get("OVMSE_GRU_AMX", "1").strip().lower() not in ("0", "false", "no", "off")
 _lock = threading.Lock()
 _state: dict = {}
 
@@ -99,7 +104,7 @@ def _load_or_build():
     return load_inline(
         name=name,
         cpp_sources=[source],
-        functions=["gru_forward", "gru_backward"],
+        functions=["gru_forward", "gru_backward", "amx_available", "exp_for_test"],
         extra_cflags=CFLAGS,
         build_directory=str(build_dir),
         verbose=False,
@@ -108,6 +113,11 @@ def _load_or_build():
 
 def available() -> bool:
     return kernel() is not None
+
+
+def amx_active() -> bool:
+    """Whether bf16 unrolls run their per-step products on AMX tiles (see `USE_AMX`)."""
+    return USE_AMX and available() and bool(kernel().amx_available())
 
 
 def unavailable_reason() -> str | None:
@@ -125,7 +135,8 @@ def fused_gru_sequence(x: torch.Tensor, hidden: torch.Tensor | None, rnn: torch.
     state are fp32; the output comes in the per-step product's dtype (rounded from the fp32
     state), which is what the next layer reads under autocast."""
     T, N, _ = x.shape
-    step_dtype = x.dtype if N >= BF16_MIN_ROWS else torch.float32
+    on_amx = x.dtype == torch.bfloat16 and rnn.hidden_size % 32 == 0 and amx_active()
+    step_dtype = x.dtype if N >= BF16_MIN_ROWS or on_amx else torch.float32
     h0 = x.new_zeros(N, rnn.hidden_size, dtype=torch.float32) if hidden is None else hidden
     h0 = h0.float().contiguous()
     weights = (rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0)
@@ -144,7 +155,7 @@ def _forward(x, h0, step_dtype, w_ih, b_ih, w_hh, b_hh, save: bool):
     wi, wh = w_ih.detach().to(x.dtype), w_hh.detach().to(step_dtype)
     gi = torch.mm(x.view(T * N, width), wi.t()).view(T, N, -1)
     biases = b_ih.detach().float(), b_hh.detach().float()
-    return wi, wh, kernel().gru_forward(gi, h0, wh.t().contiguous(), *biases, save)
+    return wi, wh, kernel().gru_forward(gi, h0, wh.t().contiguous(), *biases, save, USE_AMX)
 
 
 class FusedGRU(torch.autograd.Function):
@@ -164,7 +175,7 @@ class FusedGRU(torch.autograd.Function):
         x, wi, wh, hs, hs_mm, gh_n, rz, n = ctx.saved_tensors
         T, N, width = x.shape
         dgi, dh0, dw_hh, db_hh, db_ih = kernel().gru_backward(
-            dout.to(wh.dtype).contiguous(), hs, hs_mm, gh_n, rz, n, wh, x
+            dout.to(wh.dtype).contiguous(), hs, hs_mm, gh_n, rz, n, wh, x, USE_AMX
         )
         flat = dgi.view(T * N, -1)
         dx = (flat @ wi).view(T, N, width)

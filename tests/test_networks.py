@@ -203,6 +203,41 @@ def test_the_fused_gru_in_bf16_stays_within_2_percent_of_fp32(kernel, monkeypatc
         assert not torch.equal(got, want)  # it did run in bf16
 
 
+def test_the_kernels_inline_exp_is_as_accurate_as_fp32_allows(kernel):
+    x = torch.linspace(-87.0, 88.0, 200_001)
+    relative = (kernel.exp_for_test(x).double() - x.double().exp()).abs() / x.double().exp()
+    assert relative.max() < 2e-6
+    # Past the clamp it saturates instead of overflowing: the gates stay finite.
+    tiny, huge = kernel.exp_for_test(torch.tensor([-1e4, 1e4])).tolist()
+    assert 0.0 < tiny < 1e-37 and 1e38 < huge < float("inf")
+
+
+def test_the_recurrence_on_amx_tiles_matches_the_torch_products(kernel, monkeypatch):
+    """On CPUs with AMX the per-step products run on tiles inside the kernel, 16 rows at a time;
+    37 rows leave a partial block. The result must be nn.GRU's within bf16 rounding, like the path
+    through torch's products (which it must not simply be: its gh stays fp32)."""
+    if not kernel.amx_available():
+        pytest.skip("this CPU (or kernel build) has no AMX tiles: the torch products are used")
+    monkeypatch.setattr(fused_gru, "BF16_MIN_ROWS", 1)
+
+    def unroll(amx: bool):
+        monkeypatch.setattr(fused_gru, "USE_AMX", amx)
+        torch.manual_seed(6)
+        T, N, H = 9, 37, 64
+        gru, fc = torch.nn.GRU(H, H), torch.nn.Linear(H, H)
+        x, h0 = torch.randn(T, N, H, requires_grad=True), torch.randn(N, H, requires_grad=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = fused_gru.fused_gru_sequence(fc(x), h0, gru)
+        upstream = torch.randn(T, N, H).to(out.dtype)
+        return out.float(), torch.autograd.grad(out, [x, h0, *gru.parameters()], upstream)
+
+    (tiles, tile_grads), (torch_mm, torch_grads) = unroll(True), unroll(False)
+    assert not torch.equal(tiles, torch_mm)
+    assert (tiles - torch_mm).abs().max() < 0.02
+    for got, want in zip(tile_grads, torch_grads, strict=True):
+        assert (got - want).norm() <= 0.01 * want.norm()
+
+
 def test_the_agent_unrolls_on_cpu_with_the_fused_gru_and_the_same_numbers(kernel, monkeypatch):
     torch.manual_seed(4)
     B, T, n, d = 5, 9, 3, 7
