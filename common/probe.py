@@ -6,10 +6,9 @@ policy away from the one it started from (beside the probe's Q values, the paper
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from common.episode import TrainingBatch, training_mask
-from common.networks import RNNAgent, build_agent_inputs
+from common.networks import RNNAgent
 
 
 def episode_agent_inputs(
@@ -20,11 +19,16 @@ def episode_agent_inputs(
     as a batch-major view; in `dtype` when given (the learner's compute dtype: cast once here rather
     than by every network that reads them)."""
     obs = batch.obs.transpose(0, 1)  # [T+1, B, n, O]
-    if dtype is not None:
-        obs = obs.to(dtype)
-    onehot = F.one_hot(batch.actions.transpose(0, 1).squeeze(-1), n_actions).to(obs.dtype)
-    previous = torch.cat([torch.zeros_like(onehot[:1]), onehot[:-1]], dim=0)
-    return build_agent_inputs(obs, previous, obs.shape[-2]).transpose(0, 1)
+    rows, B, n, O = obs.shape
+    # Written in place into one tensor: a training batch has ~10^5 rows, and building the parts and
+    # concatenating them cost more than the input layer's product. Equal to `build_agent_inputs`.
+    inputs = obs.new_empty(rows, B, n, O + n_actions + n, dtype=dtype or obs.dtype)
+    inputs[..., :O] = obs
+    inputs[0, ..., O : O + n_actions] = 0.0  # no action before the first row
+    previous = batch.actions.transpose(0, 1)[:-1]  # [T, B, n, 1]: the action before rows 1..T
+    inputs[1:, ..., O : O + n_actions] = previous == torch.arange(n_actions, device=previous.device)
+    inputs[..., O + n_actions :] = torch.eye(n, dtype=inputs.dtype, device=inputs.device)
+    return inputs.transpose(0, 1)
 
 
 @torch.no_grad()

@@ -4,6 +4,7 @@ sequences (learner); the mixer is PyMARL2's monotonic mixer."""
 from __future__ import annotations
 
 import shutil
+import types
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from common.networks import (
     mix_samples,
     previous_actions_onehot,
 )
+from common.probe import episode_agent_inputs
 
 
 def test_agent_input_is_observation_previous_action_and_agent_id():
@@ -102,6 +104,19 @@ def test_episodes_of_one_length_are_unrolled_in_one_call():
     assert length_groups(torch.tensor([10, 10, 10, 9]), rows=10) is None  # too little to skip
     groups = length_groups(torch.tensor([2, 10, 3, 9]), rows=10)
     assert [(idx.tolist(), longest) for idx, longest in groups] == [([0], 2), ([2], 3), ([3], 9), ([1], 10)]
+
+
+@pytest.mark.parametrize("dtype", [None, torch.bfloat16])
+def test_the_learners_inputs_are_observation_previous_action_and_agent_id(dtype):
+    torch.manual_seed(8)
+    B, T, n, O, A = 3, 6, 4, 5, 7
+    actions = torch.randint(0, A, (B, T + 1, n, 1))
+    batch = types.SimpleNamespace(obs=torch.randn(B, T + 1, n, O), actions=actions)
+    previous = previous_actions_onehot(batch.actions, A)
+    expected = build_agent_inputs(batch.obs, previous, n)
+    got = episode_agent_inputs(batch, A, dtype)
+    assert got.dtype == (dtype or torch.float32)
+    torch.testing.assert_close(got, expected.to(got.dtype), rtol=0, atol=0)
 
 
 def test_mixer_weights_are_non_negative_so_q_tot_is_monotone_in_every_agent():
