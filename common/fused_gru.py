@@ -22,7 +22,7 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("gru_kernel.cpp")
-CFLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp-simd"]
+CFLAGS = ["-O3", "-march=native", "-ffast-math", "-mrecip", "-fopenmp-simd"]
 # Below this many rows (episodes x agents in one unroll) the per-step product h @ W_hh^T stays fp32:
 # measured on the 2-core AMX Xeon, a bf16 [64, 64] @ [64, 192] took 46 us against 11 us in fp32,
 # while from 256 rows on bf16 was faster (57 against 82 us; 96 against 330 us at 1,024).
@@ -73,7 +73,7 @@ STALE_LOCK_S = 600  # a build takes about a minute; a lock file this old belongs
 def _load_or_build():
     """Import the built library when it exists; build it (torch's JIT builder) only when it does not.
 
-    The name holds the CPU tag and the source's hash, so each source and CPU has its own build
+    The name holds the CPU tag and a hash of the source and flags, so each build has its own
     directory. Importing directly matters because torch's builder takes a lock file in that
     directory on every load (to run ninja) and never releases it if its process is killed: every
     later process would then wait forever. A lock older than STALE_LOCK_S is removed before
@@ -83,7 +83,8 @@ def _load_or_build():
     from torch.utils.cpp_extension import _get_build_directory, load_inline
 
     source = SOURCE.read_text()
-    name = f"ovmse_gru_{_cpu_tag()}_{hashlib.sha256(source.encode()).hexdigest()[:10]}"
+    build = source + " ".join(CFLAGS)  # a change of either is a new build
+    name = f"ovmse_gru_{_cpu_tag()}_{hashlib.sha256(build.encode()).hexdigest()[:10]}"
     build_dir = Path(_get_build_directory(name, verbose=False))
     library = build_dir / f"{name}.so"
     if library.is_file():
@@ -104,7 +105,7 @@ def _load_or_build():
     return load_inline(
         name=name,
         cpp_sources=[source],
-        functions=["gru_forward", "gru_backward", "amx_available", "exp_for_test"],
+        functions=["gru_forward", "gru_forward_tiles", "gru_backward", "amx_available", "exp_for_test"],
         extra_cflags=CFLAGS,
         build_directory=str(build_dir),
         verbose=False,
@@ -135,8 +136,8 @@ def fused_gru_sequence(x: torch.Tensor, hidden: torch.Tensor | None, rnn: torch.
     state are fp32; the output comes in the per-step product's dtype (rounded from the fp32
     state), which is what the next layer reads under autocast."""
     T, N, _ = x.shape
-    on_amx = x.dtype == torch.bfloat16 and rnn.hidden_size % 32 == 0 and amx_active()
-    step_dtype = x.dtype if N >= BF16_MIN_ROWS or on_amx else torch.float32
+    on_tiles = _on_tiles(x, torch.bfloat16, rnn.hidden_size)
+    step_dtype = x.dtype if N >= BF16_MIN_ROWS or on_tiles else torch.float32
     h0 = x.new_zeros(N, rnn.hidden_size, dtype=torch.float32) if hidden is None else hidden
     h0 = h0.float().contiguous()
     weights = (rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0)
@@ -149,13 +150,26 @@ def fused_gru_sequence(x: torch.Tensor, hidden: torch.Tensor | None, rnn: torch.
 
 def _forward(x, h0, step_dtype, w_ih, b_ih, w_hh, b_hh, save: bool):
     """The kernel's forward with the weights in the products' dtypes: (W_ih, W_hh as cast, the
-    kernel's outputs). The input projection of every step is one product, x @ W_ih^T (the kernel
-    adds the biases)."""
+    kernel's outputs). On AMX tiles the kernel takes x and does the input projection itself;
+    otherwise it is one product for every step here, x @ W_ih^T (the kernel adds the biases)."""
     T, N, width = x.shape
     wi, wh = w_ih.detach().to(x.dtype), w_hh.detach().to(step_dtype)
-    gi = torch.mm(x.view(T * N, width), wi.t()).view(T, N, -1)
     biases = b_ih.detach().float(), b_hh.detach().float()
-    return wi, wh, kernel().gru_forward(gi, h0, wh.t().contiguous(), *biases, save, USE_AMX)
+    if _on_tiles(x, step_dtype, wh.shape[1]):
+        transposed = wi.t().contiguous(), wh.t().contiguous()
+        return wi, wh, kernel().gru_forward_tiles(x, h0, *transposed, *biases, save)
+    gi = torch.mm(x.view(T * N, width), wi.t()).view(T, N, -1)
+    return wi, wh, kernel().gru_forward(gi, h0, wh.t().contiguous(), *biases, save)
+
+
+def _on_tiles(x: torch.Tensor, step_dtype: torch.dtype, hidden: int) -> bool:
+    """Whether this unroll's products run on AMX tiles inside the kernel (bf16, sizes that fill tiles)."""
+    return (
+        x.dtype == step_dtype == torch.bfloat16
+        and x.shape[-1] % 32 == 0
+        and hidden % 32 == 0
+        and amx_active()
+    )
 
 
 class FusedGRU(torch.autograd.Function):

@@ -232,15 +232,16 @@ std::vector<uint16_t> pack_pairs(const at::Tensor& b) {
   return packed;
 }
 
-// out [16, M] fp32 = a [16, K] (bf16 bits, row-major) @ B [K, M] (as `pack_pairs` lays it out);
-// K and M multiples of 32.
-inline void tile_product(const uint16_t* a, const uint16_t* packed, float* out, int64_t K, int64_t M) {
+// out [16, M] fp32 = a [16, K] (bf16 bits, rows `a_stride` elements apart) @ B [K, M] (as `pack_pairs`
+// lays it out); K and M multiples of 32.
+inline void tile_product(const uint16_t* a, const uint16_t* packed, float* out, int64_t K, int64_t M,
+                         int64_t a_stride) {
   const int64_t k_chunks = K / 32, m_chunks = M / 16;
   for (int64_t mc = 0; mc < m_chunks; mc += 2) {
     _tile_zero(0);
     _tile_zero(1);
     for (int64_t kc = 0; kc < k_chunks; ++kc) {
-      _tile_loadd(2, a + 32 * kc, K * 2);
+      _tile_loadd(2, a + 32 * kc, a_stride * 2);
       _tile_loadd(3, packed + (kc * m_chunks + mc) * 512, 64);
       _tile_loadd(4, packed + (kc * m_chunks + mc + 1) * 512, 64);
       _tile_dpbf16ps(0, 2, 3);
@@ -253,34 +254,41 @@ inline void tile_product(const uint16_t* a, const uint16_t* packed, float* out, 
 
 inline uint16_t* bits_of(c10::BFloat16* p) { return reinterpret_cast<uint16_t*>(p); }
 
-// The forward unroll on AMX: each block of 16 rows runs every step with its state in local buffers;
-// gh = h @ W_hh^T comes out of the tiles in fp32 and goes straight into the gate math.
-template <typename TI>
-void forward_amx(const TI* gi, const float* h0, const uint16_t* w_packed, const float* b_ih, const float* b_hh,
-                 float* hs, c10::BFloat16* hs_mm, c10::BFloat16* gh_n, float* rz, float* n, bool save, int64_t T,
-                 int64_t N, int64_t H) {
+// The forward unroll on AMX: each block of 16 rows runs every step with its state in local buffers.
+// Both products come out of the tiles in fp32 and go straight into the gate math: gi = x @ W_ih^T
+// (so the [T, N, 3H] input projection is never stored) and gh = h @ W_hh^T.
+void forward_amx(const c10::BFloat16* x, int64_t width, const uint16_t* wi_packed, const float* h0,
+                 const uint16_t* wh_packed, const float* b_ih, const float* b_hh, float* hs, c10::BFloat16* hs_mm,
+                 c10::BFloat16* gh_n, float* rz, float* n, bool save, int64_t T, int64_t N, int64_t H) {
   at::parallel_for(0, (N + kBlock - 1) / kBlock, 1, [&](int64_t first, int64_t last) {
     configure_tiles();
-    std::vector<float> h(kBlock * H), gh(kBlock * 3 * H), scratch(6 * H);
-    std::vector<c10::BFloat16> h_mm(kBlock * H);
+    std::vector<float> h(kBlock * H), gi(kBlock * 3 * H), gh(kBlock * 3 * H), scratch(6 * H);
+    std::vector<c10::BFloat16> h_mm(kBlock * H), x_tail(kBlock * width);
     for (int64_t block = first; block < last; ++block) {
       const int64_t r0 = block * kBlock, rows = std::min(kBlock, N - r0);
       std::fill(h_mm.begin(), h_mm.end(), c10::BFloat16(0.0f));  // rows past N stay zero
+      std::fill(x_tail.begin(), x_tail.end(), c10::BFloat16(0.0f));
       for (int64_t i = 0; i < rows; ++i) {
         std::copy(h0 + (r0 + i) * H, h0 + (r0 + i + 1) * H, h.data() + i * H);
         store_row(h.data() + i * H, h_mm.data() + i * H, H);
       }
       for (int64_t t = 0; t < T; ++t) {
-        tile_product(bits_of(h_mm.data()), w_packed, gh.data(), H, 3 * H);
+        const c10::BFloat16* x_rows = x + (t * N + r0) * width;
+        if (rows < kBlock) {  // a partial block: the tile would read past this step's rows
+          std::copy(x_rows, x_rows + rows * width, x_tail.data());
+          x_rows = x_tail.data();
+        }
+        tile_product(bits_of(const_cast<c10::BFloat16*>(x_rows)), wi_packed, gi.data(), width, 3 * H, width);
+        tile_product(bits_of(h_mm.data()), wh_packed, gh.data(), H, 3 * H, H);
         const int64_t s = save ? t : 0;
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t row = r0 + i;
           float* h_row = h.data() + i * H;  // h_t in, h_{t+1} out
           c10::BFloat16* out_mm = hs_mm + ((t + 1) * N + row) * H;
-          forward_row<TI, float, c10::BFloat16>(gi + (t * N + row) * 3 * H, gh.data() + i * 3 * H, b_ih, b_hh,
-                                                h_row, rz + (s * N + row) * 2 * H, n + (s * N + row) * H, h_row,
-                                                out_mm, save ? gh_n + (t * N + row) * H : nullptr,
-                                                scratch.data(), H);
+          forward_row<float, float, c10::BFloat16>(gi.data() + i * 3 * H, gh.data() + i * 3 * H, b_ih, b_hh,
+                                                   h_row, rz + (s * N + row) * 2 * H, n + (s * N + row) * H,
+                                                   h_row, out_mm, save ? gh_n + (t * N + row) * H : nullptr,
+                                                   scratch.data(), H);
           std::copy(h_row, h_row + H, hs + ((t + 1) * N + row) * H);
           std::memcpy(h_mm.data() + i * H, out_mm, H * sizeof(c10::BFloat16));
         }
@@ -291,7 +299,7 @@ void forward_amx(const TI* gi, const float* h0, const uint16_t* w_packed, const 
 }
 
 // The backward unroll on AMX, 16 rows at a time: dgh_{t+1} @ W_hh from the tiles feeds step t's gates.
-// Writes dgh, dgi, the rows' bias sums and dh0 = dL/dh_0.
+// Writes dgh, dgi, dh0 = dL/dh_0 and the bias sums, one row of bias_sums per block (it stays in cache).
 template <typename TI>
 void backward_amx(const c10::BFloat16* dout, const float* hs, const float* rz, const float* n,
                   const c10::BFloat16* gh_n, const uint16_t* w_packed, c10::BFloat16* dgh, TI* dgi,
@@ -305,17 +313,17 @@ void backward_amx(const c10::BFloat16* dout, const float* hs, const float* rz, c
       std::fill(carry.begin(), carry.end(), 0.0f);
       std::fill(d.begin(), d.end(), c10::BFloat16(0.0f));
       for (int64_t t = T - 1; t >= 0; --t) {
-        if (t < T - 1) tile_product(bits_of(d.data()), w_packed, rec.data(), 3 * H, H);
+        if (t < T - 1) tile_product(bits_of(d.data()), w_packed, rec.data(), 3 * H, H, 3 * H);
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t row = r0 + i, at = t * N + row;
           backward_row<TI, c10::BFloat16, float>(dout + at * H, carry.data() + i * H,
                                                  t < T - 1 ? rec.data() + i * H : nullptr, rz + at * 2 * H,
                                                  n + at * H, gh_n + at * H, hs + at * H, dgh + at * 3 * H,
-                                                 dgi + at * 3 * H, bias_sums + row * 4 * H, scratch.data(), H);
+                                                 dgi + at * 3 * H, bias_sums + block * 4 * H, scratch.data(), H);
           std::memcpy(d.data() + i * 3 * H, dgh + at * 3 * H, 3 * H * sizeof(c10::BFloat16));
         }
       }
-      tile_product(bits_of(d.data()), w_packed, rec.data(), 3 * H, H);
+      tile_product(bits_of(d.data()), w_packed, rec.data(), 3 * H, H, 3 * H);
       for (int64_t i = 0; i < rows; ++i)
         for (int64_t j = 0; j < H; ++j) dh0[(r0 + i) * H + j] = carry[i * H + j] + rec[i * H + j];
     }
@@ -365,7 +373,7 @@ inline bool runs_on_amx(bool use_amx, at::ScalarType mm, int64_t H) {
 }
 
 std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_t, at::Tensor b_ih, at::Tensor b,
-                                    bool save, bool use_amx) {
+                                    bool save) {
   TORCH_CHECK(gi.dim() == 3 && gi.is_contiguous() && !gi.is_cuda(), "gi must be a contiguous CPU [T, N, 3H]");
   TORCH_CHECK(h0.scalar_type() == at::kFloat && h0.is_contiguous(), "h0 must be contiguous fp32");
   TORCH_CHECK(b.scalar_type() == at::kFloat && b.is_contiguous(), "b_hh must be contiguous fp32");
@@ -385,19 +393,6 @@ std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_t
   at::Tensor rz = at::empty({keep, N, 2 * H}, f32);
   at::Tensor n = at::empty({keep, N, H}, f32);
   at::Tensor gh = at::empty({N, 3 * H}, mmo);
-#if OVMSE_AMX
-  if (runs_on_amx(use_amx, mm, H)) {
-    const std::vector<uint16_t> packed = pack_pairs(w_t.contiguous());
-    dispatch(gi.scalar_type(), [&](auto ti) {
-      using TI = decltype(ti);
-      forward_amx<TI>(ptr<TI>(gi), ptr<float>(h0), packed.data(), ptr<float>(b_ih), ptr<float>(b), ptr<float>(hs),
-                      ptr<c10::BFloat16>(hs_mm), save ? ptr<c10::BFloat16>(gh_n) : nullptr, ptr<float>(rz),
-                      ptr<float>(n), save, T, N, H);
-    });
-    if (!save) return {hs, hs_mm, at::Tensor(), at::Tensor(), at::Tensor()};
-    return {hs, hs_mm, gh_n, rz, n};
-  }
-#endif
   for (int64_t t = 0; t < T; ++t) {
     const int64_t s = save ? t : 0;
     at::mm_out(gh, hs_mm[t], w_t);  // this step's h @ W_hh^T (b_hh added in the gates)
@@ -413,6 +408,35 @@ std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_t
       });
     });
   }
+  if (!save) return {hs, hs_mm, at::Tensor(), at::Tensor(), at::Tensor()};
+  return {hs, hs_mm, gh_n, rz, n};
+}
+
+// The forward on AMX tiles, input projection included: x [T, N, W] bf16 (W a multiple of 32), h0 [N, H]
+// fp32, wi_t = W_ih^T [W, 3H] and wh_t = W_hh^T [H, 3H] in bf16 (H a multiple of 32), the biases fp32.
+// Returns what gru_forward returns, for the same backward.
+std::vector<at::Tensor> gru_forward_tiles(at::Tensor x, at::Tensor h0, at::Tensor wi_t, at::Tensor wh_t,
+                                          at::Tensor b_ih, at::Tensor b, bool save) {
+  const int64_t T = x.size(0), N = x.size(1), W = x.size(2), H = wh_t.size(0);
+  TORCH_CHECK(amx_permitted(), "no AMX tiles in this build or process");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous() && W % 32 == 0 && H % 32 == 0,
+              "x must be contiguous bf16 [T, N, W], W and H multiples of 32");
+  TORCH_CHECK(h0.scalar_type() == at::kFloat && h0.is_contiguous(), "h0 must be contiguous fp32");
+  auto f32 = x.options().dtype(at::kFloat);
+  at::Tensor hs = at::empty({T + 1, N, H}, f32);
+  hs[0].copy_(h0);
+  at::Tensor hs_mm = at::empty({T + 1, N, H}, x.options());
+  hs_mm[0].copy_(h0);
+  const int64_t keep = save ? T : 1;
+  at::Tensor gh_n = save ? at::empty({T, N, H}, x.options()) : at::Tensor();
+  at::Tensor rz = at::empty({keep, N, 2 * H}, f32);
+  at::Tensor n = at::empty({keep, N, H}, f32);
+#if OVMSE_AMX
+  const std::vector<uint16_t> wi_packed = pack_pairs(wi_t.contiguous()), wh_packed = pack_pairs(wh_t.contiguous());
+  forward_amx(ptr<c10::BFloat16>(x), W, wi_packed.data(), ptr<float>(h0), wh_packed.data(),
+              ptr<float>(b_ih.contiguous()), ptr<float>(b.contiguous()), ptr<float>(hs), ptr<c10::BFloat16>(hs_mm),
+              save ? ptr<c10::BFloat16>(gh_n) : nullptr, ptr<float>(rz), ptr<float>(n), save, T, N, H);
+#endif
   if (!save) return {hs, hs_mm, at::Tensor(), at::Tensor(), at::Tensor()};
   return {hs, hs_mm, gh_n, rz, n};
 }

@@ -204,7 +204,8 @@ class QMixer(nn.Module):
         first = (self.hyper_w1[0], self.hyper_b1, self.hyper_w2[0], self.hyper_b2[0])
         weight = torch.cat([layer.weight for layer in first])
         bias = torch.cat([layer.bias for layer in first])
-        h_w1, b1, h_w2, h_b2 = F.linear(state, weight, bias).split([layer.out_features for layer in first], -1)
+        widths = [layer.out_features for layer in first]
+        h_w1, b1, h_w2, h_b2 = F.linear(state, weight, bias).split(widths, -1)
         w1 = self.hyper_w1[2](F.relu(h_w1)).abs().unflatten(-1, (self.n_agents, self.embed_dim))
         w2 = self.hyper_w2[2](F.relu(h_w2)).abs()
         return MixingWeights(w1, b1, w2, self.hyper_b2[2](F.relu(h_b2)))
