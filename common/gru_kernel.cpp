@@ -289,7 +289,7 @@ void forward_amx(const c10::BFloat16* x, int64_t width, const uint16_t* wi_packe
                                                    h_row, rz + (s * N + row) * 2 * H, n + (s * N + row) * H,
                                                    h_row, out_mm, save ? gh_n + (t * N + row) * H : nullptr,
                                                    scratch.data(), H);
-          std::copy(h_row, h_row + H, hs + ((t + 1) * N + row) * H);
+          if (save) std::copy(h_row, h_row + H, hs + ((t + 1) * N + row) * H);  // the backward's h_t
           std::memcpy(h_mm.data() + i * H, out_mm, H * sizeof(c10::BFloat16));
         }
       }
@@ -414,7 +414,7 @@ std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_t
 
 // The forward on AMX tiles, input projection included: x [T, N, W] bf16 (W a multiple of 32), h0 [N, H]
 // fp32, wi_t = W_ih^T [W, 3H] and wh_t = W_hh^T [H, 3H] in bf16 (H a multiple of 32), the biases fp32.
-// Returns what gru_forward returns, for the same backward.
+// Returns what gru_forward returns, for the same backward (without save, hs holds only h_0).
 std::vector<at::Tensor> gru_forward_tiles(at::Tensor x, at::Tensor h0, at::Tensor wi_t, at::Tensor wh_t,
                                           at::Tensor b_ih, at::Tensor b, bool save) {
   const int64_t T = x.size(0), N = x.size(1), W = x.size(2), H = wh_t.size(0);
@@ -423,7 +423,7 @@ std::vector<at::Tensor> gru_forward_tiles(at::Tensor x, at::Tensor h0, at::Tenso
               "x must be contiguous bf16 [T, N, W], W and H multiples of 32");
   TORCH_CHECK(h0.scalar_type() == at::kFloat && h0.is_contiguous(), "h0 must be contiguous fp32");
   auto f32 = x.options().dtype(at::kFloat);
-  at::Tensor hs = at::empty({T + 1, N, H}, f32);
+  at::Tensor hs = at::empty({save ? T + 1 : 1, N, H}, f32);  // fp32 states only for the backward
   hs[0].copy_(h0);
   at::Tensor hs_mm = at::empty({T + 1, N, H}, x.options());
   hs_mm[0].copy_(h0);

@@ -138,12 +138,12 @@ class RNNAgent(nn.Module):
                     q = out.new_zeros(T, B, n, self.n_actions)
                 q[:length, rows] = out
         within = torch.arange(T)[:, None] < lengths.to("cpu")[None, :]  # [T, B]
-        return q.masked_fill(~within.to(q.device)[..., None, None], 0.0).transpose(0, 1)
+        return q.masked_fill_(~within.to(q.device)[..., None, None], 0.0).transpose(0, 1)  # q is ours
 
     def _unroll(self, x: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
         """Time-major inputs [T, B, n, in] -> q [T, B, n, A]."""
         T, B, n, _ = x.shape
-        x = F.relu(self.fc1(x)).reshape(T, B * n, self.hidden_size)  # one matmul for every step
+        x = F.relu(self.fc1(x), inplace=True).reshape(T, B * n, self.hidden_size)  # one matmul, all steps
         if x.device.type == "cpu" and self.fused_cpu_gru and fused_gru.available():
             out = fused_gru.fused_gru_sequence(x, hidden, self.rnn)
         else:
