@@ -27,10 +27,10 @@ CFLAGS = ["-O3", "-march=native", "-ffast-math", "-mrecip", "-fopenmp-simd"]
 # measured on the 2-core AMX Xeon, a bf16 [64, 64] @ [64, 192] took 46 us against 11 us in fp32,
 # while from 256 rows on bf16 was faster (57 against 82 us; 96 against 330 us at 1,024).
 BF16_MIN_ROWS = 128
-# Run the per-step products on AMX tiles inside the kernel where it was built for a CPU with them
-# (bf16 products, hidden size a multiple of 32): there a step's product costs microseconds at any
-# row count, and its fp32 result feeds the gates directly. OVMSE_GRU_AMX=0 turns it off (tests and
-# the benchmark compare both).
+# Run a bf16 unroll's products (the input projection and h @ W_hh^T, forward and backward) on AMX
+# tiles inside the kernel where it was built for a CPU with them (sizes multiples of 32): there a
+# step's product costs microseconds at any row count, and its fp32 result feeds the gates directly.
+# OVMSE_GRU_AMX=0 turns it off (tests and the benchmark compare both).
 USE_AMX = os.environ.get("OVMSE_GRU_AMX", "1").strip().lower() not in ("0", "false", "no", "off")
 _lock = threading.Lock()
 _state: dict = {}
@@ -117,7 +117,7 @@ def available() -> bool:
 
 
 def amx_active() -> bool:
-    """Whether bf16 unrolls run their per-step products on AMX tiles (see `USE_AMX`)."""
+    """Whether bf16 unrolls run their products on AMX tiles (see `USE_AMX`)."""
     return USE_AMX and available() and bool(kernel().amx_available())
 
 

@@ -138,7 +138,8 @@ class RNNAgent(nn.Module):
                     q = out.new_zeros(T, B, n, self.n_actions)
                 q[:length, rows] = out
         within = torch.arange(T)[:, None] < lengths.to("cpu")[None, :]  # [T, B]
-        return q.masked_fill_(~within.to(q.device)[..., None, None], 0.0).transpose(0, 1)  # q is ours
+        # q is this call's own tensor: filled in place, no copy.
+        return q.masked_fill_(~within.to(q.device)[..., None, None], 0.0).transpose(0, 1)
 
     def _unroll(self, x: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
         """Time-major inputs [T, B, n, in] -> q [T, B, n, A]."""

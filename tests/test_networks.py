@@ -228,7 +228,7 @@ def test_the_kernels_inline_exp_is_as_accurate_as_fp32_allows(kernel):
 
 
 def test_the_recurrence_on_amx_tiles_matches_the_torch_products(kernel, monkeypatch):
-    """On CPUs with AMX the per-step products run on tiles inside the kernel, 16 rows at a time;
+    """On CPUs with AMX both products of each step run on tiles inside the kernel, 16 rows at a time;
     37 rows leave a partial block. The result must be nn.GRU's within bf16 rounding, like the path
     through torch's products (which it must not simply be: its gh stays fp32)."""
     if not kernel.amx_available():
