@@ -499,6 +499,13 @@ def matmul_gflops(rows: int = 82944, repeats: int = 10) -> float:
     return 2 * rows * 64 * 192 / best / 1e9
 
 
+def _cpu_recurrence(choice: str) -> str:
+    """What ran our learner's CPU recurrence in this run."""
+    if choice != "fused" or not fused_gru.available():
+        return "torch (nn.GRU)"
+    return "fused, bf16 products on AMX tiles" if fused_gru.amx_active() else "fused"
+
+
 def cpu_description() -> dict:
     """The CPU model and the flags that matter for bf16 (from /proc/cpuinfo; empty where absent)."""
     flags: list[str] = []
@@ -603,7 +610,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_model": cpu["model"],
         "cpu_bf16_flags": cpu["bf16_flags"],
         "auto_precision_cpu": resolve_precision("auto", torch.device("cpu")),
-        "cpu_gru": "fused" if args.gru == "fused" and fused_gru.available() else "torch (nn.GRU)",
+        "cpu_gru": _cpu_recurrence(args.gru),
         "shape": {**ENV_INFO, "steps": STEPS},
         "matmul_gflops": gflops,
         "td_matmul_floor": floors,
