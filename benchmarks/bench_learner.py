@@ -391,12 +391,23 @@ def measure_cpu(kind: str, batch_size: int, repeats: int, shape: str, precisions
                 "ours_updates_per_s": 1.0 / ours_s,
                 "reference_updates_per_s": 1.0 / ref_s,
                 "speedup": ref_s / ours_s,
+                "speedup_middle_half": round_ratio_quartiles(times["reference"], times[p]),
                 "ours_ms": [round(t * 1000, 1) for t in times[p]],
                 "reference_ms": [round(t * 1000, 1) for t in times["reference"]],
                 "first_update_loss_relative_difference": agreement[p],
             }
         )
     return rows
+
+
+def round_ratio_quartiles(reference_s: list[float], ours_s: list[float]) -> list[float]:
+    """The 25th and 75th percentiles of the per-round speedups (each round's reference time over that
+    round's update): how much the ratio moves from round to round on this machine."""
+    ratios = [r / o for r, o in zip(reference_s, ours_s, strict=True)]
+    if len(ratios) < 2:
+        return [ratios[0], ratios[0]]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return [q1, q3]
 
 
 # GPU precisions: "fp32" strict (TF32 off), "tf32" (learner.precision fp32, which allows TF32 on
@@ -643,8 +654,9 @@ def _markdown(results: dict, arguments: str) -> str:
         " steps (DESIGN's anchor); *lite* as the lite world plays 3s5z (focus fire, epsilon 0.2), with"
         " one episode at the 150-step time limit (87% of 128-episode batches of this policy hold one)."
         " Both learners pad to the longest episode; ours unrolls episodes of similar length together,"
-        " so it skips most of that padding. *loss diff*: relative difference of the first update's loss"
-        " from the reference's.",
+        " so it skips most of that padding. *speedup*: the ratio of the medians, and in brackets the"
+        " middle half of the per-round ratios (each round's reference time over that round's update)."
+        " *loss diff*: relative difference of the first update's loss from the reference's.",
         "",
     ]
     if results["cpu"]:
@@ -657,7 +669,8 @@ def _markdown(results: dict, arguments: str) -> str:
             lines.append(
                 f"| {KIND_TITLES[r['kind']]} | {r['shape']} | {r['batch_size']} | "
                 f"{r['mean_steps']:.0f} / {r['padded_steps']} | {r['precision']} | "
-                f"{r['ours_updates_per_s']:.2f} | {r['reference_updates_per_s']:.2f} | {r['speedup']:.2f}x | "
+                f"{r['ours_updates_per_s']:.2f} | {r['reference_updates_per_s']:.2f} | {r['speedup']:.2f}x "
+                f"({r['speedup_middle_half'][0]:.2f}-{r['speedup_middle_half'][1]:.2f}) | "
                 f"{r['first_update_loss_relative_difference']:.1e} |"
             )
         lines += [
