@@ -252,7 +252,7 @@ inline void tile_product(const uint16_t* a, const uint16_t* packed, float* out, 
   }
 }
 
-inline uint16_t* bits_of(c10::BFloat16* p) { return reinterpret_cast<uint16_t*>(p); }
+inline const uint16_t* bits_of(const c10::BFloat16* p) { return reinterpret_cast<const uint16_t*>(p); }
 
 // The forward unroll on AMX: each block of 16 rows runs every step with its state in local buffers.
 // Both products come out of the tiles in fp32 and go straight into the gate math: gi = x @ W_ih^T
@@ -278,7 +278,7 @@ void forward_amx(const c10::BFloat16* x, int64_t width, const uint16_t* wi_packe
           std::copy(x_rows, x_rows + rows * width, x_tail.data());
           x_rows = x_tail.data();
         }
-        tile_product(bits_of(const_cast<c10::BFloat16*>(x_rows)), wi_packed, gi.data(), width, 3 * H, width);
+        tile_product(bits_of(x_rows), wi_packed, gi.data(), width, 3 * H, width);
         tile_product(bits_of(h_mm.data()), wh_packed, gh.data(), H, 3 * H, H);
         const int64_t s = save ? t : 0;
         for (int64_t i = 0; i < rows; ++i) {
@@ -349,12 +349,6 @@ void dispatch(at::ScalarType type, F&& f) {
 
 }  // namespace
 
-// gi [T, N, 3H] = x @ W_ih^T without its bias (fp32 or bf16), h0 [N, H] fp32, w_t = W_hh^T [H, 3H]
-// in the matrix products' dtype (fp32 or bf16), b_ih and b = b_hh [3H] fp32. save: keep what the
-// backward needs.
-// Returns {hs [T+1, N, H] fp32, hs_mm, gh_n, rz, n}: h_0..h_T in fp32 and in the products' dtype
-// (the same tensor for fp32; its h_1..h_T are the output), gh's n part [T, N, H], the gates;
-// without save gh_n, rz and n are empty.
 // Whether this build and process can run the recurrence on AMX tiles (the products then need bf16
 // and a hidden size that is a multiple of 32).
 bool amx_available() { return amx_permitted(); }
@@ -372,6 +366,37 @@ inline bool runs_on_amx(bool use_amx, at::ScalarType mm, int64_t H) {
   return use_amx && mm == at::kBFloat16 && H % 32 == 0 && amx_permitted();
 }
 
+// What a forward returns, and the backward reads: h_0..h_T in fp32 (only h_0 without save: the
+// states are kept for the backward alone) and in the products' dtype (the same tensor for fp32; its
+// h_1..h_T are the output), gh's n part [T, N, H] and the gates rz [T, N, 2H], n [T, N, H] (one step's
+// scratch without save).
+struct ForwardState {
+  at::Tensor hs, hs_mm, gh_n, rz, n;
+
+  ForwardState(const at::Tensor& h0, int64_t T, int64_t N, int64_t H, at::ScalarType mm, bool save,
+               bool fp32_states_always) {
+    auto f32 = h0.options().dtype(at::kFloat);
+    auto mmo = h0.options().dtype(mm);
+    hs = at::empty({save || fp32_states_always ? T + 1 : 1, N, H}, f32);
+    hs[0].copy_(h0);
+    hs_mm = mm == at::kFloat ? hs : at::empty({T + 1, N, H}, mmo);
+    if (mm != at::kFloat) hs_mm[0].copy_(h0);
+    const int64_t keep = save ? T : 1;
+    if (save) gh_n = at::empty({T, N, H}, mmo);
+    rz = at::empty({keep, N, 2 * H}, f32);
+    n = at::empty({keep, N, H}, f32);
+  }
+
+  std::vector<at::Tensor> outputs(bool save) const {
+    if (!save) return {hs, hs_mm, at::Tensor(), at::Tensor(), at::Tensor()};
+    return {hs, hs_mm, gh_n, rz, n};
+  }
+};
+
+// gi [T, N, 3H] = x @ W_ih^T without its bias (fp32 or bf16), h0 [N, H] fp32, w_t = W_hh^T [H, 3H]
+// in the matrix products' dtype (fp32 or bf16), b_ih and b = b_hh [3H] fp32. save: keep what the
+// backward needs. Returns {hs, hs_mm, gh_n, rz, n} (see ForwardState); without save the last three
+// are empty.
 std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_t, at::Tensor b_ih, at::Tensor b,
                                     bool save) {
   TORCH_CHECK(gi.dim() == 3 && gi.is_contiguous() && !gi.is_cuda(), "gi must be a contiguous CPU [T, N, 3H]");
@@ -381,18 +406,10 @@ std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_t
   const int64_t T = gi.size(0), N = gi.size(1), H = gi.size(2) / 3;
   const auto mm = w_t.scalar_type();
   const bool separate_mm = mm != at::kFloat;
-  auto f32 = gi.options().dtype(at::kFloat);
-  auto mmo = gi.options().dtype(mm);
-  at::Tensor hs = at::empty({T + 1, N, H}, f32);
-  hs[0].copy_(h0);
-  // h in the products' dtype: the next step's product reads it, and h_1..h_T are the output.
-  at::Tensor hs_mm = separate_mm ? at::empty({T + 1, N, H}, mmo) : hs;
-  if (separate_mm) hs_mm[0].copy_(h0);
-  const int64_t keep = save ? T : 1;
-  at::Tensor gh_n = save ? at::empty({T, N, H}, mmo) : at::Tensor();
-  at::Tensor rz = at::empty({keep, N, 2 * H}, f32);
-  at::Tensor n = at::empty({keep, N, H}, f32);
-  at::Tensor gh = at::empty({N, 3 * H}, mmo);
+  // This path reads h_t in fp32 from hs at every step, so it keeps them all even without save.
+  ForwardState state(h0, T, N, H, mm, save, /*fp32_states_always=*/true);
+  at::Tensor &hs = state.hs, &hs_mm = state.hs_mm, &gh_n = state.gh_n, &rz = state.rz, &n = state.n;
+  at::Tensor gh = at::empty({N, 3 * H}, gi.options().dtype(mm));
   for (int64_t t = 0; t < T; ++t) {
     const int64_t s = save ? t : 0;
     at::mm_out(gh, hs_mm[t], w_t);  // this step's h @ W_hh^T (b_hh added in the gates)
@@ -408,13 +425,12 @@ std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_t
       });
     });
   }
-  if (!save) return {hs, hs_mm, at::Tensor(), at::Tensor(), at::Tensor()};
-  return {hs, hs_mm, gh_n, rz, n};
+  return state.outputs(save);
 }
 
 // The forward on AMX tiles, input projection included: x [T, N, W] bf16 (W a multiple of 32), h0 [N, H]
 // fp32, wi_t = W_ih^T [W, 3H] and wh_t = W_hh^T [H, 3H] in bf16 (H a multiple of 32), the biases fp32.
-// Returns what gru_forward returns, for the same backward (without save, hs holds only h_0).
+// Returns what gru_forward returns, for the same backward.
 std::vector<at::Tensor> gru_forward_tiles(at::Tensor x, at::Tensor h0, at::Tensor wi_t, at::Tensor wh_t,
                                           at::Tensor b_ih, at::Tensor b, bool save) {
   const int64_t T = x.size(0), N = x.size(1), W = x.size(2), H = wh_t.size(0);
@@ -422,23 +438,15 @@ std::vector<at::Tensor> gru_forward_tiles(at::Tensor x, at::Tensor h0, at::Tenso
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous() && W % 32 == 0 && H % 32 == 0,
               "x must be contiguous bf16 [T, N, W], W and H multiples of 32");
   TORCH_CHECK(h0.scalar_type() == at::kFloat && h0.is_contiguous(), "h0 must be contiguous fp32");
-  auto f32 = x.options().dtype(at::kFloat);
-  at::Tensor hs = at::empty({save ? T + 1 : 1, N, H}, f32);  // fp32 states only for the backward
-  hs[0].copy_(h0);
-  at::Tensor hs_mm = at::empty({T + 1, N, H}, x.options());
-  hs_mm[0].copy_(h0);
-  const int64_t keep = save ? T : 1;
-  at::Tensor gh_n = save ? at::empty({T, N, H}, x.options()) : at::Tensor();
-  at::Tensor rz = at::empty({keep, N, 2 * H}, f32);
-  at::Tensor n = at::empty({keep, N, H}, f32);
+  ForwardState state(h0, T, N, H, at::kBFloat16, save, /*fp32_states_always=*/false);
 #if OVMSE_AMX
   const std::vector<uint16_t> wi_packed = pack_pairs(wi_t.contiguous()), wh_packed = pack_pairs(wh_t.contiguous());
   forward_amx(ptr<c10::BFloat16>(x), W, wi_packed.data(), ptr<float>(h0), wh_packed.data(),
-              ptr<float>(b_ih.contiguous()), ptr<float>(b.contiguous()), ptr<float>(hs), ptr<c10::BFloat16>(hs_mm),
-              save ? ptr<c10::BFloat16>(gh_n) : nullptr, ptr<float>(rz), ptr<float>(n), save, T, N, H);
+              ptr<float>(b_ih.contiguous()), ptr<float>(b.contiguous()), ptr<float>(state.hs),
+              ptr<c10::BFloat16>(state.hs_mm), save ? ptr<c10::BFloat16>(state.gh_n) : nullptr, ptr<float>(state.rz),
+              ptr<float>(state.n), save, T, N, H);
 #endif
-  if (!save) return {hs, hs_mm, at::Tensor(), at::Tensor(), at::Tensor()};
-  return {hs, hs_mm, gh_n, rz, n};
+  return state.outputs(save);
 }
 
 // dout [T, N, H] (dL/dh_1..h_T, in the products' dtype); the saved tensors of gru_forward; w = W_hh [3H, H] in the
@@ -453,8 +461,6 @@ std::vector<at::Tensor> gru_backward(at::Tensor dout, at::Tensor hs, at::Tensor 
   at::Tensor dgh = at::empty({T, N, 3 * H}, gh_n.options());
   at::Tensor dgi = at::empty({T, N, 3 * H}, gi_dtype_like.options());
   auto f32 = dout.options().dtype(at::kFloat);
-  at::Tensor carry = at::zeros({N, H}, f32);
-  at::Tensor recurrent = at::empty({N, H}, gh_n.options());
   at::Tensor bias_sums = at::zeros({N, 4 * H}, f32);
   at::Tensor dh0;
 #if OVMSE_AMX
@@ -470,6 +476,8 @@ std::vector<at::Tensor> gru_backward(at::Tensor dout, at::Tensor hs, at::Tensor 
   }
 #endif
   if (!dh0.defined()) {  // the per-step products through torch (fp32, or no AMX)
+    at::Tensor carry = at::zeros({N, H}, f32);
+    at::Tensor recurrent = at::empty({N, H}, gh_n.options());
     for (int64_t t = T - 1; t >= 0; --t) {
       dispatch(gi_dtype_like.scalar_type(), [&](auto ti) {
         using TI = decltype(ti);
