@@ -105,7 +105,15 @@ def _load_or_build():
     return load_inline(
         name=name,
         cpp_sources=[source],
-        functions=["gru_forward", "gru_forward_tiles", "gru_backward", "amx_available", "exp_for_test"],
+        functions=[
+            "gru_forward",
+            "gru_forward_tiles",
+            "gru_backward",
+            "gru_backward_tiles",
+            "amx_available",
+            "exp_for_test",
+            "double_q_values",
+        ],
         extra_cflags=CFLAGS,
         build_directory=str(build_dir),
         verbose=False,
@@ -176,24 +184,29 @@ class FusedGRU(torch.autograd.Function):
     """The GRU over a whole sequence, input projection included; see gru_kernel.cpp.
     x [T, N, H_in] (fp32 or bf16), h0 [N, H] fp32, the per-step product's dtype and nn.GRU's four
     parameters -> h_1..h_T [T, N, H] in that dtype. The backward takes each weight's gradient as
-    one product over every step. No double backward."""
+    one product over every step (on AMX tiles: summed on the tiles as the unroll goes). No double
+    backward."""
 
     @staticmethod
     def forward(ctx, x, h0, step_dtype, w_ih, b_ih, w_hh, b_hh):  # noqa: D102
         wi, wh, (hs, hs_mm, gh_n, rz, n) = _forward(x, h0, step_dtype, w_ih, b_ih, w_hh, b_hh, save=True)
+        ctx.on_tiles = _on_tiles(x, step_dtype, wh.shape[1])
         ctx.save_for_backward(x, wi, wh, hs, hs_mm, gh_n, rz, n)
         return hs_mm[1:]
 
     @staticmethod
     def backward(ctx, dout):  # noqa: D102
         x, wi, wh, hs, hs_mm, gh_n, rz, n = ctx.saved_tensors
+        dout = dout.to(wh.dtype).contiguous()
+        if ctx.on_tiles:  # every product on the tiles, the weight gradients included
+            grads = kernel().gru_backward_tiles(dout, hs, hs_mm, gh_n, rz, n, x, wi, wh)
+            dx, dh0, dw_ih, db_ih, dw_hh, db_hh = grads
+            return dx, dh0, None, dw_ih, db_ih, dw_hh, db_hh
         T, N, width = x.shape
-        dgi, dh0, dw_hh, db_hh, db_ih = kernel().gru_backward(
-            dout.to(wh.dtype).contiguous(), hs, hs_mm, gh_n, rz, n, wh, x, USE_AMX
-        )
+        dgi, dh0, dw_hh, db_hh, db_ih = kernel().gru_backward(dout, hs, hs_mm, gh_n, rz, n, wh, x)
         flat = dgi.view(T * N, -1)
         dx = (flat @ wi).view(T, N, width)
-        dw_ih = (flat.t() @ x.view(T * N, width)).float()
+        dw_ih = (x.view(T * N, width).t() @ flat).t().float()  # faster than flat^T @ x (see the kernel)
         return dx, dh0, None, dw_ih, db_ih, dw_hh, db_hh
 
 

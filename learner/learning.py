@@ -289,8 +289,9 @@ class QMixLearner:
         with self._compute():
             agent_qs = self.agent.forward_sequence(inputs, lengths=lengths)  # [B, T+1, n, A]; 0 on padding
             weights = self.mixer.mixing_weights(state[:, :-1])
-        agent_qs, weights = agent_qs.float(), _float_weights(weights)
-        chosen = agent_qs[:, :-1].gather(-1, actions).squeeze(-1)  # [B, T, n]
+        weights = _float_weights(weights)
+        # Gathered in the compute dtype, then cast: the same values as casting all of agent_qs first.
+        chosen = agent_qs[:, :-1].gather(-1, actions).squeeze(-1).float()  # [B, T, n]
         q_tot = mix(chosen, weights)  # [B, T, 1]
 
         uses_memory = online and cfg.use_offline_value_memory
@@ -298,7 +299,7 @@ class QMixLearner:
             with self._compute():
                 target_qs = self.target_agent.forward_sequence(inputs, lengths=lengths)
                 target_weights = self.target_mixer.mixing_weights(state)
-            greedy_values = double_q_max(agent_qs.detach(), target_qs.float(), avail)  # [B, T+1, n]
+            greedy_values = double_q_max(agent_qs.detach(), target_qs, avail)  # [B, T+1, n], fp32
             bootstrap = mix(greedy_values, _float_weights(target_weights))  # [B, T+1, 1]
             if uses_memory and cfg.ovm_target == "one_step":  # the paper's Eq. 4, inside OVM only
                 y_td = one_step_targets(reward, terminated, bootstrap, cfg.gamma)
@@ -336,7 +337,9 @@ class QMixLearner:
                         behaviour_logits = self.behaviour.forward_sequence(inputs, lengths=lengths)[:, :-1]
                     behaviour_logits = behaviour_logits.float()
                     loss_bc = losses.behaviour_cloning_loss(behaviour_logits, actions, avail[:, :-1], mask)
-            loss_cql = self._cql_term(agent_qs[:, :-1], chosen, weights, q_tot, batch, mask, behaviour_logits)
+            loss_cql = self._cql_term(
+                agent_qs[:, :-1].float(), chosen, weights, q_tot, batch, mask, behaviour_logits
+            )
             loss = loss + cql_weight * loss_cql
 
         self.optimizer.zero_grad(set_to_none=True)
@@ -413,7 +416,7 @@ class QMixLearner:
         with self._compute():
             qs = self.offline_agent.forward_sequence(inputs, lengths=lengths)[:, :-1]
             weights = self.offline_mixer.mixing_weights(state[:, :-1])
-        return mix(qs.float().gather(-1, actions).squeeze(-1), _float_weights(weights))
+        return mix(qs.gather(-1, actions).squeeze(-1).float(), _float_weights(weights))
 
     def _cql_term(self, agent_qs, chosen, weights, q_tot, batch, mask, behaviour_logits) -> torch.Tensor:
         cfg = self.cfg

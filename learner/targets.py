@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from common import fused_gru
+
 
 def td_lambda_targets(
     reward: torch.Tensor,
@@ -47,9 +49,16 @@ def td_lambda_targets(
 def double_q_max(online_qs: torch.Tensor, target_qs: torch.Tensor, avail: torch.Tensor) -> torch.Tensor:
     """Double Q: the target network's value [..., n] of the online network's greedy *available*
     action (unavailable = -inf), for per-agent values [..., n, A] and availability [..., n, A].
-    Rows with no available action (padding) pick action 0."""
+    Rows with no available action (padding) pick action 0. fp32, whatever the values' dtype.
+
+    On CPU, [B, T, n, A] values go through the compiled kernel's one pass where it builds (same
+    result: the values are compared as they are, ties go to the first action)."""
+    if online_qs.dim() == 4 and online_qs.device.type == "cpu" and avail.dtype == torch.bool:
+        kernel = fused_gru.kernel()
+        if kernel is not None:
+            return kernel.double_q_values(online_qs, target_qs, avail)
     greedy = online_qs.masked_fill(~avail.bool(), float("-inf")).argmax(dim=-1, keepdim=True)
-    return target_qs.gather(-1, greedy).squeeze(-1)
+    return target_qs.gather(-1, greedy).squeeze(-1).float()
 
 
 def one_step_targets(

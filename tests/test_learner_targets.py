@@ -141,6 +141,24 @@ def test_double_q_on_padding_with_no_available_action_is_finite():
     assert torch.isfinite(value).all()
 
 
+def test_double_q_on_the_learners_layout_matches_masked_argmax_and_gather():
+    """The learner's [B, T, n, A] values (strided views of the time-major unroll, bf16 targets) take
+    the compiled one-pass path on CPU where it builds: it must give torch's answer exactly, ties to
+    the first action and no-action rows to action 0 included."""
+    torch.manual_seed(0)
+    B, T, n, A = 6, 9, 3, 7
+    online = torch.randint(-3, 4, (T, B, n, A)).float().transpose(0, 1)  # few values: many ties
+    target = torch.randn(T, B, n, A).bfloat16().transpose(0, 1)
+    avail = torch.rand(B, T, n, A) > 0.4
+    avail[0, 0] = False  # rows with no available action
+    greedy = online.masked_fill(~avail, float("-inf")).argmax(dim=-1, keepdim=True)
+    expected = target.gather(-1, greedy).squeeze(-1).float()
+    got = double_q_max(online, target, avail)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, expected)
+    assert torch.equal(double_q_max(online.bfloat16(), target, avail), expected)
+
+
 def test_targets_refuse_bootstrap_values_without_the_extra_row():
     import pytest
 
