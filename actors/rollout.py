@@ -14,12 +14,13 @@ import numpy as np
 
 from actors.exploration import select_actions
 from actors.numpy_agent import NumpyAgent
+from actors.tiles_agent import TilesAgent
 from actors.torch_agent import TorchAgent
 from common.envs.protocol import BatchEnv
 from common.episode import Episode, EpisodeBuilder, EpisodeMeta
 from common.networks import RNNAgent
 
-INFERENCE = {"numpy": NumpyAgent, "torch": TorchAgent}  # the one-step forward used for acting
+INFERENCE = {"numpy": NumpyAgent, "torch": TorchAgent, "tiles": TilesAgent}  # the one-step forward for acting
 
 
 class RolloutWorker:

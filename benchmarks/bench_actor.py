@@ -1,6 +1,7 @@
 """Actor speed: env-steps/s with inference, exploration and episode writing against the raw world in
-the same run, for both acting back-ends (`actor.inference`: numpy, the old default, and torch), and
-end-to-end env-steps/s of `ovmse run`.
+the same run, for each acting back-end (`actor.inference`: numpy, the old default; torch; tiles, one
+kernel call per step with bf16 products on AMX tiles, where the CPU has them), and end-to-end
+env-steps/s of `ovmse run`.
 
 Part 1 (one process, one torch thread, as in an actor process): the lite world alone with random
 actions, then the actor loop (agent network on the CPU, decentralized SE, episodes recorded and
@@ -8,8 +9,9 @@ written to an in-process Reverb server), numpy and torch measured alternately. P
 whole embedded system (QMIX from scratch, so no dataset is needed) and reads the learner's env-step
 count; it is bound by the learner's update rate, because the replay server's rate limiter holds
 actors to the synchronous algorithm's ratio: lite 3m with 1 and 2 actors, and lite 3s5z at the
-paper's ratio (batch 128, an update per two episodes) before (numpy acting, fp32 learner) and after
-(torch acting, `learner.precision=auto`).
+paper's ratio (batch 128, an update per two episodes) before (numpy acting, fp32 learner through
+nn.GRU) and after (`actor.inference=auto`, `learner.precision=auto`: tiles acting and a bf16 learner
+where the CPU has AMX).
 Results: docs/bench/actor.md and .json.
 """
 
@@ -28,6 +30,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine, write  # noqa: E402
 
+from actors import tiles_agent  # noqa: E402
 from common.config import resolve_config  # noqa: E402
 from common.envs.lite import LiteBatchEnv  # noqa: E402
 from deploy.builder import Builder  # noqa: E402
@@ -136,7 +139,7 @@ def _end_to_end(actors: int, steps: int, map_name: str, extra: tuple[str, ...]) 
 PAPER_RATIO = ("learner.batch_size=128", "learner.batch_size_run=2", "actor.envs_per_actor=8")
 BEFORE = ("actor.inference=numpy", "learner.precision=fp32")
 BEFORE_ENV = {"OVMSE_FUSED_GRU": "0"}  # the learner's recurrence through nn.GRU, as before the kernel
-AFTER = ("actor.inference=torch", "learner.precision=auto")
+AFTER = ("actor.inference=auto", "learner.precision=auto")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # as in an actor process
     seconds = 2.0 if args.quick else 8.0
+    back_ends = ("numpy", "torch", "tiles") if tiles_agent.available() else ("numpy", "torch")
     acting_rows = []
     for battles in BATTLES:
         row: dict = {"battles": battles, "raw": raw_world(seconds, battles)}
-        for inference in ("numpy", "torch"):  # alternated, so drift in the machine's load hits both
+        for inference in back_ends:  # in turn, so drift in the machine's load hits each
             row[inference] = {
                 "acting": actor_loop(seconds, False, battles, inference),
                 "acting_writing": actor_loop(seconds, True, battles, inference),
@@ -162,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{MAP}, {battles} battles: raw world {row['raw']:,.0f} env-steps/s; "
             + "; ".join(
                 f"{inf}: acting {row[inf]['acting']:,.0f}, + writing {row[inf]['acting_writing']:,.0f}"
-                for inf in ("numpy", "torch")
+                for inf in back_ends
             ),
             flush=True,
         )
@@ -198,13 +202,14 @@ def main(argv: list[str] | None = None) -> int:
         "",
         f"## Acting and writing against the raw world ({MAP}, one process, one torch thread)",
         "",
-        "| battles per actor | raw world | numpy acting | numpy + writing | overhead | torch acting "
-        "| torch + writing | overhead |",
-        "|---|---|---|---|---|---|---|---|",
+        "| battles per actor | raw world | "
+        + " | ".join(f"{inf} acting | {inf} + writing | overhead" for inf in back_ends)
+        + " |",
+        "|---|---|" + "---|---|---|" * len(back_ends),
     ]
     for r in acting_rows:
         cells = [f"{r['battles']}", f"{r['raw']:,.0f}"]
-        for inf in ("numpy", "torch"):
+        for inf in back_ends:
             x = r[inf]
             cells += [
                 f"{x['acting']:,.0f} ({x['acting'] / r['raw']:.0%})",
@@ -215,9 +220,12 @@ def main(argv: list[str] | None = None) -> int:
     lines += [
         "",
         "Env-steps/s. Target: acting and writing cost at most 20% of the raw world's speed. numpy was "
-        "the acting forward pass before (`actors/numpy_agent.py`); torch (`actors/torch_agent.py`, "
-        "the default `actor.inference`) runs the same step through oneDNN. Episodes are recorded with "
-        "vectorised writes (`EpisodeBuilder`); the rest is exploration and Reverb's writer.",
+        "the acting forward pass before (`actors/numpy_agent.py`); torch (`actors/torch_agent.py`) runs "
+        "the same step through oneDNN in fp32; tiles (`actors/tiles_agent.py`) runs fc1, the GRU cell "
+        "and fc2 in one call of the compiled kernel, bf16 products on AMX tiles (what "
+        "`actor.inference=auto` picks where the CPU has them and the learner computes in bf16). "
+        "Episodes are recorded with vectorised writes (`EpisodeBuilder`); the rest is exploration and "
+        "Reverb's writer.",
         "",
     ]
     if e2e:
@@ -230,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| lite 3m, QMIX, batch 32, 2 actors x 4 battles | {e2e['3m'][2]:,.0f} |",
             f"| lite 3s5z, QMIX, batch 128, 2 episodes per update, 2 actors x 8 battles: before "
             f"(numpy acting, fp32 learner through nn.GRU) | {e2e['3s5z']['before']:,.0f} |",
-            f"| the same, after (torch acting, `learner.precision=auto`, fused GRU) |"
+            f"| the same, after (`actor.inference=auto`, `learner.precision=auto`: "
+            f"{'tiles' if tiles_agent.available() else 'torch'} acting, fused GRU) |"
             f" {e2e['3s5z']['after']:,.0f} |",
             "",
             "The replay server's samples-per-insert limiter holds actors to one learner update per "

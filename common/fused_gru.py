@@ -113,6 +113,8 @@ def _load_or_build():
             "amx_available",
             "exp_for_test",
             "double_q_values",
+            "pack_for_tiles",
+            "agent_step_tiles",
         ],
         extra_cflags=CFLAGS,
         build_directory=str(build_dir),

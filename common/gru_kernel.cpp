@@ -287,10 +287,8 @@ inline void pair_product(const float* init, int64_t init_ld, const uint16_t* a1,
 // The products come out of the tiles in fp32, biases included, straight into the gate math (so the
 // [T, N, 3H] input projection is never stored): per row, pre = [x W_ih,rz^T + h W_hh,rz^T + b_rz
 // (summed on the tiles), x W_ih,n^T + b_ih,n, h W_hh,n^T + b_hh,n], 4H floats.
-void forward_amx(const c10::BFloat16* x, int64_t width, const uint16_t* wi_packed, const float* h0,
-                 const uint16_t* wh_packed, const float* b_ih, const float* b_hh, float* hs, c10::BFloat16* hs_mm,
-                 c10::BFloat16* gh_n, float* rz, float* n, bool save, int64_t T, int64_t N, int64_t H) {
-  const int64_t m_chunks = 3 * H / 16, rz_chunks = 2 * H / 16, P = 4 * H;
+std::vector<float> gate_init(const float* b_ih, const float* b_hh, int64_t H) {
+  const int64_t P = 4 * H;
   std::vector<float> init(kBlock * P);  // the biases in the layout of pre, repeated per row
   for (int64_t i = 0; i < kBlock; ++i)
     for (int64_t j = 0; j < H; ++j) {
@@ -299,6 +297,39 @@ void forward_amx(const c10::BFloat16* x, int64_t width, const uint16_t* wi_packe
       init[i * P + 2 * H + j] = b_ih[2 * H + j];
       init[i * P + 3 * H + j] = b_hh[2 * H + j];
     }
+  return init;
+}
+
+// pre [16, 4H] of one step from x [16, width] and h [16, H] (bf16 bits), starting from `gate_init`.
+inline void gate_products(const float* init, const uint16_t* xb, int64_t width, const uint16_t* wi_packed,
+                          const uint16_t* hb, const uint16_t* wh_packed, int64_t H, float* pre) {
+  const int64_t m_chunks = 3 * H / 16, rz_chunks = 2 * H / 16, P = 4 * H;
+  for (int64_t mc = 0; mc < rz_chunks; mc += 2)
+    pair_product(init + 16 * mc, P, xb, width, wi_packed, width, hb, H, wh_packed, H, m_chunks, mc, pre + 16 * mc, P);
+  for (int64_t mc = rz_chunks; mc < m_chunks; mc += 2) {
+    const int64_t col = 16 * mc;  // = 2H + 16 (mc - rz_chunks)
+    pair_product(init + col, P, xb, width, wi_packed, width, nullptr, 0, nullptr, 0, m_chunks, mc, pre + col, P);
+    pair_product(init + H + col, P, hb, H, wh_packed, H, nullptr, 0, nullptr, 0, m_chunks, mc, pre + H + col, P);
+  }
+}
+
+// One row's gates from its pre (see forward_amx): r, z, n out, h (h_t in, h_{t+1} out).
+inline void gate_row(const float* p, float* rz_row, float* n_row, float* h_row, int64_t H) {
+#pragma omp simd
+  for (int64_t j = 0; j < 2 * H; ++j) rz_row[j] = sigmoid(p[j]);
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) {
+    const float nn = tanh_by_exp(p[2 * H + j] + rz_row[j] * p[3 * H + j]);
+    n_row[j] = nn;
+    h_row[j] = nn + rz_row[H + j] * (h_row[j] - nn);
+  }
+}
+
+void forward_amx(const c10::BFloat16* x, int64_t width, const uint16_t* wi_packed, const float* h0,
+                 const uint16_t* wh_packed, const float* b_ih, const float* b_hh, float* hs, c10::BFloat16* hs_mm,
+                 c10::BFloat16* gh_n, float* rz, float* n, bool save, int64_t T, int64_t N, int64_t H) {
+  const int64_t P = 4 * H;
+  const std::vector<float> init = gate_init(b_ih, b_hh, H);
   at::parallel_for(0, (N + kBlock - 1) / kBlock, 1, [&](int64_t first, int64_t last) {
     configure_tiles();
     std::vector<float> h(kBlock * H), pre(kBlock * P), rz_local(kBlock * 2 * H), n_local(kBlock * H);
@@ -317,32 +348,14 @@ void forward_amx(const c10::BFloat16* x, int64_t width, const uint16_t* wi_packe
           std::copy(x_rows, x_rows + rows * width, x_tail.data());
           x_rows = x_tail.data();
         }
-        const uint16_t* xb = bits_of(x_rows);
-        const uint16_t* hb = bits_of(h_mm.data());
-        for (int64_t mc = 0; mc < rz_chunks; mc += 2)
-          pair_product(init.data() + 16 * mc, P, xb, width, wi_packed, width, hb, H, wh_packed, H, m_chunks, mc,
-                       pre.data() + 16 * mc, P);
-        for (int64_t mc = rz_chunks; mc < m_chunks; mc += 2) {
-          const int64_t col = 16 * mc;  // = 2H + 16 (mc - rz_chunks)
-          pair_product(init.data() + col, P, xb, width, wi_packed, width, nullptr, 0, nullptr, 0, m_chunks, mc,
-                       pre.data() + col, P);
-          pair_product(init.data() + H + col, P, hb, H, wh_packed, H, nullptr, 0, nullptr, 0, m_chunks, mc,
-                       pre.data() + H + col, P);
-        }
+        gate_products(init.data(), bits_of(x_rows), width, wi_packed, bits_of(h_mm.data()), wh_packed, H, pre.data());
         for (int64_t i = 0; i < rows; ++i) {
           const int64_t row = r0 + i;
           const float* p = pre.data() + i * P;
           float* rz_row = save ? rz + (t * N + row) * 2 * H : rz_local.data() + i * 2 * H;
           float* n_row = save ? n + (t * N + row) * H : n_local.data() + i * H;
           float* h_row = h.data() + i * H;  // h_t in, h_{t+1} out
-#pragma omp simd
-          for (int64_t j = 0; j < 2 * H; ++j) rz_row[j] = sigmoid(p[j]);
-#pragma omp simd
-          for (int64_t j = 0; j < H; ++j) {
-            const float nn = tanh_by_exp(p[2 * H + j] + rz_row[j] * p[3 * H + j]);
-            n_row[j] = nn;
-            h_row[j] = nn + rz_row[H + j] * (h_row[j] - nn);
-          }
+          gate_row(p, rz_row, n_row, h_row, H);
           c10::BFloat16* out_mm = hs_mm + ((t + 1) * N + row) * H;
           store_row(h_row, out_mm, H);
           if (save) {
@@ -465,6 +478,59 @@ void backward_amx(const c10::BFloat16* dout, const float* hs, const c10::BFloat1
       tile_product(bits_of(d.data()), wh_packed, rec.data(), G, H, G);
       for (int64_t i = 0; i < rows; ++i)
         for (int64_t j = 0; j < H; ++j) dh0[(r0 + i) * H + j] = carry[i * H + j] + rec[i * H + j];
+    }
+    _tile_release();
+  });
+}
+
+// One acting step of the whole agent network, 16 rows at a time: x = relu(inputs W1^T + b1), the GRU
+// cell, q = h' W2^T + b2. Products on the tiles in bf16 (inputs and states rounded to bf16 for them),
+// everything else fp32. Weights as `pack_pairs` lays them out (W1^T padded to in_pad rows, W2^T to
+// A_pad columns, both multiples of 32).
+void agent_step_amx(const float* inputs, int64_t in, int64_t in_pad, const float* hidden, const uint16_t* w1,
+                    const float* b1, const uint16_t* wi, const float* b_ih, const uint16_t* wh, const float* b_hh,
+                    const uint16_t* w2, const float* b2, int64_t A, int64_t A_pad, float* q, float* h_out, int64_t R,
+                    int64_t W, int64_t H) {
+  const int64_t P = 4 * H;
+  const std::vector<float> init = gate_init(b_ih, b_hh, H);
+  std::vector<float> init1(kBlock * W), init2(kBlock * A_pad, 0.0f);
+  for (int64_t i = 0; i < kBlock; ++i) {
+    std::copy(b1, b1 + W, init1.data() + i * W);
+    std::copy(b2, b2 + A, init2.data() + i * A_pad);
+  }
+  at::parallel_for(0, (R + kBlock - 1) / kBlock, 1, [&](int64_t first, int64_t last) {
+    configure_tiles();
+    std::vector<float> a1(kBlock * W), pre(kBlock * P), h(kBlock * H), rz(2 * H), n(H), out(kBlock * A_pad);
+    std::vector<c10::BFloat16> in_rows(kBlock * in_pad), x(kBlock * W), h_mm(kBlock * H);
+    for (int64_t block = first; block < last; ++block) {
+      const int64_t r0 = block * kBlock, rows = std::min(kBlock, R - r0);
+      std::fill(in_rows.begin(), in_rows.end(), c10::BFloat16(0.0f));  // padding columns and rows past R
+      std::fill(h.begin(), h.end(), 0.0f);
+      for (int64_t i = 0; i < rows; ++i) {
+        store_row(inputs + (r0 + i) * in, in_rows.data() + i * in_pad, in);
+        std::copy(hidden + (r0 + i) * H, hidden + (r0 + i + 1) * H, h.data() + i * H);
+      }
+      for (int64_t i = 0; i < kBlock; ++i) store_row(h.data() + i * H, h_mm.data() + i * H, H);
+      for (int64_t mc = 0; mc < W / 16; mc += 2)
+        pair_product(init1.data() + 16 * mc, W, bits_of(in_rows.data()), in_pad, w1, in_pad, nullptr, 0, nullptr, 0,
+                     W / 16, mc, a1.data() + 16 * mc, W);
+      for (int64_t i = 0; i < kBlock; ++i) {
+        float* row = a1.data() + i * W;
+#pragma omp simd
+        for (int64_t j = 0; j < W; ++j) row[j] = std::max(row[j], 0.0f);
+        store_row(row, x.data() + i * W, W);
+      }
+      gate_products(init.data(), bits_of(x.data()), W, wi, bits_of(h_mm.data()), wh, H, pre.data());
+      for (int64_t i = 0; i < rows; ++i) {
+        float* h_row = h.data() + i * H;
+        gate_row(pre.data() + i * P, rz.data(), n.data(), h_row, H);
+        std::copy(h_row, h_row + H, h_out + (r0 + i) * H);
+        store_row(h_row, h_mm.data() + i * H, H);
+      }
+      for (int64_t mc = 0; mc < A_pad / 16; mc += 2)
+        pair_product(init2.data() + 16 * mc, A_pad, bits_of(h_mm.data()), H, w2, H, nullptr, 0, nullptr, 0,
+                     A_pad / 16, mc, out.data() + 16 * mc, A_pad);
+      for (int64_t i = 0; i < rows; ++i) std::copy(out.data() + i * A_pad, out.data() + i * A_pad + A, q + (r0 + i) * A);
     }
     _tile_release();
   });
@@ -650,6 +716,51 @@ std::vector<at::Tensor> gru_backward_tiles(at::Tensor dout, at::Tensor hs, at::T
 #endif
   const auto biases = bias_gradients(bias_sums, H);
   return {dx, dh0, acc_ih.sum(0).t().contiguous(), biases[1], acc_hh.sum(0).t().contiguous(), biases[0]};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The actors' one-step forward on AMX tiles (see agent_step_amx). pack_for_tiles: a weight W [M, K]
+// (nn.Linear's layout, fp32) as the tiles read W^T [K, M] in bf16, K padded to a multiple of 32 and M
+// to `m_pad` (a multiple of 32) with zeros; bf16 bits in a bf16 tensor.
+at::Tensor pack_for_tiles(at::Tensor w, int64_t m_pad) {
+  const int64_t M = w.size(0), K = w.size(1);
+  TORCH_CHECK(m_pad >= M && m_pad % 32 == 0, "m_pad must cover the rows and be a multiple of 32");
+  at::Tensor wt = at::zeros({(K + 31) / 32 * 32, m_pad}, w.options().dtype(at::kBFloat16));
+  wt.narrow(0, 0, K).narrow(1, 0, M).copy_(w.t());
+  at::Tensor out = at::empty({wt.numel()}, wt.options());
+#if OVMSE_AMX
+  const std::vector<uint16_t> packed = pack_pairs(wt);
+  std::memcpy(out.data_ptr(), packed.data(), packed.size() * sizeof(uint16_t));
+#else
+  TORCH_CHECK(false, "no AMX tiles in this build");
+#endif
+  return out;
+}
+
+// inputs [R, in] and hidden [R, H] fp32; the weights from pack_for_tiles (w1 with m_pad = W, w_ih and
+// w_hh with 3H, w2 with A_pad) and the fp32 biases. Returns {q [R, A], h' [R, H]} fp32.
+std::vector<at::Tensor> agent_step_tiles(at::Tensor inputs, at::Tensor hidden, at::Tensor w1, at::Tensor b1,
+                                         at::Tensor w_ih, at::Tensor b_ih, at::Tensor w_hh, at::Tensor b_hh,
+                                         at::Tensor w2, at::Tensor b2) {
+  TORCH_CHECK(amx_permitted(), "no AMX tiles in this build or process");
+  TORCH_CHECK(inputs.scalar_type() == at::kFloat && inputs.is_contiguous() && inputs.dim() == 2,
+              "inputs must be contiguous fp32 [R, in]");
+  TORCH_CHECK(hidden.scalar_type() == at::kFloat && hidden.is_contiguous(), "hidden must be contiguous fp32");
+  const int64_t R = inputs.size(0), in = inputs.size(1), H = hidden.size(1), W = b1.size(0), A = b2.size(0);
+  const int64_t in_pad = (in + 31) / 32 * 32, A_pad = (A + 31) / 32 * 32;
+  TORCH_CHECK(W % 32 == 0 && H % 32 == 0, "the tiles need layer widths that are multiples of 32");
+  TORCH_CHECK(w1.numel() == in_pad * W && w_ih.numel() == W * 3 * H && w_hh.numel() == H * 3 * H &&
+                  w2.numel() == H * A_pad,
+              "packed weights of the wrong size for these inputs");
+  at::Tensor q = at::empty({R, A}, inputs.options());
+  at::Tensor h = at::empty({R, H}, inputs.options());
+#if OVMSE_AMX
+  auto bits = [](const at::Tensor& t) { return bits_of(t.data_ptr<c10::BFloat16>()); };
+  agent_step_amx(ptr<float>(inputs), in, in_pad, ptr<float>(hidden), bits(w1), ptr<float>(b1.contiguous()), bits(w_ih),
+                 ptr<float>(b_ih.contiguous()), bits(w_hh), ptr<float>(b_hh.contiguous()), bits(w2),
+                 ptr<float>(b2.contiguous()), A, A_pad, ptr<float>(q), ptr<float>(h), R, W, H);
+#endif
+  return {q, h};
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import dataclasses
 from functools import cached_property
 from pathlib import Path
 
+from actors import tiles_agent
 from actors.rollout import RolloutWorker
 from common.agent_stack import policy_stack
 from common.config.sections import Config
@@ -91,8 +92,20 @@ class Builder:
             seed=seed,
             actor_id=actor_id,
             version=version,
-            inference=self.cfg.actor.inference,
+            inference=self.acting_back_end(),
         )
+
+    def acting_back_end(self) -> str:
+        """`actor.inference` with "auto" resolved: "tiles" (one kernel call per step, bf16 products on
+        AMX tiles) where this CPU has them and the learner computes in bf16 (`learner.precision` not
+        fp32), for networks shared by all agents; "torch" elsewhere."""
+        cfg = self.cfg
+        if cfg.actor.inference != "auto":
+            return cfg.actor.inference
+        shared_network = cfg.learner.algorithm != "inspo"
+        if shared_network and cfg.learner.precision != "fp32" and tiles_agent.available():
+            return "tiles"
+        return "torch"
 
     def actor_worker(self, actor_id: int) -> RolloutWorker:
         """Actor `actor_id`'s battles, exploring as the preset says; no weights until the first

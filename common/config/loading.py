@@ -589,9 +589,9 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
         "(pre-training first) or run.init_checkpoint",
     )
     p.require(
-        learner.algorithm != "inspo" or actor.inference == "torch",
+        learner.algorithm != "inspo" or actor.inference in ("torch", "auto"),
         "actor.inference",
-        "must be torch with learner.algorithm inspo (its per-agent policy networks act through torch)",
+        "must be torch with learner.algorithm inspo, or auto (its per-agent policies act through torch)",
     )
 
     p.at_least("actor.num_actors", actor.num_actors, 1)
@@ -603,7 +603,7 @@ def problems(cfg: Config) -> list[tuple[str, str]]:
         "policy_sample samples from a policy's logits: it needs learner.algorithm inspo "
         f"(got {learner.algorithm!r}, whose network outputs Q-values)",
     )
-    p.one_of("actor.inference", actor.inference, ("torch", "numpy"))
+    p.one_of("actor.inference", actor.inference, ("auto", "torch", "numpy", "tiles"))
     p.unit("actor.epsilon_start", actor.epsilon_start)
     p.unit("actor.epsilon_end", actor.epsilon_end)
     p.require(

@@ -275,7 +275,9 @@ class ActorConfig:
     # episodes in flight stay few and the policy lag stays low; on real SC2 each battle is a game.
     envs_per_actor: int = 4
     exploration: str = "decentralized_se"  # | "centralized_se" | "epsilon_greedy" | "policy_sample"
-    inference: str = "torch"  # the acting forward pass: "torch" | "numpy" (docs/bench/actor.md)
+    # The acting forward pass: "auto" (tiles where the CPU has AMX and the learner computes in bf16,
+    # else torch) | "torch" | "numpy" | "tiles" (docs/bench/actor.md).
+    inference: str = "auto"
     epsilon_start: float = 1.0
     epsilon_end: float = 0.05
     epsilon_anneal_steps: int = 100_000  # environment steps of the online phase, all actors together
