@@ -53,7 +53,14 @@ def double_q_max(online_qs: torch.Tensor, target_qs: torch.Tensor, avail: torch.
 
     On CPU, [B, T, n, A] values go through the compiled kernel's one pass where it builds (same
     result: the values are compared as they are, ties go to the first action)."""
-    if online_qs.dim() == 4 and online_qs.device.type == "cpu" and avail.dtype == torch.bool:
+    compiled_dtypes = (torch.float32, torch.bfloat16)
+    if (
+        online_qs.dim() == 4
+        and online_qs.device.type == "cpu"
+        and avail.dtype == torch.bool
+        and online_qs.dtype in compiled_dtypes
+        and target_qs.dtype in compiled_dtypes
+    ):
         kernel = fused_gru.kernel()
         if kernel is not None:
             return kernel.double_q_values(online_qs, target_qs, avail)
