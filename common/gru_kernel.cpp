@@ -233,6 +233,16 @@ std::vector<uint16_t> pack_pairs(const at::Tensor& b) {
   return packed;
 }
 
+// Tiles 0-1 += A @ B: A (16 rows of 32 bf16 at `a`, rows a_bytes apart) on tile 2, times two 16 x 32
+// pair-interleaved B tiles (at b0, b1; 64-byte rows) on tiles 3-4.
+inline void multiply_add(const void* a, int64_t a_bytes, const void* b0, const void* b1) {
+  _tile_loadd(2, a, a_bytes);
+  _tile_loadd(3, b0, 64);
+  _tile_loadd(4, b1, 64);
+  _tile_dpbf16ps(0, 2, 3);
+  _tile_dpbf16ps(1, 2, 4);
+}
+
 // out [16, M] fp32 = a [16, K] (bf16 bits, rows `a_stride` elements apart) @ B [K, M] (as `pack_pairs`
 // lays it out); K and M multiples of 32.
 inline void tile_product(const uint16_t* a, const uint16_t* packed, float* out, int64_t K, int64_t M,
@@ -242,11 +252,8 @@ inline void tile_product(const uint16_t* a, const uint16_t* packed, float* out, 
     _tile_zero(0);
     _tile_zero(1);
     for (int64_t kc = 0; kc < k_chunks; ++kc) {
-      _tile_loadd(2, a + 32 * kc, a_stride * 2);
-      _tile_loadd(3, packed + (kc * m_chunks + mc) * 512, 64);
-      _tile_loadd(4, packed + (kc * m_chunks + mc + 1) * 512, 64);
-      _tile_dpbf16ps(0, 2, 3);
-      _tile_dpbf16ps(1, 2, 4);
+      const uint16_t* b = packed + (kc * m_chunks + mc) * 512;
+      multiply_add(a + 32 * kc, a_stride * 2, b, b + 512);
     }
     _tile_stored(0, out + 16 * mc, M * 4);
     _tile_stored(1, out + 16 * (mc + 1), M * 4);
@@ -263,30 +270,17 @@ inline void pair_product(const float* init, int64_t init_ld, const uint16_t* a1,
                          int64_t K2, int64_t m_chunks, int64_t mc, float* out, int64_t out_ld) {
   _tile_loadd(0, init, init_ld * 4);
   _tile_loadd(1, init + 16, init_ld * 4);
-  for (int64_t kc = 0; kc < K1 / 32; ++kc) {
-    _tile_loadd(2, a1 + 32 * kc, a1_ld * 2);
-    _tile_loadd(3, p1 + (kc * m_chunks + mc) * 512, 64);
-    _tile_loadd(4, p1 + (kc * m_chunks + mc + 1) * 512, 64);
-    _tile_dpbf16ps(0, 2, 3);
-    _tile_dpbf16ps(1, 2, 4);
-  }
+  for (int64_t kc = 0; kc < K1 / 32; ++kc)
+    multiply_add(a1 + 32 * kc, a1_ld * 2, p1 + (kc * m_chunks + mc) * 512, p1 + (kc * m_chunks + mc + 1) * 512);
   if (a2 != nullptr) {
-    for (int64_t kc = 0; kc < K2 / 32; ++kc) {
-      _tile_loadd(2, a2 + 32 * kc, a2_ld * 2);
-      _tile_loadd(3, p2 + (kc * m_chunks + mc) * 512, 64);
-      _tile_loadd(4, p2 + (kc * m_chunks + mc + 1) * 512, 64);
-      _tile_dpbf16ps(0, 2, 3);
-      _tile_dpbf16ps(1, 2, 4);
-    }
+    for (int64_t kc = 0; kc < K2 / 32; ++kc)
+      multiply_add(a2 + 32 * kc, a2_ld * 2, p2 + (kc * m_chunks + mc) * 512, p2 + (kc * m_chunks + mc + 1) * 512);
   }
   _tile_stored(0, out, out_ld * 4);
   _tile_stored(1, out + 16, out_ld * 4);
 }
 
-// The forward unroll on AMX: each block of 16 rows runs every step with its state in local buffers.
-// The products come out of the tiles in fp32, biases included, straight into the gate math (so the
-// [T, N, 3H] input projection is never stored): per row, pre = [x W_ih,rz^T + h W_hh,rz^T + b_rz
-// (summed on the tiles), x W_ih,n^T + b_ih,n, h W_hh,n^T + b_hh,n], 4H floats.
+// The biases in the layout of `pre` (see forward_amx), repeated for 16 rows.
 std::vector<float> gate_init(const float* b_ih, const float* b_hh, int64_t H) {
   const int64_t P = 4 * H;
   std::vector<float> init(kBlock * P);  // the biases in the layout of pre, repeated per row
@@ -325,6 +319,10 @@ inline void gate_row(const float* p, float* rz_row, float* n_row, float* h_row, 
   }
 }
 
+// The forward unroll on AMX: each block of 16 rows runs every step with its state in local buffers.
+// The products come out of the tiles in fp32, biases included, straight into the gate math (so the
+// [T, N, 3H] input projection is never stored): per row, pre = [x W_ih,rz^T + h W_hh,rz^T + b_rz
+// (summed on the tiles), x W_ih,n^T + b_ih,n, h W_hh,n^T + b_hh,n], 4H floats.
 void forward_amx(const c10::BFloat16* x, int64_t width, const uint16_t* wi_packed, const float* h0,
                  const uint16_t* wh_packed, const float* b_ih, const float* b_hh, float* hs, c10::BFloat16* hs_mm,
                  c10::BFloat16* gh_n, float* rz, float* n, bool save, int64_t T, int64_t N, int64_t H) {
@@ -384,13 +382,9 @@ inline void accumulate_panel(const uint32_t* a_panel, int64_t R, const uint32_t*
       float* c = acc + mt * 16 * M + 16 * mc;
       _tile_loadd(0, c, M * 4);
       _tile_loadd(1, c + 16, M * 4);
-      for (int64_t kc = 0; kc < chunks; ++kc) {
-        _tile_loadd(2, a_panel + (kc * R + mt * 16) * 16, 64);
-        _tile_loadd(3, b_panel + (kc * m_chunks + mc) * 256, 64);
-        _tile_loadd(4, b_panel + (kc * m_chunks + mc + 1) * 256, 64);
-        _tile_dpbf16ps(0, 2, 3);
-        _tile_dpbf16ps(1, 2, 4);
-      }
+      for (int64_t kc = 0; kc < chunks; ++kc)
+        multiply_add(a_panel + (kc * R + mt * 16) * 16, 64, b_panel + (kc * m_chunks + mc) * 256,
+                     b_panel + (kc * m_chunks + mc + 1) * 256);
       _tile_stored(0, c, M * 4);
       _tile_stored(1, c + 16, M * 4);
     }
@@ -530,7 +524,9 @@ void agent_step_amx(const float* inputs, int64_t in, int64_t in_pad, const float
       for (int64_t mc = 0; mc < A_pad / 16; mc += 2)
         pair_product(init2.data() + 16 * mc, A_pad, bits_of(h_mm.data()), H, w2, H, nullptr, 0, nullptr, 0,
                      A_pad / 16, mc, out.data() + 16 * mc, A_pad);
-      for (int64_t i = 0; i < rows; ++i) std::copy(out.data() + i * A_pad, out.data() + i * A_pad + A, q + (r0 + i) * A);
+      for (int64_t i = 0; i < rows; ++i) {
+        std::copy(out.data() + i * A_pad, out.data() + i * A_pad + A, q + (r0 + i) * A);
+      }
     }
     _tile_release();
   });
