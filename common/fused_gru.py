@@ -22,6 +22,9 @@ import torch
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("gru_kernel.cpp")
+# Per-row passes over a training batch (double Q, the mix, the agents' inputs), built into the same
+# library after SOURCE, whose helpers they use.
+BATCH_SOURCE = Path(__file__).with_name("batch_kernels.cpp")
 CFLAGS = ["-O3", "-march=native", "-ffast-math", "-mrecip", "-fopenmp-simd"]
 # Below this many rows (episodes x agents in one unroll) the per-step product h @ W_hh^T stays fp32:
 # measured on the 2-core AMX Xeon, a bf16 [64, 64] @ [64, 192] took 46 us against 11 us in fp32,
@@ -82,7 +85,7 @@ def _load_or_build():
 
     from torch.utils.cpp_extension import _get_build_directory, load_inline
 
-    source = SOURCE.read_text()
+    source = SOURCE.read_text() + "\n" + BATCH_SOURCE.read_text()
     build = source + " ".join(CFLAGS)  # a change of either is a new build
     name = f"ovmse_gru_{_cpu_tag()}_{hashlib.sha256(build.encode()).hexdigest()[:10]}"
     build_dir = Path(_get_build_directory(name, verbose=False))
@@ -115,6 +118,9 @@ def _load_or_build():
             "double_q_values",
             "pack_for_tiles",
             "agent_step_tiles",
+            "mix_forward",
+            "mix_backward",
+            "agent_inputs",
         ],
         extra_cflags=CFLAGS,
         build_directory=str(build_dir),

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import fused_gru
+from common import batch_passes, fused_gru
 
 
 def agent_input_size(obs_size: int, n_actions: int, n_agents: int) -> int:
@@ -138,13 +138,16 @@ class RNNAgent(nn.Module):
                     q = out.new_zeros(T, B, n, self.n_actions)
                 q[:length, rows] = out
         within = torch.arange(T)[:, None] < lengths.to("cpu")[None, :]  # [T, B]
-        # q is this call's own tensor: filled in place, no copy.
-        return q.masked_fill_(~within.to(q.device)[..., None, None], 0.0).transpose(0, 1)
+        # Out of place, in one pass: filling the unroll's output (a view) in place would make autograd
+        # clone it and copy its gradient back and forth in the backward.
+        return torch.where(within.to(q.device)[..., None, None], q, 0.0).transpose(0, 1)
 
     def _unroll(self, x: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
         """Time-major inputs [T, B, n, in] -> q [T, B, n, A]."""
         T, B, n, _ = x.shape
-        x = F.relu(self.fc1(x), inplace=True).reshape(T, B * n, self.hidden_size)  # one matmul, all steps
+        # One matmul for all steps. relu out of place: in place on fc1's output (a view) would make
+        # autograd clone it and copy its gradient twice in the backward.
+        x = F.relu(self.fc1(x)).reshape(T, B * n, self.hidden_size)
         if x.device.type == "cpu" and self.fused_cpu_gru and fused_gru.available():
             out = fused_gru.fused_gru_sequence(x, hidden, self.rnn)
         else:
@@ -223,7 +226,11 @@ class QMixer(nn.Module):
 
 
 def mix(q: torch.Tensor, weights: MixingWeights) -> torch.Tensor:
-    """Q_tot = ELU(q . w1 + b1) . w2 + b2 for q [..., n] and weights of leading shape [...] -> [..., 1]."""
+    """Q_tot = ELU(q . w1 + b1) . w2 + b2 for q [..., n] and weights of leading shape [...] -> [..., 1].
+    Summed in fp32 for fp32 q, whatever the weights' dtype (bf16 weights are read as fp32)."""
+    compiled = batch_passes.mix_compiled(q, *weights)  # on CPU: one pass, forward and backward
+    if compiled is not None:
+        return compiled
     # A broadcast product summed over the agents, not a batched matmul: per state it is a [1, n] @
     # [n, E] product, and tens of thousands of those ran 5-10x slower as bmm on CPU.
     hidden = F.elu((q.unsqueeze(-1) * weights.w1).sum(-2) + weights.b1)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import torch
 
+from common import batch_passes
 from common.episode import TrainingBatch, training_mask
 from common.networks import RNNAgent
 
@@ -18,6 +19,11 @@ def episode_agent_inputs(
     while playing the batch's episodes. Built time-major (the recurrent unroll's layout) and returned
     as a batch-major view; in `dtype` when given (the learner's compute dtype: cast once here rather
     than by every network that reads them)."""
+    compiled = batch_passes.agent_inputs_compiled(
+        batch.obs, batch.actions, n_actions, dtype or batch.obs.dtype
+    )
+    if compiled is not None:  # on CPU: one pass
+        return compiled.transpose(0, 1)
     obs = batch.obs.transpose(0, 1)  # [T+1, B, n, O]
     rows, B, n, O = obs.shape
     # Written in place into one tensor: a training batch has ~10^5 rows, and building the parts and

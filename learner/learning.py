@@ -284,23 +284,23 @@ class QMixLearner:
         terminated = batch.terminated[:, :-1]
         mask = training_mask(batch.filled, batch.terminated)  # [B, T, 1]
         inputs = self._agent_inputs(batch)  # [B, T+1, n, in]
+        mixer_state = self._in_compute_dtype(state)  # cast once for the up to three mixers
 
         # Q(tau_t, .) for every row, and Q_tot of the data actions on the trained rows.
         with self._compute():
             agent_qs = self.agent.forward_sequence(inputs, lengths=lengths)  # [B, T+1, n, A]; 0 on padding
-            weights = self.mixer.mixing_weights(state[:, :-1])
-        weights = _float_weights(weights)
+            weights = self.mixer.mixing_weights(mixer_state[:, :-1])
         # Gathered in the compute dtype, then cast: the same values as casting all of agent_qs first.
         chosen = agent_qs[:, :-1].gather(-1, actions).squeeze(-1).float()  # [B, T, n]
-        q_tot = mix(chosen, weights)  # [B, T, 1]
+        q_tot = mix(chosen, weights)  # [B, T, 1]; fp32 sums of bf16 weights read as fp32
 
         uses_memory = online and cfg.use_offline_value_memory
         with torch.no_grad():
             with self._compute():
                 target_qs = self.target_agent.forward_sequence(inputs, lengths=lengths)
-                target_weights = self.target_mixer.mixing_weights(state)
+                target_weights = self.target_mixer.mixing_weights(mixer_state)
             greedy_values = double_q_max(agent_qs.detach(), target_qs, avail)  # [B, T+1, n], fp32
-            bootstrap = mix(greedy_values, _float_weights(target_weights))  # [B, T+1, 1]
+            bootstrap = mix(greedy_values, target_weights)  # [B, T+1, 1]
             if uses_memory and cfg.ovm_target == "one_step":  # the paper's Eq. 4, inside OVM only
                 y_td = one_step_targets(reward, terminated, bootstrap, cfg.gamma)
             else:
@@ -314,7 +314,7 @@ class QMixLearner:
             if self.offline_agent is None:  # no offline phase ran: the memory is the start point
                 self.freeze_offline_memory()
             with torch.no_grad():
-                q_offline = self._offline_q_tot(inputs, actions, state, lengths)
+                q_offline = self._offline_q_tot(inputs, actions, mixer_state, lengths)
                 active = masked_fraction(q_offline > y_td, mask)
             loss_ovm = losses.ovm_loss(q_tot, y_td, q_offline, mask, memory_coef)
             loss = loss_ovm
@@ -338,7 +338,13 @@ class QMixLearner:
                     behaviour_logits = behaviour_logits.float()
                     loss_bc = losses.behaviour_cloning_loss(behaviour_logits, actions, avail[:, :-1], mask)
             loss_cql = self._cql_term(
-                agent_qs[:, :-1].float(), chosen, weights, q_tot, batch, mask, behaviour_logits
+                agent_qs[:, :-1].float(),
+                chosen,
+                _float_weights(weights),
+                q_tot,
+                batch,
+                mask,
+                behaviour_logits,
             )
             loss = loss + cql_weight * loss_cql
 
@@ -403,6 +409,11 @@ class QMixLearner:
             return batch.to(self.device, non_blocking=True)
         return batch.to(self.device)
 
+    def _in_compute_dtype(self, state: torch.Tensor) -> torch.Tensor:
+        """The states as the mixers' hypernetworks read them: bf16 autocast would cast them again
+        for every mixer."""
+        return state.to(torch.bfloat16) if self.precision == "bf16" else state
+
     def _agent_inputs(self, batch: TrainingBatch) -> torch.Tensor:
         """What the agents saw on the batch's episodes, [B, T+1, n, in], in the compute dtype (bf16
         autocast would cast them again for each of the up to four networks that read them)."""
@@ -416,7 +427,7 @@ class QMixLearner:
         with self._compute():
             qs = self.offline_agent.forward_sequence(inputs, lengths=lengths)[:, :-1]
             weights = self.offline_mixer.mixing_weights(state[:, :-1])
-        return mix(qs.gather(-1, actions).squeeze(-1).float(), _float_weights(weights))
+        return mix(qs.gather(-1, actions).squeeze(-1).float(), weights)
 
     def _cql_term(self, agent_qs, chosen, weights, q_tot, batch, mask, behaviour_logits) -> torch.Tensor:
         cfg = self.cfg

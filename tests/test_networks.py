@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import fused_gru
+from common import batch_passes, fused_gru
 from common.networks import (
     QMixer,
     RNNAgent,
@@ -106,12 +106,18 @@ def test_episodes_of_one_length_are_unrolled_in_one_call():
     assert [(idx.tolist(), longest) for idx, longest in groups] == [([0], 2), ([2], 3), ([3], 9), ([1], 10)]
 
 
+@pytest.mark.parametrize("path", ["compiled", "torch"])
 @pytest.mark.parametrize("dtype", [None, torch.bfloat16])
-def test_the_learners_inputs_are_observation_previous_action_and_agent_id(dtype):
+def test_the_learners_inputs_are_observation_previous_action_and_agent_id(dtype, path, monkeypatch):
+    if path == "torch":
+        monkeypatch.setattr(batch_passes, "agent_inputs_compiled", lambda *args: None)
+    elif not fused_gru.available():
+        pytest.skip("the compiled batch passes did not build here (no C++ compiler)")
     torch.manual_seed(8)
     B, T, n, O, A = 3, 6, 4, 5, 7
     actions = torch.randint(0, A, (B, T + 1, n, 1))
-    batch = types.SimpleNamespace(obs=torch.randn(B, T + 1, n, O), actions=actions)
+    obs = torch.randn(T + 1, B, n, O).transpose(0, 1)  # strided, as a time-major buffer's view
+    batch = types.SimpleNamespace(obs=obs, actions=actions)
     previous = previous_actions_onehot(batch.actions, A)
     expected = build_agent_inputs(batch.obs, previous, n)
     got = episode_agent_inputs(batch, A, dtype)
@@ -150,6 +156,45 @@ def test_mixer_matches_the_qmix_formula_and_mixes_many_joint_actions_alike():
     many = torch.randn(3, 7, 2)  # 7 joint actions per state
     one_by_one = torch.stack([mix(many[:, k], weights).squeeze(-1) for k in range(7)], dim=1)
     torch.testing.assert_close(mix_samples(many, weights), one_by_one)
+
+
+@pytest.mark.parametrize("weights_dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_mix_gives_the_formulas_values_and_gradients(weights_dtype):
+    """On CPU `mix` runs a compiled pass (forward and backward); it must equal the formula summed in
+    fp32 over the weights as read, for the mixer's own strided weights (split views of one product)
+    and pre-activations of both signs (both branches of the ELU)."""
+    if not fused_gru.available():
+        pytest.skip("the compiled batch passes did not build here (no C++ compiler)")
+    torch.manual_seed(4)
+    mixer = QMixer(n_agents=5, state_size=9, embed_dim=32, hypernet_embed=16)
+    state = torch.randn(6, 7, 9) * 2
+    q = torch.randn(6, 7, 5, requires_grad=True)
+    upstream = torch.randn(6, 7, 1)
+
+    def values_and_gradients(mixing):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=weights_dtype == torch.bfloat16):
+            weights = mixer.mixing_weights(state)
+        assert weights.w1.dtype == weights_dtype
+        q_tot = mixing(q, weights)
+        return q_tot, torch.autograd.grad(q_tot, [q, *mixer.parameters()], upstream)
+
+    def formula(q, w):
+        pre = (q.unsqueeze(-1) * w.w1.float()).sum(-2) + w.b1.float()
+        assert (pre > 0).any() and (pre < 0).any()
+        return (torch.nn.functional.elu(pre) * w.w2.float()).sum(-1, keepdim=True) + w.b2.float()
+
+    def compiled(q, w):
+        out = batch_passes.mix_compiled(q, *w)
+        assert out is not None, "the compiled mix did not take the mixer's weights"
+        return out
+
+    got, got_grads = values_and_gradients(compiled)
+    want, want_grads = values_and_gradients(formula)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    tolerance = 1e-5 if weights_dtype == torch.float32 else 1e-2  # bf16 gradients: rounding of the result
+    for g, w in zip(got_grads, want_grads, strict=True):  # q, then every hypernetwork parameter
+        torch.testing.assert_close(g, w, rtol=tolerance, atol=tolerance)
 
 
 # --- the fused CPU GRU unroll -----------------------------------------------------------------------

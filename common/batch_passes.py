@@ -1,0 +1,82 @@
+"""The compiled per-row passes over a training batch (`batch_kernels.cpp`), with torch's equivalents
+where they cannot run: the QMIX mix with its backward, and the agent networks' inputs.
+
+On a 128-episode batch each torch version is several full-size temporaries (casts, broadcast
+products, sums; copies into strided slices), 15-30 ms apiece on one core; each compiled one reads
+its inputs once. Results are the same up to fp32 summation order.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from common import fused_gru
+
+COMPILED_DTYPES = (torch.float32, torch.bfloat16)
+
+
+def _kernel_for(tensor: torch.Tensor):
+    return fused_gru.kernel() if tensor.device.type == "cpu" else None
+
+
+# ------------------------------------------------------------------------------------------- mixing
+def mix_compiled(q: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor | None:
+    """Q_tot [..., 1] through the compiled pass, or None where it does not apply (not CPU, no
+    kernel, weights of mixed or other dtypes, shapes that broadcast)."""
+    lead = q.shape[:-1]
+    n, E = q.shape[-1], b1.shape[-1]
+    if (
+        _kernel_for(q) is None
+        or w1.dtype not in COMPILED_DTYPES
+        or not (w1.dtype == b1.dtype == w2.dtype == b2.dtype)
+        or w1.shape != (*lead, n, E)
+        or b1.shape[:-1] != lead
+        or w2.shape != (*lead, E)
+        or b2.shape != (*lead, 1)
+    ):
+        return None
+    rows = (_rows(q.float(), n), _rows(w1, n * E), _rows(b1, E), _rows(w2, E), _rows(b2, 1))
+    return _CompiledMix.apply(*rows).view(*lead, 1)
+
+
+def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    """t as [rows, width] with a contiguous last axis and one row stride (what the kernel reads):
+    a view where one exists (the mixer's split outputs), else a copy."""
+    rows = t.reshape(-1, width)
+    return rows if rows.stride(-1) == 1 or width == 1 else rows.contiguous()
+
+
+class _CompiledMix(torch.autograd.Function):
+    """Rows: q [R, n] fp32, w1 [R, n*E], b1 [R, E], w2 [R, E], b2 [R, 1] -> Q_tot [R] fp32. The
+    backward recomputes the hidden layer rather than keeping it."""
+
+    @staticmethod
+    def forward(ctx, q, w1, b1, w2, b2):  # noqa: D102
+        ctx.save_for_backward(q, w1, b1, w2)
+        ctx.b2_dtype = b2.dtype
+        return fused_gru.kernel().mix_forward(q, w1, b1, w2, b2)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        q, w1, b1, w2 = ctx.saved_tensors
+        grad = grad.float().contiguous()
+        dq, dw1, db1, dw2 = fused_gru.kernel().mix_backward(grad, q, w1, b1, w2)
+        return dq, dw1, db1, dw2, grad.to(ctx.b2_dtype).unsqueeze(-1)
+
+
+# ------------------------------------------------------------------------------------ agent inputs
+def agent_inputs_compiled(
+    obs: torch.Tensor, actions: torch.Tensor, n_actions: int, dtype: torch.dtype
+) -> torch.Tensor | None:
+    """[obs | previous action one-hot | agent id] time-major [T, B, n, in] in `dtype` from obs
+    [B, T, n, O] and actions [B, T, n, 1], or None where the compiled pass does not apply."""
+    kernel = _kernel_for(obs)
+    if (
+        kernel is None
+        or obs.dtype != torch.float32
+        or actions.dtype != torch.int64
+        or dtype not in COMPILED_DTYPES
+        or actions.shape[:3] != obs.shape[:3]
+    ):
+        return None
+    return kernel.agent_inputs(obs, actions, n_actions, dtype)
