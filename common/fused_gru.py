@@ -142,8 +142,12 @@ def unavailable_reason() -> str | None:
     return _state.get("reason")
 
 
-def fused_gru_sequence(x: torch.Tensor, hidden: torch.Tensor | None, rnn: torch.nn.GRU) -> torch.Tensor:
-    """`rnn(x, hidden)`'s output [T, N, H] for CPU inputs x [T, N, H_in], hidden [N, H] or None.
+def fused_gru_sequence(
+    x: torch.Tensor, hidden: torch.Tensor | None, rnn: torch.nn.GRU, relu_inputs: bool = False
+) -> torch.Tensor:
+    """`rnn(x, hidden)`'s output [T, N, H] for CPU inputs x [T, N, H_in], hidden [N, H] or None;
+    `rnn(relu(x), hidden)`'s with relu_inputs (on AMX tiles the kernel applies the relu as it reads
+    the rows, forward and backward, so relu(x) is never stored).
 
     The products (the input projection of every step at once, then h @ W_hh^T per step) run in x's
     dtype: bf16 when x comes from a layer under bf16 autocast (the weights are cast per call; the
@@ -153,18 +157,21 @@ def fused_gru_sequence(x: torch.Tensor, hidden: torch.Tensor | None, rnn: torch.
     state), which is what the next layer reads under autocast."""
     T, N, _ = x.shape
     on_tiles = _on_tiles(x, rnn.hidden_size)
+    if relu_inputs and not on_tiles:
+        x = torch.relu(x)
+    relu_x = relu_inputs and on_tiles
     step_dtype = x.dtype if N >= BF16_MIN_ROWS or on_tiles else torch.float32
     h0 = x.new_zeros(N, rnn.hidden_size, dtype=torch.float32) if hidden is None else hidden
     h0 = h0.float().contiguous()
     weights = (rnn.weight_ih_l0, rnn.bias_ih_l0, rnn.weight_hh_l0, rnn.bias_hh_l0)
     with torch.autocast("cpu", enabled=False):
         if torch.is_grad_enabled():
-            return FusedGRU.apply(x.contiguous(), h0, step_dtype, on_tiles, *weights)
+            return FusedGRU.apply(x.contiguous(), h0, step_dtype, on_tiles, relu_x, *weights)
         with torch.no_grad():  # a target pass: nothing kept for a backward
-            return _forward(x.contiguous(), h0, step_dtype, on_tiles, *weights, save=False)[2][1][1:]
+            return _forward(x.contiguous(), h0, step_dtype, on_tiles, relu_x, *weights, save=False)[2][1][1:]
 
 
-def _forward(x, h0, step_dtype, on_tiles, w_ih, b_ih, w_hh, b_hh, save: bool):
+def _forward(x, h0, step_dtype, on_tiles, relu_x, w_ih, b_ih, w_hh, b_hh, save: bool):
     """The kernel's forward with the weights in the products' dtypes: (W_ih, W_hh as cast, the
     kernel's outputs). On AMX tiles (`on_tiles`, from `_on_tiles`) the kernel takes x and does the
     input projection itself; otherwise it is one product for every step here, x @ W_ih^T (the
@@ -174,7 +181,7 @@ def _forward(x, h0, step_dtype, on_tiles, w_ih, b_ih, w_hh, b_hh, save: bool):
     biases = b_ih.detach().float(), b_hh.detach().float()
     if on_tiles:
         transposed = wi.t().contiguous(), wh.t().contiguous()
-        return wi, wh, kernel().gru_forward_tiles(x, h0, *transposed, *biases, save)
+        return wi, wh, kernel().gru_forward_tiles(x, relu_x, h0, *transposed, *biases, save)
     gi = torch.mm(x.view(T * N, width), wi.t()).view(T, N, -1)
     return wi, wh, kernel().gru_forward(gi, h0, wh.t().contiguous(), *biases, save)
 
@@ -188,15 +195,15 @@ def _on_tiles(x: torch.Tensor, hidden: int) -> bool:
 class FusedGRU(torch.autograd.Function):
     """The GRU over a whole sequence, input projection included; see gru_kernel.cpp.
     x [T, N, H_in] (fp32 or bf16), h0 [N, H] fp32, the per-step product's dtype, whether on AMX
-    tiles, and nn.GRU's four parameters -> h_1..h_T [T, N, H] in that dtype. The backward takes
-    each weight's gradient as one product over every step (on AMX tiles: summed on the tiles as the
-    unroll goes). No double backward."""
+    tiles, whether the kernel reads relu(x) (on tiles only), and nn.GRU's four parameters
+    -> h_1..h_T [T, N, H] in that dtype. The backward takes each weight's gradient as one product
+    over every step (on AMX tiles: summed on the tiles as the unroll goes). No double backward."""
 
     @staticmethod
-    def forward(ctx, x, h0, step_dtype, on_tiles, w_ih, b_ih, w_hh, b_hh):  # noqa: D102
-        saved = _forward(x, h0, step_dtype, on_tiles, w_ih, b_ih, w_hh, b_hh, save=True)
+    def forward(ctx, x, h0, step_dtype, on_tiles, relu_x, w_ih, b_ih, w_hh, b_hh):  # noqa: D102
+        saved = _forward(x, h0, step_dtype, on_tiles, relu_x, w_ih, b_ih, w_hh, b_hh, save=True)
         wi, wh, (hs, hs_mm, gh_n, rz, n) = saved
-        ctx.on_tiles = on_tiles
+        ctx.on_tiles, ctx.relu_x = on_tiles, relu_x
         ctx.save_for_backward(x, wi, wh, hs, hs_mm, gh_n, rz, n)
         return hs_mm[1:]
 
@@ -205,15 +212,15 @@ class FusedGRU(torch.autograd.Function):
         x, wi, wh, hs, hs_mm, gh_n, rz, n = ctx.saved_tensors
         dout = dout.to(wh.dtype).contiguous()
         if ctx.on_tiles:  # every product on the tiles, the weight gradients included
-            grads = kernel().gru_backward_tiles(dout, hs, hs_mm, gh_n, rz, n, x, wi, wh)
+            grads = kernel().gru_backward_tiles(dout, hs, hs_mm, gh_n, rz, n, x, ctx.relu_x, wi, wh)
             dx, dh0, dw_ih, db_ih, dw_hh, db_hh = grads
-            return dx, dh0, None, None, dw_ih, db_ih, dw_hh, db_hh
+            return dx, dh0, None, None, None, dw_ih, db_ih, dw_hh, db_hh
         T, N, width = x.shape
         dgi, dh0, dw_hh, db_hh, db_ih = kernel().gru_backward(dout, hs, hs_mm, gh_n, rz, n, wh, x)
         flat = dgi.view(T * N, -1)
         dx = (flat @ wi).view(T, N, width)
         dw_ih = (x.view(T * N, width).t() @ flat).t().float()  # faster than flat^T @ x (see the kernel)
-        return dx, dh0, None, None, dw_ih, db_ih, dw_hh, db_hh
+        return dx, dh0, None, None, None, dw_ih, db_ih, dw_hh, db_hh
 
 
 if __name__ == "__main__":  # `python -m common.fused_gru`: build now (the Makefile's install does)

@@ -319,11 +319,23 @@ inline void gate_row(const float* p, float* rz_row, float* n_row, float* h_row, 
   }
 }
 
+// relu on bf16 bits: a value stays where it is above zero as a signed 16-bit integer (sign bit clear,
+// not +0); torch's relu too maps -0 to 0. `keep_where_positive` is its backward, on a gradient row.
+inline void relu_bits(const uint16_t* src, int64_t count, uint16_t* dst) {
+#pragma omp simd
+  for (int64_t j = 0; j < count; ++j) dst[j] = static_cast<int16_t>(src[j]) > 0 ? src[j] : 0;
+}
+inline void keep_where_positive(const uint16_t* x, int64_t count, uint16_t* grad) {
+#pragma omp simd
+  for (int64_t j = 0; j < count; ++j) grad[j] = static_cast<int16_t>(x[j]) > 0 ? grad[j] : 0;
+}
+
 // The forward unroll on AMX: each block of 16 rows runs every step with its state in local buffers.
 // The products come out of the tiles in fp32, biases included, straight into the gate math (so the
 // [T, N, 3H] input projection is never stored): per row, pre = [x W_ih,rz^T + h W_hh,rz^T + b_rz
-// (summed on the tiles), x W_ih,n^T + b_ih,n, h W_hh,n^T + b_hh,n], 4H floats.
-void forward_amx(const c10::BFloat16* x, int64_t width, const uint16_t* wi_packed, const float* h0,
+// (summed on the tiles), x W_ih,n^T + b_ih,n, h W_hh,n^T + b_hh,n], 4H floats. With relu_x the inputs are
+// relu(x): the layer before's activation, applied here as the rows are read.
+void forward_amx(const c10::BFloat16* x, int64_t width, bool relu_x, const uint16_t* wi_packed, const float* h0,
                  const uint16_t* wh_packed, const float* b_ih, const float* b_hh, float* hs, c10::BFloat16* hs_mm,
                  c10::BFloat16* gh_n, float* rz, float* n, bool save, int64_t T, int64_t N, int64_t H) {
   const int64_t P = 4 * H;
@@ -342,7 +354,10 @@ void forward_amx(const c10::BFloat16* x, int64_t width, const uint16_t* wi_packe
       }
       for (int64_t t = 0; t < T; ++t) {
         const c10::BFloat16* x_rows = x + (t * N + r0) * width;
-        if (rows < kBlock) {  // a partial block: the tile would read past this step's rows
+        if (relu_x) {
+          relu_bits(bits_of(x_rows), rows * width, reinterpret_cast<uint16_t*>(x_tail.data()));
+          x_rows = x_tail.data();
+        } else if (rows < kBlock) {  // a partial block: the tile would read past this step's rows
           std::copy(x_rows, x_rows + rows * width, x_tail.data());
           x_rows = x_tail.data();
         }
@@ -418,9 +433,10 @@ inline void into_b_panel(const uint16_t* rows, int64_t M, int64_t slot, uint32_t
 // The backward unroll on AMX, 16 rows at a time, everything on the tiles: dgh_{t+1} @ W_hh feeds step
 // t's gates; dx_t = dgi_t @ W_ih is written per step; the weight gradients are summed on the tiles
 // from panels of two steps' rows (dW_hh^T += h_t^T dgh_t, dW_ih^T += x_t^T dgi_t), so neither dgh nor
-// dgi is ever stored. Also writes dh0 and the bias sums (one row of bias_sums per block).
+// dgi is ever stored. Also writes dh0 and the bias sums (one row of bias_sums per block). With relu_x
+// the forward read relu(x): so do the weight gradients here, and dx is relu's backward of dL/drelu(x).
 void backward_amx(const c10::BFloat16* dout, const float* hs, const c10::BFloat16* hs_mm, const float* rz,
-                  const float* n, const c10::BFloat16* gh_n, const c10::BFloat16* x, int64_t W,
+                  const float* n, const c10::BFloat16* gh_n, const c10::BFloat16* x, int64_t W, bool relu_x,
                   const uint16_t* wh_packed, const uint16_t* wi_packed, c10::BFloat16* dx, float* acc_hh,
                   float* acc_ih, float* bias_sums, float* dh0, int64_t T, int64_t N, int64_t H) {
   const int64_t G = 3 * H;
@@ -451,13 +467,21 @@ void backward_amx(const c10::BFloat16* dout, const float* hs, const c10::BFloat1
               bias_sums + block * 4 * H, scratch.data(), H);
         }
         std::copy(hs_mm + (t * N + r0) * H, hs_mm + (t * N + r0 + rows) * H, h_rows.data());
-        std::copy(x + (t * N + r0) * W, x + (t * N + r0 + rows) * W, x_rows.data());
+        if (relu_x) {
+          relu_bits(bits_of(x + (t * N + r0) * W), rows * W, reinterpret_cast<uint16_t*>(x_rows.data()));
+        } else {
+          std::copy(x + (t * N + r0) * W, x + (t * N + r0 + rows) * W, x_rows.data());
+        }
         into_a_panel(bits_of(h_rows.data()), H, H, slot, a_h.data());
         into_a_panel(bits_of(x_rows.data()), W, W, slot, a_x.data());
         into_b_panel(bits_of(d.data()), G, slot, b_h.data());
         into_b_panel(bits_of(g.data()), G, slot, b_x.data());
         tile_product(bits_of(g.data()), wi_packed, dx_rows.data(), G, W, G);
-        for (int64_t i = 0; i < rows; ++i) store_row(dx_rows.data() + i * W, dx + (t * N + r0 + i) * W, W);
+        for (int64_t i = 0; i < rows; ++i) {
+          c10::BFloat16* dx_row = dx + (t * N + r0 + i) * W;
+          store_row(dx_rows.data() + i * W, dx_row, W);
+          if (relu_x) keep_where_positive(bits_of(x + (t * N + r0 + i) * W), W, reinterpret_cast<uint16_t*>(dx_row));
+        }
         if (slot == kPanelSteps - 1 || t == 0) {
           for (int64_t rest = slot + 1; rest < kPanelSteps; ++rest) {  // the last panel: its unused slots
             std::fill(h_rows.begin(), h_rows.end(), c10::BFloat16(0.0f));
@@ -625,11 +649,11 @@ std::vector<at::Tensor> gru_forward(at::Tensor gi, at::Tensor h0, at::Tensor w_t
   return state.outputs(save);
 }
 
-// The forward on AMX tiles, input projection included: x [T, N, W] bf16 (W a multiple of 32), h0 [N, H]
-// fp32, wi_t = W_ih^T [W, 3H] and wh_t = W_hh^T [H, 3H] in bf16 (H a multiple of 32), the biases fp32.
-// Returns what gru_forward returns, for the same backward.
-std::vector<at::Tensor> gru_forward_tiles(at::Tensor x, at::Tensor h0, at::Tensor wi_t, at::Tensor wh_t,
-                                          at::Tensor b_ih, at::Tensor b, bool save) {
+// The forward on AMX tiles, input projection included: x [T, N, W] bf16 (W a multiple of 32; the
+// recurrence reads relu(x) with relu_x), h0 [N, H] fp32, wi_t = W_ih^T [W, 3H] and wh_t = W_hh^T [H, 3H]
+// in bf16 (H a multiple of 32), the biases fp32. Returns what gru_forward returns, for the same backward.
+std::vector<at::Tensor> gru_forward_tiles(at::Tensor x, bool relu_x, at::Tensor h0, at::Tensor wi_t,
+                                          at::Tensor wh_t, at::Tensor b_ih, at::Tensor b, bool save) {
   const int64_t T = x.size(0), N = x.size(1), W = x.size(2), H = wh_t.size(0);
   TORCH_CHECK(amx_permitted(), "no AMX tiles in this build or process");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 && x.is_contiguous() && W % 32 == 0 && H % 32 == 0,
@@ -638,7 +662,7 @@ std::vector<at::Tensor> gru_forward_tiles(at::Tensor x, at::Tensor h0, at::Tenso
   ForwardState state(h0, T, N, H, at::kBFloat16, save, /*fp32_states_always=*/false);
 #if OVMSE_AMX
   const std::vector<uint16_t> wi_packed = pack_pairs(wi_t.contiguous()), wh_packed = pack_pairs(wh_t.contiguous());
-  forward_amx(ptr<c10::BFloat16>(x), W, wi_packed.data(), ptr<float>(h0), wh_packed.data(),
+  forward_amx(ptr<c10::BFloat16>(x), W, relu_x, wi_packed.data(), ptr<float>(h0), wh_packed.data(),
               ptr<float>(b_ih.contiguous()), ptr<float>(b.contiguous()), ptr<float>(state.hs),
               ptr<c10::BFloat16>(state.hs_mm), save ? ptr<c10::BFloat16>(state.gh_n) : nullptr, ptr<float>(state.rz),
               ptr<float>(state.n), save, T, N, H);
@@ -687,11 +711,12 @@ std::vector<at::Tensor> gru_backward(at::Tensor dout, at::Tensor hs, at::Tensor 
 }
 
 // The backward of gru_forward_tiles, on the tiles: dout [T, N, H] bf16, the forward's saved tensors, x
-// and the weights w_ih [3H, W], w_hh [3H, H] (bf16) as the forward used them. Returns {dx, dh0, dw_ih,
-// db_ih, dw_hh, db_hh}: dx in bf16, the rest fp32.
+// and relu_x and the weights w_ih [3H, W], w_hh [3H, H] (bf16) as the forward used them. Returns {dx,
+// dh0, dw_ih, db_ih, dw_hh, db_hh}: dx (the gradient of x itself, relu's backward included) in bf16,
+// the rest fp32.
 std::vector<at::Tensor> gru_backward_tiles(at::Tensor dout, at::Tensor hs, at::Tensor hs_mm, at::Tensor gh_n,
-                                           at::Tensor rz, at::Tensor n, at::Tensor x, at::Tensor w_ih,
-                                           at::Tensor w_hh) {
+                                           at::Tensor rz, at::Tensor n, at::Tensor x, bool relu_x,
+                                           at::Tensor w_ih, at::Tensor w_hh) {
   const int64_t T = dout.size(0), N = dout.size(1), H = dout.size(2), W = x.size(2);
   TORCH_CHECK(amx_permitted(), "no AMX tiles in this build or process");
   TORCH_CHECK(dout.scalar_type() == at::kBFloat16 && dout.is_contiguous(), "dout must be contiguous bf16");
@@ -706,7 +731,7 @@ std::vector<at::Tensor> gru_backward_tiles(at::Tensor dout, at::Tensor hs, at::T
 #if OVMSE_AMX
   const std::vector<uint16_t> wh_packed = pack_pairs(w_hh.contiguous()), wi_packed = pack_pairs(w_ih.contiguous());
   backward_amx(ptr<c10::BFloat16>(dout), ptr<float>(hs), ptr<c10::BFloat16>(hs_mm), ptr<float>(rz), ptr<float>(n),
-               ptr<c10::BFloat16>(gh_n), ptr<c10::BFloat16>(x), W, wh_packed.data(), wi_packed.data(),
+               ptr<c10::BFloat16>(gh_n), ptr<c10::BFloat16>(x), W, relu_x, wh_packed.data(), wi_packed.data(),
                ptr<c10::BFloat16>(dx), ptr<float>(acc_hh), ptr<float>(acc_ih), ptr<float>(bias_sums),
                ptr<float>(dh0), T, N, H);
 #endif

@@ -145,12 +145,13 @@ class RNNAgent(nn.Module):
     def _unroll(self, x: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
         """Time-major inputs [T, B, n, in] -> q [T, B, n, A]."""
         T, B, n, _ = x.shape
-        # One matmul for all steps. relu out of place: in place on fc1's output (a view) would make
-        # autograd clone it and copy its gradient twice in the backward.
-        x = F.relu(self.fc1(x)).reshape(T, B * n, self.hidden_size)
+        x = self.fc1(x).reshape(T, B * n, self.hidden_size)  # one matmul, all steps
         if x.device.type == "cpu" and self.fused_cpu_gru and fused_gru.available():
-            out = fused_gru.fused_gru_sequence(x, hidden, self.rnn)
+            out = fused_gru.fused_gru_sequence(x, hidden, self.rnn, relu_inputs=True)
         else:
+            # Out of place: in place on fc1's output (a view) would make autograd clone it and copy
+            # its gradient twice in the backward.
+            x = F.relu(x)
             if x.device.type != "cpu" and x.dtype != self.rnn.weight_ih_l0.dtype:
                 # bf16 autocast: CPU autocast runs nn.GRU in bf16 (oneDNN); elsewhere the GRU kernel
                 # may have no autocast rule and refuse mixed dtypes, so it gets its weights' dtype.

@@ -272,10 +272,13 @@ def test_the_kernels_inline_exp_is_as_accurate_as_fp32_allows(kernel):
     assert 0.0 < tiny < 1e-37 and 1e38 < huge < float("inf")
 
 
-def test_the_recurrence_on_amx_tiles_matches_the_torch_products(kernel, monkeypatch):
+@pytest.mark.parametrize("relu_inputs", [False, True])
+def test_the_recurrence_on_amx_tiles_matches_the_torch_products(kernel, monkeypatch, relu_inputs):
     """On CPUs with AMX both products of each step run on tiles inside the kernel, 16 rows at a time;
     37 rows leave a partial block. The result must be nn.GRU's within bf16 rounding, like the path
-    through torch's products (which it must not simply be: its gh stays fp32)."""
+    through torch's products (which it must not simply be: its gh stays fp32). With relu_inputs the
+    tiles apply the agent's relu as they read x (and its backward to dx); torch's path applies it
+    before the kernel."""
     if not kernel.amx_available():
         pytest.skip("this CPU (or kernel build) has no AMX tiles: the torch products are used")
     monkeypatch.setattr(fused_gru, "BF16_MIN_ROWS", 1)
@@ -287,7 +290,7 @@ def test_the_recurrence_on_amx_tiles_matches_the_torch_products(kernel, monkeypa
         gru, fc = torch.nn.GRU(H, H), torch.nn.Linear(H, H)
         x, h0 = torch.randn(T, N, H, requires_grad=True), torch.randn(N, H, requires_grad=True)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            out = fused_gru.fused_gru_sequence(fc(x), h0, gru)
+            out = fused_gru.fused_gru_sequence(fc(x), h0, gru, relu_inputs=relu_inputs)
         upstream = torch.randn(T, N, H).to(out.dtype)
         return out.float(), torch.autograd.grad(out, [x, h0, *gru.parameters()], upstream)
 
