@@ -284,12 +284,11 @@ class QMixLearner:
         terminated = batch.terminated[:, :-1]
         mask = training_mask(batch.filled, batch.terminated)  # [B, T, 1]
         inputs = self._agent_inputs(batch)  # [B, T+1, n, in]
-        mixer_state = self._in_compute_dtype(state)  # cast once for the up to three mixers
 
         # Q(tau_t, .) for every row, and Q_tot of the data actions on the trained rows.
         with self._compute():
             agent_qs = self.agent.forward_sequence(inputs, lengths=lengths)  # [B, T+1, n, A]; 0 on padding
-            weights = self.mixer.mixing_weights(mixer_state[:, :-1])
+            weights = self.mixer.mixing_weights(state[:, :-1])
         # Gathered in the compute dtype, then cast: the same values as casting all of agent_qs first.
         chosen = agent_qs[:, :-1].gather(-1, actions).squeeze(-1).float()  # [B, T, n]
         q_tot = mix(chosen, weights)  # [B, T, 1]; fp32 sums of bf16 weights read as fp32
@@ -298,7 +297,7 @@ class QMixLearner:
         with torch.no_grad():
             with self._compute():
                 target_qs = self.target_agent.forward_sequence(inputs, lengths=lengths)
-                target_weights = self.target_mixer.mixing_weights(mixer_state)
+                target_weights = self.target_mixer.mixing_weights(state)
             greedy_values = double_q_max(agent_qs.detach(), target_qs, avail)  # [B, T+1, n], fp32
             bootstrap = mix(greedy_values, target_weights)  # [B, T+1, 1]
             if uses_memory and cfg.ovm_target == "one_step":  # the paper's Eq. 4, inside OVM only
@@ -314,7 +313,7 @@ class QMixLearner:
             if self.offline_agent is None:  # no offline phase ran: the memory is the start point
                 self.freeze_offline_memory()
             with torch.no_grad():
-                q_offline = self._offline_q_tot(inputs, actions, mixer_state, lengths)
+                q_offline = self._offline_q_tot(inputs, actions, state, lengths)
                 active = masked_fraction(q_offline > y_td, mask)
             loss_ovm = losses.ovm_loss(q_tot, y_td, q_offline, mask, memory_coef)
             loss = loss_ovm
@@ -408,11 +407,6 @@ class QMixLearner:
                 batch = batch.pin_memory()
             return batch.to(self.device, non_blocking=True)
         return batch.to(self.device)
-
-    def _in_compute_dtype(self, state: torch.Tensor) -> torch.Tensor:
-        """The states as the mixers' hypernetworks read them: bf16 autocast would cast them again
-        for every mixer."""
-        return state.to(torch.bfloat16) if self.precision == "bf16" else state
 
     def _agent_inputs(self, batch: TrainingBatch) -> torch.Tensor:
         """What the agents saw on the batch's episodes, [B, T+1, n, in], in the compute dtype (bf16
