@@ -138,9 +138,11 @@ class RNNAgent(nn.Module):
                     q = out.new_zeros(T, B, n, self.n_actions)
                 q[:length, rows] = out
         within = torch.arange(T)[:, None] < lengths.to("cpu")[None, :]  # [T, B]
-        # Out of place, in one pass: filling the unroll's output (a view) in place would make autograd
-        # clone it and copy its gradient back and forth in the backward.
-        return torch.where(within.to(q.device)[..., None, None], q, 0.0).transpose(0, 1)
+        # A product with the 0/1 mask (padding rows are finite, so they come out 0): on a training
+        # batch it took half of masked_fill's time, or torch.where's, forward and backward. Not in
+        # place: filling the unroll's output (a view) in place makes autograd copy it back and forth.
+        keep = within.to(device=q.device, dtype=q.dtype)
+        return (q.view(T, B, -1) * keep[..., None]).view(T, B, n, -1).transpose(0, 1)
 
     def _unroll(self, x: torch.Tensor, hidden: torch.Tensor | None) -> torch.Tensor:
         """Time-major inputs [T, B, n, in] -> q [T, B, n, A]."""
