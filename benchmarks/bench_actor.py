@@ -150,22 +150,47 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     torch.set_num_threads(1)  # as in an actor process
-    seconds = 2.0 if args.quick else 8.0
+    # Rounds; within one, each back end's two runs sit between two runs of the raw world, and its
+    # ratios are taken against the mean of those two: drift in the shared machine's load over the
+    # minutes a row takes then does not land on one back end. Reported: medians over the rounds.
+    rounds, seconds = (2, 1.5) if args.quick else (4, 2.5)
     back_ends = ("numpy", "torch", "tiles") if tiles_agent.available() else ("numpy", "torch")
     acting_rows = []
     for battles in BATTLES:
-        row: dict = {"battles": battles, "raw": raw_world(seconds, battles)}
-        for inference in back_ends:  # in turn, so drift in the machine's load hits each
-            row[inference] = {
-                "acting": actor_loop(seconds, False, battles, inference),
-                "acting_writing": actor_loop(seconds, True, battles, inference),
+        raws: list[float] = []
+        per_round: dict = {
+            inf: {"acting": [], "acting_writing": [], "share": [], "share_w": []} for inf in back_ends
+        }
+        for _ in range(rounds):
+            before = raw_world(seconds, battles)
+            raws.append(before)
+            for inf in back_ends:
+                acting = actor_loop(seconds, False, battles, inf)
+                acting_writing = actor_loop(seconds, True, battles, inf)
+                after = raw_world(seconds, battles)
+                raws.append(after)
+                around = (before + after) / 2
+                got = per_round[inf]
+                got["acting"].append(acting)
+                got["acting_writing"].append(acting_writing)
+                got["share"].append(acting / around)
+                got["share_w"].append(acting_writing / around)
+                before = after
+        row: dict = {"battles": battles, "raw": float(np.median(raws)), "rounds": rounds}
+        for inf, got in per_round.items():
+            row[inf] = {
+                "acting": float(np.median(got["acting"])),
+                "acting_writing": float(np.median(got["acting_writing"])),
+                "acting_share": float(np.median(got["share"])),
+                "acting_writing_share": float(np.median(got["share_w"])),
             }
-            row[inference]["overhead"] = 1 - row[inference]["acting_writing"] / row["raw"]
+            row[inf]["overhead"] = 1 - row[inf]["acting_writing_share"]
         acting_rows.append(row)
         print(
             f"{MAP}, {battles} battles: raw world {row['raw']:,.0f} env-steps/s; "
             + "; ".join(
-                f"{inf}: acting {row[inf]['acting']:,.0f}, + writing {row[inf]['acting_writing']:,.0f}"
+                f"{inf}: acting {row[inf]['acting']:,.0f}, + writing {row[inf]['acting_writing']:,.0f} "
+                f"(overhead {row[inf]['overhead']:.0%})"
                 for inf in back_ends
             ),
             flush=True,
@@ -212,14 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         for inf in back_ends:
             x = r[inf]
             cells += [
-                f"{x['acting']:,.0f} ({x['acting'] / r['raw']:.0%})",
-                f"{x['acting_writing']:,.0f} ({x['acting_writing'] / r['raw']:.0%})",
+                f"{x['acting']:,.0f} ({x['acting_share']:.0%})",
+                f"{x['acting_writing']:,.0f} ({x['acting_writing_share']:.0%})",
                 f"{x['overhead']:.0%}",
             ]
         lines.append("| " + " | ".join(cells) + " |")
     lines += [
         "",
-        "Env-steps/s. Target: acting and writing cost at most 20% of the raw world's speed. numpy was "
+        "Env-steps/s, medians over rounds; in brackets, the median over rounds of each speed against "
+        "the raw world's measured just before and after that back end's two runs (the raw column is "
+        "the median of all those runs), and overhead is 1 minus the acting + writing share. Target: "
+        "acting and writing cost at most 20% of the raw world's speed. numpy was "
         "the acting forward pass before (`actors/numpy_agent.py`); torch (`actors/torch_agent.py`) runs "
         "the same step through oneDNN in fp32; tiles (`actors/tiles_agent.py`) runs fc1, the GRU cell "
         "and fc2 in one call of the compiled kernel, bf16 products on AMX tiles (what "
