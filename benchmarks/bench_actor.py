@@ -34,7 +34,7 @@ from actors import tiles_agent  # noqa: E402
 from common.config import resolve_config  # noqa: E402
 from common.envs.lite import LiteBatchEnv  # noqa: E402
 from deploy.builder import Builder  # noqa: E402
-from learner.learning import cpu_bf16_flags  # noqa: E402
+from learner.qmix_learner import cpu_bf16_flags  # noqa: E402
 
 MAP = "3s5z"
 BATTLES = (16, 64)

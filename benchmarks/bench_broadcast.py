@@ -47,23 +47,37 @@ def main(argv: list[str] | None = None) -> int:
             sub.stop()
         publisher.stop()
     p50, p99 = np.percentile(latencies, [50, 99])
-    print(f"3s5z agent network ({size / 1024:.1f} KiB) to {SUBSCRIBERS} subscribers: "
-          f"p50 {p50:.2f} ms, p99 {p99:.2f} ms over {latencies.size} deliveries")
-    md = "\n".join([
-        "# Weight broadcast latency",
-        "",
-        f"`python benchmarks/bench_broadcast.py{' --quick' if args.quick else ''}` — {machine()['cpu']}, "
-        f"{machine()['cores']} cores, {machine()['date']}. The 3s5z agent network "
-        f"({size / 1024:.1f} KiB encoded) published {versions} times over gRPC on loopback to "
-        f"{SUBSCRIBERS} subscribers; latency is publish to receipt (decoded).",
-        "",
-        "| subscribers | deliveries | p50 ms | p99 ms | max ms |",
-        "|---|---|---|---|---|",
-        f"| {SUBSCRIBERS} | {latencies.size} | {p50:.2f} | {p99:.2f} | {latencies.max():.2f} |",
-        "",
-    ])
-    write("broadcast", {"subscribers": SUBSCRIBERS, "message_bytes": size, "p50_ms": p50, "p99_ms": p99,
-                        "max_ms": float(latencies.max()), "deliveries": int(latencies.size)}, md)
+    print(
+        f"3s5z agent network ({size / 1024:.1f} KiB) to {SUBSCRIBERS} subscribers: "
+        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms over {latencies.size} deliveries"
+    )
+    md = "\n".join(
+        [
+            "# Weight broadcast latency",
+            "",
+            f"`python benchmarks/bench_broadcast.py{' --quick' if args.quick else ''}` — {machine()['cpu']}, "
+            f"{machine()['cores']} cores, {machine()['date']}. The 3s5z agent network "
+            f"({size / 1024:.1f} KiB encoded) published {versions} times over gRPC on loopback to "
+            f"{SUBSCRIBERS} subscribers; latency is publish to receipt (decoded).",
+            "",
+            "| subscribers | deliveries | p50 ms | p99 ms | max ms |",
+            "|---|---|---|---|---|",
+            f"| {SUBSCRIBERS} | {latencies.size} | {p50:.2f} | {p99:.2f} | {latencies.max():.2f} |",
+            "",
+        ]
+    )
+    write(
+        "broadcast",
+        {
+            "subscribers": SUBSCRIBERS,
+            "message_bytes": size,
+            "p50_ms": p50,
+            "p99_ms": p99,
+            "max_ms": float(latencies.max()),
+            "deliveries": int(latencies.size),
+        },
+        md,
+    )
     return 0
 
 

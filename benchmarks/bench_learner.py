@@ -48,8 +48,8 @@ from common import fused_gru  # noqa: E402
 from common.config.sections import LearnerConfig  # noqa: E402
 from common.episode import TrainingBatch  # noqa: E402
 from common.networks import RNNAgent  # noqa: E402
-from learner.learning import QMixLearner, keep_freed_host_memory, resolve_precision  # noqa: E402
 from learner.losses import sample_available_actions, sample_uniform_actions  # noqa: E402
+from learner.qmix_learner import QMixLearner, keep_freed_host_memory, resolve_precision  # noqa: E402
 
 ENV_INFO = {"n_agents": 8, "obs_shape": 128, "state_shape": 216, "n_actions": 14, "episode_limit": 150}
 STEPS = 80  # trained steps per padded episode (T); each episode has T + 1 rows

@@ -187,7 +187,7 @@ def keep_freed_memory() -> bool:
     """What the learner process does (glibc keeps freed blocks), so padding costs what it costs
     there; without it every batch's fresh arrays page-fault (measured: about 3x the padding time)."""
     try:
-        from learner.learning import keep_freed_host_memory
+        from learner.qmix_learner import keep_freed_host_memory
     except ImportError:
         return False
     return keep_freed_host_memory()
@@ -239,7 +239,7 @@ def learner_overhead(address: str, reps: int, threads: int = 2) -> dict:
         import torch
 
         from common.config.sections import LearnerConfig
-        from learner.learning import QMixLearner
+        from learner.qmix_learner import QMixLearner
     except ImportError as error:
         return {"available": False, "why": str(error)}
     from replay.sampler import MixedSampler

@@ -93,15 +93,21 @@ def main(argv: list[str] | None = None) -> int:
         for batch in (1, 64, 256, 1024):
             row = measure(map_name, batch, seconds)
             rows.append(row)
-            print(f"{map_name:11s} B={batch:5d}  {row['env_steps_per_s']:9.0f} env-steps/s "
-                  f"({row['ms_per_batch_step']:.2f} ms per batch step)", flush=True)
+            print(
+                f"{map_name:11s} B={batch:5d}  {row['env_steps_per_s']:9.0f} env-steps/s "
+                f"({row['ms_per_batch_step']:.2f} ms per batch step)",
+                flush=True,
+            )
     episodes = 64 if args.quick else 300
     policies = []
     for map_name in POLICY_MAPS:
         row = win_rates(map_name, episodes)
         policies.append(row)
-        print(f"{map_name:11s} win rate random {row['random']['win_rate']:.2f}  "
-              f"heuristic {row['heuristic']['win_rate']:.2f}", flush=True)
+        print(
+            f"{map_name:11s} win rate random {row['random']['win_rate']:.2f}  "
+            f"heuristic {row['heuristic']['win_rate']:.2f}",
+            flush=True,
+        )
     target = next(r for r in rows if r["map"] == "3s5z" and r["batch"] == 256)["env_steps_per_s"]
     lines = [
         "# World speed (lite back end)",
@@ -114,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         "| map | B | env-steps/s | with actions | ms per batch step |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {r['map']} | {r['batch']} | {r['env_steps_per_s']:,.0f} | "
-              f"{r['with_random_actions_per_s']:,.0f} | {r['ms_per_batch_step']:.2f} |" for r in rows]
+    lines += [
+        f"| {r['map']} | {r['batch']} | {r['env_steps_per_s']:,.0f} | "
+        f"{r['with_random_actions_per_s']:,.0f} | {r['ms_per_batch_step']:.2f} |"
+        for r in rows
+    ]
     lines += [
         "",
         f"Target: >= {TARGET_3S5Z_B256:,} env-steps/s on 3s5z at B=256 on one core: "
@@ -128,8 +137,11 @@ def main(argv: list[str] | None = None) -> int:
         "| map | random win rate | random return | heuristic win rate | heuristic return |",
         "|---|---|---|---|---|",
     ]
-    lines += [f"| {p['map']} | {p['random']['win_rate']:.2f} | {p['random']['mean_return']:.2f} | "
-              f"{p['heuristic']['win_rate']:.2f} | {p['heuristic']['mean_return']:.2f} |" for p in policies]
+    lines += [
+        f"| {p['map']} | {p['random']['win_rate']:.2f} | {p['random']['mean_return']:.2f} | "
+        f"{p['heuristic']['win_rate']:.2f} | {p['heuristic']['mean_return']:.2f} |"
+        for p in policies
+    ]
     lines.append("")
     results = {"rows": rows, "policies": policies, "pinned": pinned, "quick": args.quick}
     path = write("world", results, "\n".join(lines))

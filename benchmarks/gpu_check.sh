@@ -54,7 +54,7 @@ for name in ("yaml", "tensorflow", "reverb", "replay", "grpc", "h5py", "matplotl
     sys.modules[name] = None  # importing any of these now raises ImportError
 sys.path.insert(0, "benchmarks")
 import bench_learner  # noqa: F401
-from learner.learning import QMixLearner  # noqa: F401
+from learner.qmix_learner import QMixLearner  # noqa: F401
 print("lite 3s5z lengths (the lite batches' shape):", bench_learner.lite_lengths(4, seed=0).tolist())
 print("bench_learner imports without yaml/tensorflow/reverb/replay/grpc/h5py/matplotlib/tqdm: ok")
 PY

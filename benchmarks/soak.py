@@ -151,8 +151,11 @@ def main() -> None:
             print(
                 f"soak {elapsed / 60:5.1f}/{args.minutes:g} min | env steps {sample['env_steps']} | "
                 f"updates {sample['updates']} | RSS "
-                + ", ".join(f"{job.split()[0]}{job.split()[-1] if 'actor' in job else ''} "
-                            f"{mib:.0f}" for job, mib in sample["rss_mib"].items() if mib)
+                + ", ".join(
+                    f"{job.split()[0]}{job.split()[-1] if 'actor' in job else ''} {mib:.0f}"
+                    for job, mib in sample["rss_mib"].items()
+                    if mib
+                )
                 + f" MiB | ETA {max(0, args.minutes * 60 - elapsed) / 60:.1f} min",
                 flush=True,
             )

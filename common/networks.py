@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from common import batch_passes, fused_gru
+from common.episode import TrainingBatch
 
 
 def agent_input_size(obs_size: int, n_actions: int, n_agents: int) -> int:
@@ -47,6 +48,31 @@ def build_agent_inputs(obs: torch.Tensor, actions_onehot_prev: torch.Tensor, n_a
         )
     ids = torch.eye(n_agents, dtype=obs.dtype, device=obs.device).expand(*obs.shape[:-1], n_agents)
     return torch.cat([obs, actions_onehot_prev.to(obs.dtype), ids], dim=-1)
+
+
+def episode_agent_inputs(
+    batch: TrainingBatch, n_actions: int, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """[obs, previous action one-hot, agent id] of every row, [B, T+1, n, in]: what the agents saw
+    while playing the batch's episodes. Built time-major (the recurrent unroll's layout) and returned
+    as a batch-major view; in `dtype` when given (the learner's compute dtype: cast once here rather
+    than by every network that reads them)."""
+    compiled = batch_passes.agent_inputs_compiled(
+        batch.obs, batch.actions, n_actions, dtype or batch.obs.dtype
+    )
+    if compiled is not None:  # on CPU: one pass
+        return compiled.transpose(0, 1)
+    obs = batch.obs.transpose(0, 1)  # [T+1, B, n, O]
+    rows, B, n, O = obs.shape
+    # Written in place into one tensor: a training batch has ~10^5 rows, and building the parts and
+    # concatenating them cost more than the input layer's product. Equal to `build_agent_inputs`.
+    inputs = obs.new_empty(rows, B, n, O + n_actions + n, dtype=dtype or obs.dtype)
+    inputs[..., :O] = obs
+    inputs[0, ..., O : O + n_actions] = 0.0  # no action before the first row
+    previous = batch.actions.transpose(0, 1)[:-1]  # [T, B, n, 1]: the action before rows 1..T
+    inputs[1:, ..., O : O + n_actions] = previous == torch.arange(n_actions, device=previous.device)
+    inputs[..., O + n_actions :] = torch.eye(n, dtype=inputs.dtype, device=inputs.device)
+    return inputs.transpose(0, 1)
 
 
 def previous_actions_onehot(

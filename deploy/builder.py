@@ -30,7 +30,7 @@ from common.envs.protocol import BatchEnv
 from common.networks import agent_network
 from learner.checkpoint import load_checkpoint
 from learner.inspo_learner import InSPOLearner
-from learner.learning import QMixLearner
+from learner.qmix_learner import QMixLearner
 
 ACTOR_SEED_STRIDE = 1000  # actor i plays battles seeded env.seed + 1000 i + b
 EVAL_SEED_OFFSET = 100_000  # test battles differ from every actor's training battles

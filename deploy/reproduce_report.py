@@ -99,8 +99,13 @@ def load_pretrainings(out: Path, sweep: Sweep) -> dict[str, list[PretrainRecord]
         final = evals[-1]
         found[key].append(
             PretrainRecord(
-                key, trial.seed, float(final["win_rate"]), float(final["return"]), int(final["episodes"]),
-                int(done.get("updates", 0)), float(done["seconds"]),
+                key,
+                trial.seed,
+                float(final["win_rate"]),
+                float(final["return"]),
+                int(final["episodes"]),
+                int(done.get("updates", 0)),
+                float(done["seconds"]),
             )
         )
     return found

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from common.errors import CheckpointError, RunHalted
-from learner.learning import QMixLearner
+from learner.qmix_learner import QMixLearner
 
 log = logging.getLogger(__name__)
 

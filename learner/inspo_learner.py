@@ -52,11 +52,10 @@ from torch import nn
 from common.agent_stack import AgentStack, policy_stack
 from common.config.sections import LearnerConfig
 from common.episode import TrainingBatch, training_mask
-from common.networks import RNNAgent, agent_network
-from common.probe import episode_agent_inputs
+from common.networks import RNNAgent, agent_network, episode_agent_inputs
 from common.schedules import memory_coefficient_at
 from learner import inspo, losses
-from learner.learning import episode_lengths, frozen_copy, resolve_device
+from learner.qmix_learner import episode_lengths, frozen_copy, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -494,4 +493,3 @@ class InSPOLearner:
             "state_size": self.state_size,
             "rnn_hidden_dim": self.cfg.rnn_hidden_dim,
         }
-

@@ -8,10 +8,10 @@ from __future__ import annotations
 import torch
 
 from common.episode import TrainingBatch, training_mask
-from common.probe import episode_agent_inputs
+from common.networks import episode_agent_inputs
 from common.probe import greedy_joint_actions as agent_greedy_joint_actions
 from learner.inspo_learner import InSPOLearner
-from learner.learning import QMixLearner
+from learner.qmix_learner import QMixLearner
 
 
 def _agent_qs(learner: QMixLearner, batch: TrainingBatch) -> torch.Tensor:

@@ -27,7 +27,7 @@ from common.config.sections import Config
 from common.metrics import Metrics
 from common.run_log import RunLog
 from learner.checkpoint import NonFiniteWeights, first_nonfinite, save_checkpoint
-from learner.learning import QMixLearner
+from learner.qmix_learner import QMixLearner
 from learner.training import BatchSource, OnlineUpdates, learner_checkpoint, start_point
 from learner.weight_service import WeightPublisher
 

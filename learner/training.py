@@ -26,7 +26,7 @@ from common.errors import RunHalted
 from common.run_log import ProgressLine, RunLog
 from common.schedules import epsilon_at
 from learner.checkpoint import load_checkpoint, save_checkpoint
-from learner.learning import QMixLearner
+from learner.qmix_learner import QMixLearner
 
 LOG_EVERY_UPDATES = 20  # a "train" record every this many online updates
 OFFLINE_LOG_EVERY = 50  # an "offline" record every this many offline updates

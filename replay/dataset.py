@@ -312,16 +312,20 @@ def check_chunk(arrays: dict[str, np.ndarray], lengths: np.ndarray, first: int =
     first_agent_problem(
         out_of_range,
         "actions",
-        lambda e, step, agent: f"agent {agent} took action {actions[e, step, agent]} at step {step}; "
-        f"actions are 0..{n_actions - 1}",
+        lambda e, step, agent: (
+            f"agent {agent} took action {actions[e, step, agent]} at step {step}; "
+            f"actions are 0..{n_actions - 1}"
+        ),
     )
     clipped = np.clip(actions, 0, n_actions - 1)
     available = np.take_along_axis(avail, clipped[..., None], axis=-1)[..., 0]
     first_agent_problem(
         taken_rows[:, :, None] & ~available & ~out_of_range,
         "actions",
-        lambda e, step, agent: f"agent {agent} took action {actions[e, step, agent]} at step {step}, "
-        "which avail_actions marks unavailable",
+        lambda e, step, agent: (
+            f"agent {agent} took action {actions[e, step, agent]} at step {step}, "
+            "which avail_actions marks unavailable"
+        ),
     )
     first_agent_problem(
         taken_rows[:, :, None] & ~avail.any(axis=-1),

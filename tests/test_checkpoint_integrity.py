@@ -22,7 +22,7 @@ from learner.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
-from learner.learning import QMixLearner
+from learner.qmix_learner import QMixLearner
 
 SMALL = dict(rnn_hidden_dim=8, mixing_embed_dim=4, hypernet_embed_dim=8, device="cpu")
 INFO = {"n_agents": 2, "obs_shape": 5, "state_shape": 7, "n_actions": 4, "episode_limit": 8}

@@ -519,8 +519,11 @@ def test_a_file_that_names_another_preset_refuses_a_different_choice(tmp_path):
     # A run's resolved config.yaml holds every value of its preset; reusing it with another method
     # would give a run labelled switch_cql that trains like ovmse.
     path = write_config(resolve_config("2s3z", "medium", "ovmse"), tmp_path / "config.yaml")
-    with pytest.raises(ConfigError, match=r"in .*config.yaml: learner\.method: the file says 'ovmse' but "
-                                          r"'switch_cql' was asked for"):
+    with pytest.raises(
+        ConfigError,
+        match=r"in .*config.yaml: learner\.method: the file says 'ovmse' but "
+        r"'switch_cql' was asked for",
+    ):
         resolve_config(method="switch_cql", file=path)
     with pytest.raises(ConfigError, match=r"env\.map_name: the file says '2s3z' but '3m'"):
         resolve_config(file=path, overrides=["env.map_name=3m"])

@@ -16,8 +16,21 @@ from replay.dataset_writer import card_path
 
 def collect_args(out, *extra, policy="heuristic", epsilon=0.2, envs=4):
     return build_parser().parse_args(
-        ["dataset", "collect", "--map", "3m", "--out", str(out), "--policy", policy,
-         "--epsilon", str(epsilon), "--envs", str(envs), *extra]
+        [
+            "dataset",
+            "collect",
+            "--map",
+            "3m",
+            "--out",
+            str(out),
+            "--policy",
+            policy,
+            "--epsilon",
+            str(epsilon),
+            "--envs",
+            str(envs),
+            *extra,
+        ]
     )
 
 
@@ -112,7 +125,7 @@ def test_collecting_with_a_learner_checkpoint_plays_that_checkpoints_policy(tmp_
     from common.config import resolve_config
     from common.envs.lite import LiteBatchEnv
     from learner.checkpoint import save_checkpoint
-    from learner.learning import QMixLearner
+    from learner.qmix_learner import QMixLearner
     from replay.dataset import load_episodes
 
     cfg = resolve_config(map_name="3m", method="qmix")

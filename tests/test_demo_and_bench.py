@@ -10,9 +10,15 @@ from deploy import bench, demo
 def test_demo_runs_the_whole_offline_to_online_story(tmp_path, monkeypatch, capsys):
     """`make demo` at a tenth of its size: dataset, offline pre-training, distributed fine-tuning."""
     monkeypatch.chdir(tmp_path)
-    small = {"dataset_episodes": 80, "learner.offline_updates": 30, "learner.batch_size": 16,
-             "run.online_env_steps": 1500, "run.eval_interval_steps": 750, "actor.test_episodes": 8,
-             "actor.final_test_episodes": 16}
+    small = {
+        "dataset_episodes": 80,
+        "learner.offline_updates": 30,
+        "learner.batch_size": 16,
+        "run.online_env_steps": 1500,
+        "run.eval_interval_steps": 750,
+        "actor.test_episodes": 8,
+        "actor.final_test_episodes": 16,
+    }
     assert demo.main(argparse.Namespace(), **small) == 0
     out = capsys.readouterr().out
     assert "after offline pre-training:  test win rate" in out and "after online fine-tuning:" in out

@@ -18,15 +18,31 @@ from deploy.recipes import CollectRequest, collect_dataset
 def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("distributed")
     dataset = tmp / "3m_heuristic.h5"
-    cfg = resolve_config(map_name="3m", method="qmix", overrides=[
-        f"run.run_dir={tmp}", "run.name=qmix_3m", "actor.num_actors=2", "actor.envs_per_actor=4",
-        f"run.dataset={dataset}", "replay.mixing_ratio=0.25",
-        "run.online_env_steps=8000", "run.eval_interval_steps=2000", "actor.epsilon_anneal_steps=5000",
-        "learner.batch_size=32", "actor.test_episodes=32", "actor.final_test_episodes=64",
-        "run.log_interval_s=1000"])
+    cfg = resolve_config(
+        map_name="3m",
+        method="qmix",
+        overrides=[
+            f"run.run_dir={tmp}",
+            "run.name=qmix_3m",
+            "actor.num_actors=2",
+            "actor.envs_per_actor=4",
+            f"run.dataset={dataset}",
+            "replay.mixing_ratio=0.25",
+            "run.online_env_steps=8000",
+            "run.eval_interval_steps=2000",
+            "actor.epsilon_anneal_steps=5000",
+            "learner.batch_size=32",
+            "actor.test_episodes=32",
+            "actor.final_test_episodes=64",
+            "run.log_interval_s=1000",
+        ],
+    )
     # 256 episodes: 8x a batch's offline share, so no batch holds an offline episode twice.
-    collect_dataset(cfg, CollectRequest(out=str(dataset), episodes=256, policy="heuristic", epsilon=0.2,
-                                        num_envs=32), progress=False)
+    collect_dataset(
+        cfg,
+        CollectRequest(out=str(dataset), episodes=256, policy="heuristic", epsilon=0.2, num_envs=32),
+        progress=False,
+    )
     assert run_embedded(cfg) == 0
     return cfg, tmp / "qmix_3m"
 

@@ -36,9 +36,18 @@ def test_the_evaluator_logs_policy_agreement_with_the_starting_policy_and_rebuil
     from deploy.roles import evaluator_role
 
     publisher = WeightPublisher(port=0)
-    cfg = resolve_config(map_name="3m", method="ovmse", overrides=[
-        f"run.run_dir={tmp_path}", "run.name=probe", f"actor.weight_server={publisher.address}",
-        "actor.test_episodes=4", "actor.final_test_episodes=0", "run.eval_interval_steps=1000"])
+    cfg = resolve_config(
+        map_name="3m",
+        method="ovmse",
+        overrides=[
+            f"run.run_dir={tmp_path}",
+            "run.name=probe",
+            f"actor.weight_server={publisher.address}",
+            "actor.test_episodes=4",
+            "actor.final_test_episodes=0",
+            "run.eval_interval_steps=1000",
+        ],
+    )
     log = RunLog(tmp_path / "probe")
     start, other = agent_weights(0), agent_weights(1)
     stop = threading.Event()
@@ -78,11 +87,23 @@ def test_the_learner_process_draws_the_offline_curve_while_it_pre_trains(tmp_pat
     from deploy.roles import learner_role
 
     dataset = tmp_path / "3m.h5"
-    cfg = resolve_config(map_name="3m", method="ovmse", overrides=[
-        f"run.run_dir={tmp_path}", "run.name=learner", f"run.dataset={dataset}",
-        "learner.offline_updates=20", "run.offline_eval_interval=10", "learner.batch_size=8",
-        "learner.behaviour_pretrain_updates=0", "actor.test_episodes=4", "run.online_env_steps=0",
-        f"replay.port={pick_free_port()}", f"actor.weight_server=127.0.0.1:{pick_free_port()}"])
+    cfg = resolve_config(
+        map_name="3m",
+        method="ovmse",
+        overrides=[
+            f"run.run_dir={tmp_path}",
+            "run.name=learner",
+            f"run.dataset={dataset}",
+            "learner.offline_updates=20",
+            "run.offline_eval_interval=10",
+            "learner.batch_size=8",
+            "learner.behaviour_pretrain_updates=0",
+            "actor.test_episodes=4",
+            "run.online_env_steps=0",
+            f"replay.port={pick_free_port()}",
+            f"actor.weight_server=127.0.0.1:{pick_free_port()}",
+        ],
+    )
     collect_dataset(cfg, CollectRequest(out=str(dataset), episodes=24, num_envs=8), progress=False)
     server = Builder(cfg).replay_server()
     stop = threading.Event()

@@ -19,7 +19,7 @@ INTERVAL_KEYS = ("win_rate", "win_rate_low", "win_rate_high", "return", "return_
 def a_checkpoint(cfg, path):
     from common.envs.factory import make_batch_env
     from learner.checkpoint import save_checkpoint
-    from learner.learning import QMixLearner
+    from learner.qmix_learner import QMixLearner
 
     return save_checkpoint(QMixLearner(make_batch_env(cfg.env, 1).get_env_info(), cfg.learner), path)
 

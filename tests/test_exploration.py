@@ -109,8 +109,9 @@ def always_action_zero_worker(exploration: str, n_agents: int = 4, n_actions: in
     from common.networks import agent_network
     from tests.fakes.scripted_battles import ScriptedBattles
 
-    env = ScriptedBattles(num_envs=50, seed=seed, win_steps=40, loss_steps=40, n_agents=n_agents,
-                          n_actions=n_actions)
+    env = ScriptedBattles(
+        num_envs=50, seed=seed, win_steps=40, loss_steps=40, n_agents=n_agents, n_actions=n_actions
+    )
     agent = agent_network(env.get_env_info())
     with torch.no_grad():
         agent.fc2.weight.zero_()

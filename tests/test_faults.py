@@ -22,11 +22,26 @@ from learner.checkpoint import read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL_RUN = [
-    "--map", "3m", "--method", "qmix",
-    "--set", "actor.num_actors=2", "--set", "actor.envs_per_actor=4",
-    "--set", "learner.batch_size=16", "--set", "actor.test_episodes=8",
-    "--set", "actor.final_test_episodes=8", "--set", "run.eval_interval_steps=1000",
-    "--set", "run.log_interval_s=1", "--set", "learner.checkpoint_interval=10",
+    "--map",
+    "3m",
+    "--method",
+    "qmix",
+    "--set",
+    "actor.num_actors=2",
+    "--set",
+    "actor.envs_per_actor=4",
+    "--set",
+    "learner.batch_size=16",
+    "--set",
+    "actor.test_episodes=8",
+    "--set",
+    "actor.final_test_episodes=8",
+    "--set",
+    "run.eval_interval_steps=1000",
+    "--set",
+    "run.log_interval_s=1",
+    "--set",
+    "learner.checkpoint_interval=10",
 ]
 
 
@@ -34,7 +49,12 @@ def ovmse(*args: str, **kwargs) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "deploy.cli", *args],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
     )
 
 
@@ -111,8 +131,16 @@ def test_a_process_that_keeps_failing_is_restarted_with_backoff_then_the_run_giv
 
 
 def test_killing_the_orchestrator_takes_its_processes_with_it(tmp_path):
-    orchestrator = ovmse("run", *SMALL_RUN, "--set", f"run.run_dir={tmp_path}", "--set", "run.name=orphans",
-                         "--set", "run.online_env_steps=1000000")
+    orchestrator = ovmse(
+        "run",
+        *SMALL_RUN,
+        "--set",
+        f"run.run_dir={tmp_path}",
+        "--set",
+        "run.name=orphans",
+        "--set",
+        "run.online_env_steps=1000000",
+    )
     run_dir = tmp_path / "orphans"
     marker = str(run_dir / "config.yaml")
     try:
@@ -128,8 +156,18 @@ def test_killing_the_orchestrator_takes_its_processes_with_it(tmp_path):
 
 def test_a_killed_actor_replay_server_and_learner_rejoin_and_the_run_finishes_its_budget(tmp_path):
     budget = 4000
-    orchestrator = ovmse("run", *SMALL_RUN, "--set", f"run.run_dir={tmp_path}", "--set", "run.name=crashes",
-                         "--set", f"run.online_env_steps={budget}", "--set", "replay.checkpoint_interval_s=2")
+    orchestrator = ovmse(
+        "run",
+        *SMALL_RUN,
+        "--set",
+        f"run.run_dir={tmp_path}",
+        "--set",
+        "run.name=crashes",
+        "--set",
+        f"run.online_env_steps={budget}",
+        "--set",
+        "replay.checkpoint_interval_s=2",
+    )
     run_dir = tmp_path / "crashes"
     try:
         wait_for(lambda: progress(run_dir).get("env_steps", 0) > 500, what="online steps")
@@ -182,8 +220,16 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
     # Stopped once past 1,000 steps; the budget leaves room for the steps played while it stops
     # (up to 2,700 measured with one torch thread per process on a loaded 2-core machine).
     budget = 6000
-    first = ovmse("run", *SMALL_RUN, "--set", f"run.run_dir={tmp_path}", "--set", "run.name=stopped",
-                  "--set", f"run.online_env_steps={budget}")
+    first = ovmse(
+        "run",
+        *SMALL_RUN,
+        "--set",
+        f"run.run_dir={tmp_path}",
+        "--set",
+        "run.name=stopped",
+        "--set",
+        f"run.online_env_steps={budget}",
+    )
     run_dir = tmp_path / "stopped"
     try:
         wait_for(lambda: progress(run_dir).get("env_steps", 0) > 1000, what="online steps")
@@ -274,9 +320,18 @@ def test_an_actor_held_back_by_the_replay_throttle_still_stops_on_sigterm(tmp_pa
     from replay.tables import ONLINE_TABLE
 
     publisher = WeightPublisher(port=0)
-    cfg = resolve_config(map_name="3m", method="qmix", overrides=[
-        f"run.run_dir={tmp_path}", "run.name=held", f"actor.weight_server={publisher.address}",
-        f"replay.port={pick_free_port('127.0.0.1')}", "learner.batch_size=8", "actor.envs_per_actor=4"])
+    cfg = resolve_config(
+        map_name="3m",
+        method="qmix",
+        overrides=[
+            f"run.run_dir={tmp_path}",
+            "run.name=held",
+            f"actor.weight_server={publisher.address}",
+            f"replay.port={pick_free_port('127.0.0.1')}",
+            "learner.batch_size=8",
+            "actor.envs_per_actor=4",
+        ],
+    )
     server = Builder(cfg).replay_server(dataset=None)
     weights = agent_network(LiteBatchEnv("3m", num_envs=1).get_env_info()).state_dict()
     publisher.publish(weights, 1, extra={"env_steps": 0, "start": True}, start=True)

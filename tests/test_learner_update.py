@@ -14,7 +14,7 @@ from common.episode import EpisodeBuilder, TrainingBatch, to_training_batch
 from common.networks import mix
 from learner import learning
 from learner.checkpoint import load_checkpoint, save_checkpoint
-from learner.learning import METRIC_KEYS, QMixLearner, resolve_device
+from learner.qmix_learner import METRIC_KEYS, QMixLearner, resolve_device
 
 SMALL = dict(
     rnn_hidden_dim=16, mixing_embed_dim=8, hypernet_embed_dim=16, device="cpu", behaviour_pretrain_updates=3

@@ -26,7 +26,7 @@ from common.probe import greedy_joint_actions
 from deploy.builder import Builder
 from deploy.matrix_data import write_matrix_dataset
 from learner.inspo_learner import InSPOLearner
-from learner.learning import QMixLearner
+from learner.qmix_learner import QMixLearner
 
 # Small networks and short runs: the games have one state, and the tests must stay quick.
 # Temperature alpha + beta = 0.06 against payoffs of 1: each agent's answer to its teammates is sharp.

@@ -16,12 +16,12 @@ from common.networks import (
     RNNAgent,
     agent_input_size,
     build_agent_inputs,
+    episode_agent_inputs,
     length_groups,
     mix,
     mix_samples,
     previous_actions_onehot,
 )
-from common.probe import episode_agent_inputs
 
 
 def test_agent_input_is_observation_previous_action_and_agent_id():

@@ -36,8 +36,9 @@ def small_config(tmp, method: str, **extra: str):
         "learner.cql_sampler": "available_only",
         **extra,
     }
-    return resolve_config(map_name="2s3z", dataset="medium", method=method,
-                          overrides=[f"{k}={v}" for k, v in overrides.items()])
+    return resolve_config(
+        map_name="2s3z", dataset="medium", method=method, overrides=[f"{k}={v}" for k, v in overrides.items()]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +46,11 @@ def offline_checkpoint(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("o2o")
     # The pre-trained policy is scored on 96 episodes (not the paper's final 640: a CI budget).
     cfg = small_config(tmp, "ovmse", **{"actor.final_test_episodes": "96"})
-    collect_dataset(cfg, CollectRequest(out=cfg.run.dataset, episodes=300, policy="heuristic", epsilon=0.1,
-                                        num_envs=32), progress=False)
+    collect_dataset(
+        cfg,
+        CollectRequest(out=cfg.run.dataset, episodes=300, policy="heuristic", epsilon=0.1, num_envs=32),
+        progress=False,
+    )
     result = pretrain(cfg, run_dir=tmp / "pretrain", progress=False)
     assert result.offline_win_rate > 0.1, "pre-training on heuristic data should win some battles"
     return tmp, tmp / "pretrain" / "checkpoints" / "offline.pt"
@@ -92,17 +96,29 @@ def test_qmix_replay_buffer_dump_is_a_dataset_of_the_last_episodes(tmp_path, mon
         return write_all(self, episodes)
 
     monkeypatch.setattr(LocalReplay, "write_all", recording)
-    cfg = resolve_config(map_name="3m", method="qmix", overrides=[
-        f"run.run_dir={tmp_path}", "run.online_env_steps=600", "run.eval_interval_steps=600",
-        "learner.batch_size=8", "replay.min_size_to_sample=8", "replay.online_capacity=10",
-        "actor.test_episodes=4", "run.log_interval_s=1000"])
+    cfg = resolve_config(
+        map_name="3m",
+        method="qmix",
+        overrides=[
+            f"run.run_dir={tmp_path}",
+            "run.online_env_steps=600",
+            "run.eval_interval_steps=600",
+            "learner.batch_size=8",
+            "replay.min_size_to_sample=8",
+            "replay.online_capacity=10",
+            "actor.test_episodes=4",
+            "run.log_interval_s=1000",
+        ],
+    )
     out = tmp_path / "3m_medium_replay.h5"
     train_sync(cfg, progress=False, final_test_episodes=0, dump_replay_to=out)
     dumped = load_episodes(out)
     assert len(played) > 20 and len(dumped) == 10  # exactly the FIFO table's capacity
     last = played[-10:]  # the buffer at the end: the last 10 episodes, oldest first
     assert [ep.length for ep in dumped] == [ep.length for ep in last]
-    assert all(np.array_equal(d.actions, p.actions) and np.array_equal(d.obs, p.obs)
-               for d, p in zip(dumped, last, strict=True))
+    assert all(
+        np.array_equal(d.actions, p.actions) and np.array_equal(d.obs, p.obs)
+        for d, p in zip(dumped, last, strict=True)
+    )
     versions = [ep.meta.policy_version for ep in played]
     assert versions[-1] > versions[0]  # the weights changed during the run: the last are the newest

@@ -22,8 +22,8 @@ from common.errors import RunHalted
 from common.metrics import Metrics
 from common.run_log import RunLog
 from learner.checkpoint import NonFiniteWeights, read_checkpoint
-from learner.learning import QMixLearner
 from learner.process import LearnerParts, run_learner
+from learner.qmix_learner import QMixLearner
 from learner.training import MAX_SKIPPED_IN_A_ROW, learner_checkpoint
 from learner.weight_service import WeightPublisher
 from replay.dataset import map_layout

@@ -107,8 +107,9 @@ def test_the_actor_plays_nothing_before_its_first_weights():
     sink = Nowhere()
     timer = threading.Timer(0.3, stop.set)
     timer.start()
-    result = run_actor(cfg, 0, ActorParts(worker, ScheduledSubscriber(worker, {}), sink, sink,
-                                          Metrics("actor")), stop)
+    result = run_actor(
+        cfg, 0, ActorParts(worker, ScheduledSubscriber(worker, {}), sink, sink, Metrics("actor")), stop
+    )
     timer.cancel()
     assert worker.epsilons == [] and result["env_steps"] == 0 and sink.episodes == []
 
@@ -176,8 +177,8 @@ class OnlineBatches:
 
 def learner_run(tmp_path, actors: FakeActors, budget: int, offline_batches, seed: int):
     from common.run_log import RunLog
-    from learner.learning import QMixLearner
     from learner.process import LearnerParts, run_learner
+    from learner.qmix_learner import QMixLearner
     from tests.test_learner_update import INFO
     from tests.test_learner_update import config as learner_config
 
@@ -188,7 +189,10 @@ def learner_run(tmp_path, actors: FakeActors, budget: int, offline_batches, seed
             offline_cql="none", offline_updates=3, batch_size_run=4, target_update_interval=1000
         ),
         run=dataclasses.replace(
-            cfg.run, run_dir=str(tmp_path), name="resume", dataset=str(tmp_path / "data.h5"),
+            cfg.run,
+            run_dir=str(tmp_path),
+            name="resume",
+            dataset=str(tmp_path / "data.h5"),
             online_env_steps=budget,
         ),
     )

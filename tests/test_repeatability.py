@@ -134,10 +134,20 @@ def test_sync_training_with_a_mixing_ratio_draws_round_m_b_offline_episodes_per_
         return batch
 
     monkeypatch.setattr(LocalReplay, "sample", counting)
-    cfg = resolve_config(map_name="3m", method="qmix", overrides=[
-        f"run.dataset={dataset}", f"run.run_dir={tmp_path}", "replay.mixing_ratio=0.3",
-        "learner.batch_size=10", "run.online_env_steps=600", "run.eval_interval_steps=600",
-        "actor.test_episodes=4", "run.log_interval_s=1000"])
+    cfg = resolve_config(
+        map_name="3m",
+        method="qmix",
+        overrides=[
+            f"run.dataset={dataset}",
+            f"run.run_dir={tmp_path}",
+            "replay.mixing_ratio=0.3",
+            "learner.batch_size=10",
+            "run.online_env_steps=600",
+            "run.eval_interval_steps=600",
+            "actor.test_episodes=4",
+            "run.log_interval_s=1000",
+        ],
+    )
     result = train_sync(cfg, progress=False, final_test_episodes=0)
     assert result.updates >= 5 and len(drawn) == result.updates
     assert set(drawn) == {(3, 10)}  # round(0.3 * 10) offline episodes in every batch of 10

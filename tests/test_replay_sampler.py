@@ -168,8 +168,11 @@ def test_the_builders_sampler_mixes_at_the_configured_ratio(server):
     from common.config import resolve_config
     from deploy.builder import Builder
 
-    cfg = resolve_config(map_name="3m", method="qmix", overrides=[
-        "replay.mixing_ratio=0.25", "learner.batch_size=8", "run.dataset=unused.h5"])
+    cfg = resolve_config(
+        map_name="3m",
+        method="qmix",
+        overrides=["replay.mixing_ratio=0.25", "learner.batch_size=8", "run.dataset=unused.h5"],
+    )
     # expected=None: this module's episodes are not 3m-shaped, and the map's shape check would drop
     # them all (tests/test_online_data_guard.py covers that check).
     with Builder(cfg).sampler(server.address, prefetch_batches=0, expected=None) as sampler:

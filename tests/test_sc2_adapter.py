@@ -257,6 +257,7 @@ def test_lite_backend_calls_the_lite_world_with_smacs_arguments(monkeypatch: pyt
 
 def test_torch_tensors_are_accepted_as_actions() -> None:
     import torch
+
     out = validate_actions(torch.tensor([1, 3]), np.ones((2, 4), dtype=bool), 4)
     assert out.dtype == np.int64
     np.testing.assert_array_equal(out, [1, 3])

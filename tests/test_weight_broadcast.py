@@ -20,8 +20,11 @@ from learner.weight_service import WeightPublisher
 
 
 def weights(value: float) -> dict[str, torch.Tensor]:
-    return {"layer.weight": torch.full((4, 3), value), "layer.bias": torch.arange(4, dtype=torch.float32),
-            "steps": torch.tensor(7)}
+    return {
+        "layer.weight": torch.full((4, 3), value),
+        "layer.bias": torch.arange(4, dtype=torch.float32),
+        "steps": torch.tensor(7),
+    }
 
 
 def free_port() -> int:
@@ -214,9 +217,18 @@ def test_an_evaluator_that_connects_late_still_scores_the_starting_weights_at_st
     from deploy.roles import evaluator_role as run_evaluator
 
     publisher = WeightPublisher(port=0)
-    cfg = resolve_config(map_name="3m", method="qmix", overrides=[
-        f"run.run_dir={tmp_path}", "run.name=late", f"actor.weight_server={publisher.address}",
-        "actor.test_episodes=4", "actor.final_test_episodes=0", "run.eval_interval_steps=1000"])
+    cfg = resolve_config(
+        map_name="3m",
+        method="qmix",
+        overrides=[
+            f"run.run_dir={tmp_path}",
+            "run.name=late",
+            f"actor.weight_server={publisher.address}",
+            "actor.test_episodes=4",
+            "actor.final_test_episodes=0",
+            "run.eval_interval_steps=1000",
+        ],
+    )
     start_weights = make_agent(LiteBatchEnv("3m", num_envs=1).get_env_info()).state_dict()
     later_weights = {k: v + 0.01 if v.is_floating_point() else v for k, v in start_weights.items()}
     stop = threading.Event()

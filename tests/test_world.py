@@ -30,8 +30,18 @@ SMAC_SIZES = {
     "bane_vs_bane": (24, 24, 200, 30, 336, 984),
     "2c_vs_64zg": (2, 64, 400, 70, 332, 342),
 }
-REQUIRED_MAPS = ["3m", "8m", "2s3z", "3s5z", "5m_vs_6m", "6h_vs_8z", "10m_vs_11m", "27m_vs_30m", "MMM2",
-                 "3s5z_vs_3s6z"]
+REQUIRED_MAPS = [
+    "3m",
+    "8m",
+    "2s3z",
+    "3s5z",
+    "5m_vs_6m",
+    "6h_vs_8z",
+    "10m_vs_11m",
+    "27m_vs_30m",
+    "MMM2",
+    "3s5z_vs_3s6z",
+]
 
 
 def run_policy(env: LiteBatchEnv, policy_name: str, episodes: int, seed: int = 0):
@@ -95,8 +105,14 @@ def test_smac_api_returns_smac_types():
     assert all(isinstance(a, int) for a in env.get_avail_agent_actions(0))
     assert np.array_equal(env.get_obs_agent(1), env.get_obs()[1])
     assert env.get_total_actions() == 9 and env.seed() == 3
-    assert set(env.get_stats()) == {"battles_won", "battles_game", "battles_draw", "win_rate", "timeouts",
-                                    "restarts"}
+    assert set(env.get_stats()) == {
+        "battles_won",
+        "battles_game",
+        "battles_draw",
+        "win_rate",
+        "timeouts",
+        "restarts",
+    }
 
 
 def test_dead_agents_have_only_no_op_and_see_nothing():
@@ -341,8 +357,12 @@ def test_unknown_smac_flags_are_rejected_and_client_only_flags_ignored():
 def test_optional_observation_flags_change_sizes_like_smac():
     base = LiteStarCraft2Env("3s5z").get_env_info()
     more = LiteStarCraft2Env(
-        "3s5z", obs_last_action=True, obs_timestep_number=True, state_timestep_number=True,
-        obs_pathing_grid=True, obs_terrain_height=True,
+        "3s5z",
+        obs_last_action=True,
+        obs_timestep_number=True,
+        state_timestep_number=True,
+        obs_pathing_grid=True,
+        obs_terrain_height=True,
     )
     info = more.get_env_info()
     assert info["obs_shape"] == base["obs_shape"] + 7 * 14 + 1 + 8 + 9

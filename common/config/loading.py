@@ -309,8 +309,7 @@ def _refuse_duplicate_keys(node: Any, path: str = "") -> None:
             if key is not None and key != "<<":
                 if key in first:
                     raise ConfigError(
-                        f"duplicate key at line {line} (first at line {first[key]}); "
-                        "remove one of them",
+                        f"duplicate key at line {line} (first at line {first[key]}); remove one of them",
                         key=dotted,
                     )
                 first[key] = line

@@ -50,9 +50,18 @@ def _config_error(detail: str, key: str | None, source: str | None) -> ConfigErr
 # Allowed values of the enumerated fields (checked by `loading.validate_config`).
 BACKENDS = ("lite", "sc2", "matrix")
 METHOD_NAMES = (
-    "ovmse", "ovm", "se", "switch_cql", "macql", "macal_ql", "qmix",  # the OVMSE paper's
-    "inspo", "inspo_ovm",  # InSPO offline, and fine-tuned online
-    "bc", "qmix_cql", "cfcql",  # offline baselines for InSPO
+    "ovmse",
+    "ovm",
+    "se",
+    "switch_cql",
+    "macql",
+    "macal_ql",
+    "qmix",  # the OVMSE paper's
+    "inspo",
+    "inspo_ovm",  # InSPO offline, and fine-tuned online
+    "bc",
+    "qmix_cql",
+    "cfcql",  # offline baselines for InSPO
 )
 ALGORITHMS = ("qmix", "inspo")  # which learner the builder makes (learner.algorithm)
 INSPO_ONLINE_ANCHORS = ("offline_policy", "policy", "behaviour")

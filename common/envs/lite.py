@@ -38,8 +38,14 @@ from common.envs.units import (
 # SMAC constructor flags that only matter to the real game client (rendering, replays, the version
 # to launch). The lite world accepts and ignores them so SMAC configs load unchanged.
 _CLIENT_ONLY_FLAGS = {
-    "game_version", "replay_dir", "replay_prefix", "window_size_x", "window_size_y",
-    "heuristic_ai", "heuristic_rest", "debug",
+    "game_version",
+    "replay_dir",
+    "replay_prefix",
+    "window_size_x",
+    "window_size_y",
+    "heuristic_ai",
+    "heuristic_rest",
+    "debug",
 }
 _MOVE_DIRECTIONS = np.array([1j, -1j, 1, -1], dtype=np.complex64)  # N, S, E, W
 _SPAWN_JITTER = 0.3
@@ -741,6 +747,7 @@ class LiteBatchEnv:
 def pos_of(pos: np.ndarray, index: np.ndarray) -> np.ndarray:
     """Positions [B, k] of units `index` [B, k] in each battle."""
     return np.take_along_axis(pos, index, axis=1)
+
 
 class LiteStarCraft2Env:
     """SMAC's `StarCraft2Env` API over the lite engine with one battle (B = 1).

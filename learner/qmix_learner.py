@@ -56,9 +56,9 @@ from common.networks import (
     RNNAgent,
     agent_input_size,
     agent_network,
+    episode_agent_inputs,
     mix,
 )
-from common.probe import episode_agent_inputs
 from common.schedules import memory_coefficient_at
 from learner import losses
 from learner.targets import double_q_max, one_step_targets, td_lambda_targets
