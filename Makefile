@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
-	$(BIN)/python -m common.fused_gru
+	$(BIN)/python -m common.kernels
 	touch $(STAMP)
 
 $(FLASHBAX_STAMP): tests/flashbax/requirements.txt

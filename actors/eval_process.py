@@ -7,10 +7,10 @@ offline pre-trained policy); an evaluator that connects after training has moved
 from the learner first. When the learner marks its last version done, it plays
 `actor.final_test_episodes` episodes and writes the plots.
 
-The starting policy's greedy episodes (at least PROBE_EPISODES) are kept as probe episodes: every
-later evaluation logs the policy agreement on them (how often the greedy joint action there is still
-the starting policy's), beside the learner's OVM-active fraction, and probe.png draws both. A
-restarted evaluator rebuilds the probe from the start weights, which replay the same battles.
+Each evaluation is actors/evaluation_step.py's step, the one the one-process trainer takes too: the
+starting policy's greedy episodes become the probe, and every later row logs the policy agreement on
+them beside the learner's OVM-active fraction (probe.png draws both). A restarted evaluator rebuilds
+the probe from the start weights, which replay the same battles.
 """
 
 from __future__ import annotations
@@ -18,13 +18,12 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from actors.evaluator import PROBE_EPISODES, eval_result, evaluate, play_greedy
+from actors.evaluation_step import EvaluationStep
+from actors.evaluator import evaluate
 from actors.rollout import RolloutWorker
 from actors.weight_client import WeightSubscriber, fetch_start
 from common.config.sections import Config
-from common.episode import to_training_batch
 from common.metrics import Metrics
-from common.probe import greedy_joint_actions, policy_agreement
 from common.run_log import RunLog
 
 
@@ -59,38 +58,17 @@ def run_evaluator(cfg: Config, parts: EvaluatorParts, stop: threading.Event) -> 
     first_win_rate = earlier[0]["win_rate"] if earlier else None
     next_eval = (int(earlier[-1]["env_steps"]) // interval + 1) * interval if earlier else 0
     latest, final = None, None
-    probe = None  # (probe episodes as a batch, the starting policy's greedy joint actions on them)
+    step = EvaluationStep(worker, runlog, cfg.actor.test_episodes)
     asked_for_start = False  # a learner resumed mid-run has no start weights: ask once
-
-    def play_start(message) -> list:
-        """Greedy episodes of the start weights; they become the probe."""
-        nonlocal probe
-        worker.set_weights(message.state_dict, message.version)
-        played = play_greedy(worker, max(PROBE_EPISODES, cfg.actor.test_episodes))
-        batch = to_training_batch(played[:PROBE_EPISODES])
-        probe = (batch, greedy_joint_actions(worker.newest_agent, batch))
-        return played
 
     def evaluate_and_log(message) -> None:
         nonlocal first_win_rate
-        steps = int(message.extra.get("env_steps", 0))
-        if message.extra.get("start"):
-            result = eval_result(play_start(message), message.version)
-        else:
-            worker.set_weights(message.state_dict, message.version)
-            result = evaluate(worker, cfg.actor.test_episodes)
-        agreement = None
-        if probe is not None:
-            agreement = policy_agreement(
-                greedy_joint_actions(worker.newest_agent, probe[0]), probe[1], probe[0]
-            )
-        log_result(
-            runlog,
-            "eval",
-            steps,
-            result,
+        result, _ = step.score(
+            message.state_dict,
+            message.version,
+            int(message.extra.get("env_steps", 0)),
+            start=bool(message.extra.get("start")),
             updates=int(message.extra.get("updates", 0)),
-            policy_agreement=agreement,
             ovm_active_fraction=message.extra.get("ovm_active_fraction"),
         )
         metrics.test_win_rate.set(result.win_rate)
@@ -106,7 +84,7 @@ def run_evaluator(cfg: Config, parts: EvaluatorParts, stop: threading.Event) -> 
             if latest is None:
                 stop.wait(0.05)
                 continue
-            if probe is None and not asked_for_start and not latest.extra.get("start"):
+            if step.probe is None and not asked_for_start and not latest.extra.get("start"):
                 asked_for_start = True
                 # Joined (or restarted) after the start: score the start weights if not yet logged,
                 # else only rebuild the probe from them.
@@ -115,7 +93,7 @@ def run_evaluator(cfg: Config, parts: EvaluatorParts, stop: threading.Event) -> 
                     if first_win_rate is None:
                         evaluate_and_log(start)
                     else:
-                        play_start(start)
+                        step.keep_probe(start.state_dict, start.version)
             steps, done = int(latest.extra.get("env_steps", 0)), bool(latest.extra.get("done"))
             if steps >= next_eval or done:
                 evaluate_and_log(latest)

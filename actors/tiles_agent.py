@@ -13,13 +13,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from common import fused_gru
+from common import kernels
 from common.networks import RNNAgent
 
 
 def available() -> bool:
     """Whether this CPU, build and process can act on AMX tiles."""
-    return fused_gru.amx_active()
+    return kernels.amx_active()
 
 
 class TilesAgent:
@@ -28,13 +28,13 @@ class TilesAgent:
             raise TypeError(f"acting on tiles needs one shared RNNAgent, got {type(agent).__name__}")
         if not available():
             raise RuntimeError(
-                f"no AMX tiles to act on here ({fused_gru.unavailable_reason() or 'not this CPU'})"
+                f"no AMX tiles to act on here ({kernels.unavailable_reason() or 'not this CPU'})"
             )
         if agent.hidden_size % 32:
             raise ValueError(
                 f"acting on tiles needs a hidden size that is a multiple of 32, got {agent.hidden_size}"
             )
-        self.kernel = fused_gru.kernel()
+        self.kernel = kernels.kernel()
         self.hidden_size = agent.hidden_size
         p = {k: v.detach().to("cpu", torch.float32) for k, v in agent.state_dict().items()}
         H, A = agent.hidden_size, agent.n_actions

@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _report import machine, write  # noqa: E402
 
-from common import fused_gru  # noqa: E402
+from common import kernels  # noqa: E402
 from common.config.sections import LearnerConfig  # noqa: E402
 from common.episode import TrainingBatch  # noqa: E402
 from common.networks import RNNAgent  # noqa: E402
@@ -514,9 +514,9 @@ def matmul_gflops(rows: int = 82944, repeats: int = 10) -> float:
 
 def _cpu_recurrence(choice: str) -> str:
     """What ran our learner's CPU recurrence in this run."""
-    if choice != "fused" or not fused_gru.available():
+    if choice != "fused" or not kernels.available():
         return "torch (nn.GRU)"
-    return "fused, bf16 products on AMX tiles" if fused_gru.amx_active() else "fused"
+    return "fused, bf16 products on AMX tiles" if kernels.amx_active() else "fused"
 
 
 def cpu_description() -> dict:
@@ -558,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
         "--gru",
         choices=("fused", "torch"),
         default="fused",
-        help="our learner's CPU recurrence: the fused kernel (common.fused_gru, where it builds) or nn.GRU",
+        help="our learner's CPU recurrence: the fused kernel (common.kernels, where it builds) or nn.GRU",
     )
     parser.add_argument("--out", default=None, help="folder for learner.md/.json (default docs/bench)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/bench alone")

@@ -124,7 +124,7 @@ def write_outputs(out: Path, summary: dict, command: str) -> None:
 
 
 def plot(out: Path, summary: dict) -> None:
-    from deploy.seed_study import plot_mean_curves
+    from deploy.studies.curves import plot_mean_curves
 
     series = {p: [v["curve"] for v in summary["precisions"][p]["per_seed"].values()] for p in PRECISIONS}
     plot_mean_curves(

@@ -22,8 +22,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
-# Field -> (per-step shape given the env info, numpy dtype). Dataset files use these names.
-STEP_FIELDS = ("state", "obs", "actions", "avail_actions", "reward", "terminated", "filled")
+# Field -> numpy dtype, in the fields' order. Dataset files use these names.
 FIELD_DTYPES: dict[str, np.dtype] = {
     "state": np.dtype(np.float32),
     "obs": np.dtype(np.float32),
@@ -33,20 +32,8 @@ FIELD_DTYPES: dict[str, np.dtype] = {
     "terminated": np.dtype(np.uint8),
     "filled": np.dtype(np.uint8),
 }
+STEP_FIELDS = tuple(FIELD_DTYPES)
 SOURCES = ("offline", "online")
-
-
-def step_shapes(n_agents: int, obs_size: int, state_size: int, n_actions: int) -> dict[str, tuple]:
-    """Per-step shape of each field (the shape after the time axis)."""
-    return {
-        "state": (state_size,),
-        "obs": (n_agents, obs_size),
-        "actions": (n_agents, 1),
-        "avail_actions": (n_agents, n_actions),
-        "reward": (1,),
-        "terminated": (1,),
-        "filled": (1,),
-    }
 
 
 @dataclass

@@ -9,7 +9,7 @@ same parameters and the same numbers (up to float rounding):
 - `forward_sequence(inputs [B, T, n, in], lengths=...)`: whole episodes for training, in one fused
   call. During training every input (observation, previous action, agent id) is known before the
   unroll, so the input layer runs once over all steps and the recurrence unrolls in C++ (on CPU a
-  fused kernel, `common.fused_gru`; elsewhere nn.GRU) instead of a per-step Python loop through a
+  fused kernel, `common.kernels.fused_gru`; elsewhere nn.GRU) instead of a per-step Python loop through a
   GRUCell (PyMARL2's way). Given the episodes' lengths,
   episodes of similar length are unrolled together, each group only as far as it needs (a batch is
   padded to its longest episode; lite 3s5z episodes average 66 of up to 151 rows).
@@ -27,8 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import batch_passes, fused_gru
+from common import kernels
 from common.episode import TrainingBatch
+from common.kernels import batch_passes, fused_gru
 
 
 def agent_input_size(obs_size: int, n_actions: int, n_agents: int) -> int:
@@ -104,7 +105,7 @@ def length_groups(lengths: torch.Tensor, rows: int) -> list[tuple[torch.Tensor, 
 class RNNAgent(nn.Module):
     """PyMARL2's recurrent agent network (shared parameters, one call for all agents)."""
 
-    # On CPU, unroll training sequences with the fused kernel of `common.fused_gru` (same weights,
+    # On CPU, unroll training sequences with the fused kernel of `common.kernels.fused_gru` (same weights,
     # same numbers up to float rounding) where it builds: nn.GRU's per-step gate math, not its
     # matrix products, bounded the learner (docs/learner.md, "Precision"). The benchmark turns it
     # off to compare.
@@ -174,7 +175,7 @@ class RNNAgent(nn.Module):
         """Time-major inputs [T, B, n, in] -> q [T, B, n, A]."""
         T, B, n, _ = x.shape
         x = self.fc1(x).reshape(T, B * n, self.hidden_size)  # one matmul, all steps
-        if x.device.type == "cpu" and self.fused_cpu_gru and fused_gru.available():
+        if x.device.type == "cpu" and self.fused_cpu_gru and kernels.available():
             out = fused_gru.fused_gru_sequence(x, hidden, self.rnn, relu_inputs=True)
         else:
             # Out of place: in place on fc1's output (a view) would make autograd clone it and copy

@@ -185,14 +185,21 @@ class RunLog:
         return paths
 
     def plot_offline_curve(self) -> Path | None:
-        """offline_win_rate.png: the test win rate during pre-training, from "offline_eval" records."""
-        return plot_records(
+        """offline_win_rate.png: the test win rate during pre-training, from "offline_eval" records,
+        and beside it, where the records carry them, the value diagnostics on held-out dataset
+        episodes: the greedy policy's agreement with the data, Q(greedy) - Q(data), and Q(data)
+        against the Monte-Carlo return (an under-trained or over-conservative pre-training shows)."""
+        return plot_panels(
             self.read("offline_eval"),
             "updates",
-            {"win_rate": "test win rate"},
+            [
+                ({"win_rate": "test win rate"}, f"{self.dir.name}: pre-training (95% Wilson band)"),
+                ({"greedy_agreement": "greedy = data action"}, "held-out data: agreement"),
+                ({"q_greedy_minus_data": "Q(greedy) - Q(data)"}, "held-out data: value gap"),
+                ({"q_data": "Q(data)", "mc_return": "Monte-Carlo return"}, "held-out data: Q vs return"),
+            ],
             self.dir / "offline_win_rate.png",
             "offline updates",
-            f"{self.dir.name}: pre-training (95% Wilson band)",
             bands={"win_rate": ("win_rate_low", "win_rate_high")},
         )
 
@@ -296,30 +303,45 @@ def plot_records(
     """One PNG with a line per `series` key (key -> legend label) against `x`, from `records`;
     `bands` maps a series key to the (low, high) record keys of its interval, drawn shaded. Records
     missing a key are skipped for that line. Written atomically; None when there is nothing to draw."""
+    return plot_panels(records, x, [(series, title)], path, xlabel, bands)
+
+
+def plot_panels(
+    records: list[dict],
+    x: str,
+    panels: list[tuple[dict[str, str], str]],
+    path: Path,
+    xlabel: str,
+    bands: dict[str, tuple[str, str]] | None = None,
+) -> Path | None:
+    """`plot_records` with several panels side by side, each (series, title); panels with nothing
+    to draw are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    drawn = False
-    for key, label in series.items():
-        rows = [r for r in records if r.get(key) is not None and r.get(x) is not None]
-        if not rows:
-            continue
-        xs = [r[x] for r in rows]
-        ax.plot(xs, [r[key] for r in rows], marker="o", ms=3, label=label)
-        low, high = (bands or {}).get(key, (None, None))
-        if low and all(low in r and high in r for r in rows):
-            ax.fill_between(xs, [r[low] for r in rows], [r[high] for r in rows], alpha=0.2)
-        drawn = True
-    if not drawn:
-        plt.close(fig)
+    def rows_of(key: str) -> list[dict]:
+        return [r for r in records if r.get(key) is not None and r.get(x) is not None]
+
+    drawable = [(series, title) for series, title in panels if any(rows_of(k) for k in series)]
+    if not drawable:
         return None
-    ax.set_xlabel(xlabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    fig, axes = plt.subplots(1, len(drawable), figsize=(6 * len(drawable), 3.5), squeeze=False)
+    for ax, (series, title) in zip(axes[0], drawable, strict=True):
+        for key, label in series.items():
+            rows = rows_of(key)
+            if not rows:
+                continue
+            xs = [r[x] for r in rows]
+            ax.plot(xs, [r[key] for r in rows], marker="o", ms=3, label=label)
+            low, high = (bands or {}).get(key, (None, None))
+            if low and all(low in r and high in r for r in rows):
+                ax.fill_between(xs, [r[low] for r in rows], [r[high] for r in rows], alpha=0.2)
+        ax.set_xlabel(xlabel)
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp, dpi=100)

@@ -23,14 +23,12 @@ from pathlib import Path
 
 from actors import tiles_agent
 from actors.rollout import RolloutWorker
-from common.agent_stack import policy_stack
 from common.config.sections import Config
 from common.envs.factory import make_batch_env
 from common.envs.protocol import BatchEnv
-from common.networks import agent_network
 from learner.checkpoint import load_checkpoint
-from learner.inspo_learner import InSPOLearner
-from learner.qmix_learner import QMixLearner
+from learner.interface import Learner
+from learner.registry import LearnerFamily, learner_family
 
 ACTOR_SEED_STRIDE = 1000  # actor i plays battles seeded env.seed + 1000 i + b
 EVAL_SEED_OFFSET = 100_000  # test battles differ from every actor's training battles
@@ -41,6 +39,7 @@ RUN_DATASET = object()  # "the configured run.dataset" (None already means "no o
 @dataclasses.dataclass
 class Builder:
     cfg: Config
+    _loaded: dict = dataclasses.field(default_factory=dict, repr=False)  # dataset -> (train, held out)
 
     # ------------------------------------------------------------------ worlds
 
@@ -61,13 +60,15 @@ class Builder:
 
     # ------------------------------------------------------------------ learner
 
-    def learner(self, checkpoint: str | Path | None = None) -> QMixLearner | InSPOLearner:
+    @property
+    def family(self) -> LearnerFamily:
+        """The learner family `learner.algorithm` names (learner/registry.py)."""
+        return learner_family(self.cfg.learner.algorithm)
+
+    def learner(self, checkpoint: str | Path | None = None) -> Learner:
         """The learner `learner.algorithm` names, seeded with run.seed; with `checkpoint`, restored
         from that file."""
-        if self.cfg.learner.algorithm == "inspo":
-            learner = InSPOLearner(self.env_info, self.cfg.learner, seed=self.cfg.run.seed)
-        else:
-            learner = QMixLearner(self.env_info, self.cfg.learner, seed=self.cfg.run.seed)
+        learner = self.family.learner_class(self.env_info, self.cfg.learner, seed=self.cfg.run.seed)
         if checkpoint is not None:
             load_checkpoint(learner, checkpoint, map_name=self.cfg.env.map_name)
         return learner
@@ -75,11 +76,10 @@ class Builder:
     # ------------------------------------------------------------------ acting
 
     def acting_network(self):
-        """The network actors play with: the shared agent network (Q-values), or for InSPO one
-        policy network per agent (logits; greedy over available actions works the same)."""
-        if self.cfg.learner.algorithm == "inspo":
-            return policy_stack(self.env_info, self.cfg.learner.rnn_hidden_dim)
-        return agent_network(self.env_info, self.cfg.learner.rnn_hidden_dim)
+        """The network actors play with, as the learner family makes it: the shared agent network
+        (Q-values) or one policy network per agent (logits; greedy over available actions works
+        the same)."""
+        return self.family.acting_network(self.env_info, self.cfg.learner)
 
     def _worker(
         self, env: BatchEnv, exploration: str, seed: int, actor_id: int, version: int
@@ -102,7 +102,7 @@ class Builder:
         cfg = self.cfg
         if cfg.actor.inference != "auto":
             return cfg.actor.inference
-        shared_network = cfg.learner.algorithm != "inspo"
+        shared_network = self.family.spec.shared_agent_network
         if shared_network and cfg.learner.precision != "fp32" and tiles_agent.available():
             return "tiles"
         return "torch"
@@ -120,19 +120,32 @@ class Builder:
         env = self.batch_env(min(EVAL_BATTLES, cfg.actor.test_episodes), seed_offset=EVAL_SEED_OFFSET)
         return self._worker(env, "greedy", cfg.run.seed, actor_id=-1, version=-1)
 
-    def offline_curve(self, learner: QMixLearner, log, evaluator: RolloutWorker | None = None):
+    def offline_curve(
+        self, learner: Learner, log, evaluator: RolloutWorker | None = None, held_out: list | None = None
+    ):
         """The callback `evaluate(updates)` that scores the greedy policy during pre-training and logs
-        an "offline_eval" record; it plays on `evaluator`, or on an evaluator made at its first call."""
+        an "offline_eval" record; it plays on `evaluator`, or on an evaluator made at its first call.
+        With `held_out` dataset episodes (see `offline_episodes`), the record also carries the
+        learner's value diagnostics on them."""
         from actors.evaluator import evaluate
+        from common.episode import to_training_batch
 
         worker = evaluator
+        diagnostic_batch = to_training_batch(held_out) if held_out else None
 
         def evaluate_now(updates: int) -> None:
             nonlocal worker
             worker = worker or self.eval_worker()
             worker.set_weights(learner.agent_state_dict(), worker.newest_version + 1)
             result = evaluate(worker, self.cfg.actor.test_episodes)
-            log.log("offline_eval", updates=updates, episodes=result.episodes, **result.log_fields())
+            diagnostics = learner.value_diagnostics(diagnostic_batch) if diagnostic_batch else {}
+            log.log(
+                "offline_eval",
+                updates=updates,
+                episodes=result.episodes,
+                **result.log_fields(),
+                **diagnostics,
+            )
 
         return evaluate_now
 
@@ -149,16 +162,43 @@ class Builder:
 
     # ------------------------------------------------------------------ replay
 
-    def local_replay(self, dataset: str | None, *, mixing_ratio: float | None = None, stream: int = 0):
+    def offline_episodes(self, dataset: str) -> tuple[list, list]:
+        """(for training, held out): `dataset`'s episodes, less `run.offline_diagnostic_episodes`
+        (at most 2% of the file, chosen by run.seed) held out for the pre-training's diagnostics.
+        Loaded once per builder."""
+        if dataset not in self._loaded:
+            from replay.dataset import expected_layout, load_episodes
+
+            episodes = load_episodes(dataset, expected_layout(self.cfg.env), progress=True)
+            held = held_out_indices(
+                len(episodes), self.cfg.run.offline_diagnostic_episodes, self.cfg.run.seed
+            )
+            self._loaded[dataset] = (
+                [e for i, e in enumerate(episodes) if i not in held],
+                [episodes[i] for i in sorted(held)],
+            )
+        return self._loaded[dataset]
+
+    def local_replay(
+        self,
+        dataset: str | None,
+        *,
+        mixing_ratio: float | None = None,
+        stream: int = 0,
+        hold_out: bool = False,
+    ):
         """The in-process replay (no Reverb) of the one-process trainer and pre-training: `dataset`
-        in memory (None: no offline data) and an online FIFO, sampled by a generator seeded with
-        (run.seed, stream), so a seed repeats its batches."""
+        in memory (None: no offline data; `hold_out`: less its held-out episodes) and an online FIFO,
+        sampled by a generator seeded with (run.seed, stream), so a seed repeats its batches."""
         from replay.dataset import expected_layout, load_episodes
         from replay.local import LocalReplay
 
         cfg = self.cfg
         layout = expected_layout(cfg.env)
-        offline = load_episodes(dataset, layout, progress=True) if dataset else []
+        if dataset and hold_out:
+            offline = self.offline_episodes(dataset)[0]
+        else:
+            offline = load_episodes(dataset, layout, progress=True) if dataset else []
         return LocalReplay(
             offline,
             batch_size=cfg.learner.batch_size,
@@ -236,6 +276,16 @@ class Builder:
         from actors.weight_client import ProgressReporter
 
         return ProgressReporter(self.cfg.actor.weight_server, actor_id, token=self.token())
+
+
+def held_out_indices(episodes: int, wanted: int, seed: int) -> set[int]:
+    """`wanted` episode indices of `episodes`, at most 2% of them, drawn by `seed` (none below 50)."""
+    import numpy as np
+
+    count = min(wanted, episodes // 50)
+    if count <= 0:
+        return set()
+    return set(np.random.default_rng([seed, 7]).choice(episodes, size=count, replace=False).tolist())
 
 
 def weight_port(cfg: Config) -> int:

@@ -198,8 +198,8 @@ def _dataset_convert(args: argparse.Namespace) -> int:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
-    from deploy.reproduce import main
-    from deploy.reproduce_report import write_report
+    from deploy.studies.cli import main
+    from deploy.studies.report import write_report
 
     return main(args, report=write_report)
 
@@ -215,7 +215,9 @@ def _ray_launch(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return _optional_module(args, "deploy.demo")
+    from deploy.studies.demo import main
+
+    return main(args)
 
 
 def _config(args: argparse.Namespace) -> int:
@@ -305,7 +307,7 @@ def _dataset_convert_options(parser: argparse.ArgumentParser) -> None:
 
 def _reproduce_options(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser)
-    from deploy.reproduce import add_options
+    from deploy.studies.cli import add_options
 
     add_options(parser)
 

@@ -23,7 +23,6 @@ stopped or crashed run the same way, on fresh ports.
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
 import json
 import os
@@ -41,6 +40,7 @@ from common.config import Config, write_config
 from common.lifecycle import run_until_signal
 from common.net import pick_free_port
 from common.run_log import ProgressLine, fresh_run_dir, win_rate_text
+from deploy.studies.pools import die_with_parent
 
 READY_TIMEOUT_S = 300.0
 STOP_GRACE_S = 30.0
@@ -50,16 +50,6 @@ RESTART_WINDOW_S = 600.0
 RESTART_DELAY_S = 1.0  # before the first restart; doubles with each failure in the window
 RESTART_DELAY_MAX_S = 30.0
 REPLAY_CHECKPOINTS = "replay_checkpoint"  # in the run directory, unless replay.checkpoint_dir is set
-PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child between fork and exec: ask the kernel for SIGTERM when the orchestrator dies
-    (a SIGKILLed orchestrator cannot stop its children itself)."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):  # not Linux: children may outlive a killed orchestrator
-        pass
 
 
 def restart_delay(failures: int) -> float:
@@ -92,7 +82,7 @@ class Child:
             stderr=subprocess.STDOUT,
             env=env,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         log.close()
         self.starts += 1

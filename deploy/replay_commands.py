@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.lifecycle import run_until_signal, sigterm_raises
+
+if TYPE_CHECKING:
+    from replay.dataset import MapLayout
 
 DEFAULT_COLLECT_EPISODES = 5000  # the size of the paper's medium datasets
 DEFAULT_COLLECT_ENVS = 16
@@ -59,20 +63,29 @@ def replay_server(args: argparse.Namespace) -> int:
     return run_until_signal(serve)
 
 
-def dataset_validate(args: argparse.Namespace) -> int:
-    """Check every episode of a file; with --map, also its sizes against the map."""
-    from replay.dataset import DatasetError, map_layout, validate_dataset
+def _map_layout(args: argparse.Namespace) -> tuple[MapLayout | None, int]:
+    """The sizes the --map option names (None without one) and 0, or an unknown map reported: (None, 2)."""
+    from replay.dataset import map_layout
 
     map_name = getattr(args, "map", None)
     try:
-        expected = map_layout(map_name) if map_name else None
+        return (map_layout(map_name) if map_name else None), 0
     except ValueError as error:
-        return _fail(args, f"--map: {error}")
+        return None, _fail(args, f"--map: {error}")
+
+
+def dataset_validate(args: argparse.Namespace) -> int:
+    """Check every episode of a file; with --map, also its sizes against the map."""
+    from replay.dataset import DatasetError, validate_dataset
+
+    expected, failed = _map_layout(args)
+    if failed:
+        return failed
     try:
         summary = validate_dataset(args.path, expected)
     except DatasetError as error:
         return _fail(args, error)
-    against = f" for map {map_name}" if map_name else ""
+    against = f" for map {expected.map_name}" if expected else ""
     print(
         f"{args.path}: valid{against}: {summary.episodes} episodes, {summary.steps} steps, "
         f"episode_limit {summary.episode_limit}"
@@ -126,13 +139,11 @@ def dataset_inspect(args: argparse.Namespace) -> int:
 def dataset_convert(args: argparse.Namespace) -> int:
     """An HDF5 dataset to a Flashbax vault, or a vault to an HDF5 dataset, checked as it is read."""
     from replay.convert import convert
-    from replay.dataset import DatasetError, map_layout
+    from replay.dataset import DatasetError
 
-    map_name = getattr(args, "map", None)
-    try:
-        expected = map_layout(map_name) if map_name else None
-    except ValueError as error:
-        return _fail(args, f"--map: {error}")
+    expected, failed = _map_layout(args)
+    if failed:
+        return failed
     try:
         written, episodes = convert(args.path, args.out, expected)
     except (DatasetError, FileExistsError) as error:

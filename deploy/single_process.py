@@ -21,15 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.evaluator import PROBE_EPISODES, eval_result, evaluate, play_greedy, summarize
+from actors.evaluation_step import EvaluationStep
+from actors.evaluator import evaluate, summarize
 from common.config.sections import Config, rate_limit
-from common.episode import Episode, to_training_batch
-from common.probe import policy_agreement
+from common.episode import Episode
 from common.run_log import ProgressLine, RunLog, discarded_on_failure, fresh_run_dir, win_rate_text
 from common.schedules import epsilon_at
 from deploy.builder import Builder
 from learner.checkpoint import save_checkpoint
-from learner.probe import greedy_joint_actions, mean_q_tot
 from learner.training import (
     OnlineUpdates,
     StartPoint,
@@ -70,10 +69,11 @@ def _pretrain(cfg: Config, run_dir: Path, progress: bool) -> TrainResult:
     log = RunLog(run_dir, process="pretrain")
     log.write_config(cfg)
     try:
-        replay = builder.local_replay(cfg.run.dataset, mixing_ratio=1.0, stream=OFFLINE_STREAM)
+        replay = builder.local_replay(cfg.run.dataset, mixing_ratio=1.0, stream=OFFLINE_STREAM, hold_out=True)
         learner = builder.learner()
         evaluator = builder.eval_worker()
-        curve = builder.offline_curve(learner, log, evaluator)
+        held_out = builder.offline_episodes(cfg.run.dataset)[1]
+        curve = builder.offline_curve(learner, log, evaluator, held_out)
         run_offline_phase(cfg, learner, replay, log, progress, evaluate=curve)
         path = save_checkpoint(
             learner,
@@ -127,8 +127,12 @@ def _train_sync(
     builder = Builder(cfg)
     log = RunLog(run_dir, process="trainer")
     log.write_config(cfg)
-    needs_dataset = has_offline_phase(cfg) or cfg.replay.mixing_ratio > 0
-    replay = builder.local_replay(cfg.run.dataset if needs_dataset else None, stream=ONLINE_STREAM)
+    pretrains = has_offline_phase(cfg)
+    needs_dataset = pretrains or cfg.replay.mixing_ratio > 0
+    # Pre-training here holds out the same episodes as `ovmse pretrain`, so it draws the same batches.
+    replay = builder.local_replay(
+        cfg.run.dataset if needs_dataset else None, stream=ONLINE_STREAM, hold_out=pretrains
+    )
     learner = builder.learner()
     evaluator = builder.eval_worker()
     offline_win_rate = None
@@ -137,42 +141,40 @@ def _train_sync(
         def offline_batches():
             return replay.with_mixing_ratio(1.0, seed=[cfg.run.seed, OFFLINE_STREAM])
 
-        curve = builder.offline_curve(learner, log, evaluator)
+        held_out = builder.offline_episodes(cfg.run.dataset)[1] if pretrains else None
+        curve = builder.offline_curve(learner, log, evaluator, held_out)
         start = start_point(learner, cfg, run_dir, offline_batches, log, progress, evaluate=curve)
         log.plot_offline_curve()
         version = 1
-        evaluator.set_weights(learner.agent_state_dict(), version)
-        # Greedy play of the starting policy: its test score, and the probe episodes of Figure 1.
-        start_episodes = play_greedy(evaluator, max(PROBE_EPISODES, cfg.actor.test_episodes))
-        probe = to_training_batch(start_episodes[:PROBE_EPISODES])
-        probe_actions = greedy_joint_actions(learner, probe)
+        step = EvaluationStep(
+            evaluator,
+            log,
+            cfg.actor.test_episodes,
+            probe_values=lambda batch: {"probe_q": learner.probe_q(batch)},
+        )
         if start.pretrained:
-            first = eval_result(start_episodes, version)
-            offline_win_rate = first.win_rate
-            # Every eval row carries the same keys: the CSV's columns are fixed by the first row.
-            log.log(
-                "eval",
-                env_steps=0,
-                **first.log_fields(),
-                probe_q=mean_q_tot(learner, probe),
-                policy_agreement=1.0,
+            # Greedy play of the starting policy: its test score, and the probe episodes of Figure 1.
+            first, _ = step.score(
+                learner.agent_state_dict(),
+                version,
+                0,
+                start=True,
                 ovm_active_fraction=0.0,
                 train_win_rate=None,  # no training episodes yet
                 train_return=None,
                 updates=learner.updates,
-                policy_version=version,
             )
+            offline_win_rate = first.win_rate
             print(
                 f"after offline pre-training: test win rate {win_rate_text(first.log_fields())}, "
                 f"return {first.mean_return:.2f}",
                 flush=True,
             )
+        else:
+            step.keep_probe(learner.agent_state_dict(), version)
 
         buffer = collections.deque(maxlen=cfg.replay.online_capacity) if dump_replay_to else None
-        probes = (probe, probe_actions)
-        online = _online_phase(
-            cfg, builder, learner, start, replay, evaluator, probes, log, progress, buffer, stop_when
-        )
+        online = _online_phase(cfg, builder, learner, start, replay, step, progress, buffer, stop_when)
         if buffer:
             from replay.dataset_writer import write_dataset
 
@@ -226,9 +228,7 @@ def _online_phase(
     learner,
     start: StartPoint,
     replay: LocalReplay,
-    evaluator,
-    probe,
-    log: RunLog,
+    step: EvaluationStep,
     progress: bool,
     buffer: collections.deque | None = None,
     stop_when: Callable[[dict], bool] | None = None,
@@ -246,7 +246,7 @@ def _online_phase(
         version += 1
         worker.set_weights(learner.agent_state_dict(), version)
 
-    updates = OnlineUpdates(learner, cfg, start, publish, log)
+    updates = OnlineUpdates(learner, cfg, start, publish, step.runlog)
     line = ProgressLine(budget, every_s=cfg.run.log_interval_s) if progress else None
     online_inserted = 0
     pending = 0  # episodes collected since the last gradient step
@@ -268,24 +268,17 @@ def _online_phase(
             updates.step(replay.sample(), worker.env_steps, online_inserted)
         if worker.env_steps >= next_eval or worker.env_steps >= budget:
             next_eval += cfg.run.eval_interval_steps
-            evaluator.set_weights(learner.agent_state_dict(), version)
-            result = evaluate(evaluator, cfg.actor.test_episodes)
             train_win, train_return = summarize(recent)
-            last_eval = {"win_rate": result.win_rate}
-            record = dict(
-                env_steps=worker.env_steps,
-                **result.log_fields(),
-                probe_q=mean_q_tot(learner, probe[0]),
-                policy_agreement=policy_agreement(
-                    greedy_joint_actions(learner, probe[0]), probe[1], probe[0]
-                ),
+            result, record = step.score(
+                learner.agent_state_dict(),
+                version,
+                worker.env_steps,
                 ovm_active_fraction=updates.last_metrics.get("ovm_active_fraction", 0.0),
                 train_win_rate=train_win,
                 train_return=train_return,
                 updates=learner.updates,
-                policy_version=version,
             )
-            log.log("eval", **record)
+            last_eval = {"win_rate": result.win_rate}
             if stop_when is not None and stop_when(record):
                 break
         if line:

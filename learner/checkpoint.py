@@ -1,6 +1,6 @@
 """Learner checkpoints: one file with everything a resumed learner needs, checked before it is used.
 
-The state is `QMixLearner.state_dict()` (networks, targets, OVM's offline memory, the
+The state is the learner's `state_dict()` (networks, targets, OVM's offline memory, the
 behaviour-cloning policy, optimizers, counters, the CQL sampler's RNG) plus the caller's own
 counters (`extra`: phase, environment steps, episodes seen, ... as plain values). A resumed learner's
 next update is exactly the one the uninterrupted learner would have made, given the same batch.
@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from common.errors import CheckpointError, RunHalted
-from learner.qmix_learner import QMixLearner
+from learner.interface import Learner
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _digest(body: bytes, identity: dict) -> str:
 
 
 def save_checkpoint(
-    learner: QMixLearner,
+    learner: Learner,
     path: str | os.PathLike,
     extra: dict[str, Any] | None = None,
     map_name: str | None = None,
@@ -97,7 +97,7 @@ def save_checkpoint(
     buffer = io.BytesIO()
     torch.save({"learner": state, "extra": dict(extra or {})}, buffer)
     body = buffer.getvalue()
-    identity = {"map": map_name, "method": learner.cfg.method, "shape": learner._shape()}
+    identity = {"map": map_name, "method": learner.cfg.method, "shape": learner.network_shape()}
     payload = {
         "format": FORMAT,
         "kind": KIND,
@@ -194,12 +194,10 @@ def _check_identity(path: Path, identity: dict, map_name: str | None, shape: dic
         raise CheckpointError(path, f"checkpoint is for networks of another shape: {diff or saved}")
 
 
-def load_checkpoint(
-    learner: QMixLearner, path: str | os.PathLike, map_name: str | None = None
-) -> dict[str, Any]:
+def load_checkpoint(learner: Learner, path: str | os.PathLike, map_name: str | None = None) -> dict[str, Any]:
     """Restore `learner` (built with the same env info and config) from `path`; returns `extra`.
     With `map_name`, a checkpoint written for another map is refused. Raises CheckpointError."""
-    state, extra, _ = read_checkpoint(path, map_name=map_name, shape=learner._shape())
+    state, extra, _ = read_checkpoint(path, map_name=map_name, shape=learner.network_shape())
     state = _to_device(state, learner.device)
     try:
         learner.load_state_dict(state)

@@ -49,13 +49,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.agent_stack import AgentStack, policy_stack
+from common.agent_stack import AgentStack
 from common.config.sections import LearnerConfig
 from common.episode import TrainingBatch, training_mask
 from common.networks import RNNAgent, agent_network, episode_agent_inputs
+from common.probe import greedy_joint_actions
 from common.schedules import memory_coefficient_at
 from learner import inspo, losses
-from learner.qmix_learner import episode_lengths, frozen_copy, resolve_device
+from learner.shared import env_sizes, episode_lengths, frozen_copy, resolve_device, value_diagnostics
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +112,14 @@ class JointCritic(nn.Module):
 
 
 class InSPOLearner:
-    """InSPO (see the module doc). Interface of `QMixLearner` where the training loop needs it."""
+    """InSPO (see the module doc); implements `learner.interface.Learner`."""
+
+    ALGORITHM = "inspo"  # its checkpoints' tag (the registry's name for it)
 
     def __init__(self, env_info: dict, cfg: LearnerConfig, seed: int = 0):
         self.cfg = cfg
         self.env_info = dict(env_info)
-        self.n_agents = int(env_info["n_agents"])
-        self.n_actions = int(env_info["n_actions"])
-        self.obs_size = int(env_info["obs_shape"])
-        self.state_size = int(env_info["state_shape"])
+        self.n_agents, self.n_actions, self.obs_size, self.state_size = env_sizes(env_info)
         self.device = resolve_device(cfg.device)
         self.precision = "fp32"
         n = self.n_agents
@@ -139,7 +139,7 @@ class InSPOLearner:
         self.updates = 0
         self.behaviour_updates = 0
         # OVM's memory: the critic frozen at the switch to online (see freeze_offline_memory). The
-        # training loop's hook reads `offline_agent` (None until frozen) on every learner.
+        # training loop asks `offline_memory_frozen` on every learner.
         self.offline_critic: JointCritic | None = None
         # The policies frozen at the same moment: the online KL anchor "offline_policy".
         self.offline_policies: AgentStack | None = None
@@ -149,17 +149,13 @@ class InSPOLearner:
     def make_agent(self) -> RNNAgent:
         return agent_network(self.env_info, self.cfg.rnn_hidden_dim)
 
-    def make_acting_agent(self) -> AgentStack:
-        """A fresh policy stack of this learner's shape, what `agent_state_dict` loads into."""
-        return policy_stack(self.env_info, self.cfg.rnn_hidden_dim)
-
     def agent_state_dict(self) -> dict[str, torch.Tensor]:
         """The policies' weights (a CPU copy): what acting uses, logits in place of Q-values."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.policies.state_dict().items()}
 
     @property
-    def offline_agent(self) -> JointCritic | None:
-        return self.offline_critic
+    def offline_memory_frozen(self) -> bool:
+        return self.offline_critic is not None
 
     def freeze_offline_memory(self) -> None:
         """Keep frozen copies of the critic (OVM's memory) and of the policies (the anchor
@@ -426,12 +422,27 @@ class InSPOLearner:
         return inspo.masked_log_softmax(logits, batch.avail_actions[:, :-1]).exp()
 
     @torch.no_grad()
-    def mean_q_value(self, batch: TrainingBatch) -> float:
+    def probe_q(self, batch: TrainingBatch) -> float:
         """Mean Q(s_t, a_t) of the joint critic over the batch's real steps (the unlearning probe)."""
         batch = batch.to(self.device)
         q = self.critic.q_value(batch.state[:, :-1], batch.actions[:, :-1])
         mask = training_mask(batch.filled, batch.terminated)
         return float((q * mask).sum() / mask.sum().clamp(min=1.0))
+
+    def greedy_joint_actions(self, batch: TrainingBatch) -> torch.Tensor:
+        """The policies' greedy joint actions [B, T, n] on the batch's trained steps."""
+        return greedy_joint_actions(self.policies, batch)
+
+    @torch.no_grad()
+    def value_diagnostics(self, batch: TrainingBatch) -> dict[str, float]:
+        """The joint critic's Q of the data's and of the policies' greedy joint actions on `batch`,
+        and their agreement (`learner.shared.value_diagnostics`)."""
+        greedy = self.greedy_joint_actions(batch).to(self.device).unsqueeze(-1)
+        batch = batch.to(self.device)
+        state = batch.state[:, :-1]
+        q_greedy = self.critic.q_value(state, greedy)
+        q_data = self.critic.q_value(state, batch.actions[:, :-1])
+        return value_diagnostics(batch, greedy, q_greedy, q_data, self.cfg.gamma)
 
     # ------------------------------------------------------------------ state (checkpoints)
 
@@ -444,8 +455,8 @@ class InSPOLearner:
         }
         return {
             "format": 1,
-            "algorithm": "inspo",
-            "shape": self._shape(),
+            "algorithm": self.ALGORITHM,
+            "shape": self.network_shape(),
             "behaviour": self.behaviour.state_dict(),
             "policies": self.policies.state_dict(),
             "local_q": self.local_q.state_dict(),
@@ -462,11 +473,11 @@ class InSPOLearner:
         }
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("algorithm") != "inspo":
+        if state.get("algorithm") != self.ALGORITHM:
             raise ValueError("checkpoint is not an InSPO learner's (learner.algorithm differs)")
-        if state.get("shape") != self._shape():
+        if state.get("shape") != self.network_shape():
             raise ValueError(
-                f"checkpoint is for networks {state.get('shape')}, this learner has {self._shape()}"
+                f"checkpoint is for networks {state.get('shape')}, this learner has {self.network_shape()}"
             )
         for name in ("behaviour", "policies", "local_q", "critic"):
             getattr(self, name).load_state_dict(state[name])
@@ -485,7 +496,7 @@ class InSPOLearner:
             for p in self.behaviour.parameters():
                 p.requires_grad_(False)
 
-    def _shape(self) -> dict:
+    def network_shape(self) -> dict:
         return {
             "n_agents": self.n_agents,
             "n_actions": self.n_actions,

@@ -27,7 +27,7 @@ from common.config.sections import Config
 from common.metrics import Metrics
 from common.run_log import RunLog
 from learner.checkpoint import NonFiniteWeights, first_nonfinite, save_checkpoint
-from learner.qmix_learner import QMixLearner
+from learner.interface import Learner
 from learner.training import BatchSource, OnlineUpdates, learner_checkpoint, start_point
 from learner.weight_service import WeightPublisher
 
@@ -109,7 +109,7 @@ class LearnerParts:
     offline_batches: offline-only batches for pre-training, made only if pre-training happens
     (waiting for the offline table first). online_batches: mixed batches, made once online."""
 
-    learner: QMixLearner
+    learner: Learner
     publisher: WeightPublisher
     offline_batches: Callable[[], BatchSource]
     online_batches: Callable[[], BatchSource]

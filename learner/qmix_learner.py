@@ -40,7 +40,6 @@ What each `LearnerConfig` field does here:
 from __future__ import annotations
 
 import contextlib
-import copy
 import ctypes
 import logging
 import math
@@ -59,8 +58,10 @@ from common.networks import (
     episode_agent_inputs,
     mix,
 )
+from common.probe import greedy_joint_actions
 from common.schedules import memory_coefficient_at
 from learner import losses
+from learner.shared import env_sizes, episode_lengths, frozen_copy, resolve_device, value_diagnostics
 from learner.targets import double_q_max, one_step_targets, td_lambda_targets
 
 log = logging.getLogger(__name__)
@@ -81,17 +82,6 @@ METRIC_KEYS = (
     "grad_norm",
     "update_skipped",
 )
-
-
-def resolve_device(name: str) -> torch.device:
-    """Device "auto" -> cuda when available, else cpu; any other name as torch reads it. A CUDA
-    device gets its index (cuda -> cuda:0), so it compares equal to its tensors' device."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
 
 
 # /proc/cpuinfo flags of CPU units that run bf16 matrix products natively: AMX tiles (Sapphire
@@ -150,10 +140,7 @@ class QMixLearner:
     def __init__(self, env_info: dict, cfg: LearnerConfig, seed: int = 0):
         self.cfg = cfg
         self.env_info = dict(env_info)
-        self.n_agents = int(env_info["n_agents"])
-        self.n_actions = int(env_info["n_actions"])
-        self.obs_size = int(env_info["obs_shape"])
-        self.state_size = int(env_info["state_shape"])
+        self.n_agents, self.n_actions, self.obs_size, self.state_size = env_sizes(env_info)
         self.device = resolve_device(cfg.device)
         if self.device.type == "cpu":
             keep_freed_host_memory()
@@ -207,6 +194,10 @@ class QMixLearner:
     def agent_state_dict(self) -> dict[str, torch.Tensor]:
         """The online agent network's weights as CPU tensors (a copy), for broadcasting to actors."""
         return {k: v.detach().to("cpu", copy=True) for k, v in self.agent.state_dict().items()}
+
+    @property
+    def offline_memory_frozen(self) -> bool:
+        return self.offline_agent is not None
 
     def freeze_offline_memory(self) -> None:
         """Keep a frozen copy of the current *target* agent and mixer as OVM's Q_offline. Call once,
@@ -449,6 +440,35 @@ class QMixLearner:
             sampled = losses.sample_available_actions(avail, cfg.cql_sampled_actions, self.generator)
         return losses.sampled_cql_term(agent_qs, weights, avail, q_tot, mask, sampled, floor, policy_actions)
 
+    # ------------------------------------------------------------------ the probe
+
+    @torch.no_grad()
+    def probe_q(self, batch: TrainingBatch) -> float:
+        """Mean Q_tot(s_t, a_t) of the online networks over the batch's real steps (the unlearning
+        probe, the paper's Figure 1)."""
+        batch = batch.to(self.device)
+        q = self.agent.forward_sequence(episode_agent_inputs(batch, self.n_actions))[:, :-1]
+        chosen = torch.gather(q, dim=3, index=batch.actions[:, :-1]).squeeze(3)
+        q_tot = self.mixer(chosen, batch.state[:, :-1])
+        mask = training_mask(batch.filled, batch.terminated)
+        return float((q_tot * mask).sum() / mask.sum().clamp(min=1))
+
+    def greedy_joint_actions(self, batch: TrainingBatch) -> torch.Tensor:
+        """The online agent network's greedy joint actions [B, T, n] on the batch's trained steps."""
+        return greedy_joint_actions(self.agent, batch)
+
+    @torch.no_grad()
+    def value_diagnostics(self, batch: TrainingBatch) -> dict[str, float]:
+        """Q_tot of the data's and of the greedy joint actions on `batch`, and their agreement
+        (`learner.shared.value_diagnostics`)."""
+        batch = batch.to(self.device)
+        q = self.agent.forward_sequence(episode_agent_inputs(batch, self.n_actions))[:, :-1]
+        greedy = q.masked_fill(~batch.avail_actions[:, :-1].bool(), float("-inf")).argmax(-1, keepdim=True)
+        state = batch.state[:, :-1]
+        q_greedy = self.mixer(q.gather(-1, greedy).squeeze(-1), state)
+        q_data = self.mixer(q.gather(-1, batch.actions[:, :-1]).squeeze(-1), state)
+        return value_diagnostics(batch, greedy, q_greedy, q_data, self.cfg.gamma)
+
     # ------------------------------------------------------------------ state (checkpoints)
 
     def state_dict(self) -> dict:
@@ -456,7 +476,7 @@ class QMixLearner:
         it back never needs to unpickle arbitrary objects (see learner/checkpoint.py)."""
         state = {
             "format": 1,
-            "shape": self._shape(),
+            "shape": self.network_shape(),
             "agent": self.agent.state_dict(),
             "mixer": self.mixer.state_dict(),
             "target_agent": self.target_agent.state_dict(),
@@ -477,9 +497,9 @@ class QMixLearner:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state.get("shape") != self._shape():
+        if state.get("shape") != self.network_shape():
             raise ValueError(
-                f"checkpoint is for networks {state.get('shape')}, this learner has {self._shape()}"
+                f"checkpoint is for networks {state.get('shape')}, this learner has {self.network_shape()}"
             )
         self.agent.load_state_dict(state["agent"])
         self.mixer.load_state_dict(state["mixer"])
@@ -504,7 +524,7 @@ class QMixLearner:
             self.behaviour_updates = int(state.get("behaviour_updates", self.cfg.behaviour_pretrain_updates))
             self._freeze_behaviour_when_done()
 
-    def _shape(self) -> dict:
+    def network_shape(self) -> dict:
         cfg = self.cfg
         return {
             "n_agents": self.n_agents,
@@ -517,11 +537,6 @@ class QMixLearner:
         }
 
 
-def episode_lengths(batch: TrainingBatch) -> torch.Tensor:
-    """Rows of each episode [B] that the update reads: its steps and its final observation."""
-    return batch.filled[:, :, 0].sum(dim=1).to(torch.int64)
-
-
 def masked_fraction(condition: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Fraction of trained steps where `condition` [B, T, 1] holds."""
     return losses.masked_mean(condition.to(mask.dtype), mask)
@@ -530,11 +545,3 @@ def masked_fraction(condition: torch.Tensor, mask: torch.Tensor) -> torch.Tensor
 def _float_weights(weights: MixingWeights) -> MixingWeights:
     """The mixer's weights in fp32 (a no-op when they are), so Q_tot is summed in fp32."""
     return MixingWeights(*(w.float() for w in weights))
-
-
-def frozen_copy(module: torch.nn.Module) -> torch.nn.Module:
-    """A copy that takes no gradients: a target network, or a memory of the offline phase."""
-    clone = copy.deepcopy(module)
-    for p in clone.parameters():
-        p.requires_grad_(False)
-    return clone

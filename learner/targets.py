@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from common import fused_gru
+from common import kernels
 
 
 def td_lambda_targets(
@@ -61,7 +61,7 @@ def double_q_max(online_qs: torch.Tensor, target_qs: torch.Tensor, avail: torch.
         and online_qs.dtype in compiled_dtypes
         and target_qs.dtype in compiled_dtypes
     ):
-        kernel = fused_gru.kernel()
+        kernel = kernels.kernel()
         if kernel is not None:
             return kernel.double_q_values(online_qs, target_qs, avail)
     greedy = online_qs.masked_fill(~avail.bool(), float("-inf")).argmax(dim=-1, keepdim=True)

@@ -20,13 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from common.config.algorithms import algorithm_spec
+from common.config.presets import METHODS
 from common.config.sections import Config
 from common.episode import TrainingBatch
 from common.errors import RunHalted
 from common.run_log import ProgressLine, RunLog
 from common.schedules import epsilon_at
 from learner.checkpoint import load_checkpoint, save_checkpoint
-from learner.qmix_learner import QMixLearner
+from learner.interface import Learner
 
 LOG_EVERY_UPDATES = 20  # a "train" record every this many online updates
 OFFLINE_LOG_EVERY = 50  # an "offline" record every this many offline updates
@@ -47,16 +49,16 @@ def has_offline_phase(cfg: Config) -> bool:
     return (
         cfg.run.dataset is not None
         and (cfg.learner.offline_updates > 0 or clones_only(cfg))
-        and cfg.learner.method != "qmix"
+        and METHODS[cfg.learner.method].offline_phase
         and cfg.run.init_checkpoint is None
     )
 
 
 def clones_only(cfg: Config) -> bool:
-    """Behaviour cloning alone (method bc): InSPO's learner with no policy updates after cloning,
-    so its policies are the cloned behaviour policy."""
+    """Behaviour cloning alone (method bc): a learner family whose cloned behaviour is itself a
+    policy (InSPO's), with no policy updates after cloning."""
     return (
-        cfg.learner.algorithm == "inspo"
+        algorithm_spec(cfg.learner.algorithm).cloning_alone_is_a_policy
         and cfg.learner.offline_updates == 0
         and cfg.learner.behaviour_pretrain_updates > 0
     )
@@ -64,7 +66,7 @@ def clones_only(cfg: Config) -> bool:
 
 def run_offline_phase(
     cfg: Config,
-    learner: QMixLearner,
+    learner: Learner,
     batches: BatchSource,
     log: RunLog | None = None,
     progress: bool = True,
@@ -132,7 +134,7 @@ def learner_checkpoint(run_dir: str | Path) -> Path:
 
 
 def start_point(
-    learner: QMixLearner,
+    learner: Learner,
     cfg: Config,
     run_dir: str | Path,
     offline_batches: Callable[[], BatchSource],
@@ -180,7 +182,7 @@ def start_point(
         start = StartPoint(offline_credit=learner.updates * credit, pretrained=True)
     else:
         start = StartPoint()
-    if cfg.learner.use_offline_value_memory and learner.offline_agent is None:
+    if cfg.learner.use_offline_value_memory and not learner.offline_memory_frozen:
         learner.freeze_offline_memory()
     return start
 
@@ -198,7 +200,7 @@ class OnlineUpdates:
 
     def __init__(
         self,
-        learner: QMixLearner,
+        learner: Learner,
         cfg: Config,
         start: StartPoint,
         publish: Callable[[], None],

@@ -42,7 +42,6 @@ from replay.dataset_error import DatasetError
 
 # --- the format -------------------------------------------------------------------------------
 
-CFCQL_KEYS = ("state", "obs", "actions", "avail_actions", "probs", "reward", "terminated", "filled")
 REQUIRED_KEYS = STEP_FIELDS  # `probs` is optional on reading
 # The dtypes CFCQL's files hold (PyMARL scheme: th.long actions and filled, th.int avail_actions).
 CFCQL_DTYPES: dict[str, np.dtype] = {
@@ -55,6 +54,7 @@ CFCQL_DTYPES: dict[str, np.dtype] = {
     "terminated": np.dtype(np.uint8),
     "filled": np.dtype(np.int64),
 }
+CFCQL_KEYS = tuple(CFCQL_DTYPES)  # every dataset a CFCQL file holds
 # What we accept on reading: numpy dtype kinds (f float, i/u integer, b bool).
 ACCEPTED_KINDS = {
     "state": "f",

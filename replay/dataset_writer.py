@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -22,9 +21,10 @@ from replay.dataset import (
     SCHEMA_ATTR,
     DatasetLayout,
 )
+from replay.staging import StagedWriter
 
 
-class DatasetWriter:
+class DatasetWriter(StagedWriter):
     """Writes episodes to a new HDF5 file in CFCQL's layout, padded to episode_limit + 1 rows.
 
     The file is built under a temporary name next to `path` and renamed onto it by `close()`, so a
@@ -47,11 +47,7 @@ class DatasetWriter:
     ):
         import h5py
 
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self._tmp = Path(tmp)
+        super().__init__(path)
         self.layout = DatasetLayout(0, episode_limit + 1, n_agents, obs_size, state_size, n_actions, True)
         self._h5 = h5py.File(self._tmp, "w")
         self._block = block
@@ -126,15 +122,6 @@ class DatasetWriter:
             self._h5.close()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._tmp)
-
-    def __enter__(self) -> DatasetWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()
 
 
 def write_dataset(

@@ -36,13 +36,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from common.episode import Episode
 from replay.dataset_error import DatasetError
+from replay.staging import StagedWriter
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ def _json_ready(value):
     return value
 
 
-class VaultWriter:
+class VaultWriter(StagedWriter):
     """Writes episodes to a new vault directory `path` (`NAME.vlt/UID`) in OG-MARL's SMAC layout plus
     our extra leaves (module doc). Built under a temporary name beside `path` and renamed onto it
     by `close()`; leaving the `with` block by an exception removes it. `path` must not exist."""
@@ -467,11 +467,10 @@ class VaultWriter:
         import tensorstore as ts
 
         self._ts = ts
-        self.path = Path(path)
-        if self.path.exists():
-            raise FileExistsError(f"{self.path}: already exists; choose a new vault directory")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent))
+        path = Path(path)
+        if path.exists():
+            raise FileExistsError(f"{path}: already exists; choose a new vault directory")
+        super().__init__(path, directory=True)
         n, a = n_agents, n_actions
         self._shapes = {
             "observations": ((n, obs_size), "float32"),
@@ -593,12 +592,3 @@ class VaultWriter:
         """Drop the vault being written."""
         self._stores = {}
         shutil.rmtree(self._tmp, ignore_errors=True)
-
-    def __enter__(self) -> VaultWriter:
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            self.close()
-        else:
-            self.abort()

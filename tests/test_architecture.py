@@ -42,7 +42,7 @@ def project_imports(path: Path, known: set[str]) -> set[str]:
 
 def modules() -> dict[str, set[str]]:
     """module -> the project modules it imports. `__main__.py` files are left out: they are command
-    entry points (`python -m actors` runs the CLI), not modules anything imports."""
+    entry points (`python -m deploy` runs the CLI), not modules anything imports."""
     files = [p for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py") if p.name != "__main__.py"]
     known = {module_name(p) for p in files}
     return {module_name(p): project_imports(p, known) for p in files}
@@ -83,13 +83,167 @@ def test_no_modules_import_each_other_in_a_circle():
 
 
 def test_the_builder_is_the_only_place_that_builds_the_learner_and_rollout_workers():
+    """Rollout workers by name; learners through their registry entry (`family.learner_class(...)`),
+    whatever their algorithm."""
     builders = sorted(
         module_name(path)
         for pkg in PACKAGES
         for path in (ROOT / pkg).rglob("*.py")
         for node in ast.walk(ast.parse(path.read_text()))
         if isinstance(node, ast.Call)
-        and isinstance(node.func, ast.Name)
-        and node.func.id in ("QMixLearner", "RolloutWorker")
+        and (
+            (isinstance(node.func, ast.Name) and node.func.id == "RolloutWorker")
+            or (isinstance(node.func, ast.Attribute) and node.func.attr == "learner_class")
+        )
     )
     assert set(builders) == {"deploy.builder"}
+
+
+# --- the learner registry, the composition root's size, one source for each list of names -------
+
+ALGORITHM_NAMES = {"qmix", "inspo"}
+# Where algorithm names may be compared: the two registries and the presets that name each method's.
+ALGORITHM_NAME_HOMES = {"common.config.algorithms", "learner.registry", "common.config.presets"}
+LEARNER_CLASSES = {"QMixLearner", "InSPOLearner"}
+
+
+def _sources():
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            yield module_name(path), path, ast.parse(path.read_text(), str(path))
+
+
+def _mentions_algorithm(node: ast.AST) -> bool:
+    """`x.algorithm`, `algorithm`, `x.get("algorithm")` or `x["algorithm"]` somewhere in `node`."""
+    for sub in ast.walk(node):
+        if isinstance(sub, ast.Attribute) and sub.attr == "algorithm":
+            return True
+        if isinstance(sub, ast.Name) and sub.id == "algorithm":
+            return True
+        if isinstance(sub, ast.Constant) and sub.value == "algorithm":
+            return True
+    return False
+
+
+def test_no_algorithm_name_is_compared_outside_the_registries_and_the_presets():
+    found = []
+    for module, _, tree in _sources():
+        if module in ALGORITHM_NAME_HOMES:
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Compare):
+                operands = [node.left, *node.comparators]
+                names = {o.value for o in operands if isinstance(o, ast.Constant)} & ALGORITHM_NAMES
+                if names and any(_mentions_algorithm(o) for o in operands):
+                    found.append(f"{module}:{node.lineno} compares learner.algorithm with {sorted(names)}")
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id == "isinstance"
+                and any(isinstance(n, ast.Name) and n.id in LEARNER_CLASSES for n in ast.walk(node))
+            ):
+                found.append(f"{module}:{node.lineno} picks by learner class (isinstance)")
+    assert found == []
+
+
+def test_no_module_constructs_a_learner_class_by_name():
+    """The builder asks `learner.registry` for the class; nothing constructs one by its name."""
+    builders = sorted(
+        module
+        for module, _, tree in _sources()
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in LEARNER_CLASSES
+    )
+    assert builders == []
+
+
+def test_no_module_of_the_composition_root_is_over_500_lines():
+    long = sorted(
+        f"{path.relative_to(ROOT)}: {n} lines"
+        for path in (ROOT / "deploy").rglob("*.py")
+        if (n := len(path.read_text().splitlines())) > 500
+    )
+    assert long == []
+
+
+def test_no_module_of_the_parts_imports_deploy_entry_points_included():
+    """`__main__.py` files count too: no part may have an entry point that reaches up into deploy/."""
+    files = [p for pkg in ("actors", "learner", "replay", "common") for p in (ROOT / pkg).rglob("*.py")]
+    known = {module_name(p) for pkg in PACKAGES for p in (ROOT / pkg).rglob("*.py")}
+    wrong = sorted(
+        f"{path.relative_to(ROOT)} imports {target}"
+        for path in files
+        for target in project_imports(path, known)
+        if target.split(".")[0] == "deploy"
+    )
+    assert wrong == []
+
+
+def _strings(node: ast.AST) -> list[str] | None:
+    """The strings of a tuple, list or set literal of three or more strings (wrapped in tuple(),
+    frozenset() or set() too), or of a dict literal's keys; None for anything else."""
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and len(node.args) == 1:
+        if node.func.id in ("tuple", "frozenset", "set"):
+            node = node.args[0]
+    if isinstance(node, ast.Tuple | ast.List | ast.Set):
+        items = node.elts
+    elif isinstance(node, ast.Dict):
+        items = node.keys
+    else:
+        return None
+    if len(items) >= 3 and all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in items):
+        return [e.value for e in items]  # type: ignore[union-attr]
+    return None
+
+
+def _name_lists(tree: ast.Module):
+    """Every named list of names: a module-level constant (or a class attribute) holding three or
+    more strings, or a dict keyed by them; with its line and whether it is a dict."""
+    bodies = [tree.body] + [n.body for n in tree.body if isinstance(n, ast.ClassDef)]
+    for body in bodies:
+        for node in body:
+            value = node.value if isinstance(node, ast.Assign | ast.AnnAssign) else None
+            names = _strings(value) if value is not None else None
+            if names:
+                yield frozenset(names), node.lineno, isinstance(value, ast.Dict)
+
+
+def test_each_list_of_names_is_written_once():
+    """A list of names (world back-ends, acting back-ends, methods, ...) written out in two places
+    drifts apart the day one of them changes: a list may not repeat another list or the keys of a
+    table (two tables keyed by the same names, each with its own values, are fine)."""
+    found = [
+        (names, f"{module}:{line}", table)
+        for module, _, tree in _sources()
+        for names, line, table in _name_lists(tree)
+    ]
+    twice = sorted(
+        f"{sorted(a)} at {where_a} and {where_b}"
+        for i, (a, where_a, table_a) in enumerate(found)
+        for b, where_b, table_b in found[i + 1 :]
+        if a == b and not (table_a and table_b)
+    )
+    assert twice == []
+
+
+def test_the_observation_flags_are_declared_once():
+    """SMAC's observation flags are `ObsFlags`' fields; no other class or function spells them all out."""
+    from common.envs.layout import OBS_FLAG_NAMES
+
+    flags = set(OBS_FLAG_NAMES)
+    places = []
+    for module, _, tree in _sources():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef):
+                names = {
+                    s.target.id
+                    for s in node.body
+                    if isinstance(s, ast.AnnAssign) and isinstance(s.target, ast.Name)
+                }
+            elif isinstance(node, ast.FunctionDef):
+                names = {a.arg for a in node.args.args + node.args.kwonlyargs}
+            else:
+                continue
+            if flags <= names:
+                places.append(f"{module}.{node.name}")
+    assert places == ["common.envs.layout.ObsFlags"]

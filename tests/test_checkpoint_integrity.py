@@ -47,7 +47,7 @@ def refusal(path, *, map_name=None, info=INFO) -> str:
 
 def test_a_checkpoint_records_its_map_method_and_shapes_and_loads_back(saved):
     state, extra, identity = read_checkpoint(saved)
-    assert identity == {"map": "3m", "method": "ovmse", "shape": learner()._shape()}
+    assert identity == {"map": "3m", "method": "ovmse", "shape": learner().network_shape()}
     assert extra == {"env_steps": 7}
     resumed = learner(seed=5)
     assert load_checkpoint(resumed, saved, map_name="3m") == {"env_steps": 7}

@@ -45,9 +45,9 @@ def test_a_bad_config_file_is_named_in_the_error(tmp_path, capsys):
     assert err == f"config error in {path}: unknown key 'learner.lrr' (did you mean 'learner.lr'?)\n"
 
 
-def test_python_m_actors_is_ovmse_actor():
+def test_python_m_deploy_cli_actor_is_ovmse_actor():
     done = subprocess.run(
-        [sys.executable, "-m", "actors", "--help"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "deploy.cli", "actor", "--help"], capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0
     assert done.stdout.startswith("usage: ovmse actor")
@@ -55,11 +55,13 @@ def test_python_m_actors_is_ovmse_actor():
 
 
 @pytest.mark.parametrize(
-    ("package", "command"), [("learner", "learner"), ("replay", "replay-server"), ("deploy", "run")]
+    "entry", [["deploy.cli", "learner"], ["deploy.cli", "replay-server"], ["deploy"]], ids=" ".join
 )
-def test_package_entry_points_forward_to_their_subcommand(package, command):
+def test_module_entry_points_run_their_subcommand(entry):
+    """`python -m deploy.cli ROLE` for each role (the parts have no `__main__`), `python -m deploy` for
+    `ovmse run`."""
     done = subprocess.run(
-        [sys.executable, "-m", package, "--print-config", "--map", "2s3z"],
+        [sys.executable, "-m", *entry, "--print-config", "--map", "2s3z"],
         capture_output=True,
         text=True,
         timeout=60,

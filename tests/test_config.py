@@ -49,7 +49,7 @@ def test_every_paper_preset_resolves_and_validates(map_name, kind, method):
 
 
 def test_the_final_evaluation_plays_the_papers_640_episodes_in_every_preset_and_the_demo():
-    from deploy.demo import demo_config
+    from deploy.studies.demo import demo_config
 
     presets = [(m, k, method) for m, k in TASKS for method in METHOD_NAMES]
     finals = {resolve_config(*preset).actor.final_test_episodes for preset in presets}
@@ -185,6 +185,17 @@ def test_every_method_uses_the_maps_cql_loss_and_macal_ql_adds_the_floor():
 def test_cfcql_temperature_follows_cfcqls_readme_per_map_and_dataset(map_name, kind, tau):
     for method in ("ovmse", "switch_cql", "macql", "macal_ql"):
         assert resolve_config(map_name, kind, method).learner.cfcql_softmax_temperature == tau
+
+
+@pytest.mark.parametrize(("kind", "tau", "weight"), [("medium", 0.5, 0.1), ("medium_replay", 0.1, 5.0)])
+def test_cfcql_on_2s3z_takes_cfcqls_own_temperature_and_weight(kind, tau, weight):
+    learner = resolve_config("2s3z", kind, "cfcql").learner
+    assert (learner.offline_cql, learner.cfcql_softmax_temperature, learner.offline_cql_weight) == (
+        "cfcql",
+        tau,
+        weight,
+    )
+    assert resolve_config("2s3z", kind, "macql").learner.offline_cql_weight == 0.05  # raw CQL: Table 3
 
 
 def test_the_baselines_defaults_follow_their_references():

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from deploy import bench, demo
+from deploy import bench
+from deploy.studies import demo
 
 
 def test_demo_runs_the_whole_offline_to_online_story(tmp_path, monkeypatch, capsys):

@@ -3,7 +3,6 @@ that only the builder makes it."""
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
 from pathlib import Path
@@ -389,14 +388,3 @@ def test_bad_inspo_settings_are_one_line_errors_naming_the_key(override, message
 def test_alpha_and_beta_may_not_both_be_zero():
     with pytest.raises(ConfigError, match="learner.inspo_beta: .*must be > 0"):
         resolve_config("3m", "medium", "inspo", overrides=["learner.inspo_alpha=0", "learner.inspo_beta=0"])
-
-
-def test_only_the_builder_makes_the_inspo_learner():
-    makers = sorted(
-        str(path.relative_to(ROOT))
-        for package in ("common", "actors", "learner", "replay", "deploy")
-        for path in (ROOT / package).rglob("*.py")
-        for node in ast.walk(ast.parse(path.read_text()))
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "InSPOLearner"
-    )
-    assert makers == ["deploy/builder.py"]

@@ -12,7 +12,7 @@ import torch
 from common.config.sections import LearnerConfig
 from common.episode import EpisodeBuilder, TrainingBatch, to_training_batch
 from common.networks import mix
-from learner import learning
+from learner import qmix_learner as learning
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.qmix_learner import METRIC_KEYS, QMixLearner, resolve_device
 
@@ -616,3 +616,55 @@ def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_units(monkeypatch, t
     assert QMixLearner(INFO, config(precision="auto")).precision == "fp32"
     assert learning.resolve_precision("bf16", cpu) == "bf16"  # asked for: given, if slowly
     assert learning.resolve_precision("auto", torch.device("mps")) == "fp32"
+
+
+# --- value diagnostics on held-out data --------------------------------------------------------
+
+
+def test_the_agreement_is_the_share_of_trained_steps_where_the_greedy_joint_action_is_the_datas():
+    from common.episode import training_mask
+
+    learner = QMixLearner(INFO, config(), seed=3)
+    batch = random_batch(5)
+    greedy = learner.greedy_joint_actions(batch)  # [B, T, n]
+    # Make the data agree with the greedy policy on the first two steps of every episode.
+    actions = batch.actions.clone()
+    actions[:, :2, :, 0] = greedy[:, :2]
+    batch = dataclasses.replace(batch, actions=actions)
+    greedy = learner.greedy_joint_actions(batch)  # the inputs hold the previous actions: ask again
+    mask = training_mask(batch.filled, batch.terminated)[..., 0]
+    same = (greedy == batch.actions[:, :-1, :, 0]).all(-1).float()
+    d = learner.value_diagnostics(batch)
+    assert d["greedy_agreement"] == pytest.approx(float((same * mask).sum() / mask.sum()))
+    assert 0 < d["greedy_agreement"] < 1
+    assert d["q_data"] == pytest.approx(learner.probe_q(batch), rel=1e-5)
+
+
+def test_the_greedy_joint_value_is_never_below_the_datas_and_the_return_is_the_discounted_sum():
+    learner = QMixLearner(INFO, config(gamma=0.5), seed=3)
+    batch = random_batch(6, B=4, T=3)
+    batch = dataclasses.replace(
+        batch, reward=torch.ones_like(batch.reward) * batch.filled, terminated=batch.terminated
+    )
+    d = learner.value_diagnostics(batch)
+    assert 0.0 <= d["greedy_agreement"] < 1.0
+    assert d["q_greedy_minus_data"] > 0  # the mixer is monotonic: each agent's max can only raise Q_tot
+    # Monte-Carlo return-to-go with reward 1 per step and gamma 0.5, averaged over the trained steps.
+    from common.episode import training_mask
+    from learner.losses import mc_returns
+
+    mask = training_mask(batch.filled, batch.terminated)
+    expected = float((mc_returns(batch.reward[:, :-1], mask, 0.5) * mask).sum() / mask.sum())
+    assert d["mc_return"] == pytest.approx(expected)
+    assert 1.0 <= d["mc_return"] < 2.0
+
+
+def test_held_out_episodes_are_at_most_two_percent_drawn_by_the_seed():
+    from deploy.builder import held_out_indices
+
+    assert held_out_indices(49, 64, seed=0) == set()  # too few episodes to spare any
+    assert len(held_out_indices(1000, 64, seed=0)) == 20
+    assert len(held_out_indices(10_000, 64, seed=0)) == 64
+    assert held_out_indices(5000, 64, seed=1) == held_out_indices(5000, 64, seed=1)
+    assert held_out_indices(5000, 64, seed=1) != held_out_indices(5000, 64, seed=2)
+    assert held_out_indices(5000, 0, seed=1) == set()

@@ -24,7 +24,7 @@ from common.envs.protocol import BatchEnv, MultiAgentEnv
 from common.episode import to_training_batch
 from common.probe import greedy_joint_actions
 from deploy.builder import Builder
-from deploy.matrix_data import write_matrix_dataset
+from deploy.studies.matrix_data import write_matrix_dataset
 from learner.inspo_learner import InSPOLearner
 from learner.qmix_learner import QMixLearner
 

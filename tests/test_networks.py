@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from common import batch_passes, fused_gru
+from common import kernels
+from common.kernels import batch_passes, fused_gru
 from common.networks import (
     QMixer,
     RNNAgent,
@@ -204,8 +205,8 @@ def kernel():
     ninja); only a machine without one skips."""
     if shutil.which("c++") is None and shutil.which("g++") is None:
         pytest.skip("no C++ compiler: the fused GRU cannot be built here (nn.GRU is used)")
-    assert fused_gru.available(), fused_gru.unavailable_reason()
-    return fused_gru.kernel()
+    assert kernels.available(), kernels.unavailable_reason()
+    return kernels.kernel()
 
 
 def _gru_values_and_gradients(unroll, dtype: torch.dtype = torch.float32):
@@ -282,7 +283,7 @@ def test_the_recurrence_on_amx_tiles_matches_the_torch_products(kernel, monkeypa
     monkeypatch.setattr(fused_gru, "BF16_MIN_ROWS", 1)
 
     def unroll(amx: bool):
-        monkeypatch.setattr(fused_gru, "USE_AMX", amx)
+        monkeypatch.setattr(kernels, "USE_AMX", amx)
         torch.manual_seed(6)
         T, N, H = 9, 37, 64
         gru, fc = torch.nn.GRU(H, H), torch.nn.Linear(H, H)
@@ -328,11 +329,11 @@ def test_a_lock_left_by_a_killed_build_does_not_block_loading_the_kernel(kernel)
 
     from torch.utils.cpp_extension import _get_build_directory
 
-    name = fused_gru._load_or_build().__name__
+    name = kernels._load_or_build().__name__
     lock = Path(_get_build_directory(name, verbose=False)) / "lock"
     lock.touch()
     try:
-        code = "from common import fused_gru; assert fused_gru.available(), fused_gru.unavailable_reason()"
+        code = "from common import kernels; assert kernels.available(), kernels.unavailable_reason()"
         subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
     finally:
         lock.unlink(missing_ok=True)

@@ -6,7 +6,7 @@ What this end-to-end test does not claim: that OVMSE unlearns less than Switch C
 noise (docs/testing.md has the measurement), and an earlier version of this test, which asserted a
 bounded drop, passed for Switch CQL too. What OVM guarantees is tested deterministically, at unit
 level: `tests/test_learner_update.py::test_the_offline_memory_floors_q_tot_at_the_data_action_while_
-plain_td_collapses`; the comparison of the methods over seeds is `python -m deploy.seed_study`."""
+plain_td_collapses`; the comparison of the methods over seeds is `python -m deploy.studies.seed_study`."""
 
 from __future__ import annotations
 

@@ -15,16 +15,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from common.bootstrap import (
+from deploy.cli import main as cli_main
+from deploy.studies.bootstrap import (
     bootstrap_ci,
     iqm,
     median,
     probability_of_improvement,
     probability_of_improvement_ci,
 )
-from common.marl_eval import ABSOLUTE, RunCurve, check_raw_results, raw_results
-from deploy.cli import main as cli_main
-from deploy.reproduce import Budget, Sweep, offline_key, plan, trial_config
+from deploy.studies.marl_eval import ABSOLUTE, RunCurve, check_raw_results, raw_results
+from deploy.studies.sweep import Budget, Sweep, offline_key, plan, trial_config
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -78,7 +78,7 @@ def test_probability_of_improvement_by_hand():
 
 
 def test_a_mixing_ratio_study_compares_each_lower_ratio_with_each_higher_one_within_a_method():
-    from deploy.reproduce_report import mixing_ratio_pairs
+    from deploy.studies.report import mixing_ratio_pairs
 
     labels = ["ovmse_m0.3", "qmix", "ovmse_m0", "switch_cql_m0.5", "ovmse_m0.1", "switch_cql_m0.1", "ovmse"]
     assert mixing_ratio_pairs(labels) == [
@@ -197,12 +197,25 @@ def test_bad_input_is_one_line_naming_the_flag(tmp_path, capsys, extra, flag):
 
 
 def test_a_rerun_with_another_budget_is_refused(tmp_path, capsys):
-    from deploy.reproduce import store_sweep
+    from deploy.studies.sweep import store_sweep
 
     store_sweep(tmp_path, Sweep("3m", "medium", ("ovmse",), 1, 1000))
     store_sweep(tmp_path, Sweep("3m", "medium", ("ovmse", "qmix"), 3, 1000))  # more seeds, methods: fine
     with pytest.raises(ValueError, match="--online-steps"):
         store_sweep(tmp_path, Sweep("3m", "medium", ("ovmse",), 1, 2000))
+
+
+def test_a_second_sweep_in_the_same_directory_is_refused_while_the_first_runs(tmp_path):
+    from deploy.studies.pools import LOCK_FILE, sweep_lock
+    from deploy.studies.sweep import ReproduceError
+
+    (tmp_path / LOCK_FILE).write_text(str(os.getppid()))  # a live process holds it
+    with pytest.raises(ReproduceError, match="another sweep"), sweep_lock(tmp_path):
+        pass
+    (tmp_path / LOCK_FILE).write_text("not a pid")  # a stale, unreadable lock is taken over
+    with sweep_lock(tmp_path):
+        assert (tmp_path / LOCK_FILE).read_text() == str(os.getpid())
+    assert not (tmp_path / LOCK_FILE).exists()
 
 
 # --- tiny sweeps, run for real ---------------------------------------------------------------------
@@ -406,7 +419,7 @@ def test_an_offline_comparison_reports_each_pre_training_from_its_own_evaluation
 
 
 def test_progress_line_counts_done_running_left_and_estimates_the_rest(tmp_path):
-    from deploy.reproduce import Progress
+    from deploy.studies.runner import Progress
 
     sweep = Sweep("3m", "medium", ("ovmse", "qmix"), 2, 1000)
     trials = plan(sweep)  # behaviour, medium, 2 pretrains, 4 online

@@ -5,7 +5,8 @@
     cfg.learner.batch_size_run  # 8
 
 See `sections.py` for the fields, `presets.py` for where every number comes from, `loading.py` for
-the resolution order and the error messages.
+the resolution order, `validation.py` for the rules and their messages, `algorithms.py` for what
+the configuration knows of each learner family.
 """
 
 from common.config.loading import (
@@ -19,13 +20,12 @@ from common.config.loading import (
     config_to_dict,
     format_config,
     parse_override,
-    problems,
     read_config_file,
     resolve_config,
-    validate_config,
     write_config,
 )
 from common.config.presets import (
+    METHOD_NAMES,
     METHODS,
     PAPER_MAPS,
     MapHyperparameters,
@@ -36,12 +36,10 @@ from common.config.presets import (
     preset_config,
 )
 from common.config.sections import (
-    BACKENDS,
     CQL_SAMPLERS,
     CQL_VARIANTS,
     DATASET_KINDS,
     EXPLORATIONS,
-    METHOD_NAMES,
     OVM_TARGETS,
     SECTIONS,
     ActorConfig,
@@ -56,6 +54,8 @@ from common.config.sections import (
     derived_samples_per_insert,
     rate_limit,
 )
+from common.config.validation import problems, validate_config
+from common.envs.factory import BACKENDS
 
 __all__ = [
     "BACKENDS",

@@ -1,4 +1,4 @@
-"""Configuration from presets, files and `--set` overrides; validation; back to YAML.
+"""Configuration from presets, files and `--set` overrides; back to YAML (validation: validation.py).
 
 Resolution order (`resolve_config`): dataclass defaults -> preset(map, dataset, method) -> config
 file -> `--set` overrides -> validation. Every problem is a `ConfigError` whose message is one line
@@ -13,11 +13,9 @@ and run, and optionally `preset: {map, dataset, method}` choosing the preset.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import functools
 import math
 import os
-import re
 import types
 import typing
 from collections.abc import Iterable, Mapping
@@ -26,25 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from common.config import presets
-from common.config.sections import (
-    ALGORITHMS,
-    BACKENDS,
-    CQL_SAMPLERS,
-    CQL_VARIANTS,
-    DATASET_KINDS,
-    EXPLORATIONS,
-    INSPO_LOCAL_CRITICS,
-    INSPO_ONLINE_ANCHORS,
-    METHOD_NAMES,
-    OVM_TARGETS,
-    PRECISIONS,
-    SECTIONS,
-    SMAC_DIFFICULTIES,
-    Config,
-    ConfigError,
-    derived_samples_per_insert,
-    rate_limit,
-)
+from common.config.problems import show, suggest
+from common.config.sections import SECTIONS, Config, ConfigError
+from common.config.validation import validate_config
 
 # What a preset falls back to when neither the command line nor the file names it.
 DEFAULT_MAP = "3s5z"
@@ -61,9 +43,6 @@ _PRESET_KEYS = {
     "dataset": ("run", "dataset_kind"),
     "method": ("learner", "method"),
 }
-_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-# gRPC sizes messages with a signed 32-bit int: 2047 MiB is the largest whole number of MiB below it.
-GRPC_MAX_MESSAGE_MB = ((1 << 31) - 1) >> 20
 
 
 # --- fields and their types --------------------------------------------------------------------
@@ -91,26 +70,16 @@ def all_keys() -> list[str]:
     return [f"{s}.{k}" for s in SECTIONS for k in _fields(s)]
 
 
-def _suggest(word: str, candidates: Iterable[str]) -> str:
-    close = difflib.get_close_matches(word, list(candidates), n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _field_type(section: Any, key: Any) -> tuple[type, bool]:
     if section not in SECTIONS:
-        raise ConfigError(f"unknown section {str(section)!r}{_suggest(str(section), SECTIONS)}")
+        raise ConfigError(f"unknown section {str(section)!r}{suggest(str(section), SECTIONS)}")
     fields = _fields(section)
     if key not in fields:
         dotted = f"{section}.{key}"
         elsewhere = [f"{s}.{key}" for s in SECTIONS if key in _fields(s)]
-        hint = f" (did you mean {elsewhere[0]!r}?)" if elsewhere else _suggest(dotted, all_keys())
+        hint = f" (did you mean {elsewhere[0]!r}?)" if elsewhere else suggest(dotted, all_keys())
         raise ConfigError(f"unknown key {dotted!r}{hint}")
     return fields[key]
-
-
-def _show(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _expected(tp: type, optional: bool) -> str:
@@ -134,12 +103,12 @@ def _coerce(key: str, value: Any, tp: type, optional: bool) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise ConfigError(f"expected a finite float, got {_show(value)}", key=key)
+                raise ConfigError(f"expected a finite float, got {show(value)}", key=key)
             return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"expected {_expected(tp, optional)}, got {_show(value)}", key=key)
+    raise ConfigError(f"expected {_expected(tp, optional)}, got {show(value)}", key=key)
 
 
 def _parse_text(key: str, text: str, tp: type, optional: bool) -> Any:
@@ -192,7 +161,7 @@ def _layer_from_mapping(data: Any, *, allow_preset: bool) -> tuple[Layer, dict[s
     if data is None:
         return {}, {}
     if not isinstance(data, Mapping):
-        raise ConfigError(f"expected a mapping of sections (env, replay, ...) at the top, got {_show(data)}")
+        raise ConfigError(f"expected a mapping of sections (env, replay, ...) at the top, got {show(data)}")
     layer: Layer = {}
     preset_section: dict[str, Any] = {}
     for section, values in data.items():
@@ -200,11 +169,11 @@ def _layer_from_mapping(data: Any, *, allow_preset: bool) -> tuple[Layer, dict[s
             preset_section = _preset_section(values)
             continue
         if section not in SECTIONS:
-            raise ConfigError(f"unknown section {str(section)!r}{_suggest(str(section), SECTIONS)}")
+            raise ConfigError(f"unknown section {str(section)!r}{suggest(str(section), SECTIONS)}")
         if values is None:
             continue
         if not isinstance(values, Mapping):
-            raise ConfigError(f"expected a mapping of keys, got {_show(values)}", key=str(section))
+            raise ConfigError(f"expected a mapping of keys, got {show(values)}", key=str(section))
         for key, value in values.items():
             tp, optional = _field_type(section, key)
             layer.setdefault(section, {})[key] = _coerce(f"{section}.{key}", value, tp, optional)
@@ -216,12 +185,12 @@ def _preset_section(values: Any) -> dict[str, Any]:
         return {}
     if not isinstance(values, Mapping):
         raise ConfigError(
-            f"expected a mapping with map, dataset and method, got {_show(values)}", key="preset"
+            f"expected a mapping with map, dataset and method, got {show(values)}", key="preset"
         )
     out: dict[str, Any] = {}
     for key, value in values.items():
         if key not in _PRESET_KEYS:
-            raise ConfigError(f"unknown key {f'preset.{key}'!r}{_suggest(f'preset.{key}', _preset_dotted())}")
+            raise ConfigError(f"unknown key {f'preset.{key}'!r}{suggest(f'preset.{key}', _preset_dotted())}")
         out[key] = _coerce(f"preset.{key}", value, str, key == "dataset")
     return out
 
@@ -442,280 +411,6 @@ def resolve_config(
     cfg = _build(values)
     validate_config(cfg, sources)
     return cfg
-
-
-# --- validation --------------------------------------------------------------------------------
-
-
-class _Problems:
-    """Collects (key, detail) pairs; small helpers for the usual rules."""
-
-    def __init__(self) -> None:
-        self.found: list[tuple[str, str]] = []
-
-    def require(self, ok: bool, key: str, detail: str) -> None:
-        if not ok:
-            self.found.append((key, detail))
-
-    def one_of(self, key: str, value: Any, allowed: Iterable[Any]) -> None:
-        allowed = tuple(allowed)
-        shown = ", ".join("null" if a is None else str(a) for a in allowed)
-        self.require(value in allowed, key, f"must be one of {shown}, got {_show(value)}")
-
-    def at_least(self, key: str, value: float, minimum: float) -> None:
-        self.require(value >= minimum, key, f"must be >= {minimum}, got {_show(value)}")
-
-    def positive(self, key: str, value: float) -> None:
-        self.require(value > 0, key, f"must be > 0, got {_show(value)}")
-
-    def unit(self, key: str, value: float) -> None:
-        self.require(0.0 <= value <= 1.0, key, f"must be in [0, 1], got {_show(value)}")
-
-    def port(self, key: str, value: int) -> None:
-        self.require(0 <= value <= 65535, key, f"must be a port number in [0, 65535], got {_show(value)}")
-
-    def not_empty(self, key: str, value: str) -> None:
-        self.require(bool(value.strip()), key, "must not be empty")
-
-
-def problems(cfg: Config) -> list[tuple[str, str]]:
-    """Every problem with `cfg`, as (dotted key, detail), in section order."""
-    p = _Problems()
-    env, replay, learner, actor, run = cfg.env, cfg.replay, cfg.learner, cfg.actor, cfg.run
-
-    p.one_of("env.backend", env.backend, BACKENDS)
-    p.not_empty("env.map_name", env.map_name)
-    if env.backend == "lite" and env.map_name.strip():
-        # StarCraft II reads its own map registry (SMAC's, or a custom map), checked when it starts.
-        from common.envs.maps import MAPS
-
-        p.require(
-            env.map_name in MAPS,
-            "env.map_name",
-            f"unknown map {env.map_name!r}{_suggest(env.map_name, MAPS)}; the lite world has "
-            f"{', '.join(sorted(MAPS))}",
-        )
-    p.at_least("env.seed", env.seed, 0)
-    p.at_least("env.step_mul", env.step_mul, 1)
-    p.at_least("env.move_amount", env.move_amount, 1)
-    p.one_of("env.difficulty", env.difficulty, SMAC_DIFFICULTIES)
-    p.at_least("env.reward_death_value", env.reward_death_value, 0)
-    p.at_least("env.reward_win", env.reward_win, 0)
-    p.at_least("env.reward_negative_scale", env.reward_negative_scale, 0)
-    p.positive("env.reward_scale_rate", env.reward_scale_rate)
-
-    p.not_empty("replay.address", replay.address)
-    p.port("replay.port", replay.port)
-    p.at_least("replay.online_capacity", replay.online_capacity, 1)
-    if replay.min_size_to_sample is not None:
-        p.at_least("replay.min_size_to_sample", replay.min_size_to_sample, 1)
-    p.unit("replay.mixing_ratio", replay.mixing_ratio)
-    if replay.samples_per_insert is not None:
-        p.positive("replay.samples_per_insert", replay.samples_per_insert)
-    if replay.rate_limiter_error_buffer is not None:
-        p.positive("replay.rate_limiter_error_buffer", replay.rate_limiter_error_buffer)
-    if replay.checkpoint_dir is not None:
-        p.not_empty("replay.checkpoint_dir", replay.checkpoint_dir)
-    p.positive("replay.checkpoint_interval_s", replay.checkpoint_interval_s)
-    p.at_least("replay.prefetch_batches", replay.prefetch_batches, 0)
-
-    p.one_of("learner.method", learner.method, METHOD_NAMES)
-    p.positive("learner.lr", learner.lr)
-    p.unit("learner.gamma", learner.gamma)
-    p.unit("learner.td_lambda", learner.td_lambda)
-    p.at_least("learner.batch_size", learner.batch_size, 1)
-    p.at_least("learner.batch_size_run", learner.batch_size_run, 1)
-    p.at_least("learner.target_update_interval", learner.target_update_interval, 1)
-    p.positive("learner.grad_clip_offline", learner.grad_clip_offline)
-    p.positive("learner.grad_clip_online", learner.grad_clip_online)
-    if learner.offline_cql == "calql":  # a variant of older versions, now the floor on either variant
-        p.require(
-            False,
-            "learner.offline_cql",
-            "'calql' is no longer a CQL variant: use learner.calql_floor=true with the map's variant "
-            "(cql or cfcql)",
-        )
-    else:
-        p.one_of("learner.offline_cql", learner.offline_cql, CQL_VARIANTS)
-    p.at_least("learner.offline_cql_weight", learner.offline_cql_weight, 0)
-    p.at_least("learner.online_cql_weight", learner.online_cql_weight, 0)
-    p.at_least("learner.cfcql_softmax_temperature", learner.cfcql_softmax_temperature, 0)
-    p.at_least("learner.cql_sampled_actions", learner.cql_sampled_actions, 1)
-    p.one_of("learner.cql_sampler", learner.cql_sampler, CQL_SAMPLERS)
-    p.at_least("learner.behaviour_pretrain_updates", learner.behaviour_pretrain_updates, 0)
-    p.one_of("learner.ovm_target", learner.ovm_target, OVM_TARGETS)
-    p.unit("learner.memory_coef_start", learner.memory_coef_start)
-    p.unit("learner.memory_coef_end", learner.memory_coef_end)
-    p.require(
-        learner.memory_coef_end <= learner.memory_coef_start,
-        "learner.memory_coef_end",
-        f"must be <= learner.memory_coef_start ({learner.memory_coef_start}), got {learner.memory_coef_end}",
-    )
-    p.at_least("learner.memory_anneal_steps", learner.memory_anneal_steps, 0)
-    p.at_least("learner.offline_updates", learner.offline_updates, 0)
-    p.at_least("learner.rnn_hidden_dim", learner.rnn_hidden_dim, 1)
-    p.at_least("learner.mixing_embed_dim", learner.mixing_embed_dim, 1)
-    p.at_least("learner.hypernet_embed_dim", learner.hypernet_embed_dim, 1)
-    p.require(
-        _DEVICE.fullmatch(learner.device) is not None,
-        "learner.device",
-        f"must be auto, cpu, mps, cuda or cuda:N, got {_show(learner.device)}",
-    )
-    p.one_of("learner.precision", learner.precision, PRECISIONS)
-    p.at_least("learner.weight_publish_interval", learner.weight_publish_interval, 1)
-    p.at_least("learner.checkpoint_interval", learner.checkpoint_interval, 0)
-    p.at_least("learner.checkpoint_interval_s", learner.checkpoint_interval_s, 0)
-    p.require(
-        learner.online_cql_weight == 0 or learner.offline_cql != "none",
-        "learner.online_cql_weight",
-        f"must be 0 when learner.offline_cql is 'none' (no CQL variant to apply), "
-        f"got {learner.online_cql_weight}",
-    )
-    p.require(
-        not learner.calql_floor or learner.offline_cql != "none",
-        "learner.calql_floor",
-        "must be false when learner.offline_cql is 'none' (the floor applies to a CQL variant)",
-    )
-
-    _inspo_problems(p, learner)
-    p.require(
-        learner.algorithm != "inspo"
-        or run.online_env_steps == 0
-        or run.dataset is not None
-        or run.init_checkpoint is not None,
-        "run.online_env_steps",
-        f"is {run.online_env_steps}, but InSPO fine-tunes a pre-trained policy: give run.dataset "
-        "(pre-training first) or run.init_checkpoint",
-    )
-    p.require(
-        learner.algorithm != "inspo" or actor.inference in ("torch", "auto"),
-        "actor.inference",
-        "must be torch with learner.algorithm inspo, or auto (its per-agent policies act through torch)",
-    )
-
-    p.at_least("actor.num_actors", actor.num_actors, 1)
-    p.at_least("actor.envs_per_actor", actor.envs_per_actor, 1)
-    p.one_of("actor.exploration", actor.exploration, EXPLORATIONS)
-    p.require(
-        actor.exploration != "policy_sample" or learner.algorithm == "inspo",
-        "actor.exploration",
-        "policy_sample samples from a policy's logits: it needs learner.algorithm inspo "
-        f"(got {learner.algorithm!r}, whose network outputs Q-values)",
-    )
-    p.one_of("actor.inference", actor.inference, ("auto", "torch", "numpy", "tiles"))
-    p.unit("actor.epsilon_start", actor.epsilon_start)
-    p.unit("actor.epsilon_end", actor.epsilon_end)
-    p.require(
-        actor.epsilon_end <= actor.epsilon_start,
-        "actor.epsilon_end",
-        f"must be <= actor.epsilon_start ({actor.epsilon_start}), got {actor.epsilon_end}",
-    )
-    p.at_least("actor.epsilon_anneal_steps", actor.epsilon_anneal_steps, 0)
-    host, _, port = actor.weight_server.rpartition(":")
-    p.require(
-        bool(host) and port.isdigit() and 1 <= int(port) <= 65535,
-        "actor.weight_server",
-        f"must be HOST:PORT, got {_show(actor.weight_server)}",
-    )
-    p.at_least("actor.test_episodes", actor.test_episodes, 1)
-    p.at_least("actor.final_test_episodes", actor.final_test_episodes, 0)
-
-    p.not_empty("run.name", run.name)
-    p.require(
-        not re.search(r"[/\\]", run.name) and run.name not in (".", ".."),
-        "run.name",
-        f"must be a plain name (no path separators), got {_show(run.name)}",
-    )
-    p.not_empty("run.run_dir", run.run_dir)
-    p.at_least("run.seed", run.seed, 0)
-    if run.dataset is not None:
-        p.not_empty("run.dataset", run.dataset)
-    p.one_of("run.dataset_kind", run.dataset_kind, (*DATASET_KINDS, None))
-    p.at_least("run.online_env_steps", run.online_env_steps, 0)
-    p.at_least("run.eval_interval_steps", run.eval_interval_steps, 1)
-    p.at_least("run.offline_eval_interval", run.offline_eval_interval, 0)
-    p.positive("run.log_interval_s", run.log_interval_s)
-    p.port("run.metrics_port", run.metrics_port)
-    p.not_empty("run.bind_address", run.bind_address)
-    p.require(
-        1 <= run.grpc_max_message_mb <= GRPC_MAX_MESSAGE_MB,
-        "run.grpc_max_message_mb",
-        f"must be in [1, {GRPC_MAX_MESSAGE_MB}] (gRPC's messages are at most 2 GiB - 1 byte), "
-        f"got {_show(run.grpc_max_message_mb)}",
-    )
-    if run.init_checkpoint is not None:
-        p.not_empty("run.init_checkpoint", run.init_checkpoint)
-    if run.auth_token_file is not None:
-        p.not_empty("run.auth_token_file", run.auth_token_file)
-
-    # Across sections, once the fields themselves are sound.
-    if not p.found:
-        p.require(
-            run.dataset is not None or (replay.mixing_ratio == 0 and learner.offline_updates == 0),
-            "run.dataset",
-            "is required when replay.mixing_ratio > 0 or learner.offline_updates > 0 "
-            "(name the offline data file, or set both to 0)",
-        )
-        limit = rate_limit(cfg)
-        min_key = (
-            "replay.min_size_to_sample" if replay.min_size_to_sample is not None else "learner.batch_size"
-        )
-        p.require(
-            limit.min_size_to_sample <= replay.online_capacity,
-            min_key,
-            f"the online table must reach {limit.min_size_to_sample} episodes before sampling, more than "
-            f"replay.online_capacity ({replay.online_capacity})",
-        )
-        if replay.rate_limiter_error_buffer is not None:
-            floor = max(1.0, limit.samples_per_insert)
-            p.require(
-                limit.error_buffer >= floor,
-                "replay.rate_limiter_error_buffer",
-                f"must be >= max(1, samples per insert) = {floor:g} (Reverb's minimum), "
-                f"got {limit.error_buffer:g}",
-            )
-        if replay.samples_per_insert is None and replay.mixing_ratio < 1:
-            p.require(
-                derived_samples_per_insert(learner, replay) > 0,
-                "replay.mixing_ratio",
-                f"leaves no online episode in a batch of {learner.batch_size}; "
-                "use 1.0 for offline-only batches",
-            )
-    return p.found
-
-
-def _inspo_problems(p: _Problems, learner: Any) -> None:
-    """InSPO's fields (`learner.algorithm: inspo`); the ranges hold for any algorithm, so a file
-    switched to inspo later is already sound."""
-    p.one_of("learner.algorithm", learner.algorithm, ALGORITHMS)
-    p.at_least("learner.inspo_alpha", learner.inspo_alpha, 0)
-    p.at_least("learner.inspo_beta", learner.inspo_beta, 0)
-    p.require(
-        learner.inspo_alpha + learner.inspo_beta > 0,
-        "learner.inspo_beta",
-        "learner.inspo_alpha + learner.inspo_beta must be > 0 (their sum is the policy's temperature)",
-    )
-    p.require(
-        0 < learner.inspo_expectile < 1,
-        "learner.inspo_expectile",
-        f"must be in (0, 1), got {_show(learner.inspo_expectile)}",
-    )
-    p.positive("learner.inspo_max_log_weight", learner.inspo_max_log_weight)
-    p.at_least("learner.inspo_ratio_clip", learner.inspo_ratio_clip, 1.0)
-    p.at_least("learner.inspo_agent_updates", learner.inspo_agent_updates, 1)
-    p.one_of("learner.inspo_online_anchor", learner.inspo_online_anchor, INSPO_ONLINE_ANCHORS)
-    p.one_of("learner.inspo_local_critics", learner.inspo_local_critics, INSPO_LOCAL_CRITICS)
-    if learner.algorithm == "inspo":
-        p.at_least("learner.behaviour_pretrain_updates", learner.behaviour_pretrain_updates, 1)
-
-
-def validate_config(cfg: Config, sources: Mapping[str, str | None] | None = None) -> None:
-    """Raise ConfigError for the first problem; `sources` maps dotted keys to the file their value
-    came from, so the message can name it."""
-    found = problems(cfg)
-    if found:
-        key, detail = found[0]
-        raise ConfigError(detail, key=key, source=(sources or {}).get(key))
 
 
 # --- back to text ------------------------------------------------------------------------------

@@ -18,9 +18,6 @@ from typing import Any
 
 from common.config.sections import DATASET_KINDS, Config, ConfigError
 
-PAPER_MAPS = ("2s3z", "3s5z", "5m_vs_6m", "6h_vs_8z")
-
-
 # --- what each method does -------------------------------------------------------------------
 
 
@@ -159,6 +156,7 @@ METHODS: dict[str, Method] = {
         online_phase=False,
     ),
 }
+METHOD_NAMES = tuple(METHODS)  # learner.method
 
 
 # --- per map: Table 3, section A.4, PyMARL2 ----------------------------------------------------
@@ -182,6 +180,7 @@ MAP_HYPERPARAMETERS: dict[str, MapHyperparameters] = {
     "5m_vs_6m": MapHyperparameters(8, 200, 10.0, "cfcql", 50.0, 3_000_000, 0.6, 100_000),
     "6h_vs_8z": MapHyperparameters(8, 200, 10.0, "cfcql", 20.0, 3_000_000, 0.3, 500_000),
 }
+PAPER_MAPS = tuple(MAP_HYPERPARAMETERS)  # the maps of the paper's tables
 
 # NOT FROM THE PAPER: any other map (3m, 8m, MMM2, 27m_vs_30m, ... on the lite world). The paper's
 # small-map pairing of batch_size_run 2 with a 50-episode target interval (25 updates between target
@@ -237,12 +236,22 @@ CFCQL_SOFTMAX_TEMPERATURE: dict[tuple[str, str], float] = {
     ("5m_vs_6m", "medium_replay"): 0.5,
     ("6h_vs_8z", "medium"): 1.0,
     ("6h_vs_8z", "medium_replay"): 0.5,
-    # NOT FROM THE PAPER (nor from CFCQL's README): the CQL maps never read tau unless CFCQL is
-    # switched on by hand; then they get CFCQL's cql_qmix.yaml default `softmax_temp: 5`.
-    ("2s3z", "medium"): 5.0,
-    ("2s3z", "medium_replay"): 5.0,
+    # 2s3z: CFCQL's README table for its own 2s3z runs (the OVMSE paper uses raw CQL there; the
+    # value is read only when CFCQL is switched on, e.g. by the cfcql baseline).
+    ("2s3z", "medium"): 0.5,
+    ("2s3z", "medium_replay"): 0.1,
+    # NOT FROM THE PAPER (nor from CFCQL's README): 3s5z never reads tau unless CFCQL is switched on
+    # by hand; then it gets CFCQL's cql_qmix.yaml default `softmax_temp: 5`.
     ("3s5z", "medium"): 5.0,
     ("3s5z", "medium_replay"): 5.0,
+}
+
+
+# CFCQL's own weight where the OVMSE paper's map uses raw CQL (Table 3's weight is raw CQL's): from
+# CFCQL's README table for 2s3z. Elsewhere CFCQL takes Table 3's weight.
+CFCQL_WEIGHT_ON_CQL_MAPS: dict[tuple[str, str], float] = {
+    ("2s3z", "medium"): 0.1,
+    ("2s3z", "medium_replay"): 5.0,
 }
 
 
@@ -274,6 +283,15 @@ MEMORY_COEFFICIENT: dict[tuple[str, str], MemoryCoefficient] = {
 def map_hyperparameters(map_name: str) -> MapHyperparameters:
     """Table 3's column for a paper map; `OTHER_MAPS` for any other map."""
     return MAP_HYPERPARAMETERS.get(map_name, OTHER_MAPS)
+
+
+def _offline_cql_weight(variant: str, hp: MapHyperparameters, row: tuple[str, str]) -> float:
+    """Table 3's weight, except CFCQL on a map where the paper uses raw CQL (CFCQL's own table)."""
+    if variant == "none":
+        return 0.0
+    if variant == "cfcql" and hp.offline_cql == "cql" and row in CFCQL_WEIGHT_ON_CQL_MAPS:
+        return CFCQL_WEIGHT_ON_CQL_MAPS[row]
+    return hp.offline_cql_weight
 
 
 def table_row(map_name: str, dataset_kind: str) -> tuple[str, str]:
@@ -351,7 +369,7 @@ def preset(map_name: str, dataset_kind: str | None, method: str) -> dict[str, di
         offline_cql=spec.cql_variant or hp.offline_cql,
         calql_floor=spec.calql_floor,
         cfcql_softmax_temperature=CFCQL_SOFTMAX_TEMPERATURE[row],
-        offline_cql_weight=hp.offline_cql_weight if spec.cql_variant != "none" else 0.0,
+        offline_cql_weight=_offline_cql_weight(spec.cql_variant or hp.offline_cql, hp, row),
         online_cql_weight=online_cql,
         use_offline_value_memory=spec.online_loss == "ovm",
         # Table 6's schedule for every O2O method: only OVM methods use it, and switching OVM on

@@ -13,9 +13,11 @@ so every process derives the same numbers.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from common.envs.layout import ObsFlags
 
 
 class ConfigError(ValueError):
@@ -47,25 +49,11 @@ def _config_error(detail: str, key: str | None, source: str | None) -> ConfigErr
     return ConfigError(detail, key=key, source=source)
 
 
-# Allowed values of the enumerated fields (checked by `loading.validate_config`).
-BACKENDS = ("lite", "sc2", "matrix")
-METHOD_NAMES = (
-    "ovmse",
-    "ovm",
-    "se",
-    "switch_cql",
-    "macql",
-    "macal_ql",
-    "qmix",  # the OVMSE paper's
-    "inspo",
-    "inspo_ovm",  # InSPO offline, and fine-tuned online
-    "bc",
-    "qmix_cql",
-    "cfcql",  # offline baselines for InSPO
-)
-ALGORITHMS = ("qmix", "inspo")  # which learner the builder makes (learner.algorithm)
+# Allowed values of the enumerated fields (checked in `validation.py`).
 INSPO_ONLINE_ANCHORS = ("offline_policy", "policy", "behaviour")
 INSPO_LOCAL_CRITICS = ("all", "turn")
+# actor.inference: "auto" picks one of the others (deploy/builder.py)
+ACTING_BACK_ENDS = ("auto", "torch", "numpy", "tiles")
 EXPLORATIONS = ("decentralized_se", "centralized_se", "epsilon_greedy", "policy_sample")
 CQL_VARIANTS = ("cql", "cfcql", "none")
 CQL_SAMPLERS = ("all_actions", "available_only")
@@ -76,36 +64,13 @@ PRECISIONS = ("auto", "fp32", "bf16")
 # "A" CheatInsane.
 SMAC_DIFFICULTIES = ("1", "2", "3", "4", "5", "6", "7", "8", "9", "A")
 
-# The SMAC constructor flags `EnvConfig` carries, with SMAC's exact names (see `smac_kwargs`).
-SMAC_FLAGS = (
-    "step_mul",
-    "move_amount",
-    "difficulty",
-    "continuing_episode",
-    "obs_all_health",
-    "obs_own_health",
-    "obs_last_action",
-    "obs_pathing_grid",
-    "obs_terrain_height",
-    "obs_instead_of_state",
-    "obs_timestep_number",
-    "state_last_action",
-    "state_timestep_number",
-    "reward_sparse",
-    "reward_only_positive",
-    "reward_death_value",
-    "reward_win",
-    "reward_defeat",
-    "reward_negative_scale",
-    "reward_scale",
-    "reward_scale_rate",
-)
-
 
 @dataclass(frozen=True)
-class EnvConfig:
+class EnvConfig(ObsFlags):
     """The battle world. `backend` picks the lite simulator or real StarCraft II; every other field
-    is one of SMAC's `StarCraft2Env` constructor arguments, with SMAC's name and default."""
+    is one of SMAC's `StarCraft2Env` constructor arguments, with SMAC's name and default. The flags
+    that shape observations and states are `ObsFlags`' fields (declared once there, inherited here),
+    so the configuration and the worlds' layouts cannot disagree on them."""
 
     # "lite" (our vectorised simulator) | "sc2" (StarCraft II through SMAC) | "matrix" (one-step
     # matrix games; map_name xor or mne)
@@ -116,15 +81,6 @@ class EnvConfig:
     move_amount: int = 2
     difficulty: str = "7"
     continuing_episode: bool = False
-    obs_all_health: bool = True
-    obs_own_health: bool = True
-    obs_last_action: bool = False
-    obs_pathing_grid: bool = False
-    obs_terrain_height: bool = False
-    obs_instead_of_state: bool = False
-    obs_timestep_number: bool = False
-    state_last_action: bool = True
-    state_timestep_number: bool = False
     reward_sparse: bool = False
     reward_only_positive: bool = True
     reward_death_value: float = 10.0
@@ -140,6 +96,15 @@ class EnvConfig:
         kwargs: dict[str, Any] = {"map_name": self.map_name, "seed": self.seed}
         kwargs.update({name: getattr(self, name) for name in SMAC_FLAGS})
         return kwargs
+
+    @property
+    def obs_flags(self) -> ObsFlags:
+        return ObsFlags.from_env_config(self)
+
+
+# The SMAC constructor flags `EnvConfig` carries, with SMAC's exact names (see `smac_kwargs`):
+# every field but the back end and the two `smac_kwargs` names first.
+SMAC_FLAGS = tuple(f.name for f in fields(EnvConfig) if f.name not in ("backend", "map_name", "seed"))
 
 
 @dataclass(frozen=True)
@@ -198,9 +163,9 @@ class LearnerConfig:
     # The presets set CFCQL's per-map values.
     cfcql_softmax_temperature: float = 5.0
     # Behaviour-cloning updates before the CQL updates when CFCQL needs a behaviour policy (tau > 0);
-    # frozen afterwards. CFCQL stops its phase once the BC loss has not reached a new minimum for 20
-    # batches; a fixed count keeps runs repeatable. 1,000 batches of 128 episodes are about 25 passes
-    # over a 5,000-episode dataset, ample for one RNN policy. 0 = no behaviour policy (w uniform).
+    # frozen afterwards. CFCQL clones for a fixed 10^7 sampled transitions (its stopping flag is never
+    # read): 1,000-1,400 batches of 128 at lite episode lengths (docs/learner.md). 0 = no behaviour
+    # policy (w uniform).
     behaviour_pretrain_updates: int = 1000
     cql_sampled_actions: int = 100  # raw MACQL: joint actions in the logsumexp
     # Raw MACQL's joint actions: "all_actions" (CFCQL's raw_cql: every agent uniform over all
@@ -213,8 +178,9 @@ class LearnerConfig:
     memory_coef_end: float = 1.0
     memory_anneal_steps: int = 0  # environment steps of the online phase; 0 = no annealing
     # Offline pre-training gradient steps. The paper does not say; CFCQL's cql_qmix.yaml trains
-    # offline until t_max = 10,050,000 sampled transitions (filled steps of 128-episode batches),
-    # i.e. about 1,300 to 3,100 updates for SMAC episodes of 60 to 25 steps; 2,000 sits between.
+    # offline until t_max = 10,050,000 sampled transitions (filled steps of 128-episode batches):
+    # about 1,100-1,400 updates at lite 2s3z / 3s5z episode lengths, 1,300-3,100 at SMAC's 25-60
+    # steps; 2,000 sits in that range (docs/learner.md, "Offline budget").
     offline_updates: int = 2000
     rnn_hidden_dim: int = 64
     mixing_embed_dim: int = 32
@@ -312,6 +278,10 @@ class RunConfig:
     # Pre-training evaluates the greedy policy every this many offline updates (0 = only at the end),
     # so the offline curve shows whether it converged.
     offline_eval_interval: int = 250
+    # Dataset episodes held out of pre-training (chosen by run.seed, at most 2% of the file) on which
+    # every offline evaluation also logs the learner's value diagnostics (agreement with the data's
+    # actions, Q(greedy) - Q(data), Q(data) against the return); 0 = none.
+    offline_diagnostic_episodes: int = 64
     log_interval_s: float = 10.0
     metrics_port: int = 0  # Prometheus /metrics port; 0 = off
     grpc_max_message_mb: int = 64  # bound on weight messages, enforced by the learner and its receivers

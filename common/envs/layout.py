@@ -7,7 +7,7 @@ Layout (SMAC's `get_obs_agent`): move feats | enemy feats (n_enemies x nf_en) | 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -38,7 +38,10 @@ class ObsFlags:
     @classmethod
     def from_env_config(cls, env_cfg) -> ObsFlags:
         """The flags as the configuration's `env` section sets them."""
-        return cls(**{name: getattr(env_cfg, name) for name in cls.__dataclass_fields__})
+        return cls(**{name: getattr(env_cfg, name) for name in OBS_FLAG_NAMES})
+
+
+OBS_FLAG_NAMES = tuple(f.name for f in fields(ObsFlags))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import numpy as np
 from common.envs.actions import validate_actions
 from common.envs.layout import (
     N_NON_ATTACK_ACTIONS,
+    OBS_FLAG_NAMES,
     SHOOT_RANGE,
     SIGHT_RANGE,
     ObsFlags,
@@ -156,15 +157,6 @@ class LiteBatchEnv:
         move_amount: float = 2,
         difficulty: str = "7",
         continuing_episode: bool = False,
-        obs_all_health: bool = True,
-        obs_own_health: bool = True,
-        obs_last_action: bool = False,
-        obs_pathing_grid: bool = False,
-        obs_terrain_height: bool = False,
-        obs_instead_of_state: bool = False,
-        obs_timestep_number: bool = False,
-        state_last_action: bool = True,
-        state_timestep_number: bool = False,
         reward_sparse: bool = False,
         reward_only_positive: bool = True,
         reward_death_value: float = 10,
@@ -176,6 +168,8 @@ class LiteBatchEnv:
         auto_reset: bool = True,
         **client_flags,
     ):
+        # The flags that shape observations and states are ObsFlags' fields (SMAC's names, defaults).
+        obs_flags = ObsFlags(**{k: client_flags.pop(k) for k in OBS_FLAG_NAMES if k in client_flags})
         unknown = set(client_flags) - _CLIENT_ONLY_FLAGS
         if unknown:
             raise TypeError(f"LiteBatchEnv: unknown SMAC flag(s): {', '.join(sorted(unknown))}")
@@ -204,17 +198,7 @@ class LiteBatchEnv:
         self.auto_reset = auto_reset
         self.layout = ObsLayout.for_map(
             self.spec,
-            ObsFlags(
-                obs_all_health=obs_all_health,
-                obs_own_health=obs_own_health,
-                obs_last_action=obs_last_action,
-                obs_pathing_grid=obs_pathing_grid,
-                obs_terrain_height=obs_terrain_height,
-                obs_instead_of_state=obs_instead_of_state,
-                obs_timestep_number=obs_timestep_number,
-                state_last_action=state_last_action,
-                state_timestep_number=state_timestep_number,
-            ),
+            obs_flags,
         )
         self.n_actions = self.layout.n_actions
         self.units = _UnitTable(self.spec, step_mul)

@@ -7,18 +7,17 @@
 //
 // Why: with nn.GRU or autograd ops, each step's gate math is ~20 separate elementwise passes (and,
 // under bf16 autocast, runs in bf16, which CPUs compute slowly); those passes, not the products,
-// bounded the learner. Built at first use by common/fused_gru.py, which also holds the Python side.
+// bounded the learner. Built at first use, with batch_kernels.cpp, by common/kernels/__init__.py;
+// the Python side is common/kernels/fused_gru.py, the helpers both sources use are in kernels.h.
 //
 // Gates (PyTorch's nn.GRU, r, z, n along the 3H axis):
 //   r = sigmoid(gi_r + gh_r), z = sigmoid(gi_z + gh_z), n = tanh(gi_n + r * gh_n),
 //   h' = n + z * (h - n),   gh = h @ W_hh^T + b_hh.
 #include <torch/extension.h>
-#include <ATen/Parallel.h>
 
-#include <algorithm>
-#include <cmath>
-#include <cstring>
-#include <vector>
+#include "kernels.h"
+
+using namespace ovmse;  // the shared helpers of kernels.h
 
 // AMX tiles where the compiler targets a CPU that has them (-march=native on Sapphire Rapids and
 // newer): the per-step products run there, 16 rows at a time, fused with the gate math.
@@ -33,54 +32,9 @@
 
 namespace {
 
-// e^x inline, so that the gate loops vectorise without a call per vector: e^x = 2^k 2^f with
-// k = round(x log2(e)), |f| <= 1/2, and 2^f by its Taylor series to f^6 (relative error below 2e-6,
-// about fp32's rounding; tested against std::exp). Arguments are clamped to [-87, 88], where e^x
-// stays a normal float.
-inline float exp_inline(float x) {
-  x = std::min(std::max(x, -87.0f), 88.0f);
-  const float t = x * 1.4426950408889634f;  // log2(e)
-  const float k = std::floor(t + 0.5f);
-  const float f = t - k;
-  float p = 1.5403530393381606e-4f;  // ln(2)^6 / 6!, then down to ln(2)^1 / 1!
-  p = p * f + 1.3333558146428443e-3f;
-  p = p * f + 9.6181291076284772e-3f;
-  p = p * f + 5.5504108664821580e-2f;
-  p = p * f + 2.4022650695910071e-1f;
-  p = p * f + 6.9314718055994531e-1f;
-  p = p * f + 1.0f;
-  const int32_t exponent = (static_cast<int32_t>(k) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &exponent, sizeof(scale));
-  return p * scale;
-}
 inline float sigmoid(float x) { return 1.0f / (1.0f + exp_inline(-x)); }
 // tanh through exp keeps one transcendental for all three gates.
 inline float tanh_by_exp(float x) { return 2.0f / (1.0f + exp_inline(-2.0f * x)) - 1.0f; }
-
-constexpr int64_t kGrain = 64;  // rows per parallel chunk
-
-// Rows move between the tensors' dtype and fp32 scratch in plain loops the compiler vectorises
-// (bf16 is the top half of an fp32; stores round to nearest even, as torch does for finite values).
-inline void load_row(const float* src, float* dst, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = src[j];
-}
-inline void load_row(const c10::BFloat16* src, float* dst, int64_t n) {
-  const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
-  uint32_t* out = reinterpret_cast<uint32_t*>(dst);
-  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<uint32_t>(bits[j]) << 16;
-}
-inline void store_row(const float* src, float* dst, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) dst[j] = src[j];
-}
-inline void store_row(const float* src, c10::BFloat16* dst, int64_t n) {
-  const uint32_t* in = reinterpret_cast<const uint32_t*>(src);
-  uint16_t* bits = reinterpret_cast<uint16_t*>(dst);
-  for (int64_t j = 0; j < n; ++j) {
-    const uint32_t x = in[j];
-    bits[j] = static_cast<uint16_t>((x + 0x7FFFu + ((x >> 16) & 1u)) >> 16);
-  }
-}
 
 // The gate math of one row: from gi (without b_ih) and gh (without b_hh) to r, z, n and h' (fp32),
 // h' also in the products' dtype and gh's n part (with b_hh), where those pointers are set.
@@ -181,7 +135,6 @@ void backward_gates(const TM* dout, float* carry, const TM* recurrent, const flo
     }
   });
 }
-
 
 // Linux lets a process use AMX tiles only after it asks (oneDNN asks too; asking twice is harmless).
 bool amx_permitted() {
@@ -560,18 +513,6 @@ void agent_step_amx(const float* inputs, int64_t in, int64_t in_pad, const float
 template <typename T>
 T* ptr(const at::Tensor& t) { return t.data_ptr<T>(); }
 
-// Calls f with a value of the C++ type of `type`: fp32 or bf16, nothing else.
-template <typename F>
-void dispatch(at::ScalarType type, F&& f) {
-  if (type == at::kFloat) {
-    f(float{});
-  } else if (type == at::kBFloat16) {
-    f(c10::BFloat16{});
-  } else {
-    TORCH_CHECK(false, "the fused GRU takes fp32 or bf16, got ", type);
-  }
-}
-
 }  // namespace
 
 // Whether this build and process can run the recurrence on AMX tiles (the products then need bf16
@@ -782,4 +723,22 @@ std::vector<at::Tensor> agent_step_tiles(at::Tensor inputs, at::Tensor hidden, a
                  ptr<float>(b2.contiguous()), A, A_pad, ptr<float>(q), ptr<float>(h), R, W, H);
 #endif
   return {q, h};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The library's Python bindings: every function of kernels.h, this file's and batch_kernels.cpp's
+// (torch's error handling around each, as torch's inline builder binds them).
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("gru_forward", torch::wrap_pybind_function(gru_forward), "gru_forward");
+  m.def("gru_forward_tiles", torch::wrap_pybind_function(gru_forward_tiles), "gru_forward_tiles");
+  m.def("gru_backward", torch::wrap_pybind_function(gru_backward), "gru_backward");
+  m.def("gru_backward_tiles", torch::wrap_pybind_function(gru_backward_tiles), "gru_backward_tiles");
+  m.def("amx_available", torch::wrap_pybind_function(amx_available), "amx_available");
+  m.def("exp_for_test", torch::wrap_pybind_function(exp_for_test), "exp_for_test");
+  m.def("double_q_values", torch::wrap_pybind_function(double_q_values), "double_q_values");
+  m.def("pack_for_tiles", torch::wrap_pybind_function(pack_for_tiles), "pack_for_tiles");
+  m.def("agent_step_tiles", torch::wrap_pybind_function(agent_step_tiles), "agent_step_tiles");
+  m.def("mix_forward", torch::wrap_pybind_function(mix_forward), "mix_forward");
+  m.def("mix_backward", torch::wrap_pybind_function(mix_backward), "mix_backward");
+  m.def("agent_inputs", torch::wrap_pybind_function(agent_inputs), "agent_inputs");
 }

@@ -1,7 +1,7 @@
 """Matrix-game datasets (`common/envs/matrix.py`) as HDF5 files in the layout every dataset uses, so
 `run.dataset` and the in-process replay load them like any SMAC dataset.
 
-    python -m deploy.matrix_data xor balanced data/xor_balanced.h5 --episodes 1000
+    python -m deploy.studies.matrix_data xor balanced data/xor_balanced.h5 --episodes 1000
 """
 
 from __future__ import annotations

@@ -1,7 +1,11 @@
-// Per-row passes over a training batch, compiled into the same library as gru_kernel.cpp (and after
-// it: they use its dtype dispatch and row loads): double Q's greedy values, the QMIX mix forward and
-// backward, and the agent networks' inputs. Each is one pass where torch needs several full-size
-// temporaries; on a 128-episode batch those were 15-30 ms apiece against a few here.
+// Per-row passes over a training batch, compiled into the same library as gru_kernel.cpp (with the
+// dtype dispatch and row loads of kernels.h, which both share): double Q's greedy values, the QMIX mix
+// forward and backward, and the agent networks' inputs. Each is one pass where torch needs several
+// full-size temporaries; on a 128-episode batch those were 15-30 ms apiece against a few here. The
+// Python side is common/kernels/batch_passes.py (and learner/targets.py's double_q_max).
+#include "kernels.h"
+
+using namespace ovmse;  // the shared helpers of kernels.h
 
 namespace {
 

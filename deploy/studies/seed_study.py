@@ -1,40 +1,55 @@
 """A small multi-seed study on the demo's world and data: pre-training repeated over seeds, then
 OVMSE and Switch CQL fine-tuned from each seed's own checkpoint, with the one-process trainer.
 
-    python -m deploy.seed_study [--seeds 5] [--jobs 2] [--online-steps 30000] [--out runs/seed_study]
+    python -m deploy.studies.seed_study [--seeds 5] [--jobs 2] [--online-steps 30000] [--out runs/seed_study]
 
-Everything a trial writes lands in its own run directory; a trial whose run directory already holds
-its final evaluation is skipped, so a stopped study resumes where it stopped when the same command
-runs again. At the end (and whenever it is rerun) it writes `summary.json`, `summary.md` and
-`curves.png` into the output directory: per seed and across seeds, with 95% intervals (Wilson for
-one seed's win rate over its test episodes; Student's t over seeds for means).
+A sweep on the studies' machinery: its trials (`plan`), each in its own run directory and in its own
+process, run by the loop of `deploy/studies/runner.py` on a local pool, an online trial once its
+seed's pre-training has finished. A trial whose run directory already holds its final evaluation
+is skipped, so a stopped study resumes where it stopped when the same command runs again. At the
+end (and after each trial) it writes `summary.json`, `summary.md` and `curves.png` into the output
+directory: per seed and across seeds, with 95% intervals (Wilson for one seed's win rate over its
+test episodes; Student's t over seeds for means).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import math
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
+import sys
 from pathlib import Path
 
 from common.config import resolve_config
-from common.stats import T95, Z95, t_interval, wilson_interval
-from deploy.demo import DEMO_MAP, SETTINGS
+from common.stats import t_interval, wilson_interval
+from deploy.studies.curves import plot_mean_curves
+from deploy.studies.demo import DEMO_MAP, SETTINGS
+from deploy.studies.pools import LocalPool, sweep_lock
+from deploy.studies.runner import run_sweep
+from deploy.studies.sweep import ReproduceError, Trial, read_records
 
 METHODS = ("ovmse", "switch_cql")
+ENTRY_POINT = "deploy.studies.seed_study"
 
 
-@dataclass(frozen=True)
-class Trial:
-    kind: str  # "pretrain" | a method
-    seed: int
+# --- the sweep -------------------------------------------------------------------------------------
 
-    @property
-    def name(self) -> str:
-        return f"{self.kind}_s{self.seed}"
+
+def plan(seeds: list[int]) -> list[Trial]:
+    """Every seed's pre-training, then each method fine-tuned from its seed's."""
+    pretrainings = [Trial(f"pretrain_s{s}", "pretrain", s) for s in seeds]
+    online = [
+        Trial(f"{m}_s{s}", "online", s, m, m, needs=(f"pretrain_s{s}",)) for s in seeds for m in METHODS
+    ]
+    return pretrainings + online
+
+
+def trial_named(name: str) -> Trial:
+    """The trial called `name` ("pretrain_s3", "ovmse_s0", ...)."""
+    kind, _, seed = name.rpartition("_s")
+    if kind not in ("pretrain", *METHODS) or not seed.isdigit():
+        raise ValueError(f"no seed-study trial is called {name!r}")
+    return next(t for t in plan([int(seed)]) if t.name == name)
 
 
 def study_config(out: Path, trial: Trial, online_steps: int):
@@ -54,18 +69,20 @@ def study_config(out: Path, trial: Trial, online_steps: int):
     )
     if trial.kind != "pretrain":
         settings["run.init_checkpoint"] = str(out / f"pretrain_s{trial.seed}" / "checkpoints" / "offline.pt")
-    method = "ovmse" if trial.kind == "pretrain" else trial.kind
+    method = trial.method or "ovmse"
     overrides = [f"{k}={v}" for k, v in settings.items()]
     return resolve_config(map_name=DEMO_MAP, dataset="medium", method=method, overrides=overrides)
 
 
-def finished(out: Path, trial: Trial) -> bool:
-    path = out / trial.name / "metrics.jsonl"
+def finished(out: Path, name: str) -> bool:
+    """The study's mark of a finished trial: a pre-training's evaluation and checkpoint, an online
+    trial's final evaluation."""
+    path = out / name / "metrics.jsonl"
     if not path.exists():
         return False
-    if trial.kind != "pretrain":
+    if not name.startswith("pretrain_"):
         return '"kind": "final_eval"' in path.read_text()
-    return '"kind": "eval"' in path.read_text() and (out / trial.name / "checkpoints/offline.pt").exists()
+    return '"kind": "eval"' in path.read_text() and (out / name / "checkpoints/offline.pt").exists()
 
 
 def run_trial(out: str, trial: Trial, online_steps: int, threads: int) -> str:
@@ -86,13 +103,18 @@ def run_trial(out: str, trial: Trial, online_steps: int, threads: int) -> str:
     return trial.name
 
 
+def trial_args(out: Path, name: str, online_steps: int) -> list[str]:
+    """The arguments of the Python process that runs one trial (the pool's command)."""
+    return ["-m", ENTRY_POINT, "trial", str(out), name, "--online-steps", str(online_steps)]
+
+
 def ensure_dataset(out: Path) -> None:
     from deploy.recipes import CollectRequest, collect_dataset
 
     path = out / f"{DEMO_MAP}_heuristic.h5"
     if path.exists():
         return
-    cfg = study_config(out, Trial("pretrain", 0), 0)
+    cfg = study_config(out, trial_named("pretrain_s0"), 0)
     collect_dataset(
         cfg,
         CollectRequest(
@@ -108,17 +130,11 @@ def ensure_dataset(out: Path) -> None:
 # --- statistics ------------------------------------------------------------------------------------
 
 
-def records(out: Path, name: str, kind: str) -> list[dict]:
-    path = out / name / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-    return [r for r in rows if r.get("kind") == kind]
-
-
 def summarize(out: Path, seeds: list[int]) -> dict:
     summary: dict = {"seeds": seeds, "offline": {}, "online": {}}
     offline = []
     for seed in seeds:
-        final = records(out, f"pretrain_s{seed}", "eval")
+        final = read_records(out / f"pretrain_s{seed}", "eval")
         if final:
             row = final[-1]
             n = int(row.get("episodes", 0))
@@ -133,8 +149,8 @@ def summarize(out: Path, seeds: list[int]) -> dict:
     for method in METHODS:
         per_seed = {}
         for seed in seeds:
-            evals = records(out, f"{method}_s{seed}", "eval")
-            final = records(out, f"{method}_s{seed}", "final_eval")
+            evals = read_records(out / f"{method}_s{seed}", "eval")
+            final = read_records(out / f"{method}_s{seed}", "final_eval")
             if not final:
                 continue
             start, online = evals[0], evals[1:]
@@ -216,37 +232,6 @@ def plot(out: Path, summary: dict) -> None:
     )
 
 
-def plot_mean_curves(path: Path, series: dict[str, list], xlabel: str, ylabel: str, title: str) -> None:
-    """One line per label: the mean over its seeds' curves ([(step, value)] each, cut to the
-    shortest) with a 95% t-interval band, written as a PNG to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    fig, ax = plt.subplots(figsize=(6.5, 3.8))
-    for label, curves in series.items():
-        if not curves:
-            continue
-        length = min(len(c) for c in curves)
-        steps = [c[0] for c in curves[0][:length]]
-        values = np.array([[c[i][1] for i in range(length)] for c in curves])
-        mean = values.mean(axis=0)
-        n = len(curves)
-        half = T95.get(n - 1, Z95) * values.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else 0 * mean
-        ax.plot(steps, mean, marker="o", ms=3, label=f"{label} ({n} seeds)")
-        ax.fill_between(steps, mean - half, mean + half, alpha=0.2)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
@@ -257,26 +242,38 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     seeds = list(range(args.seeds))
-    ensure_dataset(out)
-    stages = [[Trial("pretrain", s) for s in seeds], [Trial(m, s) for s in seeds for m in METHODS]]
-    total = sum(len(stage) for stage in stages)
-    done = sum(finished(out, t) for stage in stages for t in stage)
-    began, done_here = time.monotonic(), 0
-    for stage in stages:
-        todo = [t for t in stage if not finished(out, t)]
-        with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-            futures = [pool.submit(run_trial, str(out), t, args.online_steps, 1) for t in todo]
-            for future in as_completed(futures):
-                name = future.result()
-                done, done_here = done + 1, done_here + 1
-                rate = done_here / (time.monotonic() - began)
-                eta = (total - done) / rate if rate else float("inf")
-                print(f"seed study: {name} done; {done}/{total} trials, ETA {eta / 60:.0f} min", flush=True)
-                write_summary(out, seeds, args.online_steps)
-    write_summary(out, seeds, args.online_steps)
+    try:
+        with sweep_lock(out):
+            ensure_dataset(out)
+            command = functools.partial(trial_args, out, online_steps=args.online_steps)
+            status = run_sweep(
+                out,
+                plan(seeds),
+                LocalPool(out, args.jobs, command, logs=False),
+                report=lambda: write_summary(out, seeds, args.online_steps),
+                label="seed study",
+                finished=finished,
+            )
+    except ReproduceError as error:
+        print(f"seed study: {error}", file=sys.stderr)
+        return 2
     print((out / "summary.md").read_text())
+    return status
+
+
+def _trial_main(argv: list[str]) -> int:
+    """`python -m deploy.studies.seed_study trial OUT NAME`: one trial, in this process."""
+    parser = argparse.ArgumentParser(prog=f"python -m {ENTRY_POINT} trial")
+    parser.add_argument("out")
+    parser.add_argument("name")
+    parser.add_argument("--online-steps", type=int, required=True)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    run_trial(args.out, trial_named(args.name), args.online_steps, args.threads)
     return 0
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["trial"]:
+        raise SystemExit(_trial_main(sys.argv[2:]))
     raise SystemExit(main())

@@ -12,7 +12,7 @@
 - curves_win_rate.png, curves_return.png: median over seeds against env steps with a 95% bootstrap
   band of the median; curves_probe.png: the unlearning probe (mean Q_tot on the offline policy's
   episodes) and the policy agreement with that policy, per offline-to-online method (median over
-  seeds; QMIX from scratch has no offline policy).
+  seeds; QMIX from scratch has no offline policy; deploy/studies/curves.py).
 """
 
 from __future__ import annotations
@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic_files import atomic_path, write_json
-from common.bootstrap import Interval, bootstrap_ci, iqm, mean, median, probability_of_improvement_ci
-from common.marl_eval import RunCurve, raw_results
-from deploy.reproduce import Sweep, dataset_path, is_done, offline_key, plan, read_done
+from deploy.studies.bootstrap import Interval, bootstrap_ci, iqm, mean, median, probability_of_improvement_ci
+from deploy.studies.curves import plot_curves
+from deploy.studies.marl_eval import RunCurve, raw_results
+from deploy.studies.sweep import Sweep, dataset_path, is_done, offline_key, plan, read_done, read_records
 
 
 @dataclass
@@ -42,11 +43,6 @@ class RunRecord:
     evals: list[dict]  # the online evaluations, in order
     final: dict  # the final policy's evaluation
     seconds: float
-
-
-def read_records(run_dir: Path) -> list[dict]:
-    path = run_dir / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def load_runs(out: Path, sweep: Sweep) -> dict[str, list[RunRecord]]:
@@ -415,79 +411,6 @@ def _paper_budget(sweep: Sweep) -> int:
     from common.config.presets import map_hyperparameters
 
     return map_hyperparameters(sweep.map_name).online_env_steps
-
-
-# --- curves ------------------------------------------------------------------------------------------
-
-
-def aligned(records: list[RunRecord], key: str, with_start: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """(env steps [k], values [seeds, k]) over the first k evaluations every seed has; the starting
-    policy's evaluation first when every seed has one."""
-    series = []
-    for r in records:
-        rows = ([r.start] if with_start and r.start is not None else []) + r.evals
-        series.append([(e["env_steps"], e.get(key)) for e in rows if e.get(key) is not None])
-    k = min(len(s) for s in series)
-    if k == 0:
-        return np.zeros(0), np.zeros((len(series), 0))
-    steps = np.median(np.array([[p[0] for p in s[:k]] for s in series], dtype=float), axis=0)
-    values = np.array([[p[1] for p in s[:k]] for s in series], dtype=float)
-    return steps, values
-
-
-def plot_curves(out: Path, sweep: Sweep, runs: dict[str, list[RunRecord]], reps: int = 500) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    written = []
-    title = f"lite {sweep.map_name} {sweep.dataset_kind}"
-    for key, label in (("win_rate", "test win rate"), ("return", "test return")):
-        fig, ax = plt.subplots(figsize=(6.5, 3.8))
-        for algorithm, records in runs.items():
-            if not records:
-                continue
-            steps, values = aligned(records, key)
-            if not values.size:
-                continue
-            bands = [bootstrap_ci(values[:, i][:, None], median, reps=reps) for i in range(values.shape[1])]
-            mid = np.array([b.point for b in bands])
-            ax.plot(steps, mid, marker="o", ms=3, label=f"{algorithm} ({len(records)} seeds)")
-            ax.fill_between(steps, [b.low for b in bands], [b.high for b in bands], alpha=0.2)
-        ax.set_xlabel("environment steps (online)")
-        ax.set_ylabel(label)
-        ax.set_title(f"{title}: median over seeds, 95% bootstrap band")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        written.append(_save(fig, out / f"curves_{key}.png"))
-        plt.close(fig)
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
-    for algorithm, records in runs.items():
-        if not records or any(r.start is None for r in records):
-            continue  # from scratch: no offline policy to forget
-        for ax, key in zip(axes, ("probe_q", "policy_agreement"), strict=True):
-            steps, values = aligned(records, key)
-            if values.size:
-                ax.plot(steps, np.median(values, axis=0), marker="o", ms=3, label=algorithm)
-    axes[0].set_ylabel("mean Q_tot on the starting policy's episodes")
-    axes[1].set_ylabel("agreement with the starting policy")
-    for ax in axes:
-        ax.set_xlabel("environment steps (online)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"{title}: unlearning probe (median over seeds)")
-    fig.tight_layout()
-    written.append(_save(fig, out / "curves_probe.png"))
-    plt.close(fig)
-    return written
-
-
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    return path
 
 
 # --- all of it -----------------------------------------------------------------------------------------

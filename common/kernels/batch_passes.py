@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import torch
 
-from common import fused_gru
+from common import kernels
 
 COMPILED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 def _kernel_for(tensor: torch.Tensor):
-    return fused_gru.kernel() if tensor.device.type == "cpu" else None
+    return kernels.kernel() if tensor.device.type == "cpu" else None
 
 
 # ------------------------------------------------------------------------------------------- mixing
@@ -54,13 +54,13 @@ class _CompiledMix(torch.autograd.Function):
     def forward(ctx, q, w1, b1, w2, b2):  # noqa: D102
         ctx.save_for_backward(q, w1, b1, w2)
         ctx.b2_dtype = b2.dtype
-        return fused_gru.kernel().mix_forward(q, w1, b1, w2, b2)
+        return kernels.kernel().mix_forward(q, w1, b1, w2, b2)
 
     @staticmethod
     def backward(ctx, grad):  # noqa: D102
         q, w1, b1, w2 = ctx.saved_tensors
         grad = grad.float().contiguous()
-        dq, dw1, db1, dw2 = fused_gru.kernel().mix_backward(grad, q, w1, b1, w2)
+        dq, dw1, db1, dw2 = kernels.kernel().mix_backward(grad, q, w1, b1, w2)
         return dq, dw1, db1, dw2, grad.to(ctx.b2_dtype).unsqueeze(-1)
 
 
