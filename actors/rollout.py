@@ -19,6 +19,7 @@ from actors.torch_agent import TorchAgent
 from common.envs.protocol import BatchEnv
 from common.episode import Episode, EpisodeBuilder, EpisodeMeta
 from common.networks import RNNAgent
+from common.snapshot import capture, restore
 
 INFERENCE = {"numpy": NumpyAgent, "torch": TorchAgent, "tiles": TilesAgent}  # the one-step forward for acting
 
@@ -62,6 +63,28 @@ class RolloutWorker:
         self.env_steps = 0
         self.episodes = 0
         self._obs = None
+
+    # ------------------------------------------------------------------ state (resumable runs)
+    SNAPSHOT_SKIP = ("_agents", "_acting")
+
+    def state_dict(self) -> dict:
+        """Everything stepping on needs, as tensors and plain values: the battles mid-episode, the
+        partial episodes, the GRU states, the exploration generator, the weights of every version
+        still playing."""
+        return {
+            "worker": capture(self),
+            "versions": {v: capture(agent) for v, agent in self._agents.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where `state_dict` was taken, in a worker built the same way."""
+        template = self._agents[self.newest_version]
+        agents, acting = {}, {}
+        for version, weights in state["versions"].items():
+            agent = restore(copy.deepcopy(template), weights).eval()
+            agents[int(version)], acting[int(version)] = agent, self._acting_agent(agent)
+        restore(self, state["worker"])
+        self._agents, self._acting = agents, acting
 
     # ------------------------------------------------------------------ weights
     def set_weights(self, state_dict: dict, version: int) -> bool:

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from common.config import Config, ConfigError, format_config
-from common.errors import InputError, RunHalted
+from common.errors import CheckpointError, InputError, RunHalted
 from common.lifecycle import Terminated, run_until_signal
 from deploy.config_args import add_config_options, config_from_args, env_overrides
 
@@ -75,13 +75,26 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
 
 def _train(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
+    if args.mode != "sync" and args.resume:
+        raise InputError("--resume: a distributed run resumes with `ovmse run --resume RUN_DIR`")
     if args.mode != "sync":
         from deploy.embedded import run_embedded
 
         return run_embedded(cfg)
     from deploy.single_process import train_sync
 
-    result = train_sync(cfg)
+    if args.resume:  # the run's own configuration, and its directory
+        from pathlib import Path
+
+        run_dir = Path(args.resume)
+        if not (run_dir / "checkpoints" / "trainer.pt").is_file():
+            raise InputError(f"--resume {run_dir}: no trainer state there (checkpoints/trainer.pt)")
+        if args.config is None and (run_dir / "config.yaml").is_file():
+            args.config = str(run_dir / "config.yaml")
+            cfg = config_from_args(args)
+        result = train_sync(cfg, run_dir=run_dir, resume=True)
+    else:
+        result = train_sync(cfg)
     print(
         f"done: final test win rate {result.final_win_rate:.3f}, return {result.final_return:.2f} "
         f"({result.updates} updates, {result.online_env_steps} online env steps)"
@@ -142,7 +155,7 @@ def _actor(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     if args.checkpoint:
-        return _evaluate_checkpoint(cfg, args.checkpoint, args.episodes or cfg.actor.test_episodes)
+        return _evaluate_checkpoint(cfg, args.checkpoint, args.episodes or cfg.actor.test_episodes, args)
     from deploy.roles import acting_threads, evaluator_role
 
     acting_threads()
@@ -151,24 +164,69 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_checkpoint(cfg: Config, path: str, episodes: int) -> int:
+def _evaluate_checkpoint(cfg: Config, path: str, episodes: int, args: argparse.Namespace) -> int:
+    """Greedy episodes of a learner checkpoint, or of an exported agent (`ovmse export`): an agent
+    file names its map and method, which apply unless --map or --config says otherwise."""
     from pathlib import Path
 
     from actors.evaluator import evaluate
     from deploy.builder import Builder
+    from learner.agent_file import is_agent_file, read_agent
 
     if not Path(path).is_file():
         print(f"ovmse evaluate: --checkpoint {path}: no such file", file=sys.stderr)
         return 2
-    builder = Builder(cfg)
-    learner = builder.learner(path)
-    worker = builder.eval_worker()
-    worker.set_weights(learner.agent_state_dict(), 1)
+    if is_agent_file(path):
+        weights, identity = read_agent(path)
+        if args.map is None and args.config is None and identity.get("map"):
+            args.map, args.method = identity["map"], args.method or identity.get("method")
+            cfg = config_from_args(args)
+        read_agent(path, map_name=cfg.env.map_name)  # refuses an agent of another map
+        builder = Builder(cfg)
+        worker = builder.eval_worker()
+        try:
+            worker.set_weights(weights, 1)
+        except (RuntimeError, KeyError) as error:
+            first = str(error).strip().splitlines()[0]
+            raise CheckpointError(
+                path, f"does not fit the configured acting network: {first[:160]}"
+            ) from None
+    else:
+        builder = Builder(cfg)
+        learner = builder.learner(path)
+        worker = builder.eval_worker()
+        worker.set_weights(learner.agent_state_dict(), 1)
     result = evaluate(worker, episodes)
     print(
         f"{path}: {result.episodes} greedy episodes on {cfg.env.map_name}: "
         f"win rate {result.win_rate:.3f} [{result.win_rate_low:.3f}, {result.win_rate_high:.3f}], "
         f"return {result.mean_return:.2f} ± {result.return_ci:.2f} (95% intervals)"
+    )
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """The acting network of a learner checkpoint, alone (learner/agent_file.py). The configuration
+    is the run's own (config.yaml beside checkpoints/) unless --config or --map is given."""
+    from pathlib import Path
+
+    from deploy.builder import Builder
+    from learner.agent_file import export_agent
+
+    checkpoint, out = Path(args.checkpoint), Path(args.out)
+    if not checkpoint.is_file():
+        raise InputError(f"--checkpoint {checkpoint}: no such file")
+    if out.exists() and not args.overwrite:
+        raise InputError(f"--out {out}: exists; give --overwrite to replace it")
+    run_config = checkpoint.resolve().parent.parent / "config.yaml"
+    if args.config is None and args.map is None and run_config.is_file():
+        args.config = str(run_config)
+    cfg = config_from_args(args)
+    learner = Builder(cfg).learner(checkpoint)
+    export_agent(learner, out, cfg.env.map_name)
+    print(
+        f"wrote {out} ({out.stat().st_size / 1024:.0f} KB): "
+        f"the {cfg.learner.method} agent for {cfg.env.map_name}"
     )
     return 0
 
@@ -236,6 +294,11 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
         default="sync",
         help="sync: the reference algorithm in one process; distributed: the same as `ovmse run`",
     )
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="sync: go on from the trainer state a stopped run saved (RUN_DIR/checkpoints/trainer.pt)",
+    )
 
 
 def _actor_options(parser: argparse.ArgumentParser) -> None:
@@ -251,10 +314,23 @@ def _actor_options(parser: argparse.ArgumentParser) -> None:
 
 def _evaluate_options(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser)
-    parser.add_argument("--checkpoint", metavar="PATH", help="learner checkpoint to evaluate")
+    parser.add_argument(
+        "--checkpoint", metavar="PATH", help="learner checkpoint, or agent file (`ovmse export`), to evaluate"
+    )
     parser.add_argument(
         "--episodes", type=int, metavar="N", help="test episodes (default: actor.test_episodes)"
     )
+
+
+def _export_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument(
+        "--checkpoint", required=True, metavar="PATH", help="learner checkpoint (RUN/checkpoints/X.pt)"
+    )
+    parser.add_argument(
+        "--out", required=True, metavar="FILE", help="where the agent file goes (e.g. agent.pt)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
 def _dataset_path_options(parser: argparse.ArgumentParser) -> None:
@@ -343,6 +419,9 @@ COMMANDS: dict[str, Command] = {
     ),
     "evaluate": Command(
         "greedy test episodes of a checkpoint or of the live learner", _evaluate, _evaluate_options
+    ),
+    "export": Command(
+        "write a checkpoint's acting network alone (a small agent file)", _export, _export_options
     ),
     "dataset validate": Command(
         "check a dataset file against the episode schema", _dataset_validate, _dataset_validate_options

@@ -17,17 +17,23 @@ The start point and the update step are learner/training.py's, shared with the d
 from __future__ import annotations
 
 import collections
+import dataclasses
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from actors.evaluation_step import EvaluationStep
+import torch
+
+from actors.evaluation_step import EvaluationStep, Probe
 from actors.evaluator import evaluate, summarize
 from common.config.sections import Config, rate_limit
-from common.episode import Episode
+from common.episode import Episode, TrainingBatch
 from common.run_log import ProgressLine, RunLog, discarded_on_failure, fresh_run_dir, win_rate_text
 from common.schedules import epsilon_at
+from common.snapshot import capture, restore
 from deploy.builder import Builder
+from deploy.trainer_state import cut_logs_back, read_trainer_state, save_trainer_state
 from learner.checkpoint import save_checkpoint
 from learner.training import (
     OnlineUpdates,
@@ -105,15 +111,19 @@ def train_sync(
     final_test_episodes: int | None = None,
     dump_replay_to: str | Path | None = None,
     stop_when: Callable[[dict], bool] | None = None,
+    resume: bool = False,
 ) -> TrainResult:
     """Run the configured method; with `dump_replay_to`, write the online buffer at the end of the
     run (the last `replay.online_capacity` episodes, as the FIFO table holds them) to that dataset
     file: the paper's medium-replay recipe when the method is qmix. `stop_when(eval_record)`, asked
     after every online evaluation, ends the online phase early when it returns true (training a
-    behaviour policy to a stated level)."""
-    run_dir = fresh_run_dir(run_dir or cfg.run.path)
+    behaviour policy to a stated level). With `resume`, a `run_dir` holding a trainer state
+    (checkpoints/trainer.pt, written every `run.trainer_checkpoint_interval_s`) goes on from it."""
+    given = Path(run_dir or cfg.run.path)
+    state = read_trainer_state(given, cfg.env.map_name) if resume else None
+    run_dir = given if state is not None else fresh_run_dir(given)
     with discarded_on_failure(run_dir):
-        return _train_sync(cfg, run_dir, progress, final_test_episodes, dump_replay_to, stop_when)
+        return _train_sync(cfg, run_dir, progress, final_test_episodes, dump_replay_to, stop_when, state)
 
 
 def _train_sync(
@@ -123,8 +133,11 @@ def _train_sync(
     final_test_episodes: int | None,
     dump_replay_to: str | Path | None,
     stop_when: Callable[[dict], bool] | None,
+    state: dict | None = None,
 ) -> TrainResult:
     builder = Builder(cfg)
+    if state is not None:  # the records written after the trainer state was taken go
+        cut_logs_back(run_dir, state["logs"])
     log = RunLog(run_dir, process="trainer")
     log.write_config(cfg)
     pretrains = has_offline_phase(cfg)
@@ -135,46 +148,37 @@ def _train_sync(
     )
     learner = builder.learner()
     evaluator = builder.eval_worker()
-    offline_win_rate = None
     try:
-
-        def offline_batches():
-            return replay.with_mixing_ratio(1.0, seed=[cfg.run.seed, OFFLINE_STREAM])
-
-        held_out = builder.offline_episodes(cfg.run.dataset)[1] if pretrains else None
-        curve = builder.offline_curve(learner, log, evaluator, held_out)
-        start = start_point(learner, cfg, run_dir, offline_batches, log, progress, evaluate=curve)
-        log.plot_offline_curve()
-        version = 1
         step = EvaluationStep(
             evaluator,
             log,
             cfg.actor.test_episodes,
             probe_values=lambda batch: {"probe_q": learner.probe_q(batch)},
         )
-        if start.pretrained:
-            # Greedy play of the starting policy: its test score, and the probe episodes of Figure 1.
-            first, _ = step.score(
-                learner.agent_state_dict(),
-                version,
-                0,
-                start=True,
-                ovm_active_fraction=0.0,
-                train_win_rate=None,  # no training episodes yet
-                train_return=None,
-                updates=learner.updates,
-            )
-            offline_win_rate = first.win_rate
-            print(
-                f"after offline pre-training: test win rate {win_rate_text(first.log_fields())}, "
-                f"return {first.mean_return:.2f}",
-                flush=True,
-            )
+        if state is not None:
+            start = StartPoint(**state["start"])
+            offline_win_rate = state["offline_win_rate"]
+            learner.load_state_dict(_on_device(state["learner"], learner.device))
+            step.probe = Probe(TrainingBatch(**state["probe_batch"]), state["probe_actions"])
+            print(f"trainer: resumed at {state['loop']['env_steps']} env steps ({learner.updates} updates)")
         else:
-            step.keep_probe(learner.agent_state_dict(), version)
+            start, offline_win_rate = _start(cfg, builder, learner, replay, run_dir, log, step, progress)
 
         buffer = collections.deque(maxlen=cfg.replay.online_capacity) if dump_replay_to else None
-        online = _online_phase(cfg, builder, learner, start, replay, step, progress, buffer, stop_when)
+        online = _online_phase(
+            cfg,
+            builder,
+            learner,
+            start,
+            replay,
+            step,
+            progress,
+            buffer,
+            stop_when,
+            run_dir,
+            state,
+            offline_win_rate,
+        )
         if buffer:
             from replay.dataset_writer import write_dataset
 
@@ -216,10 +220,61 @@ def _train_sync(
         log.close()
 
 
+def _start(cfg, builder, learner, replay, run_dir, log, step, progress) -> tuple[StartPoint, float | None]:
+    """Where online training starts (pre-training first, or a checkpoint), and the starting policy
+    scored at env step 0 (pre-trained, or QMIX's initial one); its episodes become the probe."""
+
+    def offline_batches():
+        return replay.with_mixing_ratio(1.0, seed=[cfg.run.seed, OFFLINE_STREAM])
+
+    pretrains = has_offline_phase(cfg)
+    held_out = builder.offline_episodes(cfg.run.dataset)[1] if pretrains else None
+    curve = builder.offline_curve(learner, log, step.worker, held_out)
+    start = start_point(learner, cfg, run_dir, offline_batches, log, progress, evaluate=curve)
+    log.plot_offline_curve()
+    first, _ = step.score(
+        learner.agent_state_dict(),
+        1,
+        0,
+        start=True,
+        ovm_active_fraction=0.0,
+        train_win_rate=None,  # no training episodes yet
+        train_return=None,
+        updates=learner.updates,
+    )
+    if not start.pretrained:
+        return start, None
+    print(
+        f"after offline pre-training: test win rate {win_rate_text(first.log_fields())}, "
+        f"return {first.mean_return:.2f}",
+        flush=True,
+    )
+    return start, first.win_rate
+
+
+def _on_device(value, device):
+    if isinstance(value, dict):
+        return {k: _on_device(v, device) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_on_device(v, device) for v in value]
+    return value.to(device) if isinstance(value, torch.Tensor) else value
+
+
 @dataclass
 class OnlineResult:
     env_steps: int
     version: int
+
+
+@dataclass
+class _Clocks:
+    """The online loop's own counters (everything else it needs is in its parts)."""
+
+    online_inserted: int = 0  # online episodes written to the replay
+    pending: int = 0  # episodes collected since the last gradient step
+    next_eval: int = 0
+    version: int = 1  # the newest weight version the trainer's battles play
+    last_win_rate: float = float("nan")
 
 
 def _online_phase(
@@ -230,64 +285,106 @@ def _online_phase(
     replay: LocalReplay,
     step: EvaluationStep,
     progress: bool,
-    buffer: collections.deque | None = None,
-    stop_when: Callable[[dict], bool] | None = None,
+    buffer: collections.deque | None,
+    stop_when: Callable[[dict], bool] | None,
+    run_dir: Path,
+    state: dict | None,
+    offline_win_rate: float | None,
 ) -> OnlineResult:
     budget = cfg.run.online_env_steps
     bsr = cfg.learner.batch_size_run
     min_online = rate_limit(cfg).min_size_to_sample
     samples_online = cfg.replay.mixing_ratio < 1.0
     worker = builder.trainer_worker()
-    version = 1
-    worker.set_weights(learner.agent_state_dict(), version)
+    clocks = _Clocks(next_eval=cfg.run.eval_interval_steps)
+    worker.set_weights(learner.agent_state_dict(), clocks.version)
 
     def publish() -> None:
-        nonlocal version
-        version += 1
-        worker.set_weights(learner.agent_state_dict(), version)
+        clocks.version += 1
+        worker.set_weights(learner.agent_state_dict(), clocks.version)
 
     updates = OnlineUpdates(learner, cfg, start, publish, step.runlog)
-    line = ProgressLine(budget, every_s=cfg.run.log_interval_s) if progress else None
-    online_inserted = 0
-    pending = 0  # episodes collected since the last gradient step
-    next_eval = cfg.run.eval_interval_steps
     recent: list[Episode] = []
-    last_eval = {"win_rate": float("nan")}
+    if state is not None:  # go on exactly where the trainer state was taken
+        clocks = _Clocks(**state["loop"]["clocks"])
+        worker.load_state_dict(state["worker"])
+        step.worker.load_state_dict(state["evaluator"])
+        replay.load_state_dict(state["replay"])
+        recent = restore(None, state["loop"]["recent"])
+        updates.skipped = int(state["loop"]["skipped"])
+        updates.last_metrics = dict(state["loop"]["last_metrics"])
+        if buffer is not None:  # the same episodes as the replay's online FIFO (the trainer's own)
+            buffer.extend(replay.online)
+
+    def save_state() -> None:
+        probe = step.probe
+        save_trainer_state(
+            run_dir,
+            {
+                "start": dataclasses.asdict(start),
+                "offline_win_rate": offline_win_rate,
+                "learner": learner.state_dict(),
+                "replay": replay.state_dict(),
+                "worker": worker.state_dict(),
+                "evaluator": step.worker.state_dict(),
+                "probe_batch": {
+                    f.name: getattr(probe.batch, f.name) for f in dataclasses.fields(probe.batch)
+                },
+                "probe_actions": probe.start_actions,
+                "loop": {
+                    "env_steps": worker.env_steps,
+                    "clocks": dataclasses.asdict(clocks),
+                    "recent": capture(recent),
+                    "skipped": updates.skipped,
+                    "last_metrics": dict(updates.last_metrics),
+                },
+            },
+            cfg.env.map_name,
+        )
+
+    every_s = cfg.run.trainer_checkpoint_interval_s
+    saved_at = time.monotonic()
+    line = ProgressLine(budget, every_s=cfg.run.log_interval_s) if progress else None
     while worker.env_steps < budget:
         finished = worker.step(epsilon_at(cfg.actor, worker.env_steps))
         replay.write_all(finished)
         if buffer is not None:
             buffer.extend(finished)
-        online_inserted += len(finished)
-        pending += len(finished)
+        clocks.online_inserted += len(finished)
+        clocks.pending += len(finished)
         recent = (recent + finished)[-100:]
-        while pending >= bsr:
-            pending -= bsr
-            if samples_online and online_inserted < min_online:
+        while clocks.pending >= bsr:
+            clocks.pending -= bsr
+            if samples_online and clocks.online_inserted < min_online:
                 continue
-            updates.step(replay.sample(), worker.env_steps, online_inserted)
-        if worker.env_steps >= next_eval or worker.env_steps >= budget:
-            next_eval += cfg.run.eval_interval_steps
+            updates.step(replay.sample(), worker.env_steps, clocks.online_inserted)
+        if worker.env_steps >= clocks.next_eval or worker.env_steps >= budget:
+            clocks.next_eval += cfg.run.eval_interval_steps
             train_win, train_return = summarize(recent)
             result, record = step.score(
                 learner.agent_state_dict(),
-                version,
+                clocks.version,
                 worker.env_steps,
                 ovm_active_fraction=updates.last_metrics.get("ovm_active_fraction", 0.0),
                 train_win_rate=train_win,
                 train_return=train_return,
                 updates=learner.updates,
             )
-            last_eval = {"win_rate": result.win_rate}
+            clocks.last_win_rate = result.win_rate
             if stop_when is not None and stop_when(record):
                 break
+            # Only right after an evaluation, and taking it changes nothing: a resumed run ends
+            # with the evaluations of one that never stopped.
+            if every_s and worker.env_steps < budget and time.monotonic() - saved_at >= every_s:
+                save_state()
+                saved_at = time.monotonic()
         if line:
             line.maybe_print(
                 worker.env_steps,
                 episodes=worker.episodes,
                 updates=learner.updates,
                 updates_per_s=updates.updates_per_s,
-                test_win_rate=last_eval["win_rate"],
+                test_win_rate=clocks.last_win_rate,
             )
     if line:
         line.maybe_print(
@@ -295,6 +392,6 @@ def _online_phase(
             force=True,
             episodes=worker.episodes,
             updates=learner.updates,
-            test_win_rate=last_eval["win_rate"],
+            test_win_rate=clocks.last_win_rate,
         )
-    return OnlineResult(env_steps=worker.env_steps, version=version)
+    return OnlineResult(env_steps=worker.env_steps, version=clocks.version)

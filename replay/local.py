@@ -21,6 +21,7 @@ import numpy as np
 
 from common.config.sections import batch_split
 from common.episode import Episode, TrainingBatch, to_training_batch
+from common.snapshot import capture, restore
 from replay.tables import episode_problem
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,22 @@ class LocalReplay:
         return view
 
     # --- the writer side ------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The online episodes, the sampling generator and the counts (the offline episodes are the
+        dataset's, loaded again by whoever rebuilds this replay)."""
+        return {
+            "online": capture(self.online),
+            "rng": capture(self.rng),
+            "episodes_written": self.episodes_written,
+            "dropped": dict(self.dropped),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.online = restore(self.online, state["online"])
+        self.rng = restore(self.rng, state["rng"])
+        self.episodes_written = int(state["episodes_written"])
+        self.dropped = {str(k): int(v) for k, v in state["dropped"].items()}
+
     def write(self, episode: Episode) -> None:
         self.write_all([episode])
 

@@ -228,9 +228,11 @@ def test_each_list_of_names_is_written_once():
 
 def test_the_observation_flags_are_declared_once():
     """SMAC's observation flags are `ObsFlags`' fields; no other class or function spells them all out."""
-    from common.envs.layout import OBS_FLAG_NAMES
+    import dataclasses
 
-    flags = set(OBS_FLAG_NAMES)
+    from common.envs.layout import ObsFlags
+
+    flags = {f.name for f in dataclasses.fields(ObsFlags)}
     places = []
     for module, _, tree in _sources():
         for node in ast.walk(tree):

@@ -115,3 +115,32 @@ def test_run_summaries_show_the_win_rate_with_its_interval_when_logged():
         "0.320 [0.285, 0.357]"
     )
     assert win_rate_text({"win_rate": 0.32}) == "0.320"  # a log from before intervals were recorded
+
+
+def test_an_exported_agent_is_small_loads_without_pickle_and_evaluates_like_its_checkpoint(tmp_path, capsys):
+    import torch
+
+    from common.config.loading import write_config
+    from deploy import cli
+
+    cfg = resolve_config(map_name="3m")
+    run = tmp_path / "run"
+    write_config(cfg, run / "config.yaml")
+    checkpoint = a_checkpoint(cfg, run / "checkpoints" / "final.pt")
+    agent = tmp_path / "agent.pt"
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(agent)]) == 0
+    assert agent.stat().st_size < checkpoint.stat().st_size / 2 and agent.stat().st_size < 1 << 20
+    payload = torch.load(agent, weights_only=True)
+    assert payload["kind"] == "ovmse-agent" and payload["identity"]["map"] == "3m"
+
+    capsys.readouterr()
+    assert cli.main(["evaluate", "--map", "3m", "--checkpoint", str(checkpoint), "--episodes", "6"]) == 0
+    from_checkpoint = capsys.readouterr().out.split(": ", 1)[1]
+    # The agent file names its map, so no --map is needed; the same weights play the same battles.
+    assert cli.main(["evaluate", "--checkpoint", str(agent), "--episodes", "6"]) == 0
+    assert capsys.readouterr().out.split(": ", 1)[1] == from_checkpoint
+
+    assert cli.main(["export", "--checkpoint", str(checkpoint), "--out", str(agent)]) == 2  # no overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert cli.main(["evaluate", "--map", "2s3z", "--checkpoint", str(agent), "--episodes", "2"]) == 2
+    assert "exported for map 3m, not 2s3z" in capsys.readouterr().err

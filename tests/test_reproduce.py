@@ -282,14 +282,14 @@ def test_tiny_sweep_writes_every_output_from_the_runs_own_numbers(sweep_dir):
         assert sorted(runs) == ["seed_0", "seed_1"]
         for seed, steps in runs.items():
             run_dir = out / "online" / f"{algorithm}_s{seed[-1]}"
-            online = [e for e in records(run_dir, "eval") if e["env_steps"] > 0]
+            evals = records(run_dir, "eval")  # the starting policy at step 0, then the online ones
             final = records(run_dir, "final_eval")[-1]
             names = [k for k in steps if k != ABSOLUTE]
-            assert len(names) == 2
+            assert len(names) == 3 and evals[0]["env_steps"] == 0  # marl-eval's curves show the drop
             for i, name in enumerate(names):
-                assert steps[name]["step_count"] == online[i]["env_steps"]
-                assert steps[name]["win_rate"] == [online[i]["win_rate"]]
-                assert steps[name]["return"] == [pytest.approx(online[i]["return"])]
+                assert steps[name]["step_count"] == evals[i]["env_steps"]
+                assert steps[name]["win_rate"] == [evals[i]["win_rate"]]
+                assert steps[name]["return"] == [pytest.approx(evals[i]["return"])]
             assert steps[ABSOLUTE] == {
                 "win_rate": [final["win_rate"]],
                 "return": [pytest.approx(final["return"])],
@@ -448,3 +448,16 @@ def test_report_only_rewrites_the_results_from_the_trials(sweep_dir, tmp_path, c
     )
     assert (out / "curves_win_rate.png").is_file() and (out / "table.md").is_file()
     assert cli_main(["reproduce", "--report-only", "--out", str(tmp_path / "none")]) == 2
+
+
+def test_sweeps_of_two_tasks_merge_into_one_multi_task_file_and_a_repeated_task_is_refused():
+    from deploy.studies.marl_eval import merge_raw_results
+
+    curve = {"seed_0": RunCurve([(0, {"win_rate": 0.1}), (10, {"win_rate": 0.2})], {"win_rate": 0.3})}
+    a = raw_results("smac_lite", "3s5z_medium", {"ovmse": curve, "qmix": curve})
+    b = raw_results("smac_lite", "2s3z_medium", {"ovmse": curve, "qmix": curve})
+    merged = merge_raw_results([a, b])
+    assert sorted(merged["smac_lite"]) == ["2s3z_medium", "3s5z_medium"]
+    assert check_raw_results(merged) == []
+    with pytest.raises(ValueError, match="3s5z_medium is in two"):
+        merge_raw_results([a, b, a])

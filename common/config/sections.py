@@ -282,6 +282,10 @@ class RunConfig:
     # every offline evaluation also logs the learner's value diagnostics (agreement with the data's
     # actions, Q(greedy) - Q(data), Q(data) against the return); 0 = none.
     offline_diagnostic_episodes: int = 64
+    # The one-process trainer saves its whole state (checkpoints/trainer.pt: learner, replay, battles,
+    # clocks) after an evaluation once this many seconds have passed since the last one, so a
+    # stopped trial resumes there (`ovmse reproduce` does); 0 = never.
+    trainer_checkpoint_interval_s: float = 300.0
     log_interval_s: float = 10.0
     metrics_port: int = 0  # Prometheus /metrics port; 0 = off
     grpc_max_message_mb: int = 64  # bound on weight messages, enforced by the learner and its receivers

@@ -208,6 +208,7 @@ def run_problems(p: Problems, run: RunConfig) -> None:
     p.at_least("run.eval_interval_steps", run.eval_interval_steps, 1)
     p.at_least("run.offline_eval_interval", run.offline_eval_interval, 0)
     p.at_least("run.offline_diagnostic_episodes", run.offline_diagnostic_episodes, 0)
+    p.at_least("run.trainer_checkpoint_interval_s", run.trainer_checkpoint_interval_s, 0)
     p.positive("run.log_interval_s", run.log_interval_s)
     p.port("run.metrics_port", run.metrics_port)
     p.not_empty("run.bind_address", run.bind_address)

@@ -141,6 +141,8 @@ class _UnitTable:
 
 
 class LiteBatchEnv:
+    # What `common.snapshot` leaves out: the map's constants, made the same by every constructor.
+    SNAPSHOT_SKIP = ("spec", "layout", "units")
     """B independent SMAC battles on one map, stepped together with automatic reset.
 
     Battle b is seeded with `seed + b`, so it replays exactly like `LiteStarCraft2Env(seed=seed + b)`

@@ -5,9 +5,9 @@
 
 The sweep is a small graph of trials (`deploy/studies/sweep.py`), each a directory under the output
 directory, finished when it holds `done.json` (written last, atomically). Rerunning the same command
-skips finished trials and starts unfinished ones again from their start point (the shared
-pre-training checkpoint for an online trial: the one-process trainer keeps no mid-run checkpoint,
-so an online trial's own progress is redone). Trials run as local processes, `--jobs` at a time, or
+skips finished trials; an online trial stopped part-way goes on from its trainer state (saved after
+an evaluation every `run.trainer_checkpoint_interval_s`, 300 s), any other unfinished trial starts
+again. Trials run as local processes, `--jobs` at a time, or
 as Ray tasks (`--ray ADDRESS`, `--ray local` for an instance on this machine); a Ray task writes into
 the output directory, which every node must see at the same path (shared storage). After each online
 trial and pre-training the results are written: results.json (marl-eval's raw format), table.md and

@@ -9,6 +9,7 @@ keeps the first k evaluations of every run, k the fewest any run has.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field
 
 ABSOLUTE = "absolute_metrics"
@@ -81,3 +82,50 @@ def check_raw_results(data: dict) -> list[str]:
     if len(shapes) > 1:
         problems.append(f"runs differ in their steps or metrics: {sorted(shapes)}")
     return problems
+
+
+def merge_raw_results(parts: list[dict]) -> dict:
+    """Several sweeps' raw results as one multi-task file: {environment: {task: ...}} with every
+    task of every part; the same algorithm names across tasks, so marl-eval aggregates over tasks.
+    A task in two parts is refused (ValueError), as are results marl-eval could not read."""
+    merged: dict[str, dict] = {}
+    for part in parts:
+        problems = check_raw_results(part)
+        if problems:
+            raise ValueError(f"cannot merge: {problems[0]}")
+        for env, tasks in part.items():
+            for task, algorithms in tasks.items():
+                if task in merged.setdefault(env, {}):
+                    raise ValueError(f"cannot merge: task {env}/{task} is in two of the files")
+                merged[env][task] = algorithms
+    return merged
+
+
+def _merge_main(argv: list[str]) -> int:
+    """`python -m deploy.studies.marl_eval --out merged.json A/results.json B/results.json`."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from common.atomic_files import write_json
+
+    parser = argparse.ArgumentParser(
+        prog="python -m deploy.studies.marl_eval", description="merge sweeps' results.json into one file"
+    )
+    parser.add_argument("--out", required=True, metavar="FILE")
+    parser.add_argument("inputs", nargs="+", metavar="RESULTS_JSON")
+    args = parser.parse_args(argv)
+    try:
+        parts = [json.loads(Path(p).read_text()) for p in args.inputs]
+        merged = merge_raw_results(parts)
+    except (OSError, ValueError) as error:
+        print(f"marl-eval merge: {error}", file=sys.stderr)
+        return 2
+    write_json(args.out, merged)
+    tasks = sum(len(t) for t in merged.values())
+    print(f"wrote {args.out}: {tasks} tasks from {len(parts)} files")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_merge_main(sys.argv[1:]))

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from common.atomic_files import atomic_path, write_json
+from common.config.presets import METHODS
 from deploy.studies.bootstrap import Interval, bootstrap_ci, iqm, mean, median, probability_of_improvement_ci
 from deploy.studies.curves import plot_curves
 from deploy.studies.marl_eval import RunCurve, raw_results
@@ -43,6 +44,9 @@ class RunRecord:
     evals: list[dict]  # the online evaluations, in order
     final: dict  # the final policy's evaluation
     seconds: float
+    # The evaluation at env step 0 whatever the method (QMIX from scratch: its initial policy):
+    # marl-eval's step_0, so its curves start where online training does.
+    initial: dict | None = None
 
 
 def load_runs(out: Path, sweep: Sweep) -> dict[str, list[RunRecord]]:
@@ -57,12 +61,13 @@ def load_runs(out: Path, sweep: Sweep) -> dict[str, list[RunRecord]]:
         rows = read_records(out / trial.name)
         evals = [r for r in rows if r["kind"] == "eval"]
         finals = [r for r in rows if r["kind"] == "final_eval"]
-        start = evals[0] if evals and evals[0]["env_steps"] == 0 else None
+        initial = evals[0] if evals and evals[0]["env_steps"] == 0 else None
+        start = initial if METHODS[trial.method or "qmix"].offline_phase else None
         online = [r for r in evals if r["env_steps"] > 0]
         final = finals[-1] if finals else online[-1]
         seconds = float(read_done(out, trial.name)["seconds"])
         runs[trial.algorithm or ""].append(
-            RunRecord(trial.algorithm or "", trial.seed, start, online, final, seconds)
+            RunRecord(trial.algorithm or "", trial.seed, start, online, final, seconds, initial)
         )
     return runs
 
@@ -203,7 +208,10 @@ def marl_eval_results(sweep: Sweep, runs: dict[str, list[RunRecord]]) -> dict:
     curves = {
         algorithm: {
             f"seed_{r.seed}": RunCurve(
-                evals=[(e["env_steps"], {"win_rate": e["win_rate"], "return": e["return"]}) for e in r.evals],
+                evals=[
+                    (e["env_steps"], {"win_rate": e["win_rate"], "return": e["return"]})
+                    for e in ([r.initial] if r.initial else []) + r.evals
+                ],
                 absolute={"win_rate": r.final["win_rate"], "return": r.final["return"]},
             )
             for r in records

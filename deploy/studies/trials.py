@@ -1,5 +1,5 @@
-"""One trial of a reproduce sweep, run from its start in this process, and the command that runs it
-in a child process:
+"""One trial of a reproduce sweep, run in this process (an online one resumes from its trainer
+state), and the command that runs it in a child process:
 
     python -m deploy.studies.trials OUT NAME [--threads N]
 
@@ -31,6 +31,7 @@ from deploy.studies.sweep import (
     read_records,
     trial_config,
 )
+from deploy.trainer_state import trainer_state_path
 
 ENTRY_POINT = "deploy.studies.trials"
 
@@ -42,8 +43,9 @@ def trial_args(out: Path, name: str, threads: int) -> list[str]:
 
 
 def execute_trial(out: Path, name: str, threads: int = 1) -> dict:
-    """Run one trial of the sweep stored in `out` from its start: whatever an earlier, unfinished
-    attempt left in its directory is removed first. Writes done.json last and returns it."""
+    """Run one trial of the sweep stored in `out`: an online trial that an earlier attempt left with
+    a trainer state goes on from it; otherwise whatever an unfinished attempt left in its directory
+    is removed first. Writes done.json last and returns it."""
     import torch
 
     torch.set_num_threads(threads)
@@ -53,7 +55,9 @@ def execute_trial(out: Path, name: str, threads: int = 1) -> dict:
     if missing:
         raise RuntimeError(f"trial {name} needs {', '.join(missing)}, which have not finished")
     run_dir = out / name
-    shutil.rmtree(run_dir, ignore_errors=True)
+    # An online trial stopped part-way goes on from its trainer state; anything else starts again.
+    if not (trial.kind == "online" and trainer_state_path(run_dir).is_file()):
+        shutil.rmtree(run_dir, ignore_errors=True)
     began, cpu_began = time.time(), time.process_time()
     summary = RUNNERS[trial.kind](out, sweep, trial, run_dir)
     done = {
@@ -146,7 +150,7 @@ def _run_pretrain(out: Path, sweep: Sweep, trial: Trial, run_dir: Path) -> dict:
 def _run_online(out: Path, sweep: Sweep, trial: Trial, run_dir: Path) -> dict:
     from deploy.single_process import train_sync
 
-    result = train_sync(trial_config(out, sweep, trial), run_dir=run_dir, progress=False)
+    result = train_sync(trial_config(out, sweep, trial), run_dir=run_dir, progress=False, resume=True)
     return {
         "final_win_rate": result.final_win_rate,
         "final_return": result.final_return,

@@ -1,0 +1,92 @@
+"""Exported agents: the acting network alone, for anyone to evaluate again (`ovmse export`, then
+`ovmse evaluate --checkpoint agent.pt`). A few hundred KB where a learner checkpoint carries mixers,
+targets, optimizer state and OVM's memory.
+
+One `torch.save` of a plain dict, read back with `weights_only=True`:
+
+    format    1
+    kind      "ovmse-agent"
+    identity  {"map", "method", "algorithm", "shape"}: what the weights were trained for
+    weights   the acting network's state dict (CPU tensors), as `Learner.agent_state_dict()`
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from common.atomic_files import atomic_path
+from common.errors import CheckpointError
+from learner.checkpoint import NonFiniteWeights, first_nonfinite
+from learner.interface import Learner
+
+AGENT_KIND = "ovmse-agent"
+AGENT_FORMAT = 1
+
+
+def export_agent(learner: Learner, path: str | os.PathLike, map_name: str | None) -> Path:
+    """Write `learner`'s acting network to `path` (atomically) with what it was trained for."""
+    path = Path(path)
+    weights = learner.agent_state_dict()
+    bad = first_nonfinite(weights)
+    if bad is not None:
+        raise NonFiniteWeights(f"refusing to export {path}: {bad} holds NaN or infinity")
+    payload = {
+        "format": AGENT_FORMAT,
+        "kind": AGENT_KIND,
+        "identity": {
+            "map": map_name,
+            "method": learner.cfg.method,
+            "algorithm": learner.cfg.algorithm,
+            "shape": learner.network_shape(),
+        },
+        "weights": weights,
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _load(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any unreadable file is the same answer
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise CheckpointError(path, f"not a checkpoint or an exported agent ({first[:120]})") from None
+
+
+def is_agent_file(path: str | os.PathLike) -> bool:
+    """Whether `path` holds an exported agent (not a learner checkpoint)."""
+    path = Path(path)
+    if not path.is_file() or path.stat().st_size == 0:
+        return False
+    try:
+        payload = _load(path)
+    except CheckpointError:
+        return False
+    return isinstance(payload, dict) and payload.get("kind") == AGENT_KIND
+
+
+def read_agent(path: str | os.PathLike, map_name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
+    """(weights, identity) of an exported agent; with `map_name`, one exported for another map is
+    refused. Raises CheckpointError naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(path, "no such file")
+    payload = _load(path)
+    if not isinstance(payload, dict) or payload.get("kind") != AGENT_KIND:
+        raise CheckpointError(path, "not an exported agent")
+    if payload.get("format") != AGENT_FORMAT:
+        raise CheckpointError(path, f"agent format {payload.get('format')!r} is not one this version reads")
+    identity, weights = payload.get("identity"), payload.get("weights")
+    if not isinstance(identity, dict) or not isinstance(weights, dict):
+        raise CheckpointError(path, "not an exported agent (identity or weights missing)")
+    if map_name is not None and identity.get("map") not in (None, map_name):
+        raise CheckpointError(path, f"exported for map {identity.get('map')}, not {map_name} (give --map)")
+    bad = first_nonfinite(weights)
+    if bad is not None:
+        raise CheckpointError(path, f"{bad} holds NaN or infinity")
+    return weights, identity

@@ -1,0 +1,80 @@
+"""A one-process trial stopped half-way goes on from its trainer state (checkpoints/trainer.pt)
+and ends with exactly the evaluations of a run that never stopped: the battles mid-episode, the
+replay, the learner and every generator come back as they were."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.config import resolve_config
+from common.run_log import RunLog
+from deploy.recipes import CollectRequest, collect_dataset
+from deploy.single_process import train_sync
+from deploy.trainer_state import trainer_state_path
+
+SAME = ("env_steps", "win_rate", "return", "updates", "policy_version", "policy_agreement", "probe_q")
+
+
+class Stopped(Exception):
+    """Stands for the process being killed."""
+
+
+def config(tmp):
+    overrides = {
+        "run.dataset": str(tmp / "3m.h5"),
+        "run.log_interval_s": "1000",
+        "learner.batch_size": "8",
+        "learner.batch_size_run": "2",
+        "learner.offline_updates": "6",
+        "learner.rnn_hidden_dim": "16",
+        "learner.behaviour_pretrain_updates": "0",
+        "run.online_env_steps": "1000",
+        "run.eval_interval_steps": "200",
+        "run.trainer_checkpoint_interval_s": "1e-9",  # after every evaluation
+        "actor.test_episodes": "4",
+        "actor.final_test_episodes": "8",
+        "replay.online_capacity": "64",
+    }
+    return resolve_config("3m", "medium", "ovmse", overrides=[f"{k}={v}" for k, v in overrides.items()])
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("resume")
+    cfg = config(tmp)
+    collect_dataset(
+        cfg,
+        CollectRequest(out=cfg.run.dataset, episodes=40, policy="heuristic", epsilon=0.2, num_envs=8),
+        progress=False,
+    )
+    result = train_sync(cfg, run_dir=tmp / "straight", progress=False)
+    return tmp, cfg, result
+
+
+def rows(run_dir, kind="eval"):
+    return [{k: r.get(k) for k in SAME} for r in RunLog(run_dir).read(kind)]
+
+
+def test_a_stopped_trial_resumes_from_its_trainer_state_and_ends_with_the_same_evaluations(straight_run):
+    tmp, cfg, straight = straight_run
+    run_dir = tmp / "stopped"
+
+    def stop_at_the_fourth_evaluation(record: dict) -> bool:
+        if record["env_steps"] >= 800:
+            raise Stopped
+        return False
+
+    with pytest.raises(Stopped):
+        train_sync(cfg, run_dir=run_dir, progress=False, stop_when=stop_at_the_fourth_evaluation)
+    assert trainer_state_path(run_dir).is_file()
+    assert rows(run_dir)[-1]["env_steps"] == 800  # logged before the stop, after the last state
+
+    seen = []
+    resumed = train_sync(
+        cfg, run_dir=run_dir, progress=False, resume=True, stop_when=lambda r: seen.append(r["env_steps"])
+    )
+    assert resumed.run_dir == run_dir
+    assert seen[0] == 800  # it went on from the state taken at 600: nothing before it was redone
+    assert rows(run_dir) == rows(tmp / "straight")  # each evaluation once, the same as straight through
+    assert rows(run_dir, "final_eval") == rows(tmp / "straight", "final_eval")
+    assert (resumed.final_win_rate, resumed.updates) == (straight.final_win_rate, straight.updates)
