@@ -50,12 +50,8 @@ def encode_weights(
         entries.append({"name": name, "dtype": _DTYPES[tensor.dtype], "shape": list(array.shape)})
         blobs.append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
     header = json.dumps(
-        {
-            "version": int(version),
-            "published_at": time.time() if published_at is None else published_at,
-            "extra": extra or {},
-            "tensors": entries,
-        }
+        {"version": int(version), "published_at": time.time() if published_at is None else published_at,
+         "extra": extra or {}, "tensors": entries}
     ).encode()
     return b"".join([MAGIC, struct.pack("<I", len(header)), header, *blobs])
 
