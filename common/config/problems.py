@@ -40,6 +40,10 @@ class Problems:
     def at_least(self, key: str, value: float, minimum: float) -> None:
         self.require(value >= minimum, key, f"must be >= {minimum}, got {show(value)}")
 
+    def not_above(self, key: str, value: float, bound_key: str, bound: float) -> None:
+        """A schedule's end may not exceed its start."""
+        self.require(value <= bound, key, f"must be <= {bound_key} ({bound}), got {value}")
+
     def positive(self, key: str, value: float) -> None:
         self.require(value > 0, key, f"must be > 0, got {show(value)}")
 

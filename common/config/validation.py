@@ -108,10 +108,11 @@ def learner_problems(p: Problems, learner: LearnerConfig) -> None:
     p.one_of("learner.ovm_target", learner.ovm_target, OVM_TARGETS)
     p.unit("learner.memory_coef_start", learner.memory_coef_start)
     p.unit("learner.memory_coef_end", learner.memory_coef_end)
-    p.require(
-        learner.memory_coef_end <= learner.memory_coef_start,
+    p.not_above(
         "learner.memory_coef_end",
-        f"must be <= learner.memory_coef_start ({learner.memory_coef_start}), got {learner.memory_coef_end}",
+        learner.memory_coef_end,
+        "learner.memory_coef_start",
+        learner.memory_coef_start,
     )
     p.at_least("learner.memory_anneal_steps", learner.memory_anneal_steps, 0)
     p.at_least("learner.offline_updates", learner.offline_updates, 0)
@@ -176,11 +177,7 @@ def actor_problems(p: Problems, actor: ActorConfig) -> None:
     p.one_of("actor.inference", actor.inference, ACTING_BACK_ENDS)
     p.unit("actor.epsilon_start", actor.epsilon_start)
     p.unit("actor.epsilon_end", actor.epsilon_end)
-    p.require(
-        actor.epsilon_end <= actor.epsilon_start,
-        "actor.epsilon_end",
-        f"must be <= actor.epsilon_start ({actor.epsilon_start}), got {actor.epsilon_end}",
-    )
+    p.not_above("actor.epsilon_end", actor.epsilon_end, "actor.epsilon_start", actor.epsilon_start)
     p.at_least("actor.epsilon_anneal_steps", actor.epsilon_anneal_steps, 0)
     host, _, port = actor.weight_server.rpartition(":")
     p.require(
