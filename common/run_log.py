@@ -314,8 +314,8 @@ def plot_panels(
     xlabel: str,
     bands: dict[str, tuple[str, str]] | None = None,
 ) -> Path | None:
-    """`plot_records` with several panels side by side, each (series, title); panels with nothing
-    to draw are left out."""
+    """`plot_records` with several panels, two a row, each (series, title); panels with nothing to
+    draw are left out."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,8 +327,12 @@ def plot_panels(
     drawable = [(series, title) for series, title in panels if any(rows_of(k) for k in series)]
     if not drawable:
         return None
-    fig, axes = plt.subplots(1, len(drawable), figsize=(6 * len(drawable), 3.5), squeeze=False)
-    for ax, (series, title) in zip(axes[0], drawable, strict=True):
+    cols = min(2, len(drawable))  # two panels a row, so each stays readable
+    rows = math.ceil(len(drawable) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(6 * cols, 3.5 * rows), squeeze=False)
+    for ax in axes.flat[len(drawable) :]:
+        ax.set_visible(False)
+    for ax, (series, title) in zip(axes.flat, drawable, strict=False):
         for key, label in series.items():
             rows = rows_of(key)
             if not rows:
