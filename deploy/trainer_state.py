@@ -17,8 +17,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from common.atomic_files import atomic_path
 from common.errors import CheckpointError
 
@@ -53,6 +51,8 @@ def cut_logs_back(run_dir: str | os.PathLike, sizes: dict[str, int]) -> None:
 
 
 def save_trainer_state(run_dir: str | os.PathLike, state: dict[str, Any], map_name: str) -> Path:
+    import torch  # here, not at the top: `ovmse --help` and the sweep's planning stay light
+
     path = trainer_state_path(run_dir)
     payload = {"kind": KIND, "format": FORMAT, "map": map_name, "logs": log_sizes(run_dir), **state}
     with atomic_path(path) as tmp:
@@ -63,6 +63,8 @@ def save_trainer_state(run_dir: str | os.PathLike, state: dict[str, Any], map_na
 def read_trainer_state(run_dir: str | os.PathLike, map_name: str) -> dict[str, Any] | None:
     """The run's trainer state, or None when it has none. Raises CheckpointError for a file that is
     not one, or one of another map."""
+    import torch
+
     path = trainer_state_path(run_dir)
     if not path.is_file():
         return None

@@ -123,6 +123,7 @@ def test_the_dispatch_table_has_every_job():
         "learner",
         "actor",
         "evaluate",
+        "export",
         "dataset validate",
         "dataset inspect",
         "dataset collect",
