@@ -11,7 +11,6 @@ that is not implemented yet.
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -22,23 +21,6 @@ from common.lifecycle import Terminated, run_until_signal
 from deploy.config_args import add_config_options, config_from_args, env_overrides
 
 __all__ = ["COMMANDS", "build_parser", "config_from_args", "env_overrides", "main"]
-
-
-def not_implemented(args: argparse.Namespace, why: str) -> int:
-    print(f"ovmse {args.command}: not implemented yet ({why})", file=sys.stderr)
-    return 2
-
-
-def _optional_module(args: argparse.Namespace, module_name: str) -> int:
-    """Run `module_name.main(args)`, or say the job is not implemented when that module is absent
-    (only that module: an ImportError inside it is a real error and propagates)."""
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as error:
-        if error.name != module_name:
-            raise
-        return not_implemented(args, f"module {module_name} has not landed")
-    return int(module.main(args) or 0)
 
 
 # --- handlers ----------------------------------------------------------------------------------
@@ -263,7 +245,9 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    return _optional_module(args, "deploy.bench")
+    from deploy.bench import main
+
+    return int(main(args) or 0)
 
 
 def _ray_launch(args: argparse.Namespace) -> int:

@@ -3,7 +3,6 @@ line and no traceback, and every job that has not landed says so instead of pret
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 
@@ -93,25 +92,6 @@ def test_print_config_prints_and_exits_without_running_the_job(capsys):
     assert cli.main(["actor", "--map", "6h_vs_8z", "--dataset-kind", "medium_replay", "--print-config"]) == 0
     data = yaml.safe_load(capsys.readouterr().out)
     assert data["learner"]["memory_coef_end"] == 0.05
-
-
-def test_a_missing_optional_module_is_not_implemented_and_other_import_errors_propagate(
-    tmp_path, monkeypatch, capsys
-):
-    args = argparse.Namespace(command="demo")
-    assert cli._optional_module(args, "common.no_such_job") == 2
-    assert "ovmse demo: not implemented yet" in capsys.readouterr().err
-
-    (tmp_path / "ovmse_broken_job.py").write_text("import ovmse_no_such_dependency\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    with pytest.raises(ModuleNotFoundError, match="ovmse_no_such_dependency"):
-        cli._optional_module(args, "ovmse_broken_job")
-
-
-def test_an_optional_module_gets_the_arguments(tmp_path, monkeypatch):
-    (tmp_path / "ovmse_fake_job.py").write_text("def main(args):\n    return 7 if args.quick else 0\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    assert cli._optional_module(argparse.Namespace(command="bench", quick=True), "ovmse_fake_job") == 7
 
 
 def test_the_dispatch_table_has_every_job():
