@@ -153,17 +153,18 @@ def _evaluate_checkpoint(cfg: Config, path: str, episodes: int, args: argparse.N
 
     from actors.evaluator import evaluate
     from deploy.builder import Builder
-    from learner.agent_file import is_agent_file, read_agent
+    from learner.agent_file import check_agent_map, read_agent
 
     if not Path(path).is_file():
         print(f"ovmse evaluate: --checkpoint {path}: no such file", file=sys.stderr)
         return 2
-    if is_agent_file(path):
-        weights, identity = read_agent(path)
+    agent = read_agent(path)  # None: a learner checkpoint
+    if agent is not None:
+        weights, identity = agent
         if args.map is None and args.config is None and identity.get("map"):
             args.map, args.method = identity["map"], args.method or identity.get("method")
             cfg = config_from_args(args)
-        read_agent(path, map_name=cfg.env.map_name)  # refuses an agent of another map
+        check_agent_map(path, identity, cfg.env.map_name)
         builder = Builder(cfg)
         worker = builder.eval_worker()
         try:

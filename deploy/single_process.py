@@ -23,8 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from actors.evaluation_step import EvaluationStep, Probe
 from actors.evaluator import evaluate, summarize
 from common.config.sections import Config, rate_limit
@@ -34,7 +32,7 @@ from common.schedules import epsilon_at
 from common.snapshot import capture, restore
 from deploy.builder import Builder
 from deploy.trainer_state import cut_logs_back, read_trainer_state, save_trainer_state
-from learner.checkpoint import save_checkpoint
+from learner.checkpoint import save_checkpoint, to_device
 from learner.training import (
     OnlineUpdates,
     StartPoint,
@@ -158,7 +156,7 @@ def _train_sync(
         if state is not None:
             start = StartPoint(**state["start"])
             offline_win_rate = state["offline_win_rate"]
-            learner.load_state_dict(_on_device(state["learner"], learner.device))
+            learner.load_state_dict(to_device(state["learner"], learner.device))
             step.probe = Probe(TrainingBatch(**state["probe_batch"]), state["probe_actions"])
             print(f"trainer: resumed at {state['loop']['env_steps']} env steps ({learner.updates} updates)")
         else:
@@ -250,14 +248,6 @@ def _start(cfg, builder, learner, replay, run_dir, log, step, progress) -> tuple
         flush=True,
     )
     return start, first.win_rate
-
-
-def _on_device(value, device):
-    if isinstance(value, dict):
-        return {k: _on_device(v, device) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_on_device(v, device) for v in value]
-    return value.to(device) if isinstance(value, torch.Tensor) else value
 
 
 @dataclass

@@ -58,35 +58,27 @@ def _load(path: Path) -> Any:
         raise CheckpointError(path, f"not a checkpoint or an exported agent ({first[:120]})") from None
 
 
-def is_agent_file(path: str | os.PathLike) -> bool:
-    """Whether `path` holds an exported agent (not a learner checkpoint)."""
-    path = Path(path)
-    if not path.is_file() or path.stat().st_size == 0:
-        return False
-    try:
-        payload = _load(path)
-    except CheckpointError:
-        return False
-    return isinstance(payload, dict) and payload.get("kind") == AGENT_KIND
-
-
-def read_agent(path: str | os.PathLike, map_name: str | None = None) -> tuple[dict[str, torch.Tensor], dict]:
-    """(weights, identity) of an exported agent; with `map_name`, one exported for another map is
-    refused. Raises CheckpointError naming the file."""
+def read_agent(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """(weights, identity) of an exported agent, read once; None when the file is something else
+    (a learner checkpoint). Raises CheckpointError naming the file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(path, "no such file")
     payload = _load(path)
     if not isinstance(payload, dict) or payload.get("kind") != AGENT_KIND:
-        raise CheckpointError(path, "not an exported agent")
+        return None
     if payload.get("format") != AGENT_FORMAT:
         raise CheckpointError(path, f"agent format {payload.get('format')!r} is not one this version reads")
     identity, weights = payload.get("identity"), payload.get("weights")
     if not isinstance(identity, dict) or not isinstance(weights, dict):
         raise CheckpointError(path, "not an exported agent (identity or weights missing)")
-    if map_name is not None and identity.get("map") not in (None, map_name):
-        raise CheckpointError(path, f"exported for map {identity.get('map')}, not {map_name} (give --map)")
     bad = first_nonfinite(weights)
     if bad is not None:
         raise CheckpointError(path, f"{bad} holds NaN or infinity")
     return weights, identity
+
+
+def check_agent_map(path: str | os.PathLike, identity: dict, map_name: str) -> None:
+    """Refuse an agent exported for another map than `map_name`."""
+    if identity.get("map") not in (None, map_name):
+        raise CheckpointError(path, f"exported for map {identity.get('map')}, not {map_name} (give --map)")

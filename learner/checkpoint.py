@@ -198,7 +198,7 @@ def load_checkpoint(learner: Learner, path: str | os.PathLike, map_name: str | N
     """Restore `learner` (built with the same env info and config) from `path`; returns `extra`.
     With `map_name`, a checkpoint written for another map is refused. Raises CheckpointError."""
     state, extra, _ = read_checkpoint(path, map_name=map_name, shape=learner.network_shape())
-    state = _to_device(state, learner.device)
+    state = to_device(state, learner.device)
     try:
         learner.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError) as error:
@@ -207,11 +207,11 @@ def load_checkpoint(learner: Learner, path: str | os.PathLike, map_name: str | N
     return extra
 
 
-def _to_device(value: Any, device: torch.device) -> Any:
+def to_device(value: Any, device: torch.device) -> Any:
     if isinstance(value, torch.Tensor):
         return value.to(device)
     if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
+        return {k: to_device(v, device) for k, v in value.items()}
     if isinstance(value, list):
-        return [_to_device(v, device) for v in value]
+        return [to_device(v, device) for v in value]
     return value
