@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from torch import nn
 
 from common.agent_stack import policy_stack
-from common.config.algorithms import ALGORITHM_SPECS, AlgorithmSpec
+from common.config.algorithms import ALGORITHM_SPECS, AlgorithmSpec, algorithm_spec
 from common.config.sections import LearnerConfig
 from common.networks import agent_network
 from learner.inspo_learner import InSPOLearner
@@ -59,9 +59,5 @@ LEARNER_FAMILIES = _families()
 
 
 def learner_family(algorithm: str) -> LearnerFamily:
-    try:
-        return LEARNER_FAMILIES[algorithm]
-    except KeyError:
-        raise ValueError(
-            f"unknown learner.algorithm {algorithm!r}: expected one of {', '.join(LEARNER_FAMILIES)}"
-        ) from None
+    """The family `learner.algorithm` names; an unknown name is the spec lookup's one-line error."""
+    return LEARNER_FAMILIES[algorithm_spec(algorithm).name]
