@@ -50,8 +50,10 @@ mutate: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/ovmse bench all
 
+# --all keeps the setuptools pin (plain freeze leaves setuptools out); pip itself is not pinned.
 lock: $(STAMP)
-	$(BIN)/python -m pip freeze --exclude-editable | sed 's/+cpu$$//' > constraints.txt.new
+	$(BIN)/python -m pip freeze --all --exclude-editable | grep -v '^pip==' | sed 's/+cpu$$//' \
+		> constraints.txt.new
 	mv constraints.txt.new constraints.txt
 
 clean:

@@ -73,9 +73,19 @@ def _fetch(
             raise
 
 
+# How the learner refuses a report it will not count (learner/progress_reports.py).
+REFUSED_REPORT = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
 class ProgressReporter:
     """Sends this actor's running totals to the learner (best effort: a report that cannot be
-    delivered is simply superseded by the next one)."""
+    delivered is simply superseded by the next one). The first refusal of each kind is logged with
+    the learner's reason (a missing token; an actor id that is not the run's; a bound broken)."""
 
     def __init__(self, target: str, actor_id: int, timeout_s: float = 2.0, token: str | None = None):
         self.actor_id = actor_id
@@ -85,6 +95,7 @@ class ProgressReporter:
         self._channel = grpc.insecure_channel(target, options=client_options(1 << 20))
         self._report = self._channel.unary_unary(REPORT)
         self.failures = 0
+        self._told: set[grpc.StatusCode] = set()  # refusals already logged
 
     def report(self, env_steps: int, episodes: int, final: bool = False) -> bool:
         body = json.dumps(
@@ -101,8 +112,15 @@ class ProgressReporter:
             return True
         except grpc.RpcError as error:
             self.failures += 1
-            if error.code() == grpc.StatusCode.UNAUTHENTICATED and self.failures == 1:
+            code = error.code()
+            if code in self._told:
+                return False
+            if code == grpc.StatusCode.UNAUTHENTICATED:
+                self._told.add(code)
                 log.error("the learner refused this actor's reports: %s", UNAUTHENTICATED_HINT)
+            elif code in REFUSED_REPORT:  # the learner's bounds on reports: said once per kind
+                self._told.add(code)
+                log.error("the learner refused a report of actor %d: %s", self.actor_id, error.details())
             return False
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ same style; it starts from the same weights and draws the same CQL samples, so b
 same loss (checked on the first update). Rounds alternate between the two, so background load hits
 both alike; the medians are reported.
 
-Two batch shapes: `uniform` (the lengths above, as DESIGN's anchor: ~80 steps) and `lite` (lengths
+Two batch shapes: `uniform` (the lengths above, the design's anchor: ~80 steps) and `lite` (lengths
 as the lite world plays 3s5z with the demo's data policy, focus fire with epsilon 0.2: mean about
 70 steps; the batch holds one episode that ran into the 150-step limit, as 87% of 128-episode batches
 of this policy do, so it is padded to 150 steps). PyMARL2's learner
@@ -653,7 +653,7 @@ def _markdown(results: dict, arguments: str) -> str:
         " mixer per sampled joint action; always fp32), same weights, same batch, same loss; median of"
         f" {results['rounds']} alternating rounds (reference, then ours in each precision), wall-clock"
         " time. Episode lengths: *uniform* 60-80"
-        " steps (DESIGN's anchor); *lite* as the lite world plays 3s5z (focus fire, epsilon 0.2), with"
+        " steps (the design's anchor); *lite* as the lite world plays 3s5z (focus fire, epsilon 0.2), with"
         " one episode at the 150-step time limit (87% of 128-episode batches of this policy hold one)."
         " Both learners pad to the longest episode; ours unrolls episodes of similar length together,"
         " so it skips most of that padding. *speedup*: the median over rounds of each round's reference"

@@ -23,7 +23,7 @@ from common.envs.policies import make_policy  # noqa: E402
 
 POLICY_MAPS = ("3m", "8m", "2s3z", "3s5z", "5m_vs_6m", "MMM2", "6h_vs_8z", "10m_vs_11m")
 
-# Anchors measured on this project's 2-core machines (SPEC-SMAC.md, DESIGN.md), 3s5z.
+# Anchors measured on this project's 2-core machines (the design's figures), 3s5z.
 ANCHORS = {
     "SMAClite (per-unit Python), B=1": 54,
     "JAX SMAX on CPU, B=256": 2100,

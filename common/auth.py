@@ -10,8 +10,11 @@ With neither, there is no token and the service accepts any client that can reac
 (which is 127.0.0.1 unless `run.bind_address` says otherwise).
 
 Clients send `authorization: Bearer <token>` metadata; the server compares in constant time and
-refuses anything else with UNAUTHENTICATED. The token itself is never logged and never written
-into a run's config.yaml (the config holds only the file's path).
+refuses anything else with UNAUTHENTICATED. The check is a server interceptor (`TokenInterceptor`):
+it reads only the call's headers, and a call without the token ends there, before its request body
+is asked for and without waiting for it, so such calls cannot hold the service's concurrent-call
+slots or make it buffer their bodies. The token itself is never logged and never written into a
+run's config.yaml (the config holds only the file's path).
 """
 
 from __future__ import annotations
@@ -21,7 +24,10 @@ import hmac
 import os
 import secrets
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+
+import grpc
 
 TOKEN_ENV = "OVMSE_TOKEN"
 METADATA_KEY = "authorization"
@@ -75,3 +81,32 @@ def authorized(metadata, token: str | None) -> bool:
         if key == METADATA_KEY and isinstance(value, str) and value.startswith(SCHEME):
             return hmac.compare_digest(value[len(SCHEME) :].encode(), token.encode())
     return False
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Lets through only calls whose metadata carries `token`; every other call is answered
+    UNAUTHENTICATED at once. `on_refused(method, peer)` is called for each refused call.
+
+    gRPC Python runs interceptors when a call's headers arrive. Its unary handlers first wait for
+    the request message (holding a concurrent-call slot and a worker thread until it arrives, and
+    buffering it whole); the refusal is therefore a request-streaming handler that never reads its
+    request iterator: it aborts as soon as a worker takes it, and the body is never received beyond
+    HTTP/2's flow-control window."""
+
+    def __init__(self, token: str, on_refused: Callable[[str, str], None] | None = None):
+        if not token:
+            raise ValueError("TokenInterceptor needs a token")
+        self._token = token
+        self._on_refused = on_refused
+
+    def intercept_service(self, continuation, handler_call_details):
+        if authorized(handler_call_details.invocation_metadata, self._token):
+            return continuation(handler_call_details)
+        method = handler_call_details.method
+
+        def refuse(_requests, context: grpc.ServicerContext):
+            if self._on_refused is not None:
+                self._on_refused(method, context.peer())
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "this service needs the run's token")
+
+        return grpc.stream_unary_rpc_method_handler(refuse)

@@ -166,7 +166,9 @@ class TrainingBatch:
     state [B, T+1, S] float32; obs [B, T+1, n, O] float32; actions [B, T+1, n, 1] int64;
     avail_actions [B, T+1, n, A] bool; reward, terminated, filled [B, T+1, 1] float32;
     offline [B] bool (the episode came from the offline table); policy_version [B] int64.
-    Padding rows are all zero (filled = 0).
+    Padding rows are all zero (filled = 0). `items`, when the replay gives them: each episode's
+    (table, key) there, so that an episode the learner cannot train on can be taken out (not a
+    tensor: moved and pinned as it is).
     """
 
     state: object
@@ -178,6 +180,7 @@ class TrainingBatch:
     filled: object
     offline: object
     policy_version: object
+    items: tuple | None = None
 
     @property
     def batch_size(self) -> int:
@@ -189,11 +192,33 @@ class TrainingBatch:
 
     def to(self, device, non_blocking: bool = False) -> TrainingBatch:
         return TrainingBatch(
-            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)}
+            **{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in _tensors(self)},
+            items=self.items,
         )
 
     def pin_memory(self) -> TrainingBatch:
-        return TrainingBatch(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
+        return TrainingBatch(
+            **{f.name: getattr(self, f.name).pin_memory() for f in _tensors(self)}, items=self.items
+        )
+
+    def episode(self, i: int) -> Episode:
+        """Episode i, unpadded (its filled rows), back as numpy arrays in the episode schema's
+        dtypes, with its return the sum of its rewards: what a replay held, to check it again."""
+        rows = max(int(self.filled[i].sum()), 1)
+        arrays = {
+            name: getattr(self, name)[i, :rows].cpu().numpy().astype(FIELD_DTYPES[name])
+            for name in STEP_FIELDS
+        }
+        meta = EpisodeMeta(
+            episode_return=float(arrays["reward"].sum(dtype=np.float64)),
+            policy_version=int(self.policy_version[i]),
+            source="offline" if bool(self.offline[i]) else "online",
+        )
+        return Episode(**arrays, meta=meta)
+
+
+def _tensors(batch: TrainingBatch):
+    return [f for f in fields(batch) if f.name != "items"]
 
 
 def pad_episodes(episodes: list[Episode]) -> dict[str, np.ndarray]:
@@ -212,8 +237,9 @@ def pad_episodes(episodes: list[Episode]) -> dict[str, np.ndarray]:
     return out
 
 
-def to_training_batch(episodes: list[Episode]) -> TrainingBatch:
-    """Pad episodes and convert them to the learner's tensors (CPU)."""
+def to_training_batch(episodes: list[Episode], items: tuple | None = None) -> TrainingBatch:
+    """Pad episodes and convert them to the learner's tensors (CPU); `items` names each episode in
+    its replay (see `TrainingBatch`)."""
     import torch
 
     arrays = pad_episodes(episodes)
@@ -227,6 +253,7 @@ def to_training_batch(episodes: list[Episode]) -> TrainingBatch:
         filled=torch.from_numpy(arrays["filled"].astype(np.float32)),
         offline=torch.tensor([e.meta.source == "offline" for e in episodes], dtype=torch.bool),
         policy_version=torch.tensor([e.meta.policy_version for e in episodes], dtype=torch.int64),
+        items=items,
     )
 
 

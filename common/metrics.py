@@ -66,7 +66,8 @@ class Metrics:
         # Bad data and bad numbers, kept out of training (docs/reliability.md).
         self.replay_items_dropped = Counter(
             "ovmse_replay_items_dropped",
-            "Sampled replay items dropped before training: reason = decode | shape | nonfinite",
+            "Replay items dropped and deleted from their table, never trained on: reason = decode | "
+            "shape | nonfinite | invalid | out_of_range | inconsistent | non_finite_loss",
             ["table", "reason"],
             registry=r,
         )

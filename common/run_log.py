@@ -47,12 +47,13 @@ def discarded_on_failure(run_dir: str | Path):
     existed = run_dir.exists()
     try:
         yield run_dir
-    except BaseException:
+    except BaseException as error:
         checkpoints = run_dir / "checkpoints"
         saved = checkpoints.is_dir() and any(p.is_file() for p in checkpoints.iterdir())
         if not existed and run_dir.exists() and not saved:
             shutil.rmtree(run_dir, ignore_errors=True)
-            print(f"removed {run_dir}: the job stopped before saving anything in it", file=sys.stderr)
+            # A note, so that whoever reports the error says the cause first, then this.
+            error.add_note(f"removed {run_dir}: the job stopped before saving anything in it")
         raise
 
 
@@ -252,10 +253,20 @@ def win_rate_text(record: dict) -> str:
 
 
 class ProgressLine:
-    """A periodic one-line status with rates and ETA (a new line each time, so logs stay readable)."""
+    """A periodic one-line status with rates and ETA (a new line each time, so logs stay readable).
+    The rate counts the steps made since this process started from `start_steps`: a resumed job
+    starts at the steps it had, which were not made in its first seconds."""
 
-    def __init__(self, total_steps: int, every_s: float = 10.0, stream=None, unit: str = "env steps"):
+    def __init__(
+        self,
+        total_steps: int,
+        every_s: float = 10.0,
+        stream=None,
+        unit: str = "env steps",
+        start_steps: int = 0,
+    ):
         self.total = total_steps
+        self.start_steps = start_steps
         self.unit = unit
         self.every_s = every_s
         self.stream = stream or sys.stdout
@@ -268,7 +279,7 @@ class ProgressLine:
             return False
         self._last = now
         elapsed = max(now - self.start, 1e-9)
-        rate = env_steps / elapsed
+        rate = max(env_steps - self.start_steps, 0) / elapsed
         eta = max(self.total - env_steps, 0) / rate if rate > 0 else float("inf")
         parts = [f"{self.unit} {env_steps:,}/{self.total:,}", f"{rate:,.1f} {self.unit.split()[-1]}/s"]
         parts += [

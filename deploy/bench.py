@@ -8,6 +8,7 @@ package), so this needs a source checkout, which `make bench` and `make demo` pr
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.util
 import sys
 from pathlib import Path
@@ -19,11 +20,21 @@ def available() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))
 
 
+def unknown_name(name: str) -> str | None:
+    """The one-line refusal of a name that is no benchmark (with the closest one), or None."""
+    names = available()
+    if name == "all" or name in names:
+        return None
+    close = difflib.get_close_matches(name, [*names, "all"], n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"no benchmark named {name!r}{hint}; known: {', '.join([*names, 'all'])}"
+
+
 def run_benchmark(name: str, quick: bool = False) -> int:
     path = BENCH_DIR / f"bench_{name}.py"
-    if not path.exists():
-        known = ", ".join(available()) or "none"
-        print(f"ovmse bench: no benchmark named '{name}' (known: {known}, all)", file=sys.stderr)
+    refusal = unknown_name(name)
+    if refusal is not None or not path.exists():
+        print(f"ovmse bench: {refusal}", file=sys.stderr)
         return 2
     spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
     module = importlib.util.module_from_spec(spec)
@@ -37,6 +48,10 @@ def main(args: argparse.Namespace) -> int:
             f"ovmse bench: benchmarks folder not found at {BENCH_DIR} (needs a source checkout)",
             file=sys.stderr,
         )
+        return 2
+    refusal = unknown_name(args.name)
+    if refusal is not None:  # before any heading: the error alone
+        print(f"ovmse bench: {refusal}", file=sys.stderr)
         return 2
     names = available() if args.name == "all" else [args.name]
     status = 0

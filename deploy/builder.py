@@ -252,6 +252,7 @@ class Builder:
         return resolve_token(self.cfg.run.auth_token_file)
 
     def weight_publisher(self):
+        from learner.progress_reports import ReportBounds
         from learner.weight_service import WeightPublisher
 
         cfg = self.cfg
@@ -260,6 +261,9 @@ class Builder:
             weight_port(cfg),
             max_message_bytes=cfg.run.grpc_max_message_bytes,
             token=self.token(),
+            report_bounds=ReportBounds.for_run(
+                cfg.actor.num_actors, cfg.actor.envs_per_actor, numbered=cfg.actor.numbered_ids
+            ),
         )
 
     def weight_subscriber(self, role: str = "actor"):

@@ -2,10 +2,12 @@
 
 `COMMANDS` is the whole dispatch: subcommand -> help, its options, its handler. Handlers import
 their implementation inside the function, so `ovmse --help` stays fast and imports neither torch
-nor TensorFlow. A job whose implementation has not landed says so and exits 2; it never pretends.
+nor TensorFlow. The longer handlers live beside it: training_commands.py (train, pretrain),
+checkpoint_commands.py (evaluate --checkpoint, export), replay_commands.py (replay-server, dataset).
 
-Exit codes: 0 done; 2 bad usage, a configuration error (one line on stderr, no traceback) or a job
-that is not implemented yet.
+Exit codes: 0 done; 1 a run that stopped on purpose (RunHalted); 2 bad usage or a configuration or
+input error (one line on stderr naming the flag, field or file, no traceback); 130 / 143 stopped by
+SIGINT / SIGTERM after cleaning up.
 """
 
 from __future__ import annotations
@@ -14,36 +16,79 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
-from common.config import Config, ConfigError, format_config
-from common.errors import CheckpointError, InputError, RunHalted
+from common.config import ConfigError, format_config
+from common.errors import InputError, RunHalted
 from common.lifecycle import Terminated, run_until_signal
-from deploy.config_args import add_config_options, config_from_args, env_overrides
+from deploy import private_network, replay_commands
+from deploy.config_args import (
+    add_config_options,
+    config_from_args,
+    env_overrides,
+    non_negative_int,
+    positive_int,
+)
 
 __all__ = ["COMMANDS", "build_parser", "config_from_args", "env_overrides", "main"]
 
 
 # --- handlers ----------------------------------------------------------------------------------
-# A job that takes a configuration resolves it first, so that a bad configuration is reported the
-# same way whether or not the job has landed.
+# A job that takes a configuration resolves it first, so that a bad configuration is reported
+# before anything starts.
 
 
 def _run(args: argparse.Namespace) -> int:
     if args.resume:
-        if args.map or args.dataset_kind or args.method or args.config or args.overrides:
-            print("--resume RUN_DIR takes the run's own config.yaml; drop the other options", file=sys.stderr)
-            return 2
+        given = {
+            "--map": args.map,
+            "--dataset-kind": args.dataset_kind,
+            "--method": args.method,
+            "--config": args.config,
+            "--seed": getattr(args, "seed", None),
+        }
+        refused = [flag for flag, value in given.items() if value is not None]
+        if refused:
+            raise InputError(
+                f"{refused[0]}: --resume RUN_DIR takes the run's own config.yaml; drop it (--set may "
+                "change the budget and how the run reports, e.g. --set run.online_env_steps=N)"
+            )
+        _enter_private_network_if_asked(args, _saved_private_network(Path(args.resume)))
         from deploy.embedded import resume_embedded
 
         try:
-            return resume_embedded(args.resume)
+            return resume_embedded(args.resume, list(args.overrides or ()))
         except FileNotFoundError as error:
             print(error, file=sys.stderr)
             return 2
     cfg = config_from_args(args)
+    _enter_private_network_if_asked(args, cfg.run.private_network)
     from deploy.embedded import run_embedded
 
     return run_embedded(cfg)
+
+
+def _enter_private_network_if_asked(args: argparse.Namespace, asked: bool) -> None:
+    """With run.private_network, the same command again inside a network namespace of its own
+    (this process is replaced: the call does not return); a one-line error where none can be made."""
+    if not asked or private_network.inside():
+        return
+    try:
+        private_network.reexec_inside(["-m", "deploy.cli", *args.argv])
+    except RuntimeError as error:
+        raise InputError(str(error)) from None
+
+
+def _saved_private_network(run_dir: Path) -> bool:
+    """run.private_network of a run's own config.yaml (False if it cannot be read: the resume
+    itself then says what is wrong)."""
+    import yaml
+
+    try:
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        return bool(saved["run"].get("private_network", False))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        return False
 
 
 def _run_options(parser: argparse.ArgumentParser) -> None:
@@ -51,54 +96,21 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="continue a stopped or crashed run where it stopped (its config, checkpoints, logs)",
+        help="continue a stopped, crashed or finished run where it stopped (its config, checkpoints, "
+        "logs); with --set, a larger run.online_env_steps (or a new evaluation or log interval)",
     )
 
 
 def _train(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    if args.mode != "sync" and args.resume:
-        raise InputError("--resume: a distributed run resumes with `ovmse run --resume RUN_DIR`")
-    if args.mode != "sync":
-        from deploy.embedded import run_embedded
+    from deploy.training_commands import train
 
-        return run_embedded(cfg)
-    from deploy.single_process import train_sync
-
-    if args.resume:  # the run's own configuration, and its directory
-        from pathlib import Path
-
-        run_dir = Path(args.resume)
-        if not (run_dir / "checkpoints" / "trainer.pt").is_file():
-            raise InputError(f"--resume {run_dir}: no trainer state there (checkpoints/trainer.pt)")
-        if args.config is None and (run_dir / "config.yaml").is_file():
-            args.config = str(run_dir / "config.yaml")
-            cfg = config_from_args(args)
-        result = train_sync(cfg, run_dir=run_dir, resume=True)
-    else:
-        result = train_sync(cfg)
-    print(
-        f"done: final test win rate {result.final_win_rate:.3f}, return {result.final_return:.2f} "
-        f"({result.updates} updates, {result.online_env_steps} online env steps)"
-    )
-    print(f"results in {result.run_dir}")
-    return 0
+    return train(args)
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides or ())
-    if args.dataset:
-        overrides.insert(0, f"run.dataset={args.dataset}")
-    args.overrides = overrides
-    cfg = config_from_args(args)
-    from deploy.single_process import pretrain
+    from deploy.training_commands import pretrain
 
-    try:
-        pretrain(cfg)
-    except ValueError as error:
-        print(f"ovmse pretrain: {error}", file=sys.stderr)
-        return 2
-    return 0
+    return pretrain(args)
 
 
 def _replay_server(args: argparse.Namespace) -> int:
@@ -135,9 +147,11 @@ def _actor(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
     if args.checkpoint:
-        return _evaluate_checkpoint(cfg, args.checkpoint, args.episodes or cfg.actor.test_episodes, args)
+        from deploy.checkpoint_commands import evaluate_checkpoint
+
+        return evaluate_checkpoint(args)
+    cfg = config_from_args(args)
     from deploy.roles import acting_threads, evaluator_role
 
     acting_threads()
@@ -146,72 +160,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _evaluate_checkpoint(cfg: Config, path: str, episodes: int, args: argparse.Namespace) -> int:
-    """Greedy episodes of a learner checkpoint, or of an exported agent (`ovmse export`): an agent
-    file names its map and method, which apply unless --map or --config says otherwise."""
-    from pathlib import Path
-
-    from actors.evaluator import evaluate
-    from deploy.builder import Builder
-    from learner.agent_file import check_agent_map, read_agent
-
-    if not Path(path).is_file():
-        print(f"ovmse evaluate: --checkpoint {path}: no such file", file=sys.stderr)
-        return 2
-    agent = read_agent(path)  # None: a learner checkpoint
-    if agent is not None:
-        weights, identity = agent
-        if args.map is None and args.config is None and identity.get("map"):
-            args.map, args.method = identity["map"], args.method or identity.get("method")
-            cfg = config_from_args(args)
-        check_agent_map(path, identity, cfg.env.map_name)
-        builder = Builder(cfg)
-        worker = builder.eval_worker()
-        try:
-            worker.set_weights(weights, 1)
-        except (RuntimeError, KeyError) as error:
-            first = str(error).strip().splitlines()[0]
-            raise CheckpointError(
-                path, f"does not fit the configured acting network: {first[:160]}"
-            ) from None
-    else:
-        builder = Builder(cfg)
-        learner = builder.learner(path)
-        worker = builder.eval_worker()
-        worker.set_weights(learner.agent_state_dict(), 1)
-    result = evaluate(worker, episodes)
-    print(
-        f"{path}: {result.episodes} greedy episodes on {cfg.env.map_name}: "
-        f"win rate {result.win_rate:.3f} [{result.win_rate_low:.3f}, {result.win_rate_high:.3f}], "
-        f"return {result.mean_return:.2f} ± {result.return_ci:.2f} (95% intervals)"
-    )
-    return 0
-
-
 def _export(args: argparse.Namespace) -> int:
-    """The acting network of a learner checkpoint, alone (learner/agent_file.py). The configuration
-    is the run's own (config.yaml beside checkpoints/) unless --config or --map is given."""
-    from pathlib import Path
+    from deploy.checkpoint_commands import export
 
-    from deploy.builder import Builder
-    from learner.agent_file import export_agent
-
-    checkpoint, out = Path(args.checkpoint), Path(args.out)
-    if not checkpoint.is_file():
-        raise InputError(f"--checkpoint {checkpoint}: no such file")
-    if out.exists() and not args.overwrite:
-        raise InputError(f"--out {out}: exists; give --overwrite to replace it")
-    run_config = checkpoint.resolve().parent.parent / "config.yaml"
-    if args.config is None and args.map is None and run_config.is_file():
-        args.config = str(run_config)
-    cfg = config_from_args(args)
-    learner = Builder(cfg).learner(checkpoint)
-    export_agent(learner, out, cfg.env.map_name)
-    print(
-        f"wrote {out} ({out.stat().st_size / 1024:.0f} KB): "
-        f"the {cfg.learner.method} agent for {cfg.env.map_name}"
-    )
-    return 0
+    return export(args)
 
 
 def _dataset_validate(args: argparse.Namespace) -> int:
@@ -238,7 +190,22 @@ def _dataset_convert(args: argparse.Namespace) -> int:
     return dataset_convert(args)
 
 
+def _check_methods(text: str) -> None:
+    """An unknown name in --methods, with the closest known method, before the sweep starts."""
+    from common.config import METHOD_NAMES
+    from common.config.problems import suggest
+
+    for method in (m.strip() for m in text.split(",")):
+        if method and method not in METHOD_NAMES:
+            raise InputError(
+                f"--methods: unknown method {method!r}{suggest(method, METHOD_NAMES)}; "
+                f"expected some of {', '.join(METHOD_NAMES)}"
+            )
+
+
 def _reproduce(args: argparse.Namespace) -> int:
+    if args.methods:
+        _check_methods(args.methods)
     from deploy.studies.cli import main
     from deploy.studies.report import write_report
 
@@ -277,12 +244,14 @@ def _train_options(parser: argparse.ArgumentParser) -> None:
         "--mode",
         choices=("sync", "distributed"),
         default="sync",
-        help="sync: the reference algorithm in one process; distributed: the same as `ovmse run`",
+        help="sync: the reference algorithm in one process; distributed: the same as `ovmse run` "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--resume",
         metavar="RUN_DIR",
-        help="sync: go on from the trainer state a stopped run saved (RUN_DIR/checkpoints/trainer.pt)",
+        help="sync: go on from the trainer state a stopped run saved (RUN_DIR/checkpoints/trainer.pt) "
+        "(default: none, a new run)",
     )
 
 
@@ -290,7 +259,7 @@ def _actor_options(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser)
     parser.add_argument(
         "--actor-id",
-        type=int,
+        type=non_negative_int,
         default=None,
         metavar="N",
         help="this actor's index (default: $OVMSE_ACTOR_ID, else from the host name)",
@@ -300,10 +269,13 @@ def _actor_options(parser: argparse.ArgumentParser) -> None:
 def _evaluate_options(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser)
     parser.add_argument(
-        "--checkpoint", metavar="PATH", help="learner checkpoint, or agent file (`ovmse export`), to evaluate"
+        "--checkpoint",
+        metavar="PATH",
+        help="learner checkpoint, or agent file (`ovmse export`), to evaluate; its map, method and "
+        "run's config.yaml apply unless given (default: none, evaluate the live learner's weights)",
     )
     parser.add_argument(
-        "--episodes", type=int, metavar="N", help="test episodes (default: actor.test_episodes)"
+        "--episodes", type=positive_int, metavar="N", help="test episodes (default: actor.test_episodes)"
     )
 
 
@@ -318,63 +290,24 @@ def _export_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
 
 
-def _dataset_path_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", help="HDF5 dataset file, or a Flashbax vault directory (NAME.vlt/UID)")
-
-
 def _pretrain_options(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser)
     parser.add_argument(
-        "--dataset", metavar="PATH", help="HDF5 dataset or vault to pre-train on (sets run.dataset)"
+        "--dataset",
+        metavar="PATH",
+        help="HDF5 dataset or vault to pre-train on (sets run.dataset; default: run.dataset as configured)",
     )
-
-
-def _dataset_validate_options(parser: argparse.ArgumentParser) -> None:
-    _dataset_path_options(parser)
-    parser.add_argument("--map", metavar="MAP", help="check shapes against this map's sizes")
-
-
-def _dataset_inspect_options(parser: argparse.ArgumentParser) -> None:
-    _dataset_path_options(parser)
-    parser.add_argument("--plot", metavar="PNG", help="return histogram (default: FILE.returns.png)")
-
-
-def _dataset_collect_options(parser: argparse.ArgumentParser) -> None:
-    add_config_options(parser)
-    parser.add_argument(
-        "--policy",
-        default="heuristic",
-        metavar="POLICY",
-        help="heuristic | random | checkpoint:PATH (a learner checkpoint) | qmix-replay (the buffer of "
-        "a from-scratch QMIX run of run.online_env_steps; --episodes = buffer size)",
-    )
-    parser.add_argument("--epsilon", type=float, metavar="E", help="random-action probability per agent")
-    parser.add_argument("--envs", type=int, metavar="N", help="battles stepped together (default 16)")
-    parser.add_argument("--episodes", type=int, metavar="N", help="episodes to collect")
-    parser.add_argument("--out", metavar="PATH", help="HDF5 file to write (default: run.dataset)")
-
-
-def _dataset_convert_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="SRC", help="an HDF5 dataset file, or a vault directory NAME.vlt/UID")
-    parser.add_argument(
-        "--out",
-        metavar="DST",
-        required=True,
-        help="for an HDF5 source the vault to write (NAME.vlt/UID; NAME.vlt alone: UID = the file's "
-        "name), for a vault the HDF5 file",
-    )
-    parser.add_argument("--map", metavar="MAP", help="check shapes against this map's sizes")
 
 
 def _reproduce_options(parser: argparse.ArgumentParser) -> None:
-    add_config_options(parser)
+    add_config_options(parser, seed=False)  # --seeds N: the trials' seeds are 0 .. N-1
     from deploy.studies.cli import add_options
 
     add_options(parser)
 
 
 def _bench_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="what to measure, e.g. world, learner, all")
+    parser.add_argument("name", help="what to measure, e.g. world, learner, all (every one)")
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
 
 
@@ -409,18 +342,22 @@ COMMANDS: dict[str, Command] = {
         "write a checkpoint's acting network alone (a small agent file)", _export, _export_options
     ),
     "dataset validate": Command(
-        "check a dataset file against the episode schema", _dataset_validate, _dataset_validate_options
+        "check a dataset file against the episode schema", _dataset_validate, replay_commands.validate_options
     ),
     "dataset inspect": Command(
-        "summarise a dataset file: episodes, returns, win rate", _dataset_inspect, _dataset_inspect_options
+        "summarise a dataset file: episodes, returns, win rate",
+        _dataset_inspect,
+        replay_commands.inspect_options,
     ),
     "dataset collect": Command(
-        "play battles with a policy and write a dataset file", _dataset_collect, _dataset_collect_options
+        "play battles with a policy and write a dataset file",
+        _dataset_collect,
+        replay_commands.collect_options,
     ),
     "dataset convert": Command(
         "convert between an HDF5 dataset file and a Flashbax vault (OG-MARL)",
         _dataset_convert,
-        _dataset_convert_options,
+        replay_commands.convert_options,
     ),
     "reproduce": Command(
         "the paper's comparison: every method, several seeds", _reproduce, _reproduce_options
@@ -432,11 +369,39 @@ COMMANDS: dict[str, Command] = {
 }
 
 
+def package_version() -> str:
+    """The installed package's version, else (a source tree that was not installed) pyproject's."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("ovmse")
+    except PackageNotFoundError:
+        import re
+
+        pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+        text = pyproject.read_text() if pyproject.is_file() else ""
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, flags=re.MULTILINE)
+        return found[1] if found else "unknown"
+
+
+class _Parser(argparse.ArgumentParser):
+    """A bad command line is reported like every other error: one line naming the option, exit 2.
+    Options are not abbreviated: `reproduce --seed 3` would otherwise be `--seeds 3`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"{self.prog}: {' '.join(message.split())} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ovmse",
         description="Distributed offline-to-online multi-agent RL: OVMSE on QMIX.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     groups: dict[str, argparse._SubParsersAction] = {}
     for name, command in COMMANDS.items():
@@ -451,30 +416,38 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             sub = commands.add_parser(leaf, help=command.help, description=command.help)
         command.options(sub)
-        sub.set_defaults(handler=command.handler, command=name)
+        sub.set_defaults(handler=command.handler, command=name, command_parser=sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, unknown = build_parser().parse_known_args(argv)
+    args.argv = argv  # as given, for a job that starts itself again (run.private_network)
+    if unknown:  # named by the subcommand that was given them
+        args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
-        if getattr(args, "print_config", False):
+        if getattr(args, "print_config", False) and args.command != "demo":  # the demo prints its own
             sys.stdout.write(format_config(config_from_args(args)))
             return 0
         return args.handler(args)
     except ConfigError as error:
-        print(error, file=sys.stderr)
-        return 2
+        return _said(str(error), error, 2)
     except InputError as error:  # a bad file or flag: one line naming it, no traceback
-        print(f"ovmse {args.command}: {error}", file=sys.stderr)
-        return 2
+        return _said(f"ovmse {args.command}: {error}", error, 2)
     except RunHalted as error:  # e.g. non-finite weights: stopped on purpose, said in one line
-        print(f"ovmse {args.command}: {error}", file=sys.stderr)
-        return 1
-    except Terminated:  # SIGTERM, after the job cleaned up
-        return 143
-    except KeyboardInterrupt:
-        return 130
+        return _said(f"ovmse {args.command}: {error}", error, 1)
+    except Terminated as error:  # SIGTERM, after the job cleaned up
+        return _said(None, error, 143)
+    except KeyboardInterrupt as error:
+        return _said(None, error, 130)
+
+
+def _said(line: str | None, error: BaseException, code: int) -> int:
+    """Print the error's line (the cause), then what was done about it (its notes); return `code`."""
+    for text in ([line] if line else []) + list(getattr(error, "__notes__", ())):
+        print(text, file=sys.stderr)
+    return code
 
 
 if __name__ == "__main__":

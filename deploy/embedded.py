@@ -6,6 +6,10 @@ docker compose or Ray deployment runs: the replay server, the learner, `actor.nu
 the evaluator. It shows one status line every `run.log_interval_s` seconds, and ends the run when
 the learner has reached the budget and the evaluator has scored the final policy.
 
+Before any process starts, the run's inputs are checked (`preflight`): the dataset (there,
+readable, of the map's layout) and the initial checkpoint (readable, of the same map and network
+shape); a problem is one line naming the field and the file, exit status 2, and no run directory.
+
 Ctrl-C or SIGTERM stops everything cleanly: actors and evaluator first, then the learner (which
 writes its checkpoint), then the replay server (which writes its own). The children run in their
 own sessions, so a Ctrl-C in the terminal reaches only the orchestrator, which stops them in order;
@@ -14,11 +18,15 @@ none is left running as an orphan.
 
 Supervision: a process that exits with an error is restarted after a delay that doubles from
 RESTART_DELAY_S (capped at RESTART_DELAY_MAX_S); one that fails more than RESTART_LIMIT times within
-RESTART_WINDOW_S ends the run with one line naming it. A restarted actor keeps its id and picks up
-the newest weights; the learner resumes from checkpoints/learner.pt; the replay server restores both
-tables from its last checkpoint (every replay.checkpoint_interval_s, in RUN_DIR/replay_checkpoint);
-the evaluator carries on from the evaluations logged. `ovmse run --resume RUN_DIR` continues a
-stopped or crashed run the same way, on fresh ports.
+RESTART_WINDOW_S ends the run with one line naming it. One that exits with a configuration error
+(status 2) is never restarted: the run ends at once, and a run directory made for it that holds no
+checkpoint is removed. Whenever a process fails, the last lines of its log go to stderr. A restarted
+actor keeps its id and picks up the newest weights; the learner resumes from checkpoints/learner.pt;
+the replay server restores both tables from its last checkpoint (every replay.checkpoint_interval_s,
+in RUN_DIR/replay_checkpoint); the evaluator carries on from the evaluations logged. `ovmse run
+--resume RUN_DIR` continues a stopped or crashed run the same way, on fresh ports; `--set KEY=VALUE`
+may change the fields in RESUMABLE_KEYS there (a larger run.online_env_steps extends even a finished
+run), recorded in the run's config.yaml; any other key is refused.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -37,9 +46,12 @@ from pathlib import Path
 
 from common.auth import TOKEN_ENV, new_token
 from common.config import Config, write_config
+from common.errors import InputError
 from common.lifecycle import run_until_signal
 from common.net import pick_free_port
 from common.run_log import ProgressLine, fresh_run_dir, win_rate_text
+from deploy.preflight import preflight
+from deploy.resume_changes import resume_overrides
 from deploy.studies.pools import die_with_parent
 
 READY_TIMEOUT_S = 300.0
@@ -50,6 +62,8 @@ RESTART_WINDOW_S = 600.0
 RESTART_DELAY_S = 1.0  # before the first restart; doubles with each failure in the window
 RESTART_DELAY_MAX_S = 30.0
 REPLAY_CHECKPOINTS = "replay_checkpoint"  # in the run directory, unless replay.checkpoint_dir is set
+CONFIG_ERROR = 2  # a child's exit status for a configuration error: restarting it cannot help
+LOG_TAIL_LINES = 10  # of a failed child's log, shown on stderr
 
 
 def restart_delay(failures: int) -> float:
@@ -61,6 +75,15 @@ def port_open(host: str, port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
+    """The last `lines` non-empty lines of a log file (none if it cannot be read)."""
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return []
+    return [line for line in text.splitlines() if line.strip()][-lines:]
 
 
 @dataclass
@@ -99,6 +122,9 @@ class Child:
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
 
+    def tail(self) -> list[str]:
+        return log_tail(self.log_path)
+
     def wait(self, timeout: float) -> int | None:
         if self.process is None:
             return None
@@ -115,16 +141,24 @@ class EmbeddedRun:
     run_dir: Path
     children: dict[str, Child] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=lambda: dict(os.environ))  # the children's environment
+    created: bool = False  # this run made the directory (a fresh run): removed if it ends for nothing
+    config_error: bool = False  # a child exited with a configuration error
 
     @classmethod
     def prepare(cls, cfg: Config) -> EmbeddedRun:
-        """A fresh run directory with the resolved config, loopback ports filled in."""
+        """A fresh run directory with the resolved config, loopback ports filled in; its inputs
+        checked first (`preflight`), so a bad one makes no directory."""
+        preflight(cfg)
         run_dir = fresh_run_dir(cfg.run.path)
-        return cls._in(run_dir, cfg)
+        created = not run_dir.exists()
+        run = cls._in(run_dir, cfg)
+        run.created = created
+        return run
 
     @classmethod
-    def resume(cls, run_dir: str | Path) -> EmbeddedRun:
-        """The run in `run_dir`, from its own config.yaml, on fresh ports (the old ones may be taken)."""
+    def resume(cls, run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> EmbeddedRun:
+        """The run in `run_dir`, from its own config.yaml, on fresh ports (the old ones may be taken);
+        `overrides` (`--set KEY=VALUE`, keys in RESUMABLE_KEYS only) change it, in config.yaml too."""
         from common.config import resolve_config
 
         run_dir = Path(run_dir)
@@ -132,7 +166,16 @@ class EmbeddedRun:
         if not config.is_file():
             raise FileNotFoundError(f"--resume {run_dir}: no config.yaml there; not a run directory")
         cfg = resolve_config(file=str(config))
+        if overrides:
+            cfg = resume_overrides(cfg, list(overrides))
+            steps = _read_progress(run_dir).get("env_steps", 0)
+            if cfg.run.online_env_steps < steps:
+                raise InputError(
+                    f"--set run.online_env_steps={cfg.run.online_env_steps}: the run has already "
+                    f"played {steps:,} online env steps"
+                )
         cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, run_dir=str(run_dir.parent)))
+        preflight(cfg, run_dir)
         return cls._in(run_dir, cfg)
 
     @classmethod
@@ -153,10 +196,7 @@ class EmbeddedRun:
         )
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "logs").mkdir(exist_ok=True)
-        config = run_dir / "config.yaml"
-        tmp = config.with_suffix(".yaml.tmp")
-        write_config(cfg, tmp)
-        os.replace(tmp, config)
+        write_config(cfg, run_dir / "config.yaml")
         return cls(cfg, run_dir)
 
     def resumed_from(self) -> str | None:
@@ -198,10 +238,7 @@ class EmbeddedRun:
         return children
 
     def progress(self) -> dict:
-        try:
-            return json.loads((self.run_dir / "learner_progress.json").read_text())
-        except (OSError, ValueError):
-            return {}
+        return _read_progress(self.run_dir)
 
     def evals(self, kind: str = "eval") -> list[dict]:
         try:
@@ -239,13 +276,21 @@ class EmbeddedRun:
         try:
             plan["replay"].start(env)
             if not self._wait_ready(stop, self.cfg.replay.port, plan["replay"]):
-                return self._fail("replay server did not come up", stop)
+                if stop.is_set():
+                    return self._stopped()
+                replay = plan["replay"]
+                code = replay.process.returncode if not replay.alive() else None
+                self.config_error = code == CONFIG_ERROR
+                self._show_tail(replay)
+                why = "exited with a configuration error" if self.config_error else "did not come up"
+                return self._fail(f"replay server {why}", stop)
             for name, child in plan.items():
                 if name != "replay":
                     child.start(env)
             return self._supervise(stop)
         finally:
             self.shutdown()
+            self._discard_if_for_nothing()
 
     def _wait_ready(self, stop: threading.Event, port: int, child: Child) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT_S
@@ -272,6 +317,10 @@ class EmbeddedRun:
                 # Actors and the evaluator stop once the learner is done; the learner when finished.
                 child.expected_exit = True
                 continue
+            self._show_tail(child)
+            if code == CONFIG_ERROR:  # the same configuration would fail the same way again
+                self.config_error = True
+                return f"{name} exited with a configuration error (exit code {code}); not restarting it"
             failures = child.failed(now)
             if failures > RESTART_LIMIT:
                 return (
@@ -287,9 +336,29 @@ class EmbeddedRun:
             )
         return None
 
+    def _show_tail(self, child: Child) -> None:
+        """The last lines of a failed child's log, on stderr."""
+        lines = child.tail()
+        if lines:
+            print(f"ovmse run: last lines of {child.log_path}:", file=sys.stderr)
+            for line in lines:
+                print(f"  | {line}", file=sys.stderr)
+            sys.stderr.flush()
+
+    def _stopped(self) -> int:
+        print("ovmse run: stopping (signal); checkpoints are being written", flush=True)
+        return 130
+
     def _supervise(self, stop: threading.Event) -> int:
         cfg = self.cfg
-        line = ProgressLine(cfg.run.online_env_steps, every_s=cfg.run.log_interval_s)
+        # Rates count what this process has seen done: a resumed run starts at its earlier steps.
+        before = self.progress()
+        line = ProgressLine(
+            cfg.run.online_env_steps,
+            every_s=cfg.run.log_interval_s,
+            start_steps=int(before.get("env_steps", 0)),
+        )
+        episodes_before = int(before.get("episodes", 0))
         learner_done_at = None
         while not stop.wait(0.2):
             now = time.monotonic()
@@ -302,20 +371,21 @@ class EmbeddedRun:
             progress = self.progress()
             steps = int(progress.get("env_steps", 0))
             evals = self.evals()
-            line.maybe_print(
-                steps,
-                episodes_per_s=progress.get("episodes", 0) / max(now - line.start, 1e-9),
-                updates_per_s=float(progress.get("updates_per_s", 0.0)),
-                test_win_rate=evals[-1]["win_rate"] if evals else float("nan"),
-            )
+            episodes = max(int(progress.get("episodes", 0)) - episodes_before, 0)
+            fields = {
+                "episodes_per_s": episodes / max(now - line.start, 1e-9),
+                "updates_per_s": float(progress.get("updates_per_s", 0.0)),
+            }
+            if evals:  # none yet: no win rate rather than "nan"
+                fields["test_win_rate"] = evals[-1]["win_rate"]
+            line.maybe_print(steps, **fields)
             evaluator = self.children["evaluator"]
             if learner_done_at is not None and (
                 not evaluator.alive() or now - learner_done_at > FINAL_EVAL_TIMEOUT_S
             ):
                 break
         if stop.is_set():
-            print("ovmse run: stopping (signal); checkpoints are being written", flush=True)
-            return 130
+            return self._stopped()
         return self._summary()
 
     def _summary(self) -> int:
@@ -343,8 +413,28 @@ class EmbeddedRun:
         return 0
 
     def _fail(self, why: str, stop: threading.Event) -> int:
+        if self.config_error and self._for_nothing():
+            print(f"ovmse run: {why}", file=sys.stderr, flush=True)
+            return CONFIG_ERROR
         print(f"ovmse run: {why}; see {self.run_dir / 'logs'}", file=sys.stderr, flush=True)
-        return 1
+        return CONFIG_ERROR if self.config_error else 1
+
+    def _for_nothing(self) -> bool:
+        """A run directory this run made that holds no checkpoint (pre-training's included) and no
+        online step."""
+        checkpoints = self.run_dir / "checkpoints"
+        saved = checkpoints.is_dir() and any(p.is_file() for p in checkpoints.iterdir())
+        return self.created and not saved and not int(self.progress().get("env_steps", 0))
+
+    def _discard_if_for_nothing(self) -> None:
+        """After a configuration error (its processes stopped): remove a run directory this run
+        made and that holds nothing worth keeping; the failed process's log lines were shown."""
+        if self.config_error and self._for_nothing() and self.run_dir.exists():
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+            print(
+                f"ovmse run: removed {self.run_dir}: the run stopped before saving anything in it",
+                file=sys.stderr,
+            )
 
     def shutdown(self) -> None:
         """Stop children in dependency order, each given time to checkpoint."""
@@ -360,12 +450,25 @@ def run_embedded(cfg: Config) -> int:
     return execute(EmbeddedRun.prepare(cfg))
 
 
-def resume_embedded(run_dir: str | Path) -> int:
-    run = EmbeddedRun.resume(run_dir)
-    if run.progress().get("done") and run.evals("final_eval"):
-        print(f"ovmse run: {run.run_dir} already finished its budget; nothing to resume", flush=True)
+def resume_embedded(run_dir: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> int:
+    run = EmbeddedRun.resume(run_dir, overrides)
+    progress = run.progress()
+    budget_reached = int(progress.get("env_steps", 0)) >= run.cfg.run.online_env_steps
+    if progress.get("done") and budget_reached and run.evals("final_eval"):
+        print(
+            f"ovmse run: {run.run_dir} already finished its budget; nothing to resume (a larger one: "
+            "--set run.online_env_steps=N)",
+            flush=True,
+        )
         return 0
     return execute(run)
+
+
+def _read_progress(run_dir: Path) -> dict:
+    try:
+        return json.loads((Path(run_dir) / "learner_progress.json").read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def execute(embedded: EmbeddedRun) -> int:

@@ -74,10 +74,11 @@ class RayLaunch:
         actor_cpus: float = 1.0,
         token: str | None = None,
     ):
-        self.cfg = cfg
+        self.num_actors = cfg.actor.num_actors if num_actors is None else int(num_actors)
+        # The components read the actor count from the config (the learner bounds reports by it).
+        self.cfg = dataclasses.replace(cfg, actor=dataclasses.replace(cfg.actor, num_actors=self.num_actors))
         # Every component gets this run's token (the configured one, else a new one per launch).
         self.token = token or resolve_token(cfg.run.auth_token_file) or new_token()
-        self.num_actors = cfg.actor.num_actors if num_actors is None else int(num_actors)
         self.local = local
         self.max_restarts = max_restarts
         self.actor_cpus = actor_cpus

@@ -2,7 +2,9 @@
 
 Each takes the parsed arguments and returns the exit code: 0 done, 2 a problem reported as one
 line on stderr naming the file, field or key. Options the `ovmse` parser may not define (yet) are
-read with defaults: validate `--map`, inspect `--plot`, collect `--policy`, `--epsilon`, `--envs`.
+read with defaults: validate `--map`, inspect `--plot`, collect `--policy`, `--epsilon`, `--envs`,
+`--overwrite`. A command that writes a named output refuses one that exists unless `--overwrite`
+is given, before any work starts.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.lifecycle import run_until_signal, sigterm_raises
+from deploy.config_args import add_config_options, positive_int, probability
 
 if TYPE_CHECKING:
     from replay.dataset import MapLayout
@@ -64,14 +67,30 @@ def replay_server(args: argparse.Namespace) -> int:
 
 
 def _map_layout(args: argparse.Namespace) -> tuple[MapLayout | None, int]:
-    """The sizes the --map option names (None without one) and 0, or an unknown map reported: (None, 2)."""
+    """The sizes the --map option names (None without one) and 0, or an unknown map reported, with
+    the closest known map: (None, 2)."""
+    from common.config.problems import suggest
+    from common.envs.maps import MAPS
     from replay.dataset import map_layout
 
     map_name = getattr(args, "map", None)
+    if map_name and map_name not in MAPS:
+        return None, _fail(
+            args,
+            f"--map: unknown map {map_name!r}{suggest(map_name, MAPS)}; the lite world has "
+            f"{', '.join(sorted(MAPS))}",
+        )
     try:
         return (map_layout(map_name) if map_name else None), 0
     except ValueError as error:
         return None, _fail(args, f"--map: {error}")
+
+
+def _refuse_existing(args: argparse.Namespace, flag: str, path: str | Path) -> int:
+    """2 (reported) when `path` exists and --overwrite was not given, else 0."""
+    if Path(path).exists() and not getattr(args, "overwrite", False):
+        return _fail(args, f"{flag} {path} already exists; pass --overwrite to replace it")
+    return 0
 
 
 def dataset_validate(args: argparse.Namespace) -> int:
@@ -95,10 +114,14 @@ def dataset_validate(args: argparse.Namespace) -> int:
 
 def default_plot_path(path: str | Path) -> Path:
     """data/3s5z_medium.h5 -> data/3s5z_medium.returns.png; a vault data/3m.vlt/Good ->
-    data/3m_Good.returns.png (beside the vault, not inside it)."""
+    data/3m_Good.vault.returns.png (beside the vault, not inside it), and data/3m.vlt (a vault
+    directory holding one dataset) -> data/3m.vault.returns.png: a vault's plot never takes the
+    name of an HDF5 file's (data/3m_Good.h5's is data/3m_Good.returns.png)."""
     path = Path(path)
-    if path.is_dir() and path.parent.suffix == ".vlt":
-        return path.parent.with_name(f"{path.parent.stem}_{path.name}.returns.png")
+    if path.is_dir():
+        if path.parent.suffix == ".vlt":
+            return path.parent.with_name(f"{path.parent.stem}_{path.name}.vault.returns.png")
+        return path.with_name(path.stem + ".vault.returns.png")
     return path.with_name(path.stem + ".returns.png")
 
 
@@ -138,20 +161,32 @@ def dataset_inspect(args: argparse.Namespace) -> int:
 
 def dataset_convert(args: argparse.Namespace) -> int:
     """An HDF5 dataset to a Flashbax vault, or a vault to an HDF5 dataset, checked as it is read."""
-    from replay.convert import convert
+    from replay.convert import convert, destination
     from replay.dataset import DatasetError
 
     expected, failed = _map_layout(args)
     if failed:
         return failed
+    if not Path(args.path).exists():
+        return _fail(args, DatasetError(args.path, "file", "no such file"))
+    if _refuse_existing(args, "--out", destination(args.path, args.out)):
+        return 2
     try:
-        written, episodes = convert(args.path, args.out, expected)
+        written, episodes = convert(
+            args.path, args.out, expected, overwrite=bool(getattr(args, "overwrite", False))
+        )
     except (DatasetError, FileExistsError) as error:
         return _fail(args, error)
     except OSError as error:
         return _fail(args, f"{args.out}: cannot write: {error.strerror or error}")
     print(f"{args.path} -> {written}: {episodes} episodes")
     return 0
+
+
+def _given(args: argparse.Namespace, name: str, default):
+    """The option's value, or `default` when it is absent (None); a zero stays a zero."""
+    value = getattr(args, name, None)
+    return default if value is None else value
 
 
 def dataset_collect(args: argparse.Namespace) -> int:
@@ -168,15 +203,21 @@ def dataset_collect(args: argparse.Namespace) -> int:
     out = getattr(args, "out", None) or cfg.run.dataset
     if not out:
         return _fail(args, "--out: no output file (and run.dataset is not set)")
-    episodes = getattr(args, "episodes", None) or DEFAULT_COLLECT_EPISODES
+    if _refuse_existing(args, "--out" if getattr(args, "out", None) else "--out (run.dataset)", out):
+        return 2
+    episodes = _given(args, "episodes", DEFAULT_COLLECT_EPISODES)
+    envs = _given(args, "envs", DEFAULT_COLLECT_ENVS)
+    for flag, count in (("--episodes", episodes), ("--envs", envs)):
+        if count < 1:  # never "0 means the default"
+            return _fail(args, f"{flag}: must be at least 1, got {count}")
     if policy == "qmix-replay" or policy.startswith("checkpoint:"):
         return _collect_with_learner(args, cfg, policy, str(out), int(episodes))
     request = CollectRequest(
         out=str(out),
         episodes=int(episodes),
         policy=policy,
-        epsilon=float(getattr(args, "epsilon", None) or 0.0),
-        num_envs=int(getattr(args, "envs", None) or DEFAULT_COLLECT_ENVS),
+        epsilon=float(_given(args, "epsilon", 0.0)),
+        num_envs=int(envs),
     )
     try:
         with sigterm_raises():  # a stopped collection leaves no temporary file behind
@@ -199,13 +240,13 @@ def _collect_with_learner(args: argparse.Namespace, cfg, policy: str, out: str, 
     from replay.dataset import DatasetError
     from replay.dataset_writer import card_path
 
-    epsilon = float(getattr(args, "epsilon", None) or 0.0)
+    epsilon = float(_given(args, "epsilon", 0.0))
     try:
         with sigterm_raises():  # a stopped collection leaves no temporary file behind
             if policy == "qmix-replay":
                 summary = collect_qmix_replay(cfg, out, episodes)
             else:
-                envs = int(getattr(args, "envs", None) or DEFAULT_COLLECT_ENVS)
+                envs = int(_given(args, "envs", DEFAULT_COLLECT_ENVS))
                 summary = collect_with_checkpoint(cfg, policy.split(":", 1)[1], out, episodes, epsilon, envs)
     except (DatasetError, ValueError) as error:
         return _fail(args, error)
@@ -215,3 +256,80 @@ def _collect_with_learner(args: argparse.Namespace, cfg, policy: str, out: str, 
         f"card {card_path(out)}"
     )
     return 0
+
+
+# --- the dataset commands' options (`ovmse dataset ...`) ----------------------------------------
+
+
+def dataset_path_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", help="HDF5 dataset file, or a Flashbax vault directory (NAME.vlt/UID)")
+
+
+def validate_options(parser: argparse.ArgumentParser) -> None:
+    dataset_path_options(parser)
+    parser.add_argument(
+        "--map", metavar="MAP", help="check shapes against this map's sizes (default: no map check)"
+    )
+
+
+def inspect_options(parser: argparse.ArgumentParser) -> None:
+    dataset_path_options(parser)
+    parser.add_argument(
+        "--plot",
+        metavar="PNG",
+        help="return histogram (default: FILE.returns.png beside an HDF5 file; NAME_UID.vault.returns.png "
+        "beside a vault NAME.vlt/UID)",
+    )
+
+
+def collect_options(parser: argparse.ArgumentParser) -> None:
+    add_config_options(parser)
+    parser.add_argument(
+        "--policy",
+        default="heuristic",
+        metavar="POLICY",
+        help="heuristic | random | checkpoint:PATH (a learner checkpoint) | qmix-replay (the buffer of "
+        "a from-scratch QMIX run of run.online_env_steps; --episodes = buffer size) "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--epsilon",
+        type=probability,
+        default=0.0,
+        metavar="E",
+        help="random-action probability per agent (default: %(default)s, the policy's own actions)",
+    )
+    parser.add_argument(
+        "--envs",
+        type=positive_int,
+        default=DEFAULT_COLLECT_ENVS,
+        metavar="N",
+        help="battles stepped together (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--episodes",
+        type=positive_int,
+        default=DEFAULT_COLLECT_EPISODES,
+        metavar="N",
+        help="episodes to collect (default: %(default)s, the size of the paper's datasets)",
+    )
+    parser.add_argument("--out", metavar="PATH", help="HDF5 file to write (default: run.dataset)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output file if it exists")
+
+
+def convert_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("path", metavar="SRC", help="an HDF5 dataset file, or a vault directory NAME.vlt/UID")
+    parser.add_argument(
+        "--out",
+        metavar="DST",
+        required=True,
+        help="for an HDF5 source the vault to write (NAME.vlt/UID; NAME.vlt alone: UID = the file's "
+        "name), for a vault the HDF5 file",
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument(
+        "--map",
+        metavar="MAP",
+        help="check shapes against this map's sizes (default: no map check; a vault ovmse did not write "
+        "needs one)",
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from actors.evaluation_step import EvaluationStep, Probe
 from actors.evaluator import evaluate, summarize
+from common.config import write_config
 from common.config.sections import Config, rate_limit
 from common.episode import Episode, TrainingBatch
 from common.run_log import ProgressLine, RunLog, discarded_on_failure, fresh_run_dir, win_rate_text
@@ -116,9 +118,16 @@ def train_sync(
     file: the paper's medium-replay recipe when the method is qmix. `stop_when(eval_record)`, asked
     after every online evaluation, ends the online phase early when it returns true (training a
     behaviour policy to a stated level). With `resume`, a `run_dir` holding a trainer state
-    (checkpoints/trainer.pt, written every `run.trainer_checkpoint_interval_s`) goes on from it."""
+    (checkpoints/trainer.pt, written every `run.trainer_checkpoint_interval_s` and at the end of the
+    online phase) goes on from it; `cfg` may differ from the run's config.yaml only in the fields
+    `deploy.resume_changes.RESUMABLE_KEYS` names (a larger run.online_env_steps extends a finished run),
+    and the run's config.yaml then records it."""
+    from deploy.resume_changes import check_resume_changes
+
     given = Path(run_dir or cfg.run.path)
     state = read_trainer_state(given, cfg.env.map_name) if resume else None
+    if state is not None:
+        check_resume_changes(given, cfg)
     run_dir = given if state is not None else fresh_run_dir(given)
     with discarded_on_failure(run_dir):
         return _train_sync(cfg, run_dir, progress, final_test_episodes, dump_replay_to, stop_when, state)
@@ -137,7 +146,7 @@ def _train_sync(
     if state is not None:  # the records written after the trainer state was taken go
         cut_logs_back(run_dir, state["logs"])
     log = RunLog(run_dir, process="trainer")
-    log.write_config(cfg)
+    write_config(cfg, run_dir / "config.yaml")
     pretrains = has_offline_phase(cfg)
     needs_dataset = pretrains or cfg.replay.mixing_ratio > 0
     # Pre-training here holds out the same episodes as `ovmse pretrain`, so it draws the same batches.
@@ -293,7 +302,7 @@ def _online_phase(
         clocks.version += 1
         worker.set_weights(learner.agent_state_dict(), clocks.version)
 
-    updates = OnlineUpdates(learner, cfg, start, publish, step.runlog)
+    updates = OnlineUpdates(learner, cfg, start, publish, step.runlog, discard=replay.discard)
     recent: list[Episode] = []
     if state is not None:  # go on exactly where the trainer state was taken
         clocks = _Clocks(**state["loop"]["clocks"])
@@ -334,7 +343,20 @@ def _online_phase(
 
     every_s = cfg.run.trainer_checkpoint_interval_s
     saved_at = time.monotonic()
-    line = ProgressLine(budget, every_s=cfg.run.log_interval_s) if progress else None
+    if math.isnan(clocks.last_win_rate):  # the starting policy's score, until the first online one
+        evals = step.runlog.read("eval")
+        clocks.last_win_rate = evals[-1]["win_rate"] if evals else clocks.last_win_rate
+    # The rate counts the steps made by this process (a resumed run starts at its earlier ones).
+    line = (
+        ProgressLine(budget, every_s=cfg.run.log_interval_s, start_steps=worker.env_steps)
+        if progress
+        else None
+    )
+
+    def win_rate() -> dict:
+        nan = math.isnan(clocks.last_win_rate)
+        return {} if nan else {"test_win_rate": clocks.last_win_rate}
+
     while worker.env_steps < budget:
         finished = worker.step(epsilon_at(cfg.actor, worker.env_steps))
         replay.write_all(finished)
@@ -374,14 +396,17 @@ def _online_phase(
                 episodes=worker.episodes,
                 updates=learner.updates,
                 updates_per_s=updates.updates_per_s,
-                test_win_rate=clocks.last_win_rate,
+                **win_rate(),
             )
+    if every_s and worker.env_steps >= budget:
+        # Right after the last evaluation: a finished run can be extended (a larger budget).
+        save_state()
     if line:
         line.maybe_print(
             worker.env_steps,
             force=True,
             episodes=worker.episodes,
             updates=learner.updates,
-            test_win_rate=clocks.last_win_rate,
+            **win_rate(),
         )
     return OnlineResult(env_steps=worker.env_steps, version=clocks.version)

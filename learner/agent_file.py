@@ -13,6 +13,7 @@ One `torch.save` of a plain dict, read back with `weights_only=True`:
 from __future__ import annotations
 
 import os
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,34 @@ def export_agent(learner: Learner, path: str | os.PathLike, map_name: str | None
     return path
 
 
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+NOT_A_CHECKPOINT = "not a checkpoint or an exported agent"
+
+
 def _load(path: Path) -> Any:
+    """torch.load with weights_only=True; a file that is not one, in one line saying what it is."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(HDF5_SIGNATURE):
+        raise CheckpointError(
+            path, f"{NOT_A_CHECKPOINT}: an HDF5 file (a dataset? see `ovmse dataset inspect`)"
+        )
+    if not head:
+        raise CheckpointError(path, f"{NOT_A_CHECKPOINT}: the file is empty")
+    if not (head.startswith(b"PK\x03\x04") or head.startswith(b"\x80")):  # torch.save: a zip, or a pickle
+        raise CheckpointError(path, f"{NOT_A_CHECKPOINT}: not a file torch.save wrote")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        if "weights only" in str(error).lower() or "weights_only" in str(error).lower():
+            raise CheckpointError(
+                path, f"{NOT_A_CHECKPOINT}: a torch file holding Python objects (not loaded)"
+            ) from None
+        raise CheckpointError(path, f"{NOT_A_CHECKPOINT}: truncated or corrupted") from None
     except Exception as error:  # noqa: BLE001 - any unreadable file is the same answer
         first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(path, f"not a checkpoint or an exported agent ({first[:120]})") from None
+        first = first.split(". ")[0].rstrip(".")  # the first sentence: what failed, not the advice
+        raise CheckpointError(path, f"{NOT_A_CHECKPOINT}: truncated or corrupted ({first[:120]})") from None
 
 
 def read_agent(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict] | None:

@@ -42,6 +42,7 @@ from typing import Any
 
 import torch
 
+from common.atomic_files import give_default_mode
 from common.errors import CheckpointError, RunHalted
 from learner.interface import Learner
 
@@ -112,6 +113,7 @@ def save_checkpoint(
             torch.save(payload, f)
             f.flush()
             os.fsync(f.fileno())
+        give_default_mode(tmp)  # mkstemp's 0600 would outlive the rename
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from common.config.sections import Config
+from common.episode_checks import DROP_REASONS
 from common.metrics import Metrics
 from common.run_log import RunLog
 from learner.checkpoint import NonFiniteWeights, first_nonfinite, save_checkpoint
@@ -100,6 +101,33 @@ def note_evaluator(run_dir: Path, publisher: WeightPublisher) -> bool:
         return False
     (run_dir / EVALUATOR_FILE).touch()
     return True
+
+
+class DropLog:
+    """Replay items the learner's sampler dropped (not trained on, deleted from their table), by
+    reason: a "dropped" record in the run log (metrics.jsonl, dropped.csv) whenever the counts
+    have changed, with every reason of `common.episode_checks.DROP_REASONS` as a column."""
+
+    def __init__(self, runlog: RunLog):
+        self.runlog = runlog
+        self.last: dict[str, int] = {}
+
+    def update(self, sampler, env_steps: int, episodes: int, updates: int) -> dict[str, int]:
+        """The counts so far (logged if they changed since the last call)."""
+        stats = getattr(sampler, "stats", None)
+        # dict() copies in one step, safe against the prefetch thread adding a reason meanwhile.
+        counts = {str(k): int(v) for k, v in dict(getattr(stats, "dropped", None) or {}).items()}
+        if counts != self.last:
+            self.last = counts
+            self.runlog.log(
+                "dropped",
+                env_steps=env_steps,
+                episodes=episodes,
+                updates=updates,
+                total=sum(counts.values()),
+                **{reason: counts.get(reason, 0) for reason in DROP_REASONS},
+            )
+        return counts
 
 
 @dataclass
@@ -183,9 +211,12 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
 
         # The weights online training starts from; a resumed learner is mid-run and has none.
         publish(first=not start.resumed)
-        updates = OnlineUpdates(learner, cfg, start, publish, runlog, save)
-        budget = cfg.run.online_env_steps
         sampler = parts.online_batches()
+        # A batch whose update goes non-finite: its episodes to blame are deleted from the replay.
+        discard = getattr(sampler, "discard", None)
+        updates = OnlineUpdates(learner, cfg, start, publish, runlog, save, discard=discard)
+        budget = cfg.run.online_env_steps
+        drops = DropLog(runlog)
         next_progress = 0.0
         evaluator_noted = (run_dir / EVALUATOR_FILE).exists()
         while not stop.is_set():
@@ -202,6 +233,7 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
                     version=version,
                     budget=budget,
                     actors=sorted(publisher.actors_reporting()),
+                    dropped=drops.update(sampler, env_steps, episodes, learner.updates),
                 )
                 next_progress = time.monotonic() + 1.0
                 evaluator_noted = evaluator_noted or note_evaluator(run_dir, publisher)
@@ -235,6 +267,7 @@ def run_learner(cfg: Config, parts: LearnerParts, stop: threading.Event) -> dict
             budget=budget,
             done=finished,
             actors=sorted(publisher.actors_reporting()),
+            dropped=drops.update(sampler, env_steps, episodes, learner.updates),
         )
         if finished:
             linger_until_run_ends(sampler, publisher, version, stop)

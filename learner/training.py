@@ -14,6 +14,8 @@ and `close()`: the replay server's mixed sampler, or an in-process episode store
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,24 +25,53 @@ from typing import Protocol
 from common.config.algorithms import algorithm_spec
 from common.config.presets import METHODS
 from common.config.sections import Config
-from common.episode import TrainingBatch
+from common.episode import TrainingBatch, to_training_batch
+from common.episode_checks import NON_FINITE_LOSS, episode_problem, expected_layout
 from common.errors import RunHalted
 from common.run_log import ProgressLine, RunLog
 from common.schedules import epsilon_at
 from learner.checkpoint import load_checkpoint, save_checkpoint
 from learner.interface import Learner
 
+logger = logging.getLogger(__name__)
+
 LOG_EVERY_UPDATES = 20  # a "train" record every this many online updates
 OFFLINE_LOG_EVERY = 50  # an "offline" record every this many offline updates
 # A skipped update (non-finite loss) is a bad batch; this many in a row means the learner itself is
-# broken, and the run stops instead of spinning.
+# broken, and the run stops instead of spinning. Updates skipped for episodes found and taken out of
+# the replay (`blame_episodes`) do not count: the learner computed the rest of the batch finitely.
 MAX_SKIPPED_IN_A_ROW = 50
+# An episode whose own value estimate or return reaches this is blamed too: squared in the loss, it
+# would overflow float32 (3.4e38).
+LOSS_VALUE_LIMIT = 1e18
 
 
 class BatchSource(Protocol):
     def sample(self, timeout: float | None = None) -> TrainingBatch: ...
 
     def close(self) -> None: ...
+
+
+def blame_episodes(learner: Learner, batch: TrainingBatch, expected=None) -> list[tuple[int, str]]:
+    """The episodes of a batch whose update was not finite that are to blame, as (index, reason):
+    each one the episode check (`common.episode_checks`, against `expected`) refuses, with its
+    reason; and each whose own values the learner cannot compute finitely (its value diagnostics on
+    the episode alone, NON_FINITE_LOSS), unless no episode of the batch passes both (then the
+    learner is at fault, not the data, and none is blamed for its numbers)."""
+    blamed: list[tuple[int, str]] = []
+    numbers: list[int] = []
+    for i in range(batch.batch_size):
+        episode = batch.episode(i)
+        problem = episode_problem(episode, expected)
+        if problem is not None:
+            blamed.append((i, problem.reason))
+            continue
+        values = learner.value_diagnostics(to_training_batch([episode]))
+        if not all(math.isfinite(v) and abs(v) < LOSS_VALUE_LIMIT for v in values.values()):
+            numbers.append(i)
+    if numbers and len(blamed) + len(numbers) < batch.batch_size:
+        blamed += [(i, NON_FINITE_LOSS) for i in numbers]
+    return sorted(blamed)
 
 
 def has_offline_phase(cfg: Config) -> bool:
@@ -193,7 +224,10 @@ class OnlineUpdates:
     update's metrics and how many of the batch's episodes came from the offline data), and a
     checkpoint every `learner.checkpoint_interval` updates or `learner.checkpoint_interval_s`
     seconds, whichever comes first. An update the learner skipped (its loss or gradient was not
-    finite: nothing changed) is counted in `skipped` and followed by none of these.
+    finite: nothing changed) is counted in `skipped` and followed by none of these; given
+    `discard` (the replay's: it deletes items named by `TrainingBatch.items`, counted by reason),
+    the batch's episodes are checked one by one (`blame_episodes`) and those to blame are taken out
+    of the replay, so that no later batch, and no restarted learner, meets them again.
 
     `episodes` passed to `step` counts the online episodes collected so far (the target-copy clock
     adds the offline credit to it); `env_steps` the online environment steps (OVM's lambda_t)."""
@@ -206,9 +240,13 @@ class OnlineUpdates:
         publish: Callable[[], None],
         log: RunLog | None = None,
         checkpoint: Callable[[], None] | None = None,
+        discard: Callable[[list], int] | None = None,
     ):
         self.learner = learner
         self.cfg = cfg
+        self.discard = discard
+        self.expected = expected_layout(cfg.env)  # what the batch's episodes are checked against
+        self.blamed = 0  # episodes taken out of the replay after a non-finite update
         self.offline_credit = start.offline_credit
         self.publish = publish
         self.log = log
@@ -228,6 +266,8 @@ class OnlineUpdates:
         self._seconds = (self._seconds + [time.perf_counter() - began])[-20:]
         if metrics["update_skipped"]:
             self.skipped += 1
+            if self._take_out_blamed(batch):
+                return metrics  # the data's fault, and gone: the learner is not stuck
             self._skipped_in_a_row += 1
             if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
                 raise RunHalted(
@@ -256,6 +296,24 @@ class OnlineUpdates:
             self.checkpoint()
             self._checkpointed_at = time.monotonic()
         return metrics
+
+    def _take_out_blamed(self, batch: TrainingBatch) -> int:
+        """After a skipped update: the batch's episodes to blame, discarded from the replay."""
+        if self.discard is None or batch.items is None:
+            return 0
+        blamed = blame_episodes(self.learner, batch, self.expected)
+        if not blamed:
+            return 0
+        self.discard([(batch.items[i], reason) for i, reason in blamed])
+        self.blamed += len(blamed)
+        reasons = sorted({reason for _, reason in blamed})
+        logger.warning(
+            "a non-finite update: %d of the batch's %d episodes to blame (%s), taken out of the replay",
+            len(blamed),
+            batch.batch_size,
+            ", ".join(reasons),
+        )
+        return len(blamed)
 
     @property
     def updates_per_s(self) -> float:

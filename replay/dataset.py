@@ -38,6 +38,10 @@ import numpy as np
 
 from common.atomic_files import atomic_path
 from common.episode import FIELD_DTYPES, STEP_FIELDS, Episode, EpisodeMeta
+from common.episode_checks import MapLayout as MapLayout  # re-exported: the dataset commands use it
+from common.episode_checks import episode_problem
+from common.episode_checks import expected_layout as expected_layout
+from common.episode_checks import map_layout as map_layout
 from replay.dataset_error import DatasetError
 
 # --- the format -------------------------------------------------------------------------------
@@ -117,41 +121,6 @@ class DatasetLayout:
             "terminated": (n, t, 1),
             "filled": (n, t, 1),
         }
-
-
-@dataclass(frozen=True)
-class MapLayout:
-    """The sizes a map (with the env flags) gives every episode."""
-
-    map_name: str
-    n_agents: int
-    obs_size: int
-    state_size: int
-    n_actions: int
-    episode_limit: int
-
-
-def map_layout(map_name: str, env_cfg=None) -> MapLayout:
-    """Sizes of `map_name` under the SMAC flags of `env_cfg` (default: SMAC's defaults)."""
-    from common.config import EnvConfig
-    from common.envs.layout import ObsFlags, ObsLayout
-    from common.envs.maps import get_map
-
-    env_cfg = env_cfg or EnvConfig(map_name=map_name)
-    spec = get_map(map_name)
-    layout = ObsLayout.for_map(spec, ObsFlags.from_env_config(env_cfg))
-    return MapLayout(
-        map_name, spec.n_agents, layout.obs_size, layout.state_size, layout.n_actions, spec.episode_limit
-    )
-
-
-def expected_layout(env_cfg) -> MapLayout | None:
-    """The sizes a dataset for the configured world must have; None for a map the lite world does
-    not know (then only the file's own consistency is checked)."""
-    try:
-        return map_layout(env_cfg.map_name, env_cfg)
-    except ValueError:
-        return None
 
 
 def load_episodes(
@@ -466,7 +435,11 @@ def iter_episodes_with_probs(
                     won = bool(infer_battle_won(np.array([episode_return]), np.array([true_end]))[0])
                 meta = EpisodeMeta(episode_return=episode_return, battle_won=won, source="offline")
                 behaviour = np.array(arrays["probs"][i, : length + 1]) if "probs" in arrays else None
-                yield to_episode(arrays, i, length, meta), behaviour
+                episode = to_episode(arrays, i, length, meta)
+                problem = episode_problem(episode, expected)  # what online items are held to
+                if problem is not None:
+                    raise DatasetError(path, _fault(h5, problem.field), problem.detail, start + i)
+                yield episode, behaviour
             if on_chunk is not None:
                 on_chunk(stop - start)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.atomic_files import give_default_mode
 from common.episode import Episode
 from replay.dataset import (
     BATTLE_WON_ATTR,
@@ -113,6 +114,7 @@ class DatasetWriter(StagedWriter):
         if len(self._won) <= MAX_BATTLE_WON_ATTR:
             self._h5.attrs[BATTLE_WON_ATTR] = np.array(self._won, dtype=np.uint8)
         self._h5.close()
+        give_default_mode(self._tmp)
         os.replace(self._tmp, self.path)
         return self.path
 

@@ -21,8 +21,8 @@ import numpy as np
 
 from common.config.sections import batch_split
 from common.episode import Episode, TrainingBatch, to_training_batch
+from common.episode_checks import episode_problem
 from common.snapshot import capture, restore
-from replay.tables import episode_problem
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +32,10 @@ class LocalReplay:
 
     `write(episode)` adds an online episode (the EpisodeWriter interface); `sample()` returns a
     padded `TrainingBatch` of `batch_size` episodes at `mixing_ratio`; `close()` does nothing.
-    An online episode with wrong shapes (against `expected`, a `replay.dataset.MapLayout`, when
-    given), NaN or infinity, or invalid actions is dropped and counted in `dropped`, as the
-    distributed learner's sampler does."""
+    An online episode that fails `common.episode_checks.episode_problem` against `expected` (the
+    map's `MapLayout`: sizes and the world's bounds) is refused and counted in `dropped` by reason,
+    as the distributed learner's sampler does. Each batch names its episodes (`TrainingBatch.items`)
+    so that `discard` can take out the ones an update found it cannot train on."""
 
     def __init__(
         self,
@@ -110,15 +111,32 @@ class LocalReplay:
         problem = episode_problem(episode, self.expected)
         if problem is None:
             return True
-        reason, detail = problem
-        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.dropped[problem.reason] = self.dropped.get(problem.reason, 0) + 1
         log.warning(
-            "dropped an online episode from actor %d, not trained on: %s: %s",
+            "dropped an online episode from actor %d, not trained on: %s: %s: %s",
             episode.meta.actor_id,
-            reason,
-            detail,
+            problem.reason,
+            problem.field,
+            problem.detail,
         )
         return False
+
+    def discard(self, blamed: Iterable[tuple[tuple[str, int], str]]) -> int:
+        """Take out the episodes `((table, id), reason)` of a batch (`TrainingBatch.items`) that the
+        learner cannot train on, counted in `dropped` by reason; returns how many were still held."""
+        gone: dict[str, set[int]] = {"offline": set(), "online": set()}
+        for (table, ident), reason in blamed:
+            gone.setdefault(table, set()).add(int(ident))
+            self.dropped[reason] = self.dropped.get(reason, 0) + 1
+            log.warning(
+                "dropped an %s episode after a non-finite update, never sampled again: %s", table, reason
+            )
+        before = len(self.offline) + len(self.online)
+        self.offline[:] = [e for e in self.offline if id(e) not in gone["offline"]]
+        kept = [e for e in self.online if id(e) not in gone["online"]]
+        self.online.clear()
+        self.online.extend(kept)
+        return before - len(self.offline) - len(self.online)
 
     # --- the sampler side -----------------------------------------------------------------------
     def can_sample(self) -> bool:
@@ -135,8 +153,12 @@ class LocalReplay:
         return offline + online
 
     def sample(self, timeout: float | None = None) -> TrainingBatch:
-        """A padded batch. `timeout` is accepted for the sampler interface: nothing here waits."""
-        return to_training_batch(self.sample_episodes())
+        """A padded batch, naming its episodes (`items`: table and the episode's identity while it is
+        held here). `timeout` is accepted for the sampler interface: nothing here waits."""
+        episodes = self.sample_episodes()
+        tables = ["offline"] * self.offline_count + ["online"] * self.online_count
+        items = tuple((table, id(e)) for table, e in zip(tables, episodes, strict=True))
+        return to_training_batch(episodes, items=items)
 
     def _draw(self, population: int, count: int) -> np.ndarray:
         if count == 0:

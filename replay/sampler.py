@@ -22,12 +22,20 @@ The learner is the only consumer of the tables, so the count stays exact between
 With `prefetch_batches` > 0 a background thread keeps that many batches ready, so the learner does
 not wait when data is there; 0 samples on demand in the caller's thread.
 
-Every item drawn is checked before it can join a batch (`replay.tables.decode_checked`): one that
-does not decode, has shapes other than the map's, holds NaN or infinity, or actions out of range or
+Every item drawn is checked before it can join a batch (`replay.tables.decode_checked`, i.e.
+`common.episode_checks.episode_problem`, the check the dataset reader and the one-process replay
+apply too): one that does not decode, has shapes other than the map's, holds NaN or infinity,
+values the map's world cannot produce (a reward, return, observation or state beyond its bounds),
+an impossible structure (filled, terminated, the action mask) or actions out of range or
 unavailable is dropped, counted (`stats.dropped`, and `on_drop(table, reason)`, which the learner
-turns into the `ovmse_replay_items_dropped_total` metric), logged with the actor id it carries, and
+turns into the `ovmse_replay_items_dropped_total` metric), logged with the actor id it carries,
+deleted from its table (by key, so no later draw, and no restarted learner, meets it again) and
 another item is drawn in its place. The table is open to any client; the learner trains only on
 items that pass.
+
+Each batch names its episodes (`TrainingBatch.items`: table and key). An item that passed the check
+but still made the learner's update non-finite is handed back through `discard`, which deletes
+and counts it the same way.
 """
 
 from __future__ import annotations
@@ -94,6 +102,7 @@ class SamplerStats:
     server_queries: int = 0  # server_info calls made while waiting for the rate limiter
     repeats_redrawn: int = 0  # items drawn twice for one batch and drawn again
     dropped: dict = field(default_factory=dict)  # reason -> items dropped (see replay.tables.BadItem)
+    deleted: int = 0  # dropped items deleted from their table
 
 
 class MixedSampler:
@@ -142,6 +151,8 @@ class MixedSampler:
         self.expected = expected
         self.on_drop = on_drop
         self._drops_logged: dict[tuple, int] = {}  # (actor, reason) -> log lines written
+        self._drop_lock = threading.Lock()  # drops come from the prefetch thread and from discard()
+        self._discard_client = None  # discard() runs in the caller's thread, with its own client
         self._granted = {OFFLINE_TABLE: 0, ONLINE_TABLE: 0}  # samples known to be allowed
         self._stop = threading.Event()
         self._queue: queue.Queue | None = None
@@ -233,16 +244,22 @@ class MixedSampler:
     # --- the producer side --------------------------------------------------------------------
     def sample_episodes(self) -> list[Episode]:
         """One batch's episodes (offline first), unpadded, in the calling thread."""
+        return self._sample_items()[0]
+
+    def _sample_items(self) -> tuple[list[Episode], tuple]:
+        """One batch's episodes (offline first) and their (table, key)s."""
         # Online first: it is the table that may make us wait, and offline episodes drawn before a
         # long wait would be wasted if the sampler is closed meanwhile.
         online = self._take(ONLINE_TABLE, self.online_count)
         offline = self._take(OFFLINE_TABLE, self.offline_count)
         self.stats.offline_episodes += self.offline_count
         self.stats.online_episodes += self.online_count
-        return offline + online
+        taken = offline + online
+        return [e for _, e in taken], tuple(item for item, _ in taken)
 
     def _make_batch(self) -> TrainingBatch:
-        batch = to_training_batch(self.sample_episodes())
+        episodes, items = self._sample_items()
+        batch = to_training_batch(episodes, items=items)
         if self.pin_memory:
             batch = batch.pin_memory()
         self.stats.batches += 1
@@ -267,14 +284,15 @@ class MixedSampler:
             if isinstance(batch, BaseException):
                 return
 
-    def _take(self, table: str, count: int) -> list[Episode]:
+    def _take(self, table: str, count: int) -> list[tuple[tuple[str, int], Episode]]:
         """`count` episodes of `table`, distinct once the table holds DISTINCT_TABLE_FACTOR x
         `count` items. Reverb's uniform selector draws with replacement, so a repeated item is drawn
         again, and every draw counts as a sample for the rate limiter. In a table of N items a batch
         of k then costs about k^2 / 2N extra samples (at most ~6% of k at N = 8k; 1.3% for k = 128,
         N = 5000); in a smaller table (the first updates of a run) redrawing would cost a large part
-        of the learner's sample budget, so repeats are kept there, as Reverb gives them."""
-        episodes: list[Episode] = []
+        of the learner's sample budget, so repeats are kept there, as Reverb gives them. Each
+        episode comes with its (table, key)."""
+        episodes: list[tuple[tuple[str, int], Episode]] = []
         seen: set[int] = set()
         while len(episodes) < count:
             if self._granted[table] < 1:
@@ -291,24 +309,57 @@ class MixedSampler:
                     continue
                 seen.add(key)
                 try:
-                    episodes.append(decode_checked(columns, table, self.expected))
+                    episodes.append(((table, key), decode_checked(columns, table, self.expected)))
                 except BadItem as bad:
                     self._drop(table, bad)
+                    self._delete(self._connection(), table, [key])
         return episodes
 
+    def discard(self, blamed) -> int:
+        """Delete items of a batch the learner cannot train on: `blamed` holds ((table, key), reason)
+        pairs (keys from `TrainingBatch.items`; reason the check's or "non_finite_loss"). Each is
+        counted, logged and deleted like an item dropped at sampling; returns how many."""
+        blamed = list(blamed)
+        if self._discard_client is None:
+            self._discard_client = import_reverb().Client(self.address)
+        for (table, key), reason in blamed:
+            self._drop(
+                table, BadItem(reason, f"item {key}, in a batch whose update was not finite", None, "batch")
+            )
+        by_table: dict[str, list[int]] = {}
+        for (table, key), _ in blamed:
+            by_table.setdefault(table, []).append(int(key))
+        for table, keys in by_table.items():
+            self._delete(self._discard_client, table, keys)
+        return len(blamed)
+
+    def _delete(self, client, table: str, keys: list[int]) -> None:
+        """Delete dropped items from their table (Reverb ignores keys it no longer holds)."""
+        try:
+            client.mutate_priorities(table, deletes=keys)
+        except Exception as error:  # still dropped at every draw; only the deletion failed
+            log.warning("could not delete %d dropped item(s) from the %s table: %s", len(keys), table, error)
+            return
+        with self._drop_lock:
+            self.stats.deleted += len(keys)
+
     def _drop(self, table: str, bad: BadItem) -> None:
-        count = self.stats.dropped[bad.reason] = self.stats.dropped.get(bad.reason, 0) + 1
+        with self._drop_lock:
+            count = self.stats.dropped[bad.reason] = self.stats.dropped.get(bad.reason, 0) + 1
+            total = sum(self.stats.dropped.values())
+            # A flood of bad items must not flood the log: the first few of each actor and reason,
+            # then one line per thousand.
+            seen = self._drops_logged.get((bad.actor_id, bad.reason), 0)
+            loud = (seen < 3 and len(self._drops_logged) < 1000) or total % 1000 == 0
+            if loud:
+                self._drops_logged[(bad.actor_id, bad.reason)] = seen + 1
         if self.on_drop is not None:
             self.on_drop(table, bad.reason)
-        total = sum(self.stats.dropped.values())
-        # A flood of bad items must not flood the log: the first few of each actor and reason, then
-        # one line per thousand.
-        seen = self._drops_logged.get((bad.actor_id, bad.reason), 0)
-        if (seen < 3 and len(self._drops_logged) < 1000) or total % 1000 == 0:
-            self._drops_logged[(bad.actor_id, bad.reason)] = seen + 1
+        if loud:
             actor = "an unknown actor" if bad.actor_id is None else f"actor {bad.actor_id}"
             log.warning(
-                "dropped an item of the %s table from %s, not trained on: %s (%d dropped for %s so far)",
+                "dropped an item of the %s table from %s, not trained on (deleted): %s "
+                "(%d dropped for %s so far)",
                 table,
                 actor,
                 bad,

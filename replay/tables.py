@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from common.episode import FIELD_DTYPES, STEP_FIELDS, Episode, EpisodeMeta
+from common.episode_checks import episode_problem
 
 OFFLINE_TABLE = "offline"
 ONLINE_TABLE = "online"
@@ -70,21 +71,22 @@ def import_reverb():
 
 # --- checking items at the boundary --------------------------------------------------------------
 # The online table takes whatever a client inserts. Every sampled item is checked before it can
-# reach a batch: a bad one is dropped (and counted by the caller), never trained on.
-
-DROP_REASONS = ("decode", "shape", "nonfinite", "invalid")
-_FLOAT_FIELDS = ("state", "obs", "reward")
+# reach a batch (`common.episode_checks`, the same check the dataset reader and the one-process
+# replay use): a bad one is dropped (counted by the caller and deleted from its table), never
+# trained on.
 
 
 class BadItem(ValueError):
-    """A replay item that must not be trained on. `reason` is one of DROP_REASONS; `actor_id` the
-    actor the item says it came from (None when even that cannot be read)."""
+    """A replay item that must not be trained on. `reason` is one of
+    `common.episode_checks.DROP_REASONS`, `field` the episode field at fault; `actor_id` the actor
+    the item says it came from (None when even that cannot be read)."""
 
-    def __init__(self, reason: str, detail: str, actor_id: int | None = None):
+    def __init__(self, reason: str, detail: str, actor_id: int | None = None, field: str = "item"):
         self.reason = reason
         self.detail = detail
+        self.field = field
         self.actor_id = actor_id
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(f"{reason}: {field}: {detail}")
 
 
 def _actor_of(columns: Sequence) -> int | None:
@@ -96,9 +98,9 @@ def _actor_of(columns: Sequence) -> int | None:
 
 
 def decode_checked(columns: Sequence[np.ndarray], source: str | None = None, expected=None) -> Episode:
-    """`decode_item`, then `episode_problem`: the episode, or BadItem saying what is wrong.
-    `expected` is the map's sizes (a `replay.dataset.MapLayout`) or None (shapes are only checked
-    for consistency between fields)."""
+    """`decode_item`, then `common.episode_checks.episode_problem`: the episode, or BadItem saying
+    what is wrong. `expected` is the map's `MapLayout` (sizes and the world's bounds) or None
+    (shapes are only checked for consistency between fields)."""
     if len(columns) != len(ITEM_COLUMNS):
         raise BadItem("decode", f"{len(columns)} columns, expected {len(ITEM_COLUMNS)}", _actor_of(columns))
     try:
@@ -107,69 +109,5 @@ def decode_checked(columns: Sequence[np.ndarray], source: str | None = None, exp
         raise BadItem("decode", f"{type(error).__name__}: {error}", _actor_of(columns)) from None
     problem = episode_problem(episode, expected)
     if problem is not None:
-        raise BadItem(*problem, actor_id=episode.meta.actor_id)
+        raise BadItem(problem.reason, problem.detail, episode.meta.actor_id, problem.field)
     return episode
-
-
-def episode_problem(episode: Episode, expected=None) -> tuple[str, str] | None:
-    """(reason, detail) of the first thing wrong with `episode`, or None when it can be trained on:
-    fields of one length and consistent (or the map's) shapes, finite numbers, actions in range and
-    available where taken."""
-    arrays = episode.arrays()
-    if any(np.ndim(a) < 2 for a in arrays.values()):
-        bad = next(k for k, a in arrays.items() if np.ndim(a) < 2)
-        return "shape", f"{bad} has shape {np.shape(arrays[bad])}, expected [L + 1, ...]"
-    rows = {k: a.shape[0] for k, a in arrays.items()}
-    if len(set(rows.values())) != 1 or rows["state"] < 2:
-        return "shape", f"fields of different or too few rows: {rows}"
-    n_rows = rows["state"]
-    obs, avail, actions = arrays["obs"], arrays["avail_actions"], arrays["actions"]
-    if obs.ndim != 3 or avail.ndim != 3 or actions.ndim != 3 or arrays["state"].ndim != 2:
-        return "shape", (
-            f"state {arrays['state'].shape}, obs {obs.shape}, actions {actions.shape}, "
-            f"avail_actions {avail.shape}: wrong number of axes"
-        )
-    n_agents, n_actions = obs.shape[1], avail.shape[2]
-    if expected is not None:
-        want = {
-            "state": (expected.state_size,),
-            "obs": (expected.n_agents, expected.obs_size),
-            "actions": (expected.n_agents, 1),
-            "avail_actions": (expected.n_agents, expected.n_actions),
-            "reward": (1,),
-            "terminated": (1,),
-            "filled": (1,),
-        }
-        for name, shape in want.items():
-            if tuple(arrays[name].shape[1:]) != shape:
-                got = tuple(arrays[name].shape[1:])
-                return "shape", f"{name} has steps of shape {got}, this map's are {shape}"
-        if n_rows > expected.episode_limit + 1:
-            return "shape", f"{n_rows - 1} steps, more than the map's limit of {expected.episode_limit}"
-    else:
-        consistent = {
-            "actions": (n_agents, 1),
-            "avail_actions": (n_agents, n_actions),
-            "reward": (1,),
-            "terminated": (1,),
-            "filled": (1,),
-        }
-        for name, shape in consistent.items():
-            if tuple(arrays[name].shape[1:]) != shape:
-                return "shape", f"{name} has steps of shape {tuple(arrays[name].shape[1:])}, expected {shape}"
-    for name in _FLOAT_FIELDS:
-        values = arrays[name]
-        if values.dtype.kind not in "fiu" or not np.isfinite(values).all():
-            return "nonfinite", f"{name} holds NaN or infinity"
-    if not np.isfinite(episode.meta.episode_return):
-        return "nonfinite", "the episode return is NaN or infinity"
-    if actions.dtype.kind not in "iu":
-        return "invalid", f"actions of type {actions.dtype}, expected integers"
-    taken = actions[:-1, :, 0]  # the last row is the final observation: no action
-    if taken.size and (taken.min() < 0 or taken.max() >= n_actions):
-        return "invalid", f"actions outside [0, {n_actions})"
-    if taken.size:
-        chosen = np.take_along_axis(avail[:-1], taken[..., None].astype(np.int64), axis=-1)
-        if not chosen.all():
-            return "invalid", "an action taken that was not available"
-    return None

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.atomic_files import give_default_mode
 from common.episode import Episode
 from replay.dataset_error import DatasetError
 from replay.staging import StagedWriter
@@ -582,6 +583,7 @@ class VaultWriter(StagedWriter):
             }
             (self._tmp / METADATA_FILE).write_text(json.dumps(meta))
             self._stores.clear()
+            give_default_mode(self._tmp)
             os.rename(self._tmp, self.path)
         except BaseException:
             self.abort()

@@ -153,6 +153,27 @@ def test_a_failed_job_keeps_a_directory_that_holds_a_checkpoint(tmp_path):
     assert kept.is_dir() and not removed.exists()
 
 
+def test_a_failed_job_says_its_cause_before_the_directory_it_removed(tmp_path, capsys, monkeypatch):
+    from common.errors import InputError
+    from common.run_log import discarded_on_failure
+
+    def failing_job(args):
+        with discarded_on_failure(tmp_path / "run"):
+            (tmp_path / "run" / "logs").mkdir(parents=True)
+            raise InputError("data.h5: obs: agents is 3, but map 8m has 8")
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    for action in parser._subparsers._group_actions:
+        action.choices["config"].set_defaults(handler=failing_job)
+    assert cli.main(["config"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "ovmse config: data.h5: obs: agents is 3, but map 8m has 8",
+        f"removed {tmp_path / 'run'}: the job stopped before saving anything in it",
+    ]
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_sigterm_that_lands_in_a_finalizer_still_stops_the_block():
     # Python ignores (prints) an exception raised in a __del__ or a weakref callback: when the
     # signal's handler runs there, the stop must still reach the job's own code.

@@ -69,20 +69,6 @@ def test_module_entry_points_run_their_subcommand(entry):
     assert yaml.safe_load(done.stdout)["env"]["map_name"] == "2s3z"
 
 
-# Every job has landed; a job added before its implementation goes here until it does.
-NOT_LANDED: list[tuple[list[str], str]] = []
-
-
-@pytest.mark.parametrize(("argv", "what"), NOT_LANDED)
-def test_jobs_that_have_not_landed_say_so(argv, what, capsys):
-    assert cli.main(argv) == 2
-    out = capsys.readouterr()
-    assert out.out == ""
-    assert out.err.startswith(f"ovmse {argv[0]}")
-    assert "not implemented yet" in out.err and what in out.err and "#" not in out.err
-    assert out.err.count("\n") == 1
-
-
 def test_a_job_still_checks_its_configuration_first(capsys):
     assert cli.main(["actor", "--set", "actor.num_actors=0"]) == 2
     assert capsys.readouterr().err == "config error: actor.num_actors: must be >= 1, got 0\n"

@@ -229,3 +229,62 @@ def test_behaviour_probs_mix_greedy_and_uniform_over_available_actions():
     np.testing.assert_allclose(probs.sum(-1), 1.0)
     assert (probs[avail == 0] == 0).all()
     assert probs[0, 0, 3] == pytest.approx(0.7 + 0.1) and probs[0, 1, 1] == pytest.approx(1.0)
+
+
+# --- files of the battle world: held to what the world can produce, as online items are --------
+
+
+def world_file(tmp_path, change=None) -> Path:
+    """A 3m file of honest episodes (random play in the lite world), `change` applied to its arrays."""
+    from common.envs.lite import LiteBatchEnv
+    from common.envs.policies import RandomPolicy
+    from common.episode import EpisodeBuilder
+
+    env = LiteBatchEnv("3m", 4, seed=0)
+    builder, policy = EpisodeBuilder(4, env.n_agents, env.episode_limit), RandomPolicy(0)
+    seen = env.reset()
+    builder.start(seen.state, seen.obs, seen.avail)
+    episodes = []
+    while len(episodes) < 6:
+        actions = policy.act(seen.obs, seen.avail)
+        step = env.step(actions)
+        episodes += builder.record(actions, step)
+        seen = step.next
+    path = write_dataset(tmp_path / "3m_world.h5", episodes[:6], episode_limit=env.episode_limit)
+    if change is not None:
+        with h5py.File(path, "r+") as f:
+            data = {key: f[key][...] for key in f.keys()}
+            change(data)
+            for key, value in data.items():
+                f[key][...] = value
+    return path
+
+
+def test_a_file_of_the_worlds_own_episodes_loads_against_its_map(tmp_path):
+    assert len(read_episodes(world_file(tmp_path), map_layout("3m"))) == 6
+
+
+@pytest.mark.parametrize(
+    ("what", "change", "field", "detail"),
+    [
+        ("reward 3e38", lambda d: d["reward"].__setitem__((2, 0, 0), 3e38), "reward", "one step of this map"),
+        (
+            "observation 3e38",
+            lambda d: d["obs"].__setitem__((2, 0, 1, 0), 3e38),
+            "obs",
+            "outside the features'",
+        ),
+        (
+            "a living agent offered the no-op",
+            lambda d: d["avail_actions"].__setitem__((2, 0, 1, 0), 1),
+            "avail_actions",
+            "both no-op and stop",
+        ),
+    ],
+)
+def test_a_value_the_world_cannot_produce_is_named_with_its_file_episode_and_field(
+    tmp_path, what, change, field, detail
+):
+    error = rejected(world_file(tmp_path, change), expected=map_layout("3m"))
+    assert (error.field, error.episode) == (field, 2) and detail in error.detail, what
+    assert f"episode 2: {field}: " in str(error)

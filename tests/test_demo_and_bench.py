@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import argparse
+import yaml
 
 from deploy import bench
+from deploy.cli import build_parser
 from deploy.studies import demo
 
 
 def test_demo_runs_the_whole_offline_to_online_story(tmp_path, monkeypatch, capsys):
-    """`make demo` at a tenth of its size: dataset, offline pre-training, distributed fine-tuning."""
+    """`make demo` at a tenth of its size: dataset, offline pre-training, distributed fine-tuning,
+    on the map and with the settings its options name (`ovmse demo --map 3m --set ...`)."""
     monkeypatch.chdir(tmp_path)
     small = {
-        "dataset_episodes": 80,
         "learner.offline_updates": 30,
         "learner.batch_size": 16,
         "run.online_env_steps": 1500,
@@ -20,13 +21,17 @@ def test_demo_runs_the_whole_offline_to_online_story(tmp_path, monkeypatch, caps
         "actor.test_episodes": 8,
         "actor.final_test_episodes": 16,
     }
-    assert demo.main(argparse.Namespace(), **small) == 0
+    argv = ["demo", "--map", "3m", *(a for k, v in small.items() for a in ("--set", f"{k}={v}"))]
+    args = build_parser().parse_args(argv)
+    assert demo.main(args, dataset_episodes=80) == 0
     out = capsys.readouterr().out
+    assert "on the lite 3m world" in out
     assert "after offline pre-training:  test win rate" in out and "after online fine-tuning:" in out
     assert "online updates over 1,500 env steps" in out
     online = tmp_path / "runs" / "demo" / "online"
     assert (online / "test_win_rate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (tmp_path / "runs" / "demo" / "2s3z_heuristic.h5").exists()
+    assert (tmp_path / "runs" / "demo" / "3m_heuristic.h5").exists()
+    assert yaml.safe_load((online / "config.yaml").read_text())["env"]["map_name"] == "3m"
 
 
 def test_bench_knows_the_world_benchmark_and_rejects_unknown_names(capsys):

@@ -258,12 +258,17 @@ def test_a_stopped_run_resumes_where_it_stopped(tmp_path):
     assert again.returncode == 0 and "already finished its budget; nothing to resume" in out, out
 
 
-@pytest.mark.parametrize("extra", [["--map", "3m"], ["--set", "run.seed=1"]])
-def test_resume_takes_only_the_run_directory(tmp_path, extra):
+@pytest.mark.parametrize(
+    "extra", [["--map", "3m"], ["--config", "other.yaml"], ["--set", "run.seed=1"], ["--set", "learner.lr=1"]]
+)
+def test_resume_refuses_what_would_make_it_another_run(tmp_path, extra, capsys):
     from deploy import cli
 
     (tmp_path / "config.yaml").write_text("{}")
     assert cli.main(["run", "--resume", str(tmp_path), *extra]) == 2
+    err = capsys.readouterr().err
+    named = extra[1].split("=")[0] if extra[0] == "--set" else extra[0]
+    assert len(err.strip().splitlines()) == 1 and f"{named}:" in err  # names the flag or key
 
 
 def test_resume_names_a_directory_that_is_not_a_run(tmp_path, capsys):

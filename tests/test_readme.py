@@ -3,7 +3,11 @@ directory (holding an OG-MARL-style vault `3m.vlt/Good` written by flashbax, for
 read OG-MARL's data), and exits 0, or is listed below with the reason it is not run (it takes
 minutes or serves until stopped). A cheap command that stops working fails this test,
 and so does a new command that is neither cheap enough to run nor listed. The README names no
-issue numbers."""
+issue numbers.
+
+The README and docs/ also stay readable off this repository: no directories of the machine they
+were written on, no files outside the repository, every link to a repository file reaches it and
+every #anchor a heading of its target, and the README's map count is the lite world's."""
 
 from __future__ import annotations
 
@@ -19,6 +23,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+# The hand-written pages; docs/bench/ holds what the benchmark scripts write.
+PAGES = [README, *sorted(DOCS.glob("*.md")), *sorted((DOCS / "results").rglob("*.md"))]
 
 # Command prefix -> why the test does not run it. Every entry must still match a README command.
 NOT_RUN = {
@@ -26,7 +33,7 @@ NOT_RUN = {
     "make test": "this test suite itself",
     "ovmse pretrain": "minutes: 2,000 offline updates by default",
     "ovmse run": "minutes: a whole distributed run",
-    "tensorboard --logdir": "a server that runs until stopped",
+    "tensorboard --logdir": "a server that runs until stopped (test_tensorboard.py runs the command)",
 }
 SECONDS_PER_COMMAND = 300  # each takes seconds on an idle 2-core machine; CI may be busy
 
@@ -96,3 +103,136 @@ def test_every_cheap_readme_command_runs(tmp_path):
     assert any(c.startswith("ovmse config") for c in ran)
     assert any(c.startswith("ovmse dataset collect") for c in ran)
     assert any(c.startswith("ovmse dataset convert 3m.vlt/Good") for c in ran)
+
+
+# --- the README and docs, read as a user of the repository reads them ------------------------------
+
+# A directory of the machine a page was written on (/root/..., /work/..., /tmp/..., /home/...).
+MACHINE_PATH = re.compile(r"(?<![\w.~/-])/(?:root|work|tmp|home)\b")
+# Files beside the repository that users do not have, by name; on the hand-written pages also the
+# bare names these were cited by.
+OUTSIDE_FILES = re.compile(r"\bDESIGN\.md|\bSPEC-[\w-]*\.md|\.\./shared\b")
+OUTSIDE_NAMES = re.compile(r"\bDESIGN\b|\bSPEC-[\w-]+|\bshared/(?:DESIGN|SPEC)")
+LINK = re.compile(r"!?\[(?:[^\[\]]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def without_fences(text: str) -> str:
+    """`text` without its fenced code blocks."""
+    return re.sub(r"^(```|~~~).*?^\1[^\n]*$", "", text, flags=re.S | re.M)
+
+
+def prose(text: str) -> str:
+    """`text` without fenced code blocks and inline code spans (GitHub renders no link in them)."""
+    return re.sub(r"(`+).+?\1", "", without_fences(text), flags=re.S)
+
+
+def slug(heading: str) -> str:
+    """GitHub's anchor for a heading: link text kept, lowercased, punctuation except hyphens and
+    underscores dropped, spaces to hyphens."""
+    text = re.sub(r"!?\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    return re.sub(r"[^\w\- ]", "", text).replace(" ", "-")
+
+
+def anchors(text: str) -> set[str]:
+    """Every heading's anchor in a markdown text, repeats numbered as GitHub does (-1, -2, ...)."""
+    seen: dict[str, int] = {}
+    out = set()
+    for heading in re.findall(r"^#{1,6}[ \t]+(.+?)[ \t#]*$", without_fences(text), flags=re.M):
+        base = slug(heading)
+        count = seen.get(base, 0)
+        seen[base] = count + 1
+        out.add(base if count == 0 else f"{base}-{count}")
+    return out
+
+
+def broken_links(page: Path, text: str, root: Path = ROOT) -> list[str]:
+    """Links of `page` to repository files that do not exist, or to anchors their file lacks."""
+    bad = []
+    for target in LINK.findall(prose(text)):
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, flags=re.I):  # http:, https:, mailto:
+            continue
+        file_part, _, anchor = target.partition("#")
+        if not file_part:
+            if anchor not in anchors(text):
+                bad.append(f"{target}: no heading #{anchor}")
+            continue
+        linked = (page.parent / file_part).resolve()
+        if not linked.is_relative_to(root.resolve()) or not linked.exists():
+            bad.append(f"{target}: no such file")
+        elif anchor and linked.suffix == ".md" and anchor not in anchors(linked.read_text()):
+            bad.append(f"{target}: no heading #{anchor}")
+    return bad
+
+
+def page_name(page: Path) -> str:
+    return str(page.relative_to(ROOT))
+
+
+def text_files() -> list[Path]:
+    """The README and every text file under docs/ (pages, results, benchmark logs and tables)."""
+    kinds = {".md", ".json", ".csv", ".log", ".txt", ".yaml", ".yml"}
+    return [README, *sorted(p for p in DOCS.rglob("*") if p.is_file() and p.suffix in kinds)]
+
+
+def test_no_page_names_a_directory_of_the_machine_it_was_written_on():
+    found = [
+        f"{page_name(p)}:{n}: {line.strip()}"
+        for p in text_files()
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if MACHINE_PATH.search(line)
+    ]
+    assert found == []
+
+
+def test_no_page_names_files_outside_the_repository():
+    found = [
+        f"{page_name(p)}:{n}: {line.strip()}"
+        for p in [README, *sorted(DOCS.rglob("*.md"))]
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if OUTSIDE_FILES.search(line) or (p in PAGES and OUTSIDE_NAMES.search(line))
+    ]
+    assert found == []
+
+
+def test_every_link_reaches_a_repository_file_and_heading():
+    found = [
+        f"{page_name(p)}: {bad}"
+        for p in [README, *sorted(DOCS.rglob("*.md"))]
+        for bad in broken_links(p, p.read_text())
+    ]
+    assert found == []
+
+
+def test_the_checks_catch_what_they_are_for(tmp_path):
+    """Each check against a planted bad line (and the lines it must let through)."""
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text("# The `ovmse` CLI: a, b & c\n## Speed\n## Speed\n")
+    page = tmp_path / "README.md"
+    good = (
+        "[a](docs/a.md) [b](docs/a.md#the-ovmse-cli-a-b--c) [c](docs/a.md#speed-1) [d](#top)\n"
+        "[e](https://example.org/x#y) `[f](missing.md)`\n# Top\n"
+    )
+    assert broken_links(page, good, root=tmp_path) == []
+    bad = "[a](docs/missing.md) [b](docs/a.md#gone) [c](#nowhere) [d](../outside.md)\n"
+    assert broken_links(page, bad, root=tmp_path) == [
+        "docs/missing.md: no such file",
+        "docs/a.md#gone: no heading #gone",
+        "#nowhere: no heading #nowhere",
+        "../outside.md: no such file",
+    ]
+    for line in ("see /work/runs-12/x.h5", "`/root/.cache`", '"path": "/tmp/a"', "cd /home/me", "in /work"):
+        assert MACHINE_PATH.search(line), line
+    for line in ("runs/work/x", "~/tmp", "http://host/home/x", "/data/runs", "a/b/tmp/c"):
+        assert not MACHINE_PATH.search(line), line
+    for line in ("as DESIGN.md says", "SPEC-SMAC.md", "../shared/notes"):
+        assert OUTSIDE_FILES.search(line), line
+    for line in ("DESIGN's aim", "the 16 maps of SPEC-SMAC"):
+        assert OUTSIDE_NAMES.search(line), line
+    assert not OUTSIDE_NAMES.search("a design choice; shared memory")
+
+
+def test_the_readme_counts_the_lite_worlds_maps():
+    from common.envs.maps import MAPS
+
+    counts = re.findall(r"(\d+) SMAC maps", README.read_text())
+    assert counts and {int(c) for c in counts} == {len(MAPS)}

@@ -180,3 +180,10 @@ def test_the_builders_sampler_mixes_at_the_configured_ratio(server):
             batch = sampler.sample(timeout=30)
             assert batch.batch_size == 8 and int(batch.offline.sum()) == 2  # round(0.25 * 8)
             assert bool(((batch.policy_version == -1) == batch.offline).all())
+
+
+def test_each_batch_names_its_episodes_table_and_key(server):
+    with MixedSampler(server.address, 8, 0.5, prefetch_batches=1) as sampler:
+        batch = sampler.sample(timeout=30)
+    assert [table for table, _ in batch.items] == [OFFLINE_TABLE] * 4 + [ONLINE_TABLE] * 4
+    assert all(isinstance(key, int) for _, key in batch.items)

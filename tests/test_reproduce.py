@@ -145,6 +145,17 @@ def test_trial_configs_follow_each_preset_and_the_budget(tmp_path):
     assert switch.learner.online_cql_weight == 0.0 and switch.actor.exploration == "epsilon_greedy"
 
 
+def test_a_sweep_that_turns_the_cql_term_off_names_its_pre_training_so(tmp_path):
+    """The weight-0 control (`--set learner.offline_cql=none`) is not a CQL pre-training: its trial
+    and its report row say what it is, and its trial config has no CQL term."""
+    sweep = Sweep("3s5z", "medium", ("switch_cql",), 1, 2000, overrides=("learner.offline_cql=none",))
+    trials = {t.name: t for t in plan(sweep)}
+    assert "pretrain/none_s0" in trials and trials["online/switch_cql_s0"].needs == ("pretrain/none_s0",)
+    assert trial_config(tmp_path, sweep, trials["pretrain/none_s0"]).learner.offline_cql == "none"
+    plain = Sweep("3s5z", "medium", ("switch_cql",), 1, 2000, overrides=("run.log_interval_s=5",))
+    assert "pretrain/cql_s0" in {t.name for t in plan(plain)}
+
+
 def test_offline_methods_are_their_pre_training_alone_with_no_online_trial(tmp_path):
     methods = ("ovmse", "inspo", "inspo_ovm", "bc", "qmix_cql", "cfcql")
     sweep = Sweep("2s3z", "medium", methods, 2, 20_000)
@@ -271,6 +282,9 @@ def test_tiny_sweep_writes_every_output_from_the_runs_own_numbers(sweep_dir):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     card = json.loads((out / "datasets/3m_medium.card.json").read_text())
     assert card["episodes"] == 24 and card["kind"] == "medium" and "behaviour_test_win_rate" in card
+    # Paths relative to --out: a card copied into docs/ names no directory of the machine it came from.
+    assert card["path"] == "datasets/3m_medium.h5"
+    assert card["policy"] == "checkpoint:datasets/behaviour/checkpoints/final.pt"
     # One pre-training per seed, shared by OVMSE and Switch CQL.
     assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["cql_s0", "cql_s1"]
 

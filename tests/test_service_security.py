@@ -1,16 +1,19 @@
 """Who may talk to the run's services: the learner's weight service asks for the run's token when one
-is configured and refuses everyone else (no weights, no progress report counted); idle Subscribe
-streams cannot starve the actors' reports; the token never reaches a log or a config file; services
-listen on 127.0.0.1 unless told otherwise; compose publishes nothing beyond this host and Grafana
-has no default password."""
+is configured and refuses everyone else (no weights, no progress report counted) from the call's
+headers alone, so calls without it hold no slot and are never read; idle Subscribe streams and
+requests that never arrive cannot starve the actors' reports; the token never reaches a log or a
+config file; services listen on 127.0.0.1 unless told otherwise; compose publishes nothing beyond
+this host and Grafana has no default password."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
 import stat
 import subprocess
+import sys
 import threading
 import time
 
@@ -22,7 +25,7 @@ import yaml
 from actors.weight_client import ProgressReporter, WeightSubscriber, fetch_latest
 from common.auth import TOKEN_ENV, call_metadata, resolve_token
 from common.config import format_config, resolve_config
-from common.weight_protocol import SUBSCRIBE, encode_version
+from common.weight_protocol import REPORT, SUBSCRIBE, encode_version
 from learner.weight_service import WeightPublisher
 from tests.deploy_support import ROOT, services
 
@@ -179,6 +182,117 @@ def test_idle_subscribe_streams_cannot_starve_progress_reports():
     finally:
         member.stop()
         publisher.stop()
+
+
+# --- calls that never send their request ----------------------------------------------------------
+
+
+@contextlib.contextmanager
+def silent_calls(address: str, method: str, count: int, token: str | None = None):
+    """`count` calls that send their headers and never their request: each call's request iterator
+    blocks until the block ends (what a client that opens calls and stays silent does)."""
+    release = threading.Event()
+
+    def nothing():
+        release.wait()
+        yield from ()
+
+    channel = grpc.insecure_channel(address)
+    calls = [
+        channel.stream_unary(method).future(nothing(), metadata=call_metadata(token)) for _ in range(count)
+    ]
+    try:
+        yield calls
+    finally:
+        release.set()
+        for call in calls:
+            call.cancel()
+        channel.close()
+
+
+def test_silent_calls_without_the_token_end_at_once_and_hold_no_slot(caplog):
+    publisher = WeightPublisher(port=0, max_subscribers=4, token=TOKEN)  # 4 + 16 concurrent calls
+    try:
+        with (
+            caplog.at_level(logging.WARNING, logger="learner.weight_service"),
+            silent_calls(publisher.address, REPORT, 40) as calls,  # twice the service's slots
+        ):
+            began = time.monotonic()
+            for call in calls:  # answered without their request
+                assert call.exception(timeout=10).code() == grpc.StatusCode.UNAUTHENTICATED
+            assert time.monotonic() - began < 5
+            actor = ProgressReporter(publisher.address, 0, timeout_s=2.0, token=TOKEN)
+            began = time.monotonic()
+            assert actor.report(env_steps=100, episodes=1)
+            assert time.monotonic() - began < 2 and publisher.totals() == (100, 1)
+            actor.close()
+        assert publisher.refused["unauthenticated"] == 40
+        assert "refused a call without the run's token: /ovmse.WeightService/Report from ipv4:127.0.0.1:" in (
+            caplog.text
+        )
+        assert len(caplog.records) < 10  # at most one line per LOG_EVERY_S, not one per call
+    finally:
+        publisher.stop()
+
+
+def test_a_call_whose_request_never_arrives_is_cancelled_and_gives_its_slot_back():
+    publisher = WeightPublisher(port=0, max_subscribers=1, token=TOKEN, request_arrival_s=1.0)  # 17 slots
+    try:
+        with silent_calls(publisher.address, REPORT, 17, token=TOKEN) as calls:  # every slot
+            began = time.monotonic()
+            for call in calls:
+                assert call.exception(timeout=10).code() == grpc.StatusCode.CANCELLED
+            assert time.monotonic() - began < 5
+            actor = ProgressReporter(publisher.address, 0, timeout_s=2.0, token=TOKEN)
+            assert actor.report(env_steps=100, episodes=1)
+            actor.close()
+        assert publisher.refused["late"] == 17 and publisher.totals() == (100, 1)
+    finally:
+        publisher.stop()
+
+
+SERVER = """
+import sys, torch
+from learner.weight_service import WeightPublisher
+publisher = WeightPublisher(port=0, token=sys.argv[1])
+publisher.publish({"w": torch.ones(2, 2)}, 1)
+print(publisher.address, flush=True)
+sys.stdin.read()
+publisher.stop()
+"""
+
+
+def peak_resident_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        line = next(line for line in status if line.startswith("VmHWM:"))
+    return int(line.split()[1]) << 10
+
+
+def test_large_bodies_without_the_token_are_never_read_into_the_servers_memory():
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    server = subprocess.Popen(
+        [sys.executable, "-c", SERVER, TOKEN],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    channel = None
+    try:
+        address = server.stdout.readline().strip()
+        assert fetch_latest(address, timeout=20, token=TOKEN).version == 1
+        before = peak_resident_bytes(server.pid)
+        channel = grpc.insecure_channel(address, options=[("grpc.max_send_message_length", 64 << 20)])
+        body = bytes(16 << 20)
+        calls = [channel.unary_unary(REPORT).future(body, timeout=60) for _ in range(8)]  # 128 MiB in all
+        assert {call.exception().code() for call in calls} == {grpc.StatusCode.UNAUTHENTICATED}
+        assert peak_resident_bytes(server.pid) - before < 32 << 20
+    finally:
+        if channel is not None:
+            channel.close()
+        server.stdin.close()
+        server.wait(timeout=20)
 
 
 # --- where services listen ------------------------------------------------------------------------

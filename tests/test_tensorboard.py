@@ -4,6 +4,8 @@ count). Read back here with TensorBoard's own reader. Writing them never imports
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -82,6 +84,27 @@ def test_writing_events_does_not_import_tensorflow(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "TF False" in done.stdout
     assert list((tmp_path / "tensorboard" / "learner").glob("events.out.tfevents.*"))
+
+
+def test_the_installed_tensorboard_command_reads_a_runs_event_files(tmp_path):
+    """The README's `tensorboard --logdir runs`, minus the server: the command installed beside this
+    Python starts (TensorBoard 2.14 imports pkg_resources, gone from setuptools 82) and finds the tags."""
+    beside_python = shutil.which("tensorboard", path=str(Path(sys.executable).parent))
+    command = beside_python or shutil.which("tensorboard")
+    assert command, "the tensorboard command is not installed"
+    log = RunLog(tmp_path / "runs" / "a", process="learner")
+    log.log("train", env_steps=100, loss_total=0.25)
+    log.close()
+    done = subprocess.run(
+        [command, "--inspect", "--logdir", str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "train/loss_total" in done.stdout
+    assert "Traceback" not in done.stderr
 
 
 @pytest.mark.slow

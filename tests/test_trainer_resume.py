@@ -1,12 +1,19 @@
 """A one-process trial stopped half-way goes on from its trainer state (checkpoints/trainer.pt)
 and ends with exactly the evaluations of a run that never stopped: the battles mid-episode, the
-replay, the learner and every generator come back as they were."""
+replay, the learner and every generator come back as they were. A finished trial goes on from the
+state taken at its end when resumed with a larger budget, and nothing else may change on resume."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import shutil
+
 import pytest
+import yaml
 
 from common.config import resolve_config
+from common.errors import InputError
 from common.run_log import RunLog
 from deploy.recipes import CollectRequest, collect_dataset
 from deploy.single_process import train_sync
@@ -78,3 +85,46 @@ def test_a_stopped_trial_resumes_from_its_trainer_state_and_ends_with_the_same_e
     assert rows(run_dir) == rows(tmp / "straight")  # each evaluation once, the same as straight through
     assert rows(run_dir, "final_eval") == rows(tmp / "straight", "final_eval")
     assert (resumed.final_win_rate, resumed.updates) == (straight.final_win_rate, straight.updates)
+
+
+def test_a_finished_trial_is_extended_by_resuming_it_with_a_larger_budget(straight_run, tmp_path):
+    tmp, cfg, straight = straight_run
+    run_dir = tmp_path / "extended"
+    shutil.copytree(tmp / "straight", run_dir)
+    larger = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, online_env_steps=1400))
+
+    seen = []
+    extended = train_sync(
+        larger, run_dir=run_dir, progress=False, resume=True, stop_when=lambda r: seen.append(r["env_steps"])
+    )
+    assert seen[0] == 1200  # on from the end of the finished run, not from its last mid-run state
+    assert extended.online_env_steps == 1400 and extended.updates > straight.updates
+    assert yaml.safe_load((run_dir / "config.yaml").read_text())["run"]["online_env_steps"] == 1400
+    assert [r["env_steps"] for r in rows(run_dir)] == [0, 200, 400, 600, 800, 1000, 1200, 1400]
+    assert len(rows(run_dir, "final_eval")) == 1  # the first end's final evaluation went with its state
+
+
+def test_resuming_a_trial_with_a_setting_that_cannot_change_is_refused_naming_it(straight_run, tmp_path):
+    tmp, cfg, _ = straight_run
+    run_dir = tmp_path / "changed"
+    shutil.copytree(tmp / "straight", run_dir)
+    other = dataclasses.replace(cfg, learner=dataclasses.replace(cfg.learner, lr=0.1))
+    with pytest.raises(InputError, match=r"^--set learner\.lr: cannot be changed on --resume"):
+        train_sync(other, run_dir=run_dir, progress=False, resume=True)
+
+
+def test_the_first_progress_line_shows_the_starting_policy_s_win_rate_not_nan(tmp_path, capsys):
+    overrides = {
+        "run.run_dir": str(tmp_path),
+        "run.log_interval_s": "1000",  # the first line and the last only
+        "learner.batch_size": "8",
+        "learner.batch_size_run": "2",
+        "run.online_env_steps": "100",
+        "run.eval_interval_steps": "100",
+        "actor.test_episodes": "4",
+        "actor.final_test_episodes": "0",
+    }
+    cfg = resolve_config("3m", method="qmix", overrides=[f"{k}={v}" for k, v in overrides.items()])
+    train_sync(cfg, progress=True)
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  env steps")]
+    assert "nan" not in lines[0] and re.search(r"test win rate \d", lines[0]), lines[0]

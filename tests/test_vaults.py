@@ -29,7 +29,7 @@ MAP = "3m"
 LAYOUT = map_layout(MAP)
 # Four OG-MARL-style episodes: lost, won, cut by the time limit (flagged terminal, as OG-MARL's SMAC
 # recorder does), lost. (steps, team reward per step)
-EPISODES = [(5, 0.5), (8, 2.6), (LAYOUT.episode_limit, 0.1), (3, 1.0)]
+EPISODES = [(5, 0.5), (8, 2.5), (LAYOUT.episode_limit, 0.1), (3, 1.0)]  # returns a win can reach
 
 
 def flashbax(*args: str) -> str:
@@ -47,24 +47,27 @@ def flashbax(*args: str) -> str:
 
 def og_marl_arrays(seed: int = 0) -> dict[str, np.ndarray]:
     """Transitions as OG-MARL's SMAC recorder stores them: per-agent rewards and flags (float32),
-    legal actions as float32, every end flagged in `terminals`, `truncations` never set."""
+    legal actions as float32, every end flagged in `terminals`, `truncations` never set. What SMAC
+    can produce: every agent alive (stop always legal, the no-op never), features in [-1, 1]."""
     rng = np.random.default_rng(seed)
     n, a = LAYOUT.n_agents, LAYOUT.n_actions
     steps = sum(length for length, _ in EPISODES)
     legals = (rng.random((steps, n, a)) < 0.5).astype(np.float32)
     actions = rng.integers(0, a, (steps, n)).astype(np.int32)
+    actions[actions == 0] = 1  # the no-op is a dead agent's; these are alive
+    legals[..., 0], legals[..., 1] = 0.0, 1.0
     np.put_along_axis(legals, actions[..., None].astype(np.int64), 1.0, axis=-1)
     rewards = np.concatenate([np.full(length, r, np.float32) for length, r in EPISODES])
     terminals = np.zeros((steps, n), np.float32)
     terminals[np.cumsum([length for length, _ in EPISODES]) - 1] = 1.0
     return {
-        "observations": rng.normal(size=(steps, n, LAYOUT.obs_size)).astype(np.float32),
+        "observations": rng.uniform(-1, 1, size=(steps, n, LAYOUT.obs_size)).astype(np.float32),
         "actions": actions,
         "rewards": np.repeat(rewards[:, None], n, axis=1),
         "terminals": terminals,
         "truncations": np.zeros((steps, n), np.float32),
         "infos.legals": legals,
-        "infos.state": rng.normal(size=(steps, LAYOUT.state_size)).astype(np.float32),
+        "infos.state": rng.uniform(-1, 1, size=(steps, LAYOUT.state_size)).astype(np.float32),
     }
 
 
@@ -142,7 +145,7 @@ def test_validate_and_inspect_accept_a_vault(vaults, capsys):
     assert dataset_inspect(args("inspect", vlt / "Good")) == 0
     out = capsys.readouterr().out
     assert "episodes   4" in out and "win rate   0.250 (inferred from returns)" in out
-    assert (vlt.parent / "3m_Good.returns.png").stat().st_size > 0  # beside the vault, not inside
+    assert (vlt.parent / "3m_Good.vault.returns.png").stat().st_size > 0  # beside the vault, not inside
 
 
 def test_a_vault_directory_with_several_datasets_asks_for_one(vaults):

@@ -80,6 +80,28 @@ def test_versions_only_go_forward_and_messages_are_bounded():
         publisher.stop()
 
 
+def test_the_service_sends_weights_up_to_its_bound_but_reads_only_small_requests():
+    import grpc
+
+    from common.weight_protocol import MAX_REQUEST_BYTES, SUBSCRIBE
+
+    publisher = WeightPublisher(port=0, max_message_bytes=4 << 20)
+    subscriber = WeightSubscriber(publisher.address, max_message_bytes=4 << 20).start()
+    try:
+        big = {"big": torch.arange(3 << 18, dtype=torch.float32)}  # 3 MiB: weights far above requests
+        publisher.publish(big, 1)
+        assert subscriber.wait_for_version(1, timeout=10)
+        assert torch.equal(fetch_latest(publisher.address, 4 << 20).state_dict["big"], big["big"])
+        with grpc.insecure_channel(publisher.address) as channel:
+            stream = channel.unary_stream(SUBSCRIBE)(bytes(2 * MAX_REQUEST_BYTES), timeout=10)
+            with pytest.raises(grpc.RpcError) as refused:
+                next(stream)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        subscriber.stop()
+        publisher.stop()
+
+
 def test_an_actor_keeps_playing_through_a_learner_restart_and_picks_up_the_new_version():
     port = free_port()
     env = LiteBatchEnv("3m", num_envs=2, seed=0)

@@ -427,8 +427,11 @@ def format_config(cfg: Config) -> str:
 
 
 def write_config(cfg: Config, path: str | os.PathLike[str]) -> Path:
-    """Write `format_config(cfg)` to `path` (e.g. a run directory's config.yaml)."""
+    """Write `format_config(cfg)` to `path` (e.g. a run directory's config.yaml) in one step: a
+    reader (a resuming run) sees the old file or the new one, never half of one."""
+    from common.atomic_files import atomic_path
+
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(format_config(cfg), encoding="utf-8")
+    with atomic_path(target) as tmp:
+        Path(tmp).write_text(format_config(cfg), encoding="utf-8")
     return target

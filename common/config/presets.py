@@ -16,6 +16,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from common.config.problems import suggest
 from common.config.sections import DATASET_KINDS, Config, ConfigError
 
 # --- what each method does -------------------------------------------------------------------
@@ -310,7 +311,8 @@ def preset(map_name: str, dataset_kind: str | None, method: str) -> dict[str, di
     `dataset_kind` may be None only for `qmix` (no offline data)."""
     if method not in METHODS:
         raise ConfigError(
-            f"no preset for method {method!r} (expected one of {_names(METHODS)})", key="learner.method"
+            f"no preset for method {method!r}{suggest(method, METHODS)}; expected one of {_names(METHODS)}",
+            key="learner.method",
         )
     if dataset_kind is not None and dataset_kind not in DATASET_KINDS:
         raise ConfigError(

@@ -249,6 +249,10 @@ class ActorConfig:
     # Battles each actor steps together (one batched network call per step). Small, so the
     # episodes in flight stay few and the policy lag stays low; on real SC2 each battle is a game.
     envs_per_actor: int = 4
+    # Whether the actors are numbered 0 .. num_actors-1 (`ovmse run`, `ovmse ray-launch`): the
+    # learner then refuses progress reports from any other id. Compose's replicas take their ids
+    # from their host names, so its file sets false and only the reports' speed is bounded.
+    numbered_ids: bool = True
     exploration: str = "decentralized_se"  # | "centralized_se" | "epsilon_greedy" | "policy_sample"
     # The acting forward pass: "auto" (tiles where the CPU has AMX and the learner computes in bf16,
     # else torch) | "torch" | "numpy" | "tiles" (docs/bench/actor.md).
@@ -290,6 +294,10 @@ class RunConfig:
     metrics_port: int = 0  # Prometheus /metrics port; 0 = off
     grpc_max_message_mb: int = 64  # bound on weight messages, enforced by the learner and its receivers
     bind_address: str = "127.0.0.1"
+    # `ovmse run` only, Linux: run every process in a network namespace of its own, so that no one
+    # outside reaches the replay server (Reverb binds every interface and checks no token), nor the
+    # metrics (deploy/private_network.py).
+    private_network: bool = False
     # A file holding the token the learner's weight service asks of actors and the evaluator; made
     # with a random token if missing. OVMSE_TOKEN in the environment takes precedence. None and no
     # OVMSE_TOKEN: no token (any client that reaches bind_address is served). See common/auth.py.

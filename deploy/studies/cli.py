@@ -26,6 +26,7 @@ from pathlib import Path
 
 from common.config import METHOD_NAMES
 from common.config.presets import map_hyperparameters
+from deploy.config_args import positive_int
 from deploy.studies.pools import LocalPool, RayPool, sweep_lock
 from deploy.studies.runner import run_sweep
 from deploy.studies.sweep import (
@@ -145,24 +146,50 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help=f"comma-separated methods (default: {','.join(DEFAULT_METHODS)}; also ovm, se, inspo_ovm; "
         "offline only: inspo, bc, qmix_cql, cfcql)",
     )
-    parser.add_argument("--seeds", type=int, default=6, metavar="N", help="seeds per method (paper: 6)")
+    parser.add_argument(
+        "--seeds",
+        type=positive_int,
+        default=6,
+        metavar="N",
+        help="seeds per method (default: %(default)s, the paper's)",
+    )
     parser.add_argument(
         "--online-steps",
-        type=int,
+        type=positive_int,
         metavar="T",
         help="online env steps per trial (default: the paper's, 1M on 2s3z and 3s5z)",
     )
     parser.add_argument(
-        "--mixing-ratios", metavar="LIST", help="e.g. 0.0,0.1,0.3: every offline-to-online method at each"
+        "--mixing-ratios",
+        metavar="LIST",
+        help="e.g. 0.0,0.1,0.3: every offline-to-online method at each (default: the preset's ratio)",
     )
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--jobs", type=int, default=2, metavar="J", help="local trials at once (default 2)")
     where.add_argument(
-        "--ray", metavar="ADDRESS", help="run trials as Ray tasks on this cluster ('local': a local instance)"
+        "--jobs",
+        type=positive_int,
+        default=2,
+        metavar="J",
+        help="local trials at once (default: %(default)s)",
+    )
+    where.add_argument(
+        "--ray",
+        metavar="ADDRESS",
+        help="run trials as Ray tasks on this cluster ('local': a local instance; default: local processes)",
     )
     parser.add_argument("--out", metavar="DIR", help="output directory (default runs/reproduce/MAP_KIND)")
-    parser.add_argument("--dataset", metavar="FILE", help="use this dataset instead of making one")
-    parser.add_argument("--threads", type=int, default=1, metavar="N", help="torch threads per trial")
+    parser.add_argument(
+        "--dataset",
+        metavar="FILE",
+        help="use this dataset instead of making one (default: made the paper's way)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="torch threads per trial (default: %(default)s)",
+    )
     parser.add_argument(
         "--report-only",
         action="store_true",
@@ -170,7 +197,11 @@ def add_options(parser: argparse.ArgumentParser) -> None:
     )
     for flag, name, kind, text in BUDGET_FLAGS:
         parser.add_argument(
-            flag, type=kind, default=None, metavar="X", help=f"{text} (default {getattr(b, name)})"
+            flag,
+            type=positive_int if kind is int else kind,
+            default=None,
+            metavar="X",
+            help=f"{text} (default {getattr(b, name)})",
         )
 
 

@@ -29,13 +29,30 @@ PR_SET_PDEATHSIG = 1
 Command = Callable[[str], list[str]]  # a trial's name -> the arguments of the Python that runs it
 
 
+def _libc_prctl():
+    """libc's prctl, looked up once in the parent: between fork and exec a child should do no more
+    than call it (loading a library there can deadlock on a lock another thread held)."""
+    if sys.platform != "linux":
+        return None
+    try:
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+_PRCTL = _libc_prctl()
+
+
 def die_with_parent() -> None:
     """Runs in a child between fork and exec: ask the kernel (Linux) for SIGTERM when the process
     that started it dies, even by SIGKILL, which leaves it no chance to stop its children itself: a
     killed orchestrator leaves no service running as an orphan, a killed sweep no trial writing into
-    its output directory. Elsewhere it does nothing, and children may outlive a killed parent."""
-    with contextlib.suppress(Exception):
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    its output directory. Elsewhere it does nothing, and children may outlive a killed parent.
+    (The kernel sends it when the thread that started the child ends: start long-lived children
+    from a thread that lives as long as they should, e.g. the main thread.)"""
+    if _PRCTL is not None:
+        with contextlib.suppress(Exception):
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def trial_env() -> dict[str, str]:

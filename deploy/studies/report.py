@@ -31,7 +31,15 @@ from common.config.presets import METHODS
 from deploy.studies.bootstrap import Interval, bootstrap_ci, iqm, mean, median, probability_of_improvement_ci
 from deploy.studies.curves import plot_curves
 from deploy.studies.marl_eval import RunCurve, raw_results
-from deploy.studies.sweep import Sweep, dataset_path, is_done, offline_key, plan, read_done, read_records
+from deploy.studies.sweep import (
+    Sweep,
+    dataset_path,
+    is_done,
+    plan,
+    read_done,
+    read_records,
+    sweep_offline_key,
+)
 
 
 @dataclass
@@ -91,7 +99,7 @@ def load_pretrainings(out: Path, sweep: Sweep) -> dict[str, list[PretrainRecord]
     for trial in plan(sweep):
         if trial.kind != "pretrain":
             continue
-        key = offline_key(sweep.map_name, sweep.dataset_kind, trial.method)
+        key = sweep_offline_key(sweep, trial.method)
         found.setdefault(key, [])
         if not is_done(out, trial.name):
             continue
@@ -114,7 +122,7 @@ def load_pretrainings(out: Path, sweep: Sweep) -> dict[str, list[PretrainRecord]
 
 def offline_label(sweep: Sweep, key: str) -> str:
     """A pre-training's row name: the offline method it is, or its loss and the methods sharing it."""
-    users = [m for m in sweep.methods if offline_key(sweep.map_name, sweep.dataset_kind, m) == key]
+    users = [m for m in sweep.methods if sweep_offline_key(sweep, m) == key]
     return users[0] if users == [key] else f"{key} ({', '.join(users)})"
 
 

@@ -20,6 +20,7 @@ A trial is finished when its directory holds `done.json` (written last, atomical
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,11 +124,22 @@ def dataset_path(out: Path, sweep: Sweep) -> Path:
     return out / "datasets" / f"{sweep.map_name}_{sweep.dataset_kind}.h5"
 
 
-def offline_key(map_name: str, dataset_kind: str, method: str) -> str:
-    """The offline loss a method pre-trains with ("cql", "cfcql", "cql_calql", ...): methods with the
-    same key share a pre-training."""
+@functools.lru_cache(maxsize=256)
+def offline_key(map_name: str, dataset_kind: str, method: str, overrides: tuple[str, ...] = ()) -> str:
+    """The offline loss a method pre-trains with ("cql", "cfcql", "cql_calql", "none" ...), after
+    the sweep's `--set` learner overrides (a sweep with learner.offline_cql=none pre-trains without
+    CQL, and its trials say so): methods with the same key share a pre-training."""
     learner = preset_config(map_name, dataset_kind, method).learner
+    own = [text for text in overrides if text.startswith("learner.")]
+    if own:
+        learner = resolve_config(
+            map_name=map_name, dataset=dataset_kind, method=method, overrides=own
+        ).learner
     return algorithm_spec(learner.algorithm).pretraining_key(learner, METHODS[method].policy_updates)
+
+
+def sweep_offline_key(sweep: Sweep, method: str) -> str:
+    return offline_key(sweep.map_name, sweep.dataset_kind, method, tuple(sweep.overrides))
 
 
 def algorithm_label(method: str, ratio: float | None) -> str:
@@ -147,7 +159,7 @@ def plan(sweep: Sweep) -> list[Trial]:
             data_needs = ("datasets/medium",)
     keys: dict[str, str] = {}
     for method in o2o:
-        keys.setdefault(offline_key(sweep.map_name, sweep.dataset_kind, method), method)
+        keys.setdefault(sweep_offline_key(sweep, method), method)
     ratios: tuple[float | None, ...] = sweep.mixing_ratios or (None,)
     # Seed by seed, so that a sweep stopped part-way has whole seeds of every method.
     for seed in range(sweep.seeds):
@@ -159,7 +171,7 @@ def plan(sweep: Sweep) -> list[Trial]:
             if not METHODS[method].offline_phase:
                 trials.append(Trial(f"online/{method}_s{seed}", "online", seed, method, method))
                 continue
-            key = offline_key(sweep.map_name, sweep.dataset_kind, method)
+            key = sweep_offline_key(sweep, method)
             for ratio in ratios:
                 label = algorithm_label(method, ratio)
                 needs = (f"pretrain/{key}_s{seed}",)

@@ -78,6 +78,14 @@ def execute_trial(out: Path, name: str, threads: int = 1) -> dict:
     return done
 
 
+def within(out: Path, path: str | Path) -> str:
+    """`path` relative to the sweep's output directory when it lies inside it, else as given."""
+    try:
+        return str(Path(path).resolve().relative_to(Path(out).resolve()))
+    except ValueError:
+        return str(path)
+
+
 def _run_behaviour(out: Path, sweep: Sweep, trial: Trial, run_dir: Path) -> dict:
     """QMIX from scratch until the stated test win rate; its FIFO buffer at the end is the
     medium-replay dataset."""
@@ -114,7 +122,8 @@ def _run_behaviour(out: Path, sweep: Sweep, trial: Trial, run_dir: Path) -> dict
         "behaviour_reached_target": medium_level(last),
     }
     attrs = {"map_name": sweep.map_name, "policy": "qmix-replay", "kind": "medium_replay", **level}
-    write_json(card_path(replay_file), inspect_dataset(replay_file).card(**attrs))
+    card = inspect_dataset(replay_file).card(**attrs)
+    write_json(card_path(replay_file), {**card, "path": within(out, card["path"])})
     return {
         **level,
         "checkpoint": str(run_dir / "checkpoints" / "final.pt"),
@@ -136,6 +145,8 @@ def _run_dataset(out: Path, sweep: Sweep, trial: Trial, run_dir: Path) -> dict:
     )
     card = json.loads(card_path(path).read_text())
     card.update({k: v for k, v in behaviour.items() if k.startswith("behaviour_")}, kind="medium")
+    # Paths relative to the sweep's --out, so a card copied elsewhere names no machine's directory.
+    card.update(path=within(out, card["path"]), policy=f"checkpoint:{within(out, behaviour['checkpoint'])}")
     write_json(card_path(path), card)
     return {"dataset": str(path), "episodes": summary.episodes, "win_rate": summary.win_rate}
 
