@@ -40,9 +40,27 @@ def resume_overrides(saved: Config, overrides: list[str]) -> Config:
     return apply_overrides(saved, overrides)
 
 
+# Where a run and its inputs are, not what it is: a sweep directory copied or moved elsewhere
+# resumes its trials with these changed (and the trainer state it resumes holds the rest).
+LOCATION_KEYS = (
+    "run.run_dir",
+    "run.name",
+    "run.dataset",
+    "run.init_checkpoint",
+    "run.auth_token_file",
+    "run.metrics_port",
+    "run.bind_address",
+    "replay.checkpoint_dir",
+    "replay.address",
+    "replay.port",
+    "actor.weight_server",
+)
+
+
 def check_resume_changes(run_dir: Path, cfg: Config) -> None:
     """Refuse, in one line naming the key, a configuration that differs from the run's own
-    config.yaml in a field outside RESUMABLE_KEYS (the one-process trainer's `--resume`)."""
+    config.yaml in a field outside RESUMABLE_KEYS and LOCATION_KEYS (the one-process trainer's
+    `--resume`)."""
     import yaml
 
     from common.config import format_config
@@ -58,7 +76,7 @@ def check_resume_changes(run_dir: Path, cfg: Config) -> None:
     for section, values in now.items():
         for key, value in (values or {}).items():
             before = (saved.get(section) or {}).get(key, value)
-            if before != value and f"{section}.{key}" not in RESUMABLE_KEYS:
+            if before != value and f"{section}.{key}" not in RESUMABLE_KEYS + LOCATION_KEYS:
                 raise InputError(
                     f"--set {section}.{key}: cannot be changed on --resume ({before!r} in {path}, "
                     f"{value!r} asked for); these can: {', '.join(RESUMABLE_KEYS)}"
