@@ -262,14 +262,19 @@ def failing(tmp_path: Path, name: str, code: int) -> Child:
     return Child(name, [sys.executable, "-c", script], tmp_path / f"{name}.log")
 
 
-def test_a_process_that_exits_with_a_configuration_error_is_not_restarted(tmp_path, capsys, monkeypatch):
+def tended_after_failing(tmp_path: Path, name: str, code: int, monkeypatch) -> tuple[Child, str | None]:
+    """A run's only child, exited with `code`, and what the orchestrator's next look at it says."""
     monkeypatch.setattr(embedded, "RESTART_DELAY_S", 0.01)
     run = EmbeddedRun(cfg=None, run_dir=tmp_path)
-    learner = failing(tmp_path, "learner", 2)
-    run.children = {"learner": learner}
-    learner.start(run.env)
-    learner.process.wait()
-    reason = run._tend(time.monotonic(), learner_done=False)
+    child = failing(tmp_path, name, code)
+    run.children = {name: child}
+    child.start(run.env)
+    child.process.wait()
+    return child, run._tend(time.monotonic(), learner_done=False)
+
+
+def test_a_process_that_exits_with_a_configuration_error_is_not_restarted(tmp_path, capsys, monkeypatch):
+    learner, reason = tended_after_failing(tmp_path, "learner", 2, monkeypatch)
     assert reason == "learner exited with a configuration error (exit code 2); not restarting it"
     assert learner.starts == 1 and learner.restart_at is None
     err = capsys.readouterr().err
@@ -279,13 +284,8 @@ def test_a_process_that_exits_with_a_configuration_error_is_not_restarted(tmp_pa
 
 
 def test_a_crashed_process_shows_its_last_log_lines_and_is_restarted(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(embedded, "RESTART_DELAY_S", 0.01)
-    run = EmbeddedRun(cfg=None, run_dir=tmp_path)
-    actor = failing(tmp_path, "actor0", 1)
-    run.children = {"actor0": actor}
-    actor.start(run.env)
-    actor.process.wait()
-    assert run._tend(time.monotonic(), learner_done=False) is None  # restarted after a delay
+    actor, reason = tended_after_failing(tmp_path, "actor0", 1, monkeypatch)
+    assert reason is None  # restarted after a delay
     assert actor.restart_at is not None
     assert "actor0 line 29" in capsys.readouterr().err
 
