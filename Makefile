@@ -7,6 +7,10 @@ STAMP := $(VENV)/.installed
 # it writes: flashbax needs an ml-dtypes newer than TensorFlow 2.14 allows, so it cannot share .venv.
 FLASHBAX_VENV := .venv-flashbax
 FLASHBAX_STAMP := $(FLASHBAX_VENV)/.installed
+# Another, with the real mpe2 package (its own gymnasium/pettingzoo/pygame-ce), only for the tests
+# that check the particle world against it.
+MPE2_VENV := .venv-mpe2
+MPE2_STAMP := $(MPE2_VENV)/.installed
 
 .PHONY: demo test install lint bench lock clean mutate
 
@@ -25,6 +29,14 @@ $(FLASHBAX_STAMP): tests/flashbax/requirements.txt
 
 $(FLASHBAX_VENV): $(FLASHBAX_STAMP)
 
+$(MPE2_STAMP): tests/mpe2/requirements.txt
+	test -x $(MPE2_VENV)/bin/python || $(PYTHON) -m venv $(MPE2_VENV)
+	$(MPE2_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(MPE2_VENV)/bin/python -m pip install --quiet -r tests/mpe2/requirements.txt
+	touch $(MPE2_STAMP)
+
+$(MPE2_VENV): $(MPE2_STAMP)
+
 install: $(STAMP)
 
 demo: $(STAMP)
@@ -34,7 +46,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: $(STAMP) $(FLASHBAX_STAMP)
+test: $(STAMP) $(FLASHBAX_STAMP) $(MPE2_STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
@@ -57,4 +69,4 @@ lock: $(STAMP)
 	mv constraints.txt.new constraints.txt
 
 clean:
-	rm -rf $(VENV) $(FLASHBAX_VENV) .pytest_cache .ruff_cache mutants
+	rm -rf $(VENV) $(FLASHBAX_VENV) $(MPE2_VENV) .pytest_cache .ruff_cache mutants

@@ -19,6 +19,7 @@ from _report import machine, pin_to_one_core, write  # noqa: E402
 
 from common.envs.lite import LiteBatchEnv  # noqa: E402
 from common.envs.maps import get_map  # noqa: E402
+from common.envs.particles import SpreadBatchEnv  # noqa: E402
 from common.envs.policies import make_policy  # noqa: E402
 
 POLICY_MAPS = ("3m", "8m", "2s3z", "3s5z", "5m_vs_6m", "MMM2", "6h_vs_8z", "10m_vs_11m")
@@ -32,8 +33,8 @@ ANCHORS = {
 TARGET_3S5Z_B256 = 20_000
 
 
-def measure(map_name: str, batch: int, seconds: float) -> dict:
-    env = LiteBatchEnv(map_name, num_envs=batch, seed=0)
+def measure(map_name: str, batch: int, seconds: float, **flags) -> dict:
+    env = LiteBatchEnv(map_name, num_envs=batch, seed=0, **flags)
     rng = np.random.default_rng(0)
     obs = env.reset()
     step_time = act_time = 0.0
@@ -80,6 +81,94 @@ def win_rates(map_name: str, episodes: int) -> dict:
             obs = step.next
         out[name] = {"win_rate": env.get_stats()["win_rate"], "mean_return": float(np.mean(returns))}
     return out
+
+
+# Particle world (MPE simple_spread, continuous actions): agent-steps/s = batch steps * B * n agents.
+PARTICLE_TARGET_AGENT_STEPS = 100_000  # at B=256, 3 agents, one core
+
+
+def measure_particles(batch: int = 256, seconds: float = 3.0) -> dict:
+    """Agent-steps/s of `SpreadBatchEnv.step` (3 agents) with uniform random actions in [0, 1]; drawing
+    the actions is timed separately, as for the lite world."""
+    env = SpreadBatchEnv(batch, seed=0)
+    rng = np.random.default_rng(0)
+    env.reset()
+    step_time = act_time = 0.0
+    steps = 0
+    start = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        actions = rng.random((batch, env.n_agents, env.n_actions), dtype=np.float32)
+        t1 = time.perf_counter()
+        env.step(actions)
+        t2 = time.perf_counter()
+        act_time += t1 - t0
+        step_time += t2 - t1
+        steps += 1
+        if t2 - start > seconds and steps >= 5:
+            break
+    agent_steps = steps * batch * env.n_agents
+    return {
+        "world": "particles simple_spread",
+        "batch": batch,
+        "n_agents": env.n_agents,
+        "steps": steps,
+        "agent_steps_per_s": agent_steps / step_time,
+        "with_random_actions_per_s": agent_steps / (step_time + act_time),
+        "ms_per_batch_step": 1000 * step_time / steps,
+    }
+
+
+def particle_section(seconds: float) -> tuple[dict, list[str]]:
+    """Measure the particle world at B=256 and write its markdown section."""
+    row = measure_particles(256, seconds)
+    speed = row["agent_steps_per_s"]
+    print(f"particles   B={row['batch']:5d}  {speed:9.0f} agent-steps/s", flush=True)
+    met = "met" if speed >= PARTICLE_TARGET_AGENT_STEPS else "NOT met"
+    lines = [
+        "",
+        "## Particle world (MPE simple_spread, 3 agents, continuous actions)",
+        "",
+        "| B | agent-steps/s | with actions | ms per batch step |",
+        "|---|---|---|---|",
+        f"| {row['batch']} | {speed:,.0f} | {row['with_random_actions_per_s']:,.0f} | "
+        f"{row['ms_per_batch_step']:.2f} |",
+        "",
+        f"Target: >= {PARTICLE_TARGET_AGENT_STEPS:,} agent-steps/s at B=256 on one core: "
+        f"**{speed:,.0f}** ({met}).",
+    ]
+    return row, lines
+
+
+# SMACv2 scenarios (teams and start points drawn per episode; sc2_gen_*.yaml flags).
+SMACV2_TARGET_10V10 = 20_000  # env-steps/s, protoss_10_vs_10 at B=256, one core
+SMACV2_FLAGS = {"obs_own_pos": True, "use_unit_ranges": True, "min_attack_range": 2}
+
+
+def smacv2_section(seconds: float) -> tuple[list[dict], list[str]]:
+    """Measure protoss 5v5 and 10v10 at B=256 (random available actions) and write their section."""
+    rows = []
+    for name in ("protoss_5_vs_5", "protoss_10_vs_10"):
+        row = measure(name, 256, seconds, **SMACV2_FLAGS)
+        rows.append(row)
+        print(f"{name:16s} B=  256  {row['env_steps_per_s']:9.0f} env-steps/s", flush=True)
+    speed = rows[-1]["env_steps_per_s"]
+    lines = [
+        "",
+        "## SMACv2 scenarios (lite world, SMACv2's example-config flags)",
+        "",
+        "| scenario | B | env-steps/s | with actions | ms per batch step |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {r['map']} | {r['batch']} | {r['env_steps_per_s']:,.0f} | "
+            f"{r['with_random_actions_per_s']:,.0f} | {r['ms_per_batch_step']:.2f} |"
+            for r in rows
+        ),
+        "",
+        f"Target: >= {SMACV2_TARGET_10V10:,} env-steps/s on protoss_10_vs_10 at B=256 on one core: "
+        f"**{speed:,.0f}** ({'met' if speed >= SMACV2_TARGET_10V10 else 'NOT met'}).",
+    ]
+    return rows, lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,8 +231,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{p['heuristic']['win_rate']:.2f} | {p['heuristic']['mean_return']:.2f} |"
         for p in policies
     ]
+    particle_row, particle_lines = particle_section(seconds)
+    lines += particle_lines
     lines.append("")
     results = {"rows": rows, "policies": policies, "pinned": pinned, "quick": args.quick}
+    results["particles"] = particle_row
+    smacv2_rows, smacv2_lines = smacv2_section(seconds)
+    lines[-1:-1] = smacv2_lines
+    results["smacv2"] = smacv2_rows
     path = write("world", results, "\n".join(lines))
     print(f"wrote {path}")
     return 0

@@ -185,6 +185,10 @@ def world_bounds(spec, env_cfg) -> WorldBounds:
 
     cooldown_ratios = [u.cooldown_loops / u.max_cooldown for u in allies if not u.suicide_radius]
     feature = FEATURE_MARGIN * max([1.0, *cooldown_ratios])
+    if getattr(env_cfg, "fully_observable", False):
+        # SMACv2's fully observable units see across the whole 32x32 map: a distance over a sight
+        # range of 8 reaches 32 sqrt(2) / 8
+        feature = max(feature, FEATURE_MARGIN * 32 * math.sqrt(2) / 8)
     return WorldBounds(
         reward=_with_tolerance(step),
         episode_return=_with_tolerance(episode),

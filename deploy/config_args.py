@@ -94,8 +94,8 @@ def add_config_options(parser: argparse.ArgumentParser, *, seed: bool = True) ->
     group.add_argument(
         "--map",
         metavar="MAP",
-        help="SMAC map; the paper's presets: 2s3z, 3s5z, 5m_vs_6m, 6h_vs_8z; other maps get generic values "
-        "(default: 3s5z)",
+        help="SMAC map or SMACv2 scenario (e.g. protoss_5_vs_5); the paper's presets: 2s3z, 3s5z, "
+        "5m_vs_6m, 6h_vs_8z; other maps get generic values (default: 3s5z)",
     )
     group.add_argument(
         "--dataset-kind",

@@ -12,6 +12,7 @@ Each writes the dataset file in CFCQL's layout and its card next to it.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,13 @@ from deploy.builder import Builder
 from deploy.single_process import train_sync
 from replay.dataset import DatasetSummary, inspect_dataset, summarize
 from replay.dataset_writer import DatasetWriter, card_path, write_dataset
+
+
+def _smacv2_attrs(cfg: Config) -> dict:
+    """On a SMACv2 scenario, its capability configuration and flags (a dataset of one configuration
+    is refused for another); nothing on a SMAC map."""
+    record = cfg.env.smacv2_record()
+    return {} if record is None else {"smacv2": json.dumps(record, sort_keys=True)}
 
 
 def _finish(out: Path, attrs: dict, **card_extra):
@@ -55,7 +63,12 @@ def collect_with_checkpoint(
             finished = worker.step(epsilon)
             collected += finished
             bar.update(min(len(finished), episodes - bar.n))
-    attrs = {"map_name": cfg.env.map_name, "policy": f"checkpoint:{checkpoint}", "epsilon": epsilon}
+    attrs = {
+        "map_name": cfg.env.map_name,
+        "policy": f"checkpoint:{checkpoint}",
+        "epsilon": epsilon,
+        **_smacv2_attrs(cfg),
+    }
     write_dataset(out, collected[:episodes], worker.env.episode_limit, attrs=attrs)
     return _finish(Path(out), attrs)
 
@@ -127,6 +140,7 @@ def collect_dataset(cfg, request: CollectRequest, progress: bool = True) -> Data
         "epsilon": float(request.epsilon),
         "seed": int(cfg.env.seed),
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **_smacv2_attrs(cfg),
     }
     writer = DatasetWriter(
         request.out,

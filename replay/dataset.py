@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -40,11 +41,30 @@ from common.atomic_files import atomic_path
 from common.episode import FIELD_DTYPES, STEP_FIELDS, Episode, EpisodeMeta
 from common.episode_checks import MapLayout as MapLayout  # re-exported: the dataset commands use it
 from common.episode_checks import episode_problem
-from common.episode_checks import expected_layout as expected_layout
+from common.episode_checks import expected_layout as _world_layout
 from common.episode_checks import map_layout as map_layout
 from replay.dataset_error import DatasetError
 
 # --- the format -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DatasetExpectation(MapLayout):
+    """A map's layout plus the SMACv2 configuration (JSON) its dataset must have been made with."""
+
+    smacv2: str | None = None
+
+
+def expected_layout(env_cfg) -> MapLayout | None:
+    """What a dataset for the configured world must hold (common.episode_checks.expected_layout),
+    and on a SMACv2 scenario the configuration its file records (`EnvConfig.smacv2_record`)."""
+    layout = _world_layout(env_cfg)
+    record = getattr(env_cfg, "smacv2_record", lambda: None)()
+    if layout is None or record is None:
+        return layout
+    values = {f.name: getattr(layout, f.name) for f in fields(layout)}
+    return DatasetExpectation(**values, smacv2=json.dumps(record, sort_keys=True))
+
 
 REQUIRED_KEYS = STEP_FIELDS  # `probs` is optional on reading
 # The dtypes CFCQL's files hold (PyMARL scheme: th.long actions and filled, th.int avail_actions).
@@ -177,7 +197,22 @@ def read_layout(h5, path: str | os.PathLike, expected: MapLayout | None = None) 
             raise DatasetError(path, key, f"shape {tuple(h5[key].shape)}, expected {wanted[key]}")
     if expected is not None:
         _check_map(layout, expected, path, lambda key: _fault(h5, key))
+        _check_smacv2(h5, expected, path)
     return layout
+
+
+def _check_smacv2(h5, expected: MapLayout, path) -> None:
+    """A SMACv2 dataset made with another capability configuration or SMACv2 flags is refused,
+    naming the first key that differs (files that record none are taken as they are)."""
+    from common.envs.smacv2 import RECORD_KEY, record_mismatch
+
+    wanted = getattr(expected, "smacv2", None)
+    recorded = getattr(h5, "attrs", {}).get(RECORD_KEY)
+    if wanted is None or recorded is None:
+        return
+    problem = record_mismatch(json.loads(recorded), json.loads(wanted))
+    if problem:
+        raise DatasetError(path, "attrs", problem)
 
 
 def _check_map(layout: DatasetLayout, expected: MapLayout, path, name=lambda key: key) -> None:
@@ -496,6 +531,8 @@ class DatasetSummary:
         """The dataset card (JSON-ready): size and return statistics, plus `extra`."""
         data = {k: v for k, v in asdict(self).items() if k != "returns"}
         data.update(extra)
+        if isinstance(data.get("smacv2"), str):  # the file's SMACv2 configuration, as JSON
+            data["smacv2"] = json.loads(data["smacv2"])
         return data
 
 

@@ -236,3 +236,10 @@ def test_the_readme_counts_the_lite_worlds_maps():
 
     counts = re.findall(r"(\d+) SMAC maps", README.read_text())
     assert counts and {int(c) for c in counts} == {len(MAPS)}
+
+
+def test_the_world_page_counts_the_smacv2_scenarios():
+    from common.envs.smacv2 import SCENARIOS
+
+    counts = re.findall(r"(\d+) SMACv2 scenarios", (DOCS / "world.md").read_text())
+    assert counts and {int(c) for c in counts} == {len(SCENARIOS)}

@@ -191,6 +191,24 @@ OTHER_MAPS = MapHyperparameters(2, 50, 10.0, "cql", 0.25, 1_000_000, 0.6, 100_00
 # NOT FROM THE PAPER: other maps read the per-dataset tables below at this map's rows.
 OTHER_MAPS_TABLE_ROW = "3s5z"
 
+# NOT FROM THE PAPER: SMACv2's scenarios (protoss_5_vs_5 ... zerg_20_vs_23). OTHER_MAPS's values
+# (3s5z's CQL weight and table rows, PyMARL2's grad clip, batch_size_run 2 with a 50-episode target
+# interval, a 1M-step fine-tuning budget), except what SMACv2's own QMIX baselines set
+# (smacv2 RUNNING_EXPERIMENTS.md, "Running SMACv2 Baselines", QMIX step 5): td_lambda 0.4 and
+# epsilon annealed over 100k steps.
+SMACV2_MAPS = dataclasses.replace(OTHER_MAPS, td_lambda=0.4, qmix_epsilon_anneal_steps=100_000)
+# The env flags of SMACv2's example configs (smacv2/examples/configs/sc2_gen_{protoss,terran,zerg}.yaml,
+# the same in all three); the rest of `env` keeps SMAC's defaults, which those files also use.
+SMACV2_ENV = {
+    "obs_own_pos": True,
+    "conic_fov": False,
+    "num_fov_actions": 12,
+    "use_unit_ranges": True,
+    "min_attack_range": 2.0,
+    "prob_obs_enemy": 1.0,
+    "action_mask": True,
+}
+
 # PyMARL2 `grad_norm_clip`: QMIX from scratch keeps every PyMARL2 value except batch_size_run and
 # target_update_interval (appendix A.1).
 PYMARL2_GRAD_CLIP = 10.0
@@ -282,8 +300,22 @@ MEMORY_COEFFICIENT: dict[tuple[str, str], MemoryCoefficient] = {
 
 
 def map_hyperparameters(map_name: str) -> MapHyperparameters:
-    """Table 3's column for a paper map; `OTHER_MAPS` for any other map."""
-    return MAP_HYPERPARAMETERS.get(map_name, OTHER_MAPS)
+    """Table 3's column for a paper map; `SMACV2_MAPS` for a SMACv2 scenario; `OTHER_MAPS` for
+    any other map."""
+    if map_name in MAP_HYPERPARAMETERS:
+        return MAP_HYPERPARAMETERS[map_name]
+    return SMACV2_MAPS if _is_smacv2(map_name) else OTHER_MAPS
+
+
+def _is_smacv2(map_name: str) -> bool:
+    from common.envs.maps import smacv2_scenario
+
+    return smacv2_scenario(map_name) is not None
+
+
+def env_preset(map_name: str) -> dict[str, Any]:
+    """The `env` values a preset sets: the map, and SMACv2's example-config flags on its scenarios."""
+    return {"map_name": map_name, **(SMACV2_ENV if _is_smacv2(map_name) else {})}
 
 
 def _offline_cql_weight(variant: str, hp: MapHyperparameters, row: tuple[str, str]) -> float:
@@ -345,7 +377,7 @@ def preset(map_name: str, dataset_kind: str | None, method: str) -> dict[str, di
         actor.update(epsilon_start=start, epsilon_end=end, epsilon_anneal_steps=hp.qmix_epsilon_anneal_steps)
         run.update(dataset=None, name=_run_name(method, map_name, dataset_kind))
         return {
-            "env": {"map_name": map_name},
+            "env": env_preset(map_name),
             "replay": {"mixing_ratio": 0.0},
             "learner": learner,
             "actor": actor,
@@ -390,7 +422,7 @@ def preset(map_name: str, dataset_kind: str | None, method: str) -> dict[str, di
     if not spec.policy_updates:
         learner["offline_updates"] = 0
     replay = {"mixing_ratio": MIXING_RATIO[row][column] if column else 0.0}
-    return {"env": {"map_name": map_name}, "replay": replay, "learner": learner, "actor": actor, "run": run}
+    return {"env": env_preset(map_name), "replay": replay, "learner": learner, "actor": actor, "run": run}
 
 
 def preset_config(map_name: str, dataset_kind: str | None, method: str) -> Config:

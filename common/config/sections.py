@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from common.envs.layout import ObsFlags
+from common.envs.layout import SMACV2_OBS_FLAGS, ObsFlags
 
 
 class ConfigError(ValueError):
@@ -89,22 +89,74 @@ class EnvConfig(ObsFlags):
     reward_negative_scale: float = 0.5
     reward_scale: bool = True
     reward_scale_rate: float = 20.0
+    # SMACv2 (smacv2 `StarCraft2Env`'s other flags, its names and defaults; the SMACv2 presets set
+    # its example configs' values). Read only on a SMACv2 map; a SMAC map keeps the defaults.
+    use_unit_ranges: bool = False  # per-unit sight and shoot ranges instead of 9 and 6
+    min_attack_range: float = 2.0  # the shoot range is at least this (with use_unit_ranges)
+    kill_unit_step_mul: int = 2  # only for SMACv2's health capability, which the scenarios do not use
+    fully_observable: bool = False
+    prob_obs_enemy: float = 1.0  # the chance a teammate shares an enemy another agent saw first
+    action_mask: bool = True  # False: every living enemy may be targeted, out of range ones idle
+    # The scenario's capability configuration (common/envs/smacv2.py): how teams are drawn
+    # ("weighted_teams" | "fixed") and start points ("surrounded_and_reflect" | "surrounded" |
+    # "reflect" | "fixed"), and the probability of "reflect".
+    team_gen: str = "weighted_teams"
+    start_positions: str = "surrounded_and_reflect"
+    start_positions_p: float = 0.5
 
     def smac_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `StarCraft2Env(**cfg.smac_kwargs())`: `map_name`, `seed` and the
-        SMAC flags, nothing else (not `backend`)."""
+        SMAC flags, nothing else (not `backend`). On a SMACv2 map also SMACv2's flags and its
+        `capability_config` (the dict `StarCraftCapabilityEnvWrapper` takes)."""
         kwargs: dict[str, Any] = {"map_name": self.map_name, "seed": self.seed}
         kwargs.update({name: getattr(self, name) for name in SMAC_FLAGS})
+        capability = self.capability()
+        if capability is not None:
+            kwargs.update({name: getattr(self, name) for name in SMACV2_FLAGS})
+            kwargs["capability_config"] = capability.to_smacv2()
         return kwargs
+
+    def smacv2_record(self) -> dict[str, Any] | None:
+        """What a dataset of this SMACv2 scenario records of how it was made (its card's and file's
+        `smacv2` entry): the capability configuration and SMACv2's flags; None on a SMAC map."""
+        capability = self.capability()
+        if capability is None:
+            return None
+        return {"capability_config": capability.to_smacv2(), **{k: getattr(self, k) for k in SMACV2_FLAGS}}
+
+    def capability(self):
+        """The SMACv2 `CapabilityConfig` of this map, None for a SMAC map (or an unknown name)."""
+        from common.envs.maps import smacv2_scenario
+        from common.envs.smacv2 import scenario_capability
+
+        scenario = smacv2_scenario(self.map_name)
+        if scenario is None:
+            return None
+        return scenario_capability(scenario, self.team_gen, self.start_positions, self.start_positions_p)
 
     @property
     def obs_flags(self) -> ObsFlags:
         return ObsFlags.from_env_config(self)
 
 
+# SMACv2's own constructor flags, and the fields that make its capability configuration.
+SMACV2_FLAGS = (
+    *SMACV2_OBS_FLAGS,
+    "use_unit_ranges",
+    "min_attack_range",
+    "kill_unit_step_mul",
+    "fully_observable",
+    "prob_obs_enemy",
+    "action_mask",
+)
+CAPABILITY_FIELDS = ("team_gen", "start_positions", "start_positions_p")
 # The SMAC constructor flags `EnvConfig` carries, with SMAC's exact names (see `smac_kwargs`):
-# every field but the back end and the two `smac_kwargs` names first.
-SMAC_FLAGS = tuple(f.name for f in fields(EnvConfig) if f.name not in ("backend", "map_name", "seed"))
+# every field but the back end, the two `smac_kwargs` names first and SMACv2's.
+SMAC_FLAGS = tuple(
+    f.name
+    for f in fields(EnvConfig)
+    if f.name not in ("backend", "map_name", "seed", *SMACV2_FLAGS, *CAPABILITY_FIELDS)
+)
 
 
 @dataclass(frozen=True)

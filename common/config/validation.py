@@ -45,14 +45,16 @@ def env_problems(p: Problems, env: EnvConfig) -> None:
     p.not_empty("env.map_name", env.map_name)
     if env.backend == "lite" and env.map_name.strip():
         # StarCraft II reads its own map registry (SMAC's, or a custom map), checked when it starts.
-        from common.envs.maps import MAPS
+        from common.envs.maps import lite_map_names
 
+        maps = lite_map_names()
         p.require(
-            env.map_name in MAPS,
+            env.map_name in maps,
             "env.map_name",
-            f"unknown map {env.map_name!r}{suggest(env.map_name, MAPS)}; the lite world has "
-            f"{', '.join(sorted(MAPS))}",
+            f"unknown map {env.map_name!r}{suggest(env.map_name, maps)}; the lite world has "
+            f"{', '.join(sorted(maps))}",
         )
+    smacv2_problems(p, env)
     p.at_least("env.seed", env.seed, 0)
     p.at_least("env.step_mul", env.step_mul, 1)
     p.at_least("env.move_amount", env.move_amount, 1)
@@ -61,6 +63,31 @@ def env_problems(p: Problems, env: EnvConfig) -> None:
     p.at_least("env.reward_win", env.reward_win, 0)
     p.at_least("env.reward_negative_scale", env.reward_negative_scale, 0)
     p.positive("env.reward_scale_rate", env.reward_scale_rate)
+
+
+def smacv2_problems(p: Problems, env: EnvConfig) -> None:
+    """SMACv2's flags and capability fields: in range, and left at their defaults on a SMAC map."""
+    from common.config.sections import CAPABILITY_FIELDS, SMACV2_FLAGS
+    from common.envs.maps import smacv2_scenario
+    from common.envs.smacv2 import POSITION_DISTRIBUTIONS, TEAM_DISTRIBUTIONS
+
+    if smacv2_scenario(env.map_name) is None:
+        default = EnvConfig()
+        for name in (*SMACV2_FLAGS, *CAPABILITY_FIELDS):
+            p.require(
+                getattr(env, name) == getattr(default, name),
+                f"env.{name}",
+                f"a SMACv2 setting, and {env.map_name!r} is not a SMACv2 scenario (leave it at "
+                f"{show(getattr(default, name))})",
+            )
+        return
+    p.at_least("env.num_fov_actions", env.num_fov_actions, 1)
+    p.at_least("env.min_attack_range", env.min_attack_range, 0)
+    p.at_least("env.kill_unit_step_mul", env.kill_unit_step_mul, 0)
+    p.unit("env.prob_obs_enemy", env.prob_obs_enemy)
+    p.one_of("env.team_gen", env.team_gen, TEAM_DISTRIBUTIONS)
+    p.one_of("env.start_positions", env.start_positions, POSITION_DISTRIBUTIONS)
+    p.unit("env.start_positions_p", env.start_positions_p)
 
 
 def replay_problems(p: Problems, replay: ReplayConfig) -> None:

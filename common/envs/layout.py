@@ -7,7 +7,7 @@ Layout (SMAC's `get_obs_agent`): move feats | enemy feats (n_enemies x nf_en) | 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -34,6 +34,10 @@ class ObsFlags:
     obs_timestep_number: bool = False
     state_last_action: bool = True
     state_timestep_number: bool = False
+    # SMACv2 only (smacv2 starcraft2.py `StarCraft2Env.__init__`, its defaults); a SMAC map has none.
+    obs_own_pos: bool = False  # own x / map_x, y / map_y in the own features
+    conic_fov: bool = False  # sight is a cone the agent turns with `num_fov_actions` extra actions
+    num_fov_actions: int = 12
 
     @classmethod
     def from_env_config(cls, env_cfg) -> ObsFlags:
@@ -42,6 +46,7 @@ class ObsFlags:
 
 
 OBS_FLAG_NAMES = tuple(f.name for f in fields(ObsFlags))
+SMACV2_OBS_FLAGS = ("obs_own_pos", "conic_fov", "num_fov_actions")
 
 
 @dataclass(frozen=True)
@@ -53,18 +58,50 @@ class ObsLayout:
     ally_shield_bits: int
     enemy_shield_bits: int
     flags: ObsFlags
+    # SMACv2 (smacv2 starcraft2.py): the turn-the-cone actions between the moves and the attacks,
+    # and the own-position and own-cone-direction features. Zero / False on SMAC maps.
+    n_fov_actions: int = 0
+    own_pos: bool = False
 
     @classmethod
     def for_map(cls, spec: MapSpec, flags: ObsFlags | None = None) -> ObsLayout:
+        flags = flags or ObsFlags()
+        if not spec.generated:
+            return cls(
+                n_agents=spec.n_agents,
+                n_enemies=spec.n_enemies,
+                n_actions=N_NON_ATTACK_ACTIONS + spec.n_enemies,
+                unit_type_bits=spec.unit_type_bits,
+                ally_shield_bits=int(spec.ally_has_shields),
+                enemy_shield_bits=int(spec.enemy_has_shields),
+                flags=flags,
+            )
+        n_fov = flags.num_fov_actions if flags.conic_fov else 0
+        # smacv2 `__init__`: a terran_gen Medivac heals allies through the attack slots, so there
+        # are max(n_agents, n_enemies) of them on terran maps; obs_all_health implies obs_own_health.
+        slots = max(spec.n_enemies, spec.n_agents) if spec.ally_units[0].race == "T" else spec.n_enemies
+        if flags.obs_all_health and not flags.obs_own_health:
+            flags = replace(flags, obs_own_health=True)
         return cls(
             n_agents=spec.n_agents,
             n_enemies=spec.n_enemies,
-            n_actions=N_NON_ATTACK_ACTIONS + spec.n_enemies,
+            n_actions=N_NON_ATTACK_ACTIONS + n_fov + slots,
             unit_type_bits=spec.unit_type_bits,
             ally_shield_bits=int(spec.ally_has_shields),
             enemy_shield_bits=int(spec.enemy_has_shields),
-            flags=flags or ObsFlags(),
+            flags=flags,
+            n_fov_actions=n_fov,
+            own_pos=flags.obs_own_pos,
         )
+
+    @property
+    def attack_offset(self) -> int:
+        """Index of the first attack (or heal) action: after no-op, stop, the moves and the cone."""
+        return N_NON_ATTACK_ACTIONS + self.n_fov_actions
+
+    @property
+    def fov_feats(self) -> int:
+        return 2 if self.n_fov_actions else 0
 
     # --- observation -------------------------------------------------------------------------
     @property
@@ -84,9 +121,18 @@ class ObsLayout:
         return 4 + health + self.unit_type_bits + last
 
     @property
+    def own_health_feats(self) -> int:
+        return (1 + self.ally_shield_bits) if self.flags.obs_own_health else 0
+
+    @property
+    def own_type_offset(self) -> int:
+        """Where the own unit-type one-hot starts: after health, shield, position and cone direction
+        (smacv2 `get_obs_agent`'s own features)."""
+        return self.own_offset + self.own_health_feats + 2 * self.own_pos + self.fov_feats
+
+    @property
     def own_feats(self) -> int:
-        health = (1 + self.ally_shield_bits) if self.flags.obs_own_health else 0
-        return health + self.unit_type_bits
+        return self.own_health_feats + 2 * self.own_pos + self.fov_feats + self.unit_type_bits
 
     @property
     def enemy_offset(self) -> int:
@@ -123,7 +169,7 @@ class ObsLayout:
     # --- state ----------------------------------------------------------------------------------
     @property
     def ally_state_feats(self) -> int:
-        return 4 + self.ally_shield_bits + self.unit_type_bits
+        return 4 + self.ally_shield_bits + self.fov_feats + self.unit_type_bits
 
     @property
     def enemy_state_feats(self) -> int:

@@ -19,11 +19,19 @@ from common.envs.layout import (
     OBS_FLAG_NAMES,
     SHOOT_RANGE,
     SIGHT_RANGE,
+    SMACV2_OBS_FLAGS,
     ObsFlags,
     ObsLayout,
 )
+from common.envs.lite_rules import ACQUIRE_MARGIN as _ACQUIRE_MARGIN
+from common.envs.lite_rules import CHASE_OVERSHOOT as _CHASE_OVERSHOOT
+from common.envs.lite_rules import GOAL_REACHED as _GOAL_REACHED
+from common.envs.lite_rules import MOVE_DIRECTIONS as _MOVE_DIRECTIONS
+from common.envs.lite_rules import SEPARATION_PASSES, SEPARATION_STRENGTH
+from common.envs.lite_rules import uniform as _uniform
 from common.envs.maps import MAP_SIZE, MapSpec, get_map
 from common.envs.protocol import BatchObservation, BatchStep
+from common.envs.smacv2_world import Smacv2Rules
 from common.envs.units import (
     LOOPS_PER_SECOND,
     MEDIVAC_ENERGY_PER_HP,
@@ -48,30 +56,8 @@ _CLIENT_ONLY_FLAGS = {
     "heuristic_rest",
     "debug",
 }
-_MOVE_DIRECTIONS = np.array([1j, -1j, 1, -1], dtype=np.complex64)  # N, S, E, W
 _SPAWN_JITTER = 0.3
 _FORMATION_GAP = 0.35
-_ACQUIRE_MARGIN = 1.0  # enemy AI acquires targets this far beyond max(weapon range, 4)
-_CHASE_OVERSHOOT = 0.05  # a chasing unit steps this far inside its weapon range
-_GOAL_REACHED = 1.0
-SEPARATION_PASSES = 3
-SEPARATION_STRENGTH = 0.5  # share of an overlap each unit of the pair moves
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """A counter-based hash: deterministic per-battle randomness without per-battle generators."""
-    with np.errstate(over="ignore"):
-        z = x + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def _uniform(seeds: np.ndarray, episodes: np.ndarray, n: int) -> np.ndarray:
-    """Uniform [0, 1) numbers, [len(seeds), n], a pure function of (seed, episode, position)."""
-    key = _splitmix64(_splitmix64(seeds.astype(np.uint64)) ^ episodes.astype(np.uint64))
-    z = _splitmix64(key[:, None] ^ _splitmix64(np.arange(n, dtype=np.uint64))[None, :])
-    return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))
 
 
 def _formation(count: int, facing: complex, spacing: float) -> np.ndarray:
@@ -149,6 +135,12 @@ class LiteBatchEnv:
     given the same actions.
     """
 
+    def __new__(cls, map_name: str = "8m", *args, **kwargs):
+        # A SMACv2 map (its teams drawn per episode) is the same interface on per-battle unit tables.
+        if cls is LiteBatchEnv and get_map(map_name).generated:
+            return super().__new__(Smacv2BatchEnv)
+        return super().__new__(cls)
+
     def __init__(
         self,
         map_name: str = "8m",
@@ -175,12 +167,16 @@ class LiteBatchEnv:
         unknown = set(client_flags) - _CLIENT_ONLY_FLAGS
         if unknown:
             raise TypeError(f"LiteBatchEnv: unknown SMAC flag(s): {', '.join(sorted(unknown))}")
+        self.spec = self._map_spec(map_name)
+        smacv2_only = [k for k in SMACV2_OBS_FLAGS if getattr(obs_flags, k) != getattr(ObsFlags(), k)]
+        if smacv2_only and not self.spec.generated:
+            flags = ", ".join(smacv2_only)
+            raise TypeError(f"LiteBatchEnv: {flags}: SMACv2 flag(s), and {map_name} is a SMAC map")
         if num_envs < 1:
             raise ValueError(f"num_envs must be >= 1, got {num_envs}")
         if step_mul < 1:
             raise ValueError(f"step_mul must be >= 1, got {step_mul}")
         self.map_name = map_name
-        self.spec = get_map(map_name)
         self.num_envs = num_envs
         self.n_agents = self.spec.n_agents
         self.n_enemies = self.spec.n_enemies
@@ -231,6 +227,9 @@ class LiteBatchEnv:
         self._allocate()
         self._started = False
         self._observation: BatchObservation | None = None
+
+    def _map_spec(self, map_name: str) -> MapSpec:
+        return get_map(map_name)
 
     # ------------------------------------------------------------------ public API
     def get_env_info(self) -> dict:
@@ -524,7 +523,7 @@ class LiteBatchEnv:
         delta_enemy = lost_health[:, n:].sum(axis=1)
         deaths_enemy = died[:, n:].sum(axis=1) * self.reward_death_value
         if self.reward_only_positive:
-            reward = np.abs(delta_enemy + deaths_enemy)
+            reward = self._only_positive(delta_enemy + deaths_enemy)
         else:
             neg = self.reward_negative_scale
             delta_ally = lost_health[:, :n].sum(axis=1) * neg
@@ -536,8 +535,8 @@ class LiteBatchEnv:
         lost = (allies_alive == 0) & (enemies_alive > 0)
         won = (allies_alive > 0) & (enemies_alive == 0)
         if self._is_mmm:  # a side left with only medivacs has lost
-            lost |= (alive[:, :n] & self._fighter[:n]).sum(axis=1) == 0
-            won = ~lost & (won | ((alive[:, n:] & self._fighter[n:]).sum(axis=1) == 0))
+            lost |= (alive[:, :n] & self._fighter[..., :n]).sum(axis=1) == 0
+            won = ~lost & (won | ((alive[:, n:] & self._fighter[..., n:]).sum(axis=1) == 0))
         draw = ~lost & ~won & (allies_alive == 0) & (enemies_alive == 0)
         game_over = lost | won | draw
         timeout = ~game_over & (self.steps >= self.episode_limit)
@@ -560,6 +559,11 @@ class LiteBatchEnv:
             "dead_allies": n - allies_alive,
             "dead_enemies": self.n_enemies - enemies_alive,
         }
+
+    @staticmethod
+    def _only_positive(reward: np.ndarray) -> np.ndarray:
+        """SMAC's `reward_only_positive`: the absolute value (regeneration counts as damage)."""
+        return np.abs(reward)
 
     # ------------------------------------------------------------------ observations
     def _observe(self, rows: np.ndarray | None = None) -> BatchObservation:
@@ -728,6 +732,12 @@ class LiteBatchEnv:
         if L.flags.state_timestep_number:
             parts.append((self.steps[sel] / self.episode_limit).astype(np.float32)[:, None])
         return np.concatenate(parts, axis=1)
+
+
+class Smacv2BatchEnv(Smacv2Rules, LiteBatchEnv):
+    """B SMACv2 battles: what `LiteBatchEnv(map_name)` builds for a SMACv2 map (see
+    common/envs/smacv2_world.py). Battle b is seeded with `seed + b`; its teams and start points of
+    episode k are a pure function of (seed + b, k)."""
 
 
 def pos_of(pos: np.ndarray, index: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from common.envs.smacv2 import EPISODE_LIMIT, RACES, SCENARIOS, Race, Scenario
 from common.envs.units import UNITS, UnitSpec
 
 MAP_SIZE = 32.0
@@ -26,6 +27,11 @@ class MapSpec:
     enemy_spawn: tuple[float, float] = (23.0, 16.0)
     # Walkable rectangle (x_min, x_max, y_min, y_max); units are kept inside it.
     walkable: tuple[float, float, float, float] = (1.0, 31.0, 8.0, 24.0)
+    # SMACv2: teams and start points are drawn every episode (common/envs/smacv2.py). The rosters
+    # above then only give the sizes and the bounds an honest episode stays in (common/episode_checks.py),
+    # so they are the loosest teams: the allies' biggest unit, the enemies' unit that regains the
+    # most per point of health (zealot shields, baneling regeneration, medivac healing).
+    generated: bool = False
 
     @property
     def ally_units(self) -> list[UnitSpec]:
@@ -104,9 +110,52 @@ MAPS: dict[str, MapSpec] = {
 }
 
 
+# The loosest rosters for the bounds (see MapSpec.generated): the race's largest ally (health and
+# shield), and the enemy with the most regeneration or healing per point of health.
+_BOUNDS_ALLY = {"protoss": "colossus", "terran": "medivac", "zerg": "hydralisk"}
+_BOUNDS_ENEMY = {"protoss": "zealot", "terran": "medivac", "zerg": "baneling"}
+
+
+def smacv2_spec(race: Race, n_units: int, n_enemies: int, name: str | None = None) -> MapSpec:
+    """A SMACv2 battle of `race` on its 10gen map (32x32_flat, smacv2 smac_maps.py)."""
+    return MapSpec(
+        name or f"{race.name}_{n_units}_vs_{n_enemies}",
+        ((_BOUNDS_ALLY[race.name], n_units),),
+        ((_BOUNDS_ENEMY[race.name], n_enemies),),
+        EPISODE_LIMIT,
+        race.unit_types,
+        ally_spawn=(8.0, 16.0),  # smacv2 `_create_new_team`'s spawn points without start_positions
+        enemy_spawn=(24.0, 16.0),
+        walkable=(1.0, 31.0, 1.0, 31.0),  # the flat 32x32 map, one cell of border
+        generated=True,
+    )
+
+
+# SMACv2's scenarios (README table): protoss_5_vs_5 ... zerg_20_vs_23.
+SMACV2_MAPS: dict[str, MapSpec] = {
+    name: smacv2_spec(s.race, s.n_units, s.n_enemies) for name, s in SCENARIOS.items()
+}
+# SMACv2's maps, which take the sizes from a capability configuration (LiteBatchEnv's
+# `capability_config`; 10 vs 10 without one, smac_maps.py's n_agents / n_enemies).
+GEN_MAPS: dict[str, Race] = {race.map_name: race for race in RACES.values()}
+
+
+def smacv2_scenario(name: str) -> Scenario | None:
+    """The SMACv2 scenario called `name`, or None for a SMAC map."""
+    return SCENARIOS.get(name)
+
+
+def lite_map_names() -> list[str]:
+    """Every map name the configuration accepts for the lite world: SMAC's and SMACv2's scenarios."""
+    return [*MAPS, *SMACV2_MAPS]
+
+
 def get_map(name: str) -> MapSpec:
-    try:
+    if name in MAPS:
         return MAPS[name]
-    except KeyError:
-        known = ", ".join(sorted(MAPS))
-        raise ValueError(f"unknown map '{name}' for the lite world (known maps: {known})") from None
+    if name in SMACV2_MAPS:
+        return SMACV2_MAPS[name]
+    if name in GEN_MAPS:
+        return smacv2_spec(GEN_MAPS[name], 10, 10, name)
+    known = ", ".join(sorted(lite_map_names()))
+    raise ValueError(f"unknown map '{name}' for the lite world (known maps: {known})")

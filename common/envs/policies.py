@@ -6,7 +6,8 @@ and on real StarCraft II. All work is vectorised over [B, n_agents]; every retur
 available to its agent.
 
 Actions (SMAC): 0 no-op, 1 stop, 2..5 move N (+y), S (-y), E (+x), W (-x), 6+i attack enemy i (a
-Medivac instead heals ally i).
+Medivac instead heals ally i). SMACv2 with `conic_fov` puts its turn-the-cone actions before the
+attacks (`ObsLayout.attack_offset`); the policies never turn the cone.
 """
 
 from __future__ import annotations
@@ -112,10 +113,11 @@ class FocusFirePolicy:
         enemies = lay.enemy_block(obs)  # [B, n, E, F]
         dist = enemies[..., lay.DIST]
 
-        attackable = avail[..., ATTACK_BASE : ATTACK_BASE + lay.n_enemies]
+        base = lay.attack_offset
+        attackable = avail[..., base : base + lay.n_enemies]
         # Lowest health first; distance only breaks ties (and decides when health is not observed).
         score = np.where(attackable, self._enemy_health(enemies) + 1e-3 * dist, np.inf)
-        attack = ATTACK_BASE + score.argmin(axis=-1)
+        attack = base + score.argmin(axis=-1)
 
         # Invisible and dead enemies are all-zero rows.
         visible = np.any(enemies != 0.0, axis=-1)
@@ -145,9 +147,8 @@ class FocusFirePolicy:
     # --- Medivacs ----------------------------------------------------------------------------------
     def _is_healer(self, obs: np.ndarray) -> np.ndarray:
         lay = self.layout
-        own_health_bits = (1 + lay.ally_shield_bits) if lay.flags.obs_own_health else 0
         assert self.healer_type is not None
-        return obs[..., lay.own_offset + own_health_bits + self.healer_type] > 0.5
+        return obs[..., lay.own_type_offset + self.healer_type] > 0.5
 
     def _healer_actions(self, obs: np.ndarray, avail: np.ndarray) -> np.ndarray:
         lay = self.layout
@@ -165,7 +166,8 @@ class FocusFirePolicy:
         target = np.arange(m)[None, :]
         row = np.where(target < agent, target, target - 1).clip(0, n - 2)
         by_target = allies[..., agent, row, :]  # [B, n, m, F]
-        healable = avail[..., ATTACK_BASE : ATTACK_BASE + m] & (target != agent)
+        base = lay.attack_offset
+        healable = avail[..., base : base + m] & (target != agent)
         dist = by_target[..., lay.DIST]
         if ally_health_bits:
             health = by_target[..., lay.HEALTH]
@@ -176,7 +178,7 @@ class FocusFirePolicy:
         else:
             health = np.zeros_like(dist)
         score = np.where(healable, health + 1e-3 * dist, np.inf)
-        heal = ATTACK_BASE + score.argmin(axis=-1)
+        heal = base + score.argmin(axis=-1)
 
         # Otherwise stay with the nearest visible ally that is not itself a healer.
         ally_healer = allies[..., lay.HEALTH + ally_health_bits + self.healer_type] > 0.5

@@ -1,0 +1,227 @@
+"""The particle world's offline datasets, made the way OMAR made its own (its files are not reachable
+from here): an online MATD3 learner trained on simple_spread, then
+
+- `expert`: transitions of the best MATD3 snapshot, acting with its training noise;
+- `medium`: the same from the snapshot whose normalised score is nearest 50 (0 = uniform random
+  actions, 100 = the expert; in a normal run an early one);
+- `medium_replay`: MATD3's replay buffer up to that medium snapshot;
+- `random`: uniform random actions.
+
+Each file's card holds the random and expert returns (greedy, `score_episodes` episodes each) that
+normalised scores on it are measured against. Resumable: a finished file is kept; training is redone
+only while `matd3_snapshots.pt` is missing.
+
+    python -m deploy.studies.particle_datasets --out runs/particle_datasets
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common.atomic_files import write_json
+from common.envs.particles import SpreadBatchEnv
+from deploy.continuous_training import (
+    ContinuousRunConfig,
+    evaluate_returns,
+    random_actions,
+    step_transitions,
+    train_matd3,
+)
+from learner.matd3_learner import MATD3Learner
+from replay.transition_dataset import write_transition_dataset
+
+MAP = "simple_spread"
+KINDS = ("expert", "medium", "medium_replay", "random")
+
+
+@dataclass(frozen=True)
+class ParticleDatasetConfig:
+    env_steps: int = 1_000_000  # MATD3's online budget
+    transitions: int = 1_000_000  # per dataset (OMAR's MPE datasets hold 1M)
+    eval_interval: int = 50_000
+    score_episodes: int = 1_000
+    behaviour_noise: float = 0.1  # the expert's and medium's acting noise: MATD3's own (unit space)
+    num_envs: int = 256  # episodes stepped together while a dataset is drawn
+    warmup: int = 10_000  # MATD3's random-action transitions before its first update
+    batch_size: int = 1024  # MATD3's batch
+    seed: int = 0
+
+
+def make_env(num_envs: int, seed: int) -> SpreadBatchEnv:
+    return SpreadBatchEnv(num_envs, seed=seed)
+
+
+def normalised_score(mean_return: float, random_return: float, expert_return: float) -> float:
+    """0 at the random policy's return, 100 at the expert's."""
+    return 100.0 * (mean_return - random_return) / (expert_return - random_return)
+
+
+def pick_medium(returns: list[float], expert: int, random_return: float, expert_return: float) -> int:
+    """The snapshot, other than the expert's, whose normalised score is nearest 50."""
+    candidates = [i for i in range(len(returns)) if i != expert]
+    if not candidates:
+        raise ValueError("MATD3 left one snapshot: no medium policy (evaluate more often)")
+    return min(candidates, key=lambda i: abs(normalised_score(returns[i], random_return, expert_return) - 50.0))
+
+
+def rollout(
+    act: Callable[[np.ndarray], np.ndarray], count: int, cfg: ParticleDatasetConfig, seed: int
+) -> dict[str, np.ndarray]:
+    """`count` transitions of `act` (obs -> box actions) from fresh episodes."""
+    env = make_env(cfg.num_envs, seed)
+    obs = env.reset()
+    parts: list[dict[str, np.ndarray]] = []
+    held = 0
+    while held < count:
+        actions = act(obs.obs)
+        step = env.step(actions)
+        parts.append(step_transitions(obs, actions, step))
+        held += env.num_envs
+        obs = step.next
+    return {name: np.concatenate([p[name] for p in parts])[:count] for name in parts[0]}
+
+
+def _actor_policy(info: dict, actors: dict[str, torch.Tensor], noise: float, rng: np.random.Generator):
+    learner = MATD3Learner(info)
+    learner.actors.load_state_dict(actors)
+    return lambda obs: learner.act(obs, noise, rng) if noise > 0 else learner.act(obs)
+
+
+def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str], None] = print) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    info = make_env(1, 0).get_env_info()
+    snapshots_path = out / "matd3_snapshots.pt"
+    summary_path = out / "summary.json"
+    if not snapshots_path.exists():
+        run = train_matd3(
+            make_env,
+            ContinuousRunConfig(
+                env_steps=cfg.env_steps,
+                eval_interval=cfg.eval_interval,
+                warmup=cfg.warmup,
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+            ),
+            progress,
+        )
+        returns = [s.mean_return for s in run.snapshots]
+        expert = int(np.argmax(returns))
+        rng = np.random.default_rng(cfg.seed + 7)
+        random_return = float(
+            evaluate_returns(
+                lambda o: random_actions(rng, (*o.shape[:2], info["action_dim"]), 0.0, 1.0),
+                make_env(64, cfg.seed + 11),
+                cfg.score_episodes,
+            ).mean()
+        )
+        expert_return = float(
+            evaluate_returns(
+                _actor_policy(info, run.snapshots[expert].actors, 0.0, rng),
+                make_env(64, cfg.seed + 13),
+                cfg.score_episodes,
+            ).mean()
+        )
+        medium = pick_medium(returns, expert, random_return, expert_return)
+        held = run.buffer.arrays()
+        until = run.snapshots[medium].buffer_transitions
+        common = _card_common(info, cfg, random_return, expert_return)
+        write_transition_dataset(
+            out / "simple_spread_medium_replay.h5",
+            {k: v[:until] for k, v in held.items()},
+            {**common, "kind": "medium_replay", "policy": f"MATD3's replay buffer up to {until:,} steps"},
+        )
+        state = {
+            "returns": returns,
+            "env_steps": [s.env_steps for s in run.snapshots],
+            "expert": expert,
+            "medium": medium,
+            "random_return": random_return,
+            "expert_return": expert_return,
+            **{f"actors_{i}": s.actors for i, s in enumerate(run.snapshots)},
+        }
+        torch.save(state, snapshots_path)  # tensors and plain values: loadable with weights_only=True
+    state = torch.load(snapshots_path, weights_only=True)
+    common = _card_common(info, cfg, state["random_return"], state["expert_return"])
+    rng = np.random.default_rng(cfg.seed + 17)
+    policies = {
+        "expert": _actor_policy(info, state[f"actors_{state['expert']}"], cfg.behaviour_noise, rng),
+        "medium": _actor_policy(info, state[f"actors_{state['medium']}"], cfg.behaviour_noise, rng),
+        "random": lambda obs: random_actions(rng, (*obs.shape[:2], info["action_dim"]), 0.0, 1.0),
+    }
+    for kind, act in policies.items():
+        path = out / f"simple_spread_{kind}.h5"
+        if path.exists():
+            continue
+        started = time.perf_counter()
+        arrays = rollout(act, cfg.transitions, cfg, seed=cfg.seed + 100 + KINDS.index(kind))
+        snapshot = state["expert"] if kind == "expert" else state["medium"]
+        how = (
+            "uniform random actions"
+            if kind == "random"
+            else (f"MATD3 snapshot at {state['env_steps'][snapshot]:,} steps, noise {cfg.behaviour_noise}")
+        )
+        write_transition_dataset(path, arrays, {**common, "kind": kind, "policy": how})
+        progress(f"{path.name}: {cfg.transitions:,} transitions in {time.perf_counter() - started:.0f} s")
+    summary = {
+        "map": MAP,
+        "config": asdict(cfg),
+        "snapshot_env_steps": state["env_steps"],
+        "snapshot_returns": state["returns"],
+        "expert_snapshot": state["expert"],
+        "medium_snapshot": state["medium"],
+        "random_return": state["random_return"],
+        "expert_return": state["expert_return"],
+        "medium_score": normalised_score(
+            state["returns"][state["medium"]], state["random_return"], state["expert_return"]
+        ),
+    }
+    write_json(summary_path, summary)
+    return summary
+
+
+def _card_common(info: dict, cfg: ParticleDatasetConfig, random_return: float, expert_return: float) -> dict:
+    return {
+        "map": MAP,
+        "action_low": info["action_low"],
+        "action_high": info["action_high"],
+        "random_return": random_return,
+        "expert_return": expert_return,
+        "score_episodes": cfg.score_episodes,
+        "seed": cfg.seed,
+        "made_by": "python -m deploy.studies.particle_datasets",
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="particle_datasets", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, required=True, help="directory for the datasets (required)")
+    defaults = ParticleDatasetConfig()
+    for name in ("env_steps", "transitions", "eval_interval", "score_episodes", "seed"):
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(
+            flag, type=int, default=getattr(defaults, name), help=f"(default {getattr(defaults, name)})"
+        )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    cfg = ParticleDatasetConfig(
+        **{
+            k: getattr(args, k)
+            for k in ("env_steps", "transitions", "eval_interval", "score_episodes", "seed")
+        }
+    )
+    summary = make_datasets(args.out, cfg, lambda line: print(line, flush=True))
+    print(json.dumps({k: summary[k] for k in ("random_return", "expert_return", "medium_score")}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""OMSD's actor update as pure functions (offline MARL by sequential score decomposition, arXiv
+2505.05968; the authors' `SRPO.py` SRPO_ssd.update_SRPO_policy).
+
+Each agent i has a deterministic policy pi_i(o_i). Its loss, in the authors' code's form, is
+
+    L_i = E[ sigma_t^2 < sg eps_i(a_t, t | o_i, a_<i), pi_i(o_i) > - beta < sg dQ(s, a)/da_i, pi_i(o_i) > ]
+
+with t ~ U(0.02, 0.98), a_t = alpha_t pi_i(o_i) + sigma_t z the noised current action, sg a stop-
+gradient, and a the joint action of the current policies. Its gradient in a_i is sigma_t^2 eps_i -
+beta dQ/da_i: since eps_i ~ -sigma_t * score, a step moves pi_i up the behaviour model's (noised)
+log-density and up Q. The prefix a_<i is the current policies' actions, detached, all computed
+before any agent steps (the authors' code does not redraw it after each agent's update).
+
+Every agent's loss depends only on its own policy's output (the prefix, eps and dQ/da are
+constants), so the sum of the agents' losses has exactly each agent's gradient in its own policy:
+one backward updates them all as n separate updates would. dQ/da is taken once for the whole
+joint action (the authors recompute it per agent at the same point, which gives the same values).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from learner.diffusion import agent_condition, alpha_sigma, noised
+
+ACTOR_T_MIN = 0.02  # the actor's t ~ U(0.02, 0.98) (SRPO_ssd.update_SRPO_policy)
+ACTOR_T_MAX = 0.98
+
+# (agent, noised action [B, A], t [B], condition [B, C]) -> predicted noise [B, A]
+AgentDenoiser = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (state [B, S], joint actions [B, n, A]) -> Q [B]
+JointQ = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def draw_actor_noise(
+    batch: int, n_agents: int, action_size: int, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """t ~ U(ACTOR_T_MIN, ACTOR_T_MAX) [B, n] and z ~ N(0, I) [B, n, A], one draw per agent."""
+    t = torch.rand(batch, n_agents, generator=generator) * (ACTOR_T_MAX - ACTOR_T_MIN) + ACTOR_T_MIN
+    z = torch.randn(batch, n_agents, action_size, generator=generator)
+    return t.to(device), z.to(device)
+
+
+def q_action_gradient(
+    q: JointQ, state: torch.Tensor, joint_actions: torch.Tensor, normalise: bool = False
+) -> torch.Tensor:
+    """dQ(s, a)/da [B, n, A] at the joint action a (detached: no gradient reaches the policies).
+
+    `normalise` divides each agent's gradient by its root mean square over the action's dimensions
+    (the authors' `regq` option, on for their maze tasks only)."""
+    a = joint_actions.detach().requires_grad_(True)
+    with torch.enable_grad():
+        (grad,) = torch.autograd.grad(q(state, a).sum(), a)
+    if normalise:
+        grad = grad / grad.pow(2).mean(-1, keepdim=True).sqrt().clamp(min=1e-12)
+    return grad.detach()
+
+
+def actor_loss(
+    policy_action: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor, q_grad: torch.Tensor, beta: float
+) -> torch.Tensor:
+    """mean_B( sigma^2 <eps, pi> - beta <dQ/da, pi> ) for one agent: policy_action, eps, q_grad
+    [B, A], sigma [B]. eps and q_grad are constants here."""
+    regulariser = sigma**2 * (eps.detach() * policy_action).sum(-1)
+    guidance = (q_grad.detach() * policy_action).sum(-1)
+    return (regulariser - beta * guidance).mean()
+
+
+def actor_losses(
+    policy_actions: torch.Tensor,
+    obs: torch.Tensor,
+    q_grad: torch.Tensor,
+    denoise: AgentDenoiser,
+    beta: float,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    sequential: bool,
+) -> list[torch.Tensor]:
+    """Every agent's loss L_i. policy_actions [B, n, A]: each agent's own pi_i(o_i), with gradient;
+    obs [B, n, O]; q_grad [B, n, A] from `q_action_gradient` at the same joint action; t [B, n] and
+    noise [B, n, A] from `draw_actor_noise`. `denoise` is called once per agent, never a chain."""
+    prefix = policy_actions.detach()
+    losses = []
+    for i in range(policy_actions.shape[1]):
+        own = policy_actions[:, i]
+        a_t = noised(own.detach(), t[:, i], noise[:, i])
+        with torch.no_grad():
+            eps = denoise(i, a_t, t[:, i], agent_condition(obs, prefix, i, sequential))
+        _, sigma = alpha_sigma(t[:, i])
+        losses.append(actor_loss(own, eps, sigma, q_grad[:, i], beta))
+    return losses

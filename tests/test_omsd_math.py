@@ -1,0 +1,361 @@
+"""OMSD's pieces, formula by formula: the VP-SDE, the denoising loss and the reverse chain, IQL's
+critic, the score-regularised actor loss, and how the learner wires them (which actions each
+behaviour model is conditioned on, how often it is called), on tiny hand-made cases."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from common.errors import CheckpointError, InputError
+from common.transitions import TransitionBatch
+from learner import diffusion, iql_critic, omsd
+from learner.omsd_learner import OMSDConfig, OMSDLearner
+
+# --- the VP-SDE ------------------------------------------------------------------------------------
+
+
+def test_alpha_and_sigma_follow_the_closed_form_of_the_linear_beta_schedule():
+    t = torch.tensor([0.0, 0.02, 0.3, 0.5, 0.98, 1.0], dtype=torch.float64)
+    alpha, sigma = diffusion.alpha_sigma(t)
+    # log alpha_t = -int_0^t beta(s) ds / 2 with beta(s) = 0.1 + 19.9 s
+    expected = torch.exp(-(0.1 * t + 19.9 * t**2 / 2) / 2)
+    assert torch.allclose(alpha, expected, rtol=1e-12)
+    assert torch.allclose(alpha**2 + sigma**2, torch.ones_like(t), atol=1e-12)
+    assert alpha[0] == 1.0 and sigma[0] == 0.0
+    assert alpha[-1].item() == pytest.approx(math.exp(-5.025), rel=1e-9)
+
+
+def test_the_log_mean_scale_falls_at_half_the_rate_beta_of_t():
+    t = torch.tensor([0.1, 0.4, 0.9], dtype=torch.float64, requires_grad=True)
+    (rate,) = torch.autograd.grad(diffusion.log_alpha(t).sum(), t)
+    assert torch.allclose(rate, -0.5 * (0.1 + 19.9 * t.detach()), rtol=1e-12)
+
+
+def test_sigma_stays_accurate_near_t_zero():
+    t = torch.tensor([1e-6])
+    _, sigma = diffusion.alpha_sigma(t)
+    # sigma^2 = 1 - alpha^2 ~ 2 * 0.05 t for tiny t
+    assert sigma.item() == pytest.approx(math.sqrt(0.1 * 1e-6), rel=1e-3)
+
+
+def _point_mass_denoiser(point: torch.Tensor):
+    """The exact noise predictor for a behaviour that always plays `point`: eps = (a_t - alpha m) / sigma."""
+
+    def eps(noised, t, condition):
+        alpha, sigma = diffusion.alpha_sigma(t)
+        return (noised - alpha[:, None] * point) / sigma[:, None]
+
+    return eps
+
+
+def test_the_exact_noise_predictor_of_the_data_has_zero_denoising_loss():
+    point = torch.tensor([0.3, -0.6])
+    gen = torch.Generator().manual_seed(0)
+    t, z = diffusion.draw_training_noise(64, 2, gen, torch.device("cpu"))
+    actions = point.expand(64, 2)
+    assert diffusion.denoising_loss(_point_mass_denoiser(point), actions, torch.zeros(64, 1), t, z) < 1e-10
+    elsewhere = point.expand(64, 2) + 0.5
+    assert diffusion.denoising_loss(_point_mass_denoiser(point), elsewhere, torch.zeros(64, 1), t, z) > 0.1
+
+
+def test_training_times_are_drawn_from_the_codes_range():
+    t, _ = diffusion.draw_training_noise(10_000, 1, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert t.min() >= 1e-3 and t.max() <= 1.0  # the authors' U(1e-3, 1)
+    assert t.min() < 0.01 and t.max() > 0.99
+
+
+def test_one_reverse_step_with_the_exact_score_of_a_point_mass_lands_on_the_point():
+    point = torch.tensor([0.3, -0.6])
+    draws = diffusion.sample(
+        _point_mass_denoiser(point), torch.zeros(8, 1), 2, steps=1, generator=torch.Generator().manual_seed(0)
+    )
+    assert torch.allclose(draws, point.expand(8, 2), atol=1e-5)
+
+
+def test_the_reverse_chain_with_the_exact_score_of_two_points_draws_each_point_half_the_time():
+    m = torch.tensor([0.6, 0.6])
+
+    def eps(x, t, condition):  # the exact noise predictor of the even mixture of m and -m (std 0)
+        alpha, sigma = diffusion.alpha_sigma(t)
+        a, s2 = alpha[:, None], (sigma**2)[:, None]
+        logits = torch.stack([-((x - a * m) ** 2).sum(-1), -((x + a * m) ** 2).sum(-1)], -1) / (2 * s2)
+        w = torch.softmax(logits, -1)
+        mean = a * (w[:, :1] * m - w[:, 1:] * m)
+        return (x - mean) / sigma[:, None]
+
+    draws = diffusion.sample(
+        eps, torch.zeros(2000, 1), 2, steps=20, generator=torch.Generator().manual_seed(1)
+    )
+    near_m = (draws - m).norm(dim=-1) < 0.05
+    near_minus_m = (draws + m).norm(dim=-1) < 0.05
+    assert (near_m | near_minus_m).float().mean() > 0.98  # 20 steps leave a few between the points
+    assert near_m.float().mean().item() == pytest.approx(0.5, abs=0.05)
+
+
+def test_a_sequential_models_condition_is_its_observation_then_the_earlier_agents_actions():
+    obs = torch.arange(2 * 3 * 4, dtype=torch.float32).view(2, 3, 4)
+    actions = -torch.arange(2 * 3 * 2, dtype=torch.float32).view(2, 3, 2)
+    assert torch.equal(diffusion.agent_condition(obs, actions, 0, sequential=True), obs[:, 0])
+    expected = torch.cat([obs[:, 2], actions[:, 0], actions[:, 1]], dim=1)
+    assert torch.equal(diffusion.agent_condition(obs, actions, 2, sequential=True), expected)
+    assert torch.equal(diffusion.agent_condition(obs, actions, 2, sequential=False), obs[:, 2])
+
+
+# --- the in-sample critic --------------------------------------------------------------------------
+
+
+def test_the_expectile_loss_weighs_an_underestimate_tau_to_one_minus_tau_against_an_overestimate():
+    d = torch.tensor([0.5])
+    assert iql_critic.expectile_loss(d, 0.9).item() == pytest.approx(0.9 * 0.25)
+    assert iql_critic.expectile_loss(-d, 0.9).item() == pytest.approx(0.1 * 0.25)
+    assert iql_critic.expectile_loss(d, 0.5) == iql_critic.expectile_loss(-d, 0.5)
+
+
+def test_the_expectile_loss_is_least_at_the_upper_expectile_of_its_targets():
+    # Targets 0 and 1 equally often: the tau-expectile v solves tau (1 - v) = (1 - tau) v, v = tau.
+    targets = torch.tensor([0.0, 1.0] * 8)
+
+    def slope(v: float, tau: float) -> float:
+        at = torch.tensor(v, requires_grad=True)
+        (grad,) = torch.autograd.grad(iql_critic.expectile_loss(targets - at, tau), at)
+        return grad.item()
+
+    for tau in (0.5, 0.9):
+        assert slope(tau, tau) == pytest.approx(0.0, abs=1e-6)
+        assert slope(tau - 0.05, tau) < 0 < slope(tau + 0.05, tau)
+
+
+def test_td_targets_bootstrap_only_where_the_episode_did_not_truly_end():
+    reward = torch.tensor([1.0, 2.0])
+    terminal = torch.tensor([False, True])
+    got = iql_critic.td_targets(reward, terminal, torch.tensor([10.0, 10.0]), gamma=0.9)
+    assert torch.allclose(got, torch.tensor([10.0, 2.0]))
+
+
+def test_the_value_reads_the_targets_smaller_head_at_the_datas_actions_and_the_polyak_step_moves_it():
+    critic = iql_critic.IQLCritic(state_size=1, n_agents=1, action_size=1, hidden=4, layers=1)
+    batch = TransitionBatch.from_arrays(
+        obs=torch.zeros(3, 1, 1),
+        state=torch.zeros(3, 1),
+        actions=torch.tensor([[[0.1]], [[0.5]], [[-0.3]]]),
+        reward=torch.zeros(3),
+        next_obs=torch.zeros(3, 1, 1),
+        next_state=torch.zeros(3, 1),
+        terminal=torch.ones(3, dtype=torch.bool),
+    )
+    out = critic.losses(batch, expectile=0.5, gamma=0.99)
+    q1, q2 = critic.target_both(batch.state, batch.actions)
+    assert out["q_data"].item() == pytest.approx(torch.min(q1, q2).mean().item())
+    before = [p.clone() for p in critic.q_target.parameters()]  # the target starts as a copy of Q
+    with torch.no_grad():
+        for p in critic.q.parameters():
+            p.add_(1.0)
+    critic.update_target(0.25)  # 0.75 target + 0.25 (target + 1)
+    for old, new in zip(before, critic.q_target.parameters(), strict=True):
+        assert torch.allclose(new, old + 0.25, atol=1e-6)
+
+
+# --- the actor loss --------------------------------------------------------------------------------
+
+
+def _actor_gradient(start, denoiser, q_grad, beta, n=4096, seed=0):
+    """The gradient of one agent's loss in its action (every row of the batch at `start`)."""
+    pi = start.clone().expand(n, 1, 2).contiguous().requires_grad_(True)
+    t, z = omsd.draw_actor_noise(n, 1, 2, torch.Generator().manual_seed(seed), torch.device("cpu"))
+    losses = omsd.actor_losses(
+        pi, torch.zeros(n, 1, 1), q_grad.expand(n, 1, 2), denoiser, beta, t, z, sequential=True
+    )
+    (grad,) = torch.autograd.grad(losses[0] * n, pi)
+    return grad.mean(0)[0]
+
+
+def test_with_beta_zero_the_actor_loss_pulls_the_action_towards_the_behaviours_mode():
+    mode = torch.tensor([0.5, -0.2])
+    exact = _point_mass_denoiser(mode)
+    start = torch.tensor([-0.3, 0.4])
+    grad = _actor_gradient(start, lambda i, a, t, c: exact(a, t, c), torch.zeros(2), beta=0.0)
+    # descent direction -grad points from the action to the mode
+    cosine = torch.nn.functional.cosine_similarity(-grad, mode - start, dim=0)
+    assert cosine > 0.99
+    # for a point mass, sigma^2 eps(alpha pi + sigma z) = alpha sigma (pi - m) + sigma^2 z, row by row
+    t, z = omsd.draw_actor_noise(4096, 1, 2, torch.Generator().manual_seed(0), torch.device("cpu"))
+    alpha, sigma = diffusion.alpha_sigma(t[:, 0])
+    by_hand = (alpha * sigma)[:, None] * (start - mode) + (sigma**2)[:, None] * z[:, 0]
+    assert torch.allclose(grad, by_hand.mean(0), atol=1e-5)
+
+
+def test_the_q_term_moves_the_action_up_q_scaled_by_beta():
+    zero_eps = lambda i, a, t, c: torch.zeros_like(a)  # noqa: E731
+    q_grad = torch.tensor([1.0, -2.0])
+    grad = _actor_gradient(torch.zeros(2), zero_eps, q_grad, beta=0.3)
+    assert torch.allclose(grad, -0.3 * q_grad, atol=1e-6)
+
+
+def test_actor_times_lie_in_the_codes_range():
+    t, z = omsd.draw_actor_noise(20_000, 2, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert t.shape == (20_000, 2) and z.shape == (20_000, 2, 3)
+    assert t.min() >= 0.02 and t.max() <= 0.98  # the authors' U(0.02, 0.98)
+    assert t.min() < 0.021 and t.max() > 0.979
+
+
+def test_the_q_gradient_is_dq_da_of_the_joint_action_and_optionally_unit_rms_per_agent():
+    w = torch.tensor([[1.0, 2.0], [-3.0, 0.5]])
+    q = lambda s, a: (a * w).sum((-1, -2)) + s.sum(-1)  # noqa: E731
+    a = torch.zeros(5, 2, 2, requires_grad=True)
+    grad = omsd.q_action_gradient(q, torch.ones(5, 3), a)
+    assert torch.allclose(grad, w.expand(5, 2, 2)) and not grad.requires_grad
+    unit = omsd.q_action_gradient(q, torch.ones(5, 3), a, normalise=True)
+    assert torch.allclose(unit.pow(2).mean(-1), torch.ones(5, 2))
+
+
+# --- the learner's wiring --------------------------------------------------------------------------
+
+TINY = dict(
+    batch_size=16,
+    policy_hidden=8,
+    critic_hidden=8,
+    denoiser_hidden=8,
+    denoiser_blocks=1,
+    denoiser_time_features=4,
+    denoiser_dropout=0.0,
+    behaviour_steps=1,
+    critic_steps=1,
+    actor_steps=3,
+)
+
+
+def _batch(b=16, n=3, o=4, s=5, a=2, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return TransitionBatch(
+        obs=torch.randn(b, n, o, generator=g),
+        state=torch.randn(b, s, generator=g),
+        actions=torch.rand(b, n, a, generator=g) * 2 - 1,
+        reward=torch.randn(b, generator=g),
+        next_obs=torch.randn(b, n, o, generator=g),
+        next_state=torch.randn(b, s, generator=g),
+        terminal=torch.zeros(b, dtype=torch.bool),
+    )
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a noise predictor and records the condition of every call."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.conditions: list[torch.Tensor] = []
+
+    def forward(self, noised, t, condition):
+        self.conditions.append(condition.clone())
+        return self.model(noised, t, condition)
+
+
+@pytest.mark.parametrize("variant", ["sequential", "independent"])
+def test_each_agents_model_sees_the_current_policies_earlier_actions_once_per_actor_update(variant):
+    learner = OMSDLearner(3, 4, 5, 2, OMSDConfig(variant=variant, **TINY), seed=0)
+    recorders = [_Recorder(m) for m in learner.behaviour.models]
+    learner.behaviour.models = torch.nn.ModuleList(recorders)
+    batch = _batch()
+    for _ in range(2):
+        with torch.no_grad():
+            policy_actions = learner.policies(batch.obs)  # before the update: what the prefix must be
+        learner.update_actors(batch)
+        for i, recorder in enumerate(recorders):
+            condition = recorder.conditions.pop()
+            assert recorder.conditions == []  # exactly one call of agent i's model per update
+            if variant == "sequential":
+                expected = torch.cat([batch.obs[:, i], policy_actions[:, :i].flatten(1)], dim=1)
+            else:
+                expected = batch.obs[:, i]
+            assert torch.allclose(condition, expected)
+    # the policies did move (so the second update's prefix was the updated policies' actions)
+    assert not torch.allclose(learner.policies(batch.obs), policy_actions)
+
+
+def test_behaviour_training_conditions_on_the_datas_earlier_actions():
+    learner = OMSDLearner(3, 4, 5, 2, OMSDConfig(**TINY), seed=0)
+    recorders = [_Recorder(m) for m in learner.behaviour.models]
+    learner.behaviour.models = torch.nn.ModuleList(recorders)
+    batch = _batch()
+    learner.update_behaviour(batch)
+    assert torch.allclose(
+        recorders[2].conditions[0], torch.cat([batch.obs[:, 2], batch.actions[:, :2].flatten(1)], 1)
+    )
+
+
+def test_acting_is_decentralised_and_in_the_worlds_box():
+    learner = OMSDLearner(
+        2, 3, 4, 2, OMSDConfig(**TINY), seed=0, action_low=[0.0, -2.0], action_high=[1.0, 2.0]
+    )
+    obs = torch.randn(6, 2, 3)
+    actions = learner.act(obs)
+    assert bool(((actions[..., 0] >= 0) & (actions[..., 0] <= 1) & (actions[..., 1].abs() <= 2)).all())
+    changed = obs.clone()
+    changed[:, 1] += 5.0  # agent 1's observation changes; agent 0's action must not
+    assert torch.equal(learner.act(changed)[:, 0], actions[:, 0])
+    assert not torch.equal(learner.act(changed)[:, 1], actions[:, 1])
+
+
+def test_the_phases_run_in_order_and_stop():
+    learner = OMSDLearner(3, 4, 5, 2, OMSDConfig(**TINY), seed=0)
+    seen = []
+    while learner.phase != "done":
+        seen.append(learner.phase)
+        assert learner.update(_batch())
+    assert seen == ["behaviour", "critic", "actors", "actors", "actors"]
+    assert learner.update(_batch()) == {}
+
+
+def test_a_checkpoint_holds_only_tensors_and_plain_values_and_resumes_exactly():
+    cfg = OMSDConfig(**TINY)
+    learner = OMSDLearner(3, 4, 5, 2, cfg, seed=0)
+    for _ in range(3):
+        learner.update(_batch())
+    buffer = io.BytesIO()
+    torch.save(learner.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    resumed = OMSDLearner(3, 4, 5, 2, cfg, seed=7)
+    resumed.load_state_dict(state)
+    after_a, after_b = learner.update(_batch(seed=1)), resumed.update(_batch(seed=1))
+    assert after_a == after_b
+    assert torch.equal(learner.act(_batch().obs), resumed.act(_batch().obs))
+    other = OMSDLearner(3, 4, 5, 3, cfg, seed=0)
+    with pytest.raises(CheckpointError, match="network shape"):
+        other.load_state_dict(state)
+
+
+def test_bad_settings_and_bad_batches_are_one_line_errors_naming_the_field():
+    with pytest.raises(InputError, match="OMSDConfig.variant"):
+        OMSDConfig(variant="joint")
+    with pytest.raises(InputError, match="OMSDConfig.expectile"):
+        OMSDConfig(expectile=1.0)
+    good = _batch()
+    fields = {name: getattr(good, name) for name in good.__dataclass_fields__}
+    for name, bad in [
+        ("actions", good.actions[:, :, 0]),
+        ("reward", good.reward[:3]),
+        ("next_obs", good.next_obs[:, :2]),
+        ("terminal", good.terminal[:, None]),
+        ("state", good.state[None]),
+    ]:
+        with pytest.raises(InputError, match=f"TransitionBatch.{name}:") as caught:
+            TransitionBatch(**{**fields, name: bad})
+        assert "\n" not in str(caught.value)
+    with pytest.raises(InputError, match="TransitionBatch.reward: holds NaN"):
+        TransitionBatch(**{**fields, "reward": torch.full_like(good.reward, float("nan"))})
+    learner = OMSDLearner(3, 4, 6, 2, OMSDConfig(**TINY), seed=0)
+    with pytest.raises(InputError, match="state_size"):
+        learner.update_actors(good)
+
+
+def test_the_field_list_names_the_batch_fields_in_order():
+    from dataclasses import fields
+
+    from common.transitions import TRANSITION_FIELDS
+
+    assert TRANSITION_FIELDS == tuple(f.name for f in fields(TransitionBatch))
