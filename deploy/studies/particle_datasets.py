@@ -70,7 +70,11 @@ def pick_medium(returns: list[float], expert: int, random_return: float, expert_
     candidates = [i for i in range(len(returns)) if i != expert]
     if not candidates:
         raise ValueError("MATD3 left one snapshot: no medium policy (evaluate more often)")
-    return min(candidates, key=lambda i: abs(normalised_score(returns[i], random_return, expert_return) - 50.0))
+
+    def distance_from_50(i: int) -> float:
+        return abs(normalised_score(returns[i], random_return, expert_return) - 50.0)
+
+    return min(candidates, key=distance_from_50)
 
 
 def rollout(
