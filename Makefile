@@ -48,7 +48,7 @@ lint: $(STAMP)
 
 test: $(STAMP) $(FLASHBAX_STAMP) $(MPE2_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=25
 
 # Mutation testing of the core pure modules ([tool.mutmut] in pyproject.toml; docs/testing.md).
 # Slow (tens of minutes on two cores), so not part of `make test` or CI. JOBS=N sets the workers.

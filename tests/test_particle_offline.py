@@ -69,8 +69,9 @@ def test_a_trial_stopped_after_an_evaluation_ends_as_one_run_straight_through(da
     trial = OfflineTrial(dataset, method, 3, BUDGET, TINY_OMSD)
     straight = run_trial(trial, tmp_path / "straight", lambda _: None)
 
-    def stop_after_first(_line):
-        raise Stop
+    def stop_after_first(line):
+        if "score" in line:
+            raise Stop
 
     with pytest.raises(Stop):
         run_trial(trial, tmp_path / "stopped", stop_after_first)
@@ -78,6 +79,7 @@ def test_a_trial_stopped_after_an_evaluation_ends_as_one_run_straight_through(da
     lines: list[str] = []
     resumed = run_trial(trial, tmp_path / "stopped", lines.append)
     assert resumed == straight
+    assert lines == [line for line in lines if "score" in line]  # no pre-training again
     assert len(lines) == 1 and "8/8 actor steps" in lines[0]  # it went on from 4, not from the start
 
 
@@ -91,3 +93,9 @@ def test_a_finished_trial_is_not_run_again(dataset, tmp_path):
 def test_an_unknown_method_is_refused_naming_the_flag(dataset):
     with pytest.raises(ValueError, match="--method: unknown method 'omsdd'"):
         OfflineTrial(dataset, "omsdd")
+
+
+def test_omsds_behaviour_and_critic_phases_show_their_progress(dataset, tmp_path):
+    lines: list[str] = []
+    run_trial(OfflineTrial(dataset, "omsd", 0, BUDGET, TINY_OMSD), tmp_path / "t", lines.append)
+    assert [line.split(": ")[1].split(" (")[0] for line in lines[:2]] == ["behaviour 4/6", "critic 4/6"]

@@ -41,8 +41,14 @@ class CoordinationGame:
             raise ValueError(f"CoordinationGame.n_modes: need at least 2 modes, got {self.n_modes}")
         if self.context_size < 1:
             raise ValueError(f"CoordinationGame.context_size: must be >= 1, got {self.context_size}")
-        if not 0.0 < self.mode_distance <= 1.0:
-            raise ValueError(f"CoordinationGame.mode_distance: {self.mode_distance} is not in (0, 1]")
+        if self.mode_distance <= 0.0:
+            raise ValueError(f"CoordinationGame.mode_distance: {self.mode_distance} must be > 0")
+        angles = self.angle + 2 * np.pi * np.arange(self.n_modes) / self.n_modes
+        if self.mode_distance * np.abs(np.stack([np.cos(angles), np.sin(angles)])).max() > 1.0 + 1e-6:  # up to sqrt(2) on a diagonal: the box's corners
+            raise ValueError(
+                f"CoordinationGame.mode_distance: {self.mode_distance} at angle {self.angle:.3f} puts a mode "
+                "outside the action box [-1, 1]^2"
+            )
         gap = 2 * self.mode_distance * math.sin(math.pi / self.n_modes)
         if self.success_radius <= 0 or 2 * self.success_radius >= gap:
             raise ValueError(
@@ -61,7 +67,9 @@ class CoordinationGame:
     def modes(self) -> np.ndarray:
         """The K mode points [K, 2]."""
         angles = self.angle + 2 * np.pi * np.arange(self.n_modes) / self.n_modes
-        return (self.mode_distance * np.stack([np.cos(angles), np.sin(angles)], axis=1)).astype(np.float32)
+        points = self.mode_distance * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        # a corner (distance sqrt(2) on a diagonal) sits on the box exactly, not a rounding error past it
+        return np.clip(points, -1.0, 1.0).astype(np.float32)
 
     def contexts(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """x ~ U[-1, 1]^d [count, d]."""

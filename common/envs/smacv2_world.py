@@ -447,72 +447,82 @@ class Smacv2Rules:
 
     # ------------------------------------------------------------------ observations
     def _observe(self, rows: np.ndarray | None = None) -> BatchObservation:
-        sel = np.arange(self.num_envs) if rows is None else rows
+        # All battles through a slice (views, no gathers); the fresh battles of a step by index.
+        sel = slice(None) if rows is None else rows
         L, u, n, m = self.layout, self.units, self.n_agents, self.n_enemies
         pos, hp, sh = self.pos[sel], self.hp[sel], self.sh[sel]
-        B = len(sel)
+        B = pos.shape[0]
         f32 = np.float32
         alive = hp > 0
         live = alive[:, :n]
-        offset = pos[:, None, :] - pos[:, :, None]
-        dist = np.abs(offset)
+        me = pos[:, :n]
+        # Only the agents look: offsets [B, n, m] to the enemies, [B, n, n - 1] to the other allies.
+        to_enemy = pos[:, None, n:] - me[:, :, None]
+        enemy_dist = np.abs(to_enemy)
         sight = u.sight[sel]
         fov = self.fov[sel]
 
-        avail, can_shoot = self._available_v2(sel, pos, alive, dist)
+        avail, can_shoot = self._available_v2(sel, pos, alive, to_enemy, enemy_dist)
         self._can_shoot[sel] = can_shoot
-        in_sight = self._in_view(pos[:, :n], fov, offset[:, :n, :], dist[:, :n, :], sight)  # [B, n, N]
-        shown_enemy = self._enemy_sight(sel, live, alive[:, n:], in_sight[:, :, n:])
+        sees_enemy = self._in_view(me, fov, to_enemy, enemy_dist, sight)
+        shown_enemy = self._enemy_sight(sel, live, alive[:, n:], sees_enemy)
 
         max_hp, safe_sh = u.max_hp[sel], u.safe_max_sh[sel]
         health, shield = hp / max_hp, sh / safe_sh
         onehot = self._type_onehot[sel]
         scale = sight[:, :, None]
+        bits = L.unit_type_bits
         obs = np.zeros((B, n, L.obs_size), dtype=f32)
         obs[:, :, :4] = avail[:, :, 2:6]
         if L.flags.obs_pathing_grid or L.flags.obs_terrain_height:
-            obs[:, :, 4 : L.move_feats] = self._surroundings(pos[:, :n]) * live[:, :, None]
+            obs[:, :, 4 : L.move_feats] = self._surroundings(me) * live[:, :, None]
 
-        ef = np.zeros((B, n, m, L.enemy_feats), dtype=f32)
+        # Each block of per-unit features is built feature-major ([feature, B, n, unit]: long
+        # contiguous rows, one mask multiply), then copied into `obs` in one transposed pass.
+        ef = np.empty((L.enemy_feats, B, n, m), dtype=f32)
         # smacv2 reads the true availability of action n_actions_no_attack + e for "attackable".
-        ef[..., 0] = can_shoot[:, :, :m]
-        ef[..., 1] = dist[:, :n, n:] / scale
-        ef[..., 2] = offset[:, :n, n:].real / scale
-        ef[..., 3] = offset[:, :n, n:].imag / scale
+        ef[0] = can_shoot[:, :, :m]
+        np.divide(enemy_dist, scale, out=ef[1])
+        np.divide(to_enemy.real, scale, out=ef[2])
+        np.divide(to_enemy.imag, scale, out=ef[3])
         col = 4
         if L.flags.obs_all_health:
-            ef[..., col] = health[:, None, n:]
+            ef[col] = health[:, None, n:]
             col += 1
             if L.enemy_shield_bits:
-                ef[..., col] = shield[:, None, n:]
+                ef[col] = shield[:, None, n:]
                 col += 1
-        ef[..., col : col + L.unit_type_bits] = onehot[:, None, n:]
-        ef *= shown_enemy[..., None]
-        obs[:, :, L.enemy_offset : L.ally_offset] = ef.reshape(B, n, -1)
+        ef[col : col + bits] = onehot[:, None, n:].transpose(3, 0, 1, 2)
+        ef *= shown_enemy
+        _block(obs, L.enemy_offset, m, L.enemy_feats)[...] = ef.transpose(1, 2, 3, 0)
 
         if n > 1:
             others = self._others
-            idx = np.arange(n)[:, None]
-            seen = live[:, :, None] & alive[:, others] & (in_sight[:, idx, others] | self.fully_observable)
-            af = np.zeros((B, n, n - 1, L.ally_feats), dtype=f32)
-            af[..., 0] = 1
-            af[..., 1] = dist[:, idx, others] / scale
-            af[..., 2] = offset[:, idx, others].real / scale
-            af[..., 3] = offset[:, idx, others].imag / scale
+            to_ally = pos[:, others] - me[:, :, None]
+            ally_dist = np.abs(to_ally)
+            sees_ally = self._in_view(me, fov, to_ally, ally_dist, sight)
+            seen = live[:, :, None] & alive[:, others] & (sees_ally | self.fully_observable)
+            af = np.empty((L.ally_feats, B, n, n - 1), dtype=f32)
+            af[0] = 1
+            np.divide(ally_dist, scale, out=af[1])
+            np.divide(to_ally.real, scale, out=af[2])
+            np.divide(to_ally.imag, scale, out=af[3])
             col = 4
             if L.flags.obs_all_health:
-                af[..., col] = health[:, others]
+                af[col] = health[:, others]
                 col += 1
                 if L.ally_shield_bits:
-                    af[..., col] = shield[:, others]
+                    af[col] = shield[:, others]
                     col += 1
             if self.capability.team_gen.observe:  # otherwise zero-padded
-                af[..., col : col + L.unit_type_bits] = onehot[:, others]
-            col += L.unit_type_bits
+                af[col : col + bits] = onehot[:, :n].transpose(2, 0, 1)[:, :, others]
+            else:
+                af[col : col + bits] = 0
+            col += bits
             if L.flags.obs_last_action:
-                af[..., col:] = self._last_action_onehot(sel)[:, others]
-            af *= seen[..., None]
-            obs[:, :, L.ally_offset : L.own_offset] = af.reshape(B, n, -1)
+                af[col:] = self._last_action_onehot(sel).transpose(2, 0, 1)[:, :, others]
+            af *= seen
+            _block(obs, L.ally_offset, n - 1, L.ally_feats)[...] = af.transpose(1, 2, 3, 0)
 
         col = L.own_offset
         if L.flags.obs_own_health:
@@ -522,15 +532,19 @@ class Smacv2Rules:
                 obs[:, :, col] = shield[:, :n]
                 col += 1
         if L.own_pos:  # smacv2: x / map_x, y / map_y
-            obs[:, :, col] = pos[:, :n].real / MAP_SIZE
-            obs[:, :, col + 1] = pos[:, :n].imag / MAP_SIZE
+            obs[:, :, col] = me.real / MAP_SIZE
+            obs[:, :, col + 1] = me.imag / MAP_SIZE
             col += 2
         if L.n_fov_actions:
             obs[:, :, col] = fov.real
             obs[:, :, col + 1] = fov.imag
             col += 2
-        obs[:, :, col : col + L.unit_type_bits] = onehot[:, :n]
-        obs *= live[:, :, None]
+        obs[:, :, col : col + bits] = onehot[:, :n]
+        # A dead agent sees nothing. The unit blocks already hold 0 for it (their masks imply a
+        # living agent), so only the columns around them are multiplied.
+        live_f = live.astype(f32)[:, :, None]
+        obs[:, :, : L.enemy_offset] *= live_f
+        obs[:, :, L.own_offset :] *= live_f
         if L.flags.obs_timestep_number:
             obs[:, :, -1] = (self.steps[sel] / self.episode_limit)[:, None]
 
@@ -564,7 +578,7 @@ class Smacv2Rules:
         clears the enemy features gathered so far, so only enemies after the last unshared one
         show (smacv2 issue 50)."""
         n, m = self.n_agents, self.n_enemies
-        B = len(sel)
+        B = live.shape[0]
         seeds, episodes, steps = self._battle_seeds[sel], self._episodes[sel], self.steps[sel]
         key = episodes.astype(np.uint64) * np.uint64(1 << 20) + steps.astype(np.uint64)
         order = uniform(seeds ^ _ORDER_SALT, key, n)  # rank of each agent in this call's order
@@ -593,11 +607,12 @@ class Smacv2Rules:
         visible = (sees & at_turn) | self.fully_observable
         return live[:, :, None] & unbroken & enemy_alive[:, None, :] & visible
 
-    def _available_v2(self, sel, pos, alive, dist) -> tuple[np.ndarray, np.ndarray]:
+    def _available_v2(self, sel, pos, alive, to_enemy, enemy_dist) -> tuple[np.ndarray, np.ndarray]:
         """smacv2 `get_avail_agent_actions` and `get_true_avail_agent_actions`' attack part: the mask
-        (`action_mask` off: every living target) and whether each slot's target is in shoot range."""
+        (`action_mask` off: every living target) and whether each slot's target is in shoot range.
+        `to_enemy` and `enemy_dist` [B, n, m] are from each agent to each enemy."""
         u, n, m, L = self.units, self.n_agents, self.n_enemies, self.layout
-        B = len(sel)
+        B = pos.shape[0]
         x0, x1, y0, y1 = self._bounds
         half = self.move_amount / 2
         me = pos[:, :n]
@@ -610,18 +625,22 @@ class Smacv2Rules:
         avail[:, :, 4] = live & (me.real + half <= x1)
         avail[:, :, 5] = live & (me.real - half >= x0)
         avail[:, :, N_NON_ATTACK_ACTIONS : L.attack_offset] = live[:, :, None]
-        # Slot s: enemy s, or for a Medivac ally s (never another Medivac).
-        slots = np.arange(self._slots)
+        # Slot s: enemy s, or for a Medivac ally s (never another Medivac); slots past the last
+        # enemy (terran, more agents than enemies) are a Medivac's only.
+        fov, shoot = self.fov[sel], u.shoot[sel]
+        valid = np.zeros((B, n, self._slots), dtype=bool)
+        in_shot = np.zeros((B, n, self._slots), dtype=bool)
+        valid[:, :, :m] = live[:, :, None] & alive[:, None, n:]
+        in_shot[:, :, :m] = self._in_view(me, fov, to_enemy, enemy_dist, shoot)
         healer = u.healer[sel][:, :n]
-        on_enemy = np.where(slots < m, n + slots, 0)
-        on_ally = np.where(slots < n, slots, 0)
-        target = np.where(healer[:, :, None], on_ally, on_enemy)  # [B, n, S]
-        exists = np.where(healer[:, :, None], slots < n, slots < m)
-        rows = np.arange(B)[:, None, None]
-        valid = exists & alive[rows, target] & live[:, :, None]
-        valid &= ~(healer[:, :, None] & u.healer[sel][rows, target])
-        offset = pos[rows, target] - me[:, :, None]
-        in_shot = self._in_view(me, self.fov[sel], offset, np.abs(offset), u.shoot[sel])
+        if healer.any():
+            medic = healer[:, :, None]
+            to_ally = pos[:, None, :n] - me[:, :, None]
+            heals = live[:, :, None] & alive[:, None, :n] & ~healer[:, None, :]
+            valid[:, :, :n] = np.where(medic, heals, valid[:, :, :n])
+            valid[:, :, n:] &= ~medic
+            reached = self._in_view(me, fov, to_ally, np.abs(to_ally), shoot)
+            in_shot[:, :, :n] = np.where(medic, reached, in_shot[:, :, :n])
         can_shoot = valid & in_shot
         avail[:, :, L.attack_offset :] = can_shoot if self.action_mask else valid
         return avail, can_shoot
@@ -630,7 +649,7 @@ class Smacv2Rules:
         """smacv2 `get_state`: allies (health, cooldown or energy, position, shield, cone, type),
         enemies (health, position, shield, type), last actions, time step."""
         L, u, n = self.layout, self.units, self.n_agents
-        B = len(sel)
+        B = pos.shape[0]
         if L.flags.obs_instead_of_state:
             return obs.reshape(B, -1).copy()
         centre = MAP_SIZE / 2
@@ -663,6 +682,14 @@ class Smacv2Rules:
         if L.flags.state_timestep_number:
             parts.append((self.steps[sel] / self.episode_limit).astype(np.float32)[:, None])
         return np.concatenate(parts, axis=1)
+
+
+def _block(obs: np.ndarray, start: int, units: int, feats: int) -> np.ndarray:
+    """The view [B, n, units, feats] of `obs` [B, n, size] from column `start` (one unit's features
+    after another), to write the features in place."""
+    block = obs[:, :, start : start + units * feats].reshape(obs.shape[0], obs.shape[1], units, feats)
+    assert block.base is obs  # a view, not a copy
+    return block
 
 
 def _capability(map_name: str, given: dict[str, Any] | CapabilityConfig | None):

@@ -106,6 +106,15 @@ class _Agent:
             self.omsd = None
             self.steps = 0
 
+    def pretraining_step(self) -> tuple[str, int, int] | None:
+        """OMSD's behaviour or critic phase as (name, steps done, steps planned); None after."""
+        if self.omsd is None or self.omsd.phase not in ("behaviour", "critic"):
+            return None
+        planned = (
+            self.omsd.cfg.behaviour_steps if self.omsd.phase == "behaviour" else self.omsd.cfg.critic_steps
+        )
+        return self.omsd.phase, self.omsd.steps[self.omsd.phase], planned
+
     @property
     def actor_steps(self) -> int:
         return self.omsd.steps["actors"] if self.omsd else self.steps
@@ -179,6 +188,11 @@ def run_trial(trial: OfflineTrial, out: Path, progress: Callable[[str], None] = 
     started = time.perf_counter()
     while not agent.done:
         agent.update(data.sample(budget.batch_size, sampler))
+        pretraining = agent.pretraining_step()
+        if pretraining and pretraining[1] > 0 and pretraining[1] % budget.eval_interval == 0:
+            name, done, planned = pretraining
+            rate = done / max(time.perf_counter() - started, 1e-9)
+            progress(f"{trial.method} s{trial.seed}: {name} {done:,}/{planned:,} ({rate:.1f} updates/s)")
         steps = agent.actor_steps
         if (
             steps > 0
