@@ -56,6 +56,14 @@ def test_the_data_mixes_the_modes_evenly_whatever_the_context_and_every_sample_i
     TransitionBatch.from_arrays(**{k: v for k, v in data.items() if k != "mode"})
 
 
+def test_modes_may_sit_on_the_box_corners_as_in_the_authors_bandit_but_never_outside_the_box():
+    corners = CoordinationGame(mode_distance=2**0.5)  # the diagonal's corners: (1, 1) and (-1, -1)
+    assert np.array_equal(corners.modes(), np.array([[1.0, 1.0], [-1.0, -1.0]], dtype=np.float32))
+    assert corners.reward(np.ones((1, 2, 2), dtype=np.float32))[0] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="mode_distance"):
+        CoordinationGame(mode_distance=1.2, angle=0.0)  # (1.2, 0) is outside the box
+
+
 @pytest.mark.parametrize("modes", [2, 3])
 def test_the_product_of_the_datas_marginals_misses_one_minus_one_over_k_of_the_time(modes):
     game = CoordinationGame(n_modes=modes)

@@ -43,8 +43,8 @@ class CoordinationGame:
             raise ValueError(f"CoordinationGame.context_size: must be >= 1, got {self.context_size}")
         if self.mode_distance <= 0.0:
             raise ValueError(f"CoordinationGame.mode_distance: {self.mode_distance} must be > 0")
-        angles = self.angle + 2 * np.pi * np.arange(self.n_modes) / self.n_modes
-        if self.mode_distance * np.abs(np.stack([np.cos(angles), np.sin(angles)])).max() > 1.0 + 1e-6:  # up to sqrt(2) on a diagonal: the box's corners
+        # up to sqrt(2) on a diagonal (the box's corners); the tolerance absorbs sqrt(2) cos(pi/4)'s rounding
+        if np.abs(self._points()).max() > 1.0 + 1e-6:
             raise ValueError(
                 f"CoordinationGame.mode_distance: {self.mode_distance} at angle {self.angle:.3f} puts a mode "
                 "outside the action box [-1, 1]^2"
@@ -64,12 +64,13 @@ class CoordinationGame:
     def obs_size(self) -> int:
         return self.context_size
 
+    def _points(self) -> np.ndarray:
+        angles = self.angle + 2 * np.pi * np.arange(self.n_modes) / self.n_modes
+        return self.mode_distance * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+
     def modes(self) -> np.ndarray:
         """The K mode points [K, 2]."""
-        angles = self.angle + 2 * np.pi * np.arange(self.n_modes) / self.n_modes
-        points = self.mode_distance * np.stack([np.cos(angles), np.sin(angles)], axis=1)
-        # a corner (distance sqrt(2) on a diagonal) sits on the box exactly, not a rounding error past it
-        return np.clip(points, -1.0, 1.0).astype(np.float32)
+        return self._points().astype(np.float32)
 
     def contexts(self, count: int, rng: np.random.Generator) -> np.ndarray:
         """x ~ U[-1, 1]^d [count, d]."""
