@@ -333,7 +333,10 @@ class LiteBatchEnv:
 
     def _clamp(self, pos: np.ndarray) -> np.ndarray:
         x0, x1, y0, y1 = self._bounds
-        return (np.clip(pos.real, x0, x1) + 1j * np.clip(pos.imag, y0, y1)).astype(np.complex64)
+        out = np.empty(pos.shape, dtype=np.complex64)  # written part by part: no complex128 detour
+        np.clip(pos.real, x0, x1, out=out.real)
+        np.clip(pos.imag, y0, y1, out=out.imag)
+        return out
 
     # ------------------------------------------------------------------ dynamics
     def _advance(self, actions: np.ndarray) -> dict:
@@ -495,9 +498,12 @@ class LiteBatchEnv:
         coincident = (overlap > 0) & (dist < 1e-6)
         weight = overlap * (SEPARATION_STRENGTH / np.maximum(dist, 1e-6))
         push = (weight * offset).sum(axis=2)  # [b, i]: i is pushed away from every j it overlaps
-        if coincident.any():
-            # Units on the very same point part along a fixed direction (opposite for i and j).
-            push += (coincident * overlap * SEPARATION_STRENGTH * u.tie_break).sum(axis=2)
+        stacked = np.flatnonzero(coincident.any(axis=(1, 2)))
+        if stacked.size:
+            # Units on the very same point part along a fixed direction (opposite for i and j); only
+            # the battles that have such units (elsewhere the term is zero).
+            part = coincident[stacked] * overlap[stacked] * SEPARATION_STRENGTH * u.tie_break
+            push[stacked] += part.sum(axis=2)
         return pos - push
 
     def _regenerate(self, alive: np.ndarray) -> None:
@@ -692,8 +698,11 @@ class LiteBatchEnv:
         return np.concatenate(parts, axis=-1)
 
     def _last_action_onehot(self, sel) -> np.ndarray:
-        last = np.eye(self.n_actions, dtype=np.float32)[self.last_action[sel]]
-        return last * self.has_acted[sel][:, None, None]
+        last_action = self.last_action[sel]
+        onehot = np.zeros(last_action.shape + (self.n_actions,), dtype=np.float32)
+        acted = self.has_acted[sel].astype(np.float32)  # all zero before the first step
+        np.put_along_axis(onehot, last_action[..., None], acted[:, None, None], axis=2)
+        return onehot
 
     def _state(self, sel, pos, alive, health, shield, obs) -> np.ndarray:
         L, u, n = self.layout, self.units, self.n_agents

@@ -16,14 +16,20 @@ SEPARATION_STRENGTH = 0.5  # share of an overlap each unit of the pair moves
 def splitmix64(x: np.ndarray) -> np.ndarray:
     """A counter-based hash: deterministic per-battle randomness without per-battle generators."""
     with np.errstate(over="ignore"):
-        z = x + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
+        return _mix(x)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's arithmetic (wrapping uint64), for callers that already ignore overflow."""
+    z = x + np.uint64(0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
 
 
 def uniform(seeds: np.ndarray, episodes: np.ndarray, n: int) -> np.ndarray:
     """Uniform [0, 1) numbers, [len(seeds), n], a pure function of (seed, episode, position)."""
-    key = splitmix64(splitmix64(seeds.astype(np.uint64)) ^ episodes.astype(np.uint64))
-    z = splitmix64(key[:, None] ^ splitmix64(np.arange(n, dtype=np.uint64))[None, :])
+    with np.errstate(over="ignore"):  # once for the four hashes
+        key = _mix(_mix(seeds.astype(np.uint64)) ^ episodes.astype(np.uint64))
+        z = _mix(key[:, None] ^ _mix(np.arange(n, dtype=np.uint64))[None, :])
     return (z >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53))

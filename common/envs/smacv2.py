@@ -244,10 +244,11 @@ def draw_teams(config: CapabilityConfig, rng: np.random.Generator) -> tuple[list
 
 
 def _weighted_team(tg: TeamGen, size: int, rng: np.random.Generator) -> list[str]:
-    units = np.array(tg.unit_types)
+    units = tg.unit_types
     exceptions = set(tg.exception_unit_types)
     while True:
-        team = [str(u) for u in rng.choice(units, size=size, p=np.asarray(tg.weights))]
+        # Drawing indices takes the same numbers from `rng` as drawing from the array of names.
+        team = [units[i] for i in rng.choice(len(units), size=size, p=np.asarray(tg.weights))]
         rng.shuffle(team)
         if not all(u in exceptions for u in team):
             return team
@@ -316,22 +317,27 @@ def _surrounded(config: CapabilityConfig, rng: np.random.Generator) -> tuple[np.
 
 def spread_stacked(points: np.ndarray, spacing: float) -> np.ndarray:
     """Units asked to spawn on one point, placed around it the way SC2 finds free ground: the k-th
-    unit of a point on a sunflower spiral (k = 0 on the point itself), `spacing` apart."""
-    out = points.astype(np.float64).copy()
-    same = (np.abs(out[:, None, :] - out[None, :, :]).max(axis=2) < 1e-6) & np.tri(len(out), k=-1, dtype=bool)
-    rank = same.sum(axis=1)  # how many units asked for this point before
+    unit of a point on a sunflower spiral (k = 0 on the point itself), `spacing` apart. `points`
+    [..., k, 2]: the leading axes are independent groups (battles)."""
+    out = points.astype(np.float64)  # a copy
+    k = out.shape[-2]
+    close = np.abs(out[..., :, None, :] - out[..., None, :, :]).max(axis=-1) < 1e-6
+    same = close & np.tri(k, k=-1, dtype=bool)
+    rank = same.sum(axis=-1)  # how many units asked for this point before
     radius = spacing * np.sqrt(rank) * 0.55
     angle = rank * 2.399963  # the golden angle
-    out[:, 0] += radius * np.cos(angle)
-    out[:, 1] += radius * np.sin(angle)
+    out[..., 0] += radius * np.cos(angle)
+    out[..., 1] += radius * np.sin(angle)
     return out
 
 
-def ally_order(team: list[str], positions: np.ndarray) -> np.ndarray:
-    """Agent ids of the team's units: SMACv2's `init_units` sorts allies by (unit_type, x, y), and
-    the 10gen maps number ally types alphabetically (`_init_ally_unit_types`: baneling, colossus,
-    hydralisk, marauder, marine, medivac, stalker, zealot, zergling)."""
-    return np.array(sorted(range(len(team)), key=lambda i: (team[i], positions[i, 0], positions[i, 1])))
+def ally_order(type_rank: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Agent ids [..., n] of the allies: SMACv2's `init_units` sorts allies by (unit_type, x, y),
+    and the 10gen maps number ally types alphabetically (`_init_ally_unit_types`: baneling,
+    colossus, hydralisk, marauder, marine, medivac, stalker, zealot, zergling). `type_rank`
+    [..., n] is each unit's type's place in that alphabet, `positions` [..., n, 2]; ties keep the
+    drawing order (a stable sort)."""
+    return np.lexsort((positions[..., 1], positions[..., 0], type_rank), axis=-1)
 
 
 # --- datasets ---------------------------------------------------------------------------------

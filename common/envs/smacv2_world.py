@@ -206,6 +206,8 @@ class Smacv2Rules:
         self.max_reward = np.zeros(B, dtype=np.float64)
         self._goal = np.zeros((B, 1), dtype=np.complex64)
         self._type_onehot = np.zeros((B, n + m, self.layout.unit_type_bits), dtype=np.float32)
+        # The other allies' types as the observation shows them, feature-major [bits, B, n, n - 1].
+        self._ally_types = np.zeros((self.layout.unit_type_bits, B, n, n - 1), dtype=np.float32)
         k = self.layout.n_fov_actions
         # smacv2 `canonical_fov_directions`: (cos, sin) of 2 pi i / num_fov_actions.
         self._canonical_fov = np.exp(2j * np.pi * np.arange(k) / max(k, 1)).astype(np.complex64)
@@ -237,19 +239,25 @@ class Smacv2Rules:
     def _reset_rows(self, rows: np.ndarray) -> None:
         n, m, N = self.n_agents, self.n_enemies, self.units.n_units
         race_types = list(self.race.unit_types)
-        type_id = np.zeros((len(rows), N), dtype=np.int64)
-        pos = np.zeros((len(rows), N), dtype=np.complex128)
-        spacing = 2 * max(UNITS[t].radius for t in race_types) + _SPAWN_GAP
-        for k, b in enumerate(rows):
+        type_index = {name: i for i, name in enumerate(race_types)}
+        alphabet = np.argsort(np.argsort(race_types))  # each type's place in alphabetical order
+        k = len(rows)
+        type_id = np.zeros((k, N), dtype=np.int64)
+        ally_at, enemy_at = np.zeros((k, n, 2)), np.zeros((k, m, 2))
+        # The draws, battle by battle from its own generator; what follows them works on all at once.
+        for i, b in enumerate(rows):
             rng = episode_rng(self._battle_seeds[b], self._episodes[b])
             team, enemies = draw_teams(self.capability, rng)
-            ally_at, enemy_at = draw_start_positions(self.capability, rng)
-            ally_at, enemy_at = spread_stacked(ally_at, spacing), spread_stacked(enemy_at, spacing)
-            order = ally_order(team, ally_at)
-            type_id[k, :n] = [race_types.index(team[i]) for i in order]
-            type_id[k, n:] = [race_types.index(e) for e in enemies]
-            pos[k, :n] = ally_at[order, 0] + 1j * ally_at[order, 1]
-            pos[k, n:] = enemy_at[:, 0] + 1j * enemy_at[:, 1]
+            ally_at[i], enemy_at[i] = draw_start_positions(self.capability, rng)
+            type_id[i] = [type_index[name] for name in (*team, *enemies)]
+        spacing = 2 * max(UNITS[t].radius for t in race_types) + _SPAWN_GAP
+        ally_at, enemy_at = spread_stacked(ally_at, spacing), spread_stacked(enemy_at, spacing)
+        order = ally_order(alphabet[type_id[:, :n]], ally_at)
+        type_id[:, :n] = np.take_along_axis(type_id[:, :n], order, axis=1)
+        ally_at = np.take_along_axis(ally_at, order[:, :, None], axis=1)
+        pos = np.zeros((k, N), dtype=np.complex128)
+        pos[:, :n] = ally_at[..., 0] + 1j * ally_at[..., 1]
+        pos[:, n:] = enemy_at[..., 0] + 1j * enemy_at[..., 1]
         sight, shoot = self._sight_by_type[type_id[:, :n]], self._shoot_by_type[type_id[:, :n]]
         u = self.units
         u.set_rows(rows, type_id, sight, shoot)
@@ -265,6 +273,7 @@ class Smacv2Rules:
         self.steps[rows] = 0
         self._fighter[rows] = ~u.healer[rows]
         self._type_onehot[rows] = np.eye(self.layout.unit_type_bits, dtype=np.float32)[type_id]
+        self._ally_types[:, rows] = self._type_onehot[rows, :n].transpose(2, 0, 1)[:, :, self._others]
         # The enemies attack-move toward where the allies started (the lite world's built-in AI).
         self._goal[rows, 0] = self.pos[rows, :n].mean(axis=1)
         enemy_health = (u.max_hp[rows, n:] + u.max_sh[rows, n:]).sum(axis=1, dtype=np.float64)
@@ -440,7 +449,10 @@ class Smacv2Rules:
         tagger = np.clip(self.tags, 0, n - 1)
         tagger_dead = (self.tags >= 0) & ~np.take_along_axis(alive[:, :n], tagger, axis=1)
         clear = tagger_dead | ~alive[:, n:]
-        dead_tagger = (tagger_dead[:, :, None] & (tagger[:, :, None] == np.arange(n))).any(axis=1)
+        # The dead agents that tagged an enemy: a mark at each such tagger (column n: none).
+        marks = np.zeros((alive.shape[0], n + 1), dtype=bool)
+        np.put_along_axis(marks, np.where(tagger_dead, tagger, n), True, axis=1)
+        dead_tagger = marks[:, :n]
         self.shared &= ~clear[:, :, None]
         self.shared &= ~dead_tagger[:, None, :]
         self.tags[clear] = -1
@@ -515,7 +527,7 @@ class Smacv2Rules:
                     af[col] = shield[:, others]
                     col += 1
             if self.capability.team_gen.observe:  # otherwise zero-padded
-                af[col : col + bits] = onehot[:, :n].transpose(2, 0, 1)[:, :, others]
+                af[col : col + bits] = self._ally_types[:, sel]
             else:
                 af[col : col + bits] = 0
             col += bits
@@ -581,27 +593,34 @@ class Smacv2Rules:
         B = live.shape[0]
         seeds, episodes, steps = self._battle_seeds[sel], self._episodes[sel], self.steps[sel]
         key = episodes.astype(np.uint64) * np.uint64(1 << 20) + steps.astype(np.uint64)
-        order = uniform(seeds ^ _ORDER_SALT, key, n)  # rank of each agent in this call's order
-        rank = order.argsort(axis=1).argsort(axis=1)
+        order = uniform(seeds ^ _ORDER_SALT, key, n)  # sorted, this call's order of the agents
+        by_order = order.argsort(axis=1)  # [B, n]: the agent observed k-th
+        rank = np.empty((B, n), dtype=np.int16)  # each agent's place in that order
+        np.put_along_axis(rank, by_order, np.arange(n, dtype=np.int16)[None, :], axis=1)
         if self.prob_obs_enemy < 1.0:
             draws = uniform(seeds ^ _SHARE_SALT, key, n * m).reshape(B, n, m) < self.prob_obs_enemy
         else:
-            draws = np.ones((B, n, m), dtype=bool)
+            draws = None  # every draw succeeds
         seeing = live[:, :, None] & sees  # only living agents are observed (and tag)
         tags = self.tags[sel]
         shared = self.shared[sel]  # [B, m, n]
         untagged = tags < 0
-        by_rank = np.where(seeing, rank[:, :, None], n)  # [B, n, m]
+        by_rank = np.where(seeing, rank[:, :, None], np.int16(n))  # [B, n, m]
         tagger_rank = by_rank.min(axis=1)  # [B, m]; n: nobody sees it
-        tagger = by_rank.argmin(axis=1)
         fresh = untagged & (tagger_rank < n)
-        is_tagger = np.arange(n)[None, :, None] == tagger[:, None, :]  # [B, n, m]
-        after = rank[:, :, None] > tagger_rank[:, None, :]
-        now_new = fresh[:, None, :] & (is_tagger | (after & draws))
+        # Where an enemy is fresh, its tagger is the agent of rank `tagger_rank` (ranks are distinct).
+        is_tagger = rank[:, :, None] == tagger_rank[:, None, :]  # [B, n, m]
+        if draws is None:
+            now_new = fresh[:, None, :] & (rank[:, :, None] >= tagger_rank[:, None, :])
+            new_rows = True
+        else:
+            after = rank[:, :, None] > tagger_rank[:, None, :]
+            now_new = fresh[:, None, :] & (is_tagger | (after & draws))
+            # The state the next call starts from: the tagger and each other agent's draw.
+            new_rows = (is_tagger | draws).transpose(0, 2, 1)  # [B, m, n]
         at_turn = np.where(untagged[:, None, :], now_new, shared.transpose(0, 2, 1))  # [B, n, m]
-        # The state the next call starts from: the tagger and each other agent's draw.
-        new_rows = (is_tagger | (~is_tagger & draws)).transpose(0, 2, 1)  # [B, m, n]
         self.shared[sel] = np.where(fresh[:, :, None], new_rows, shared)
+        tagger = np.take_along_axis(by_order, np.minimum(tagger_rank, n - 1), axis=1)  # [B, m]
         self.tags[sel] = np.where(fresh, tagger, tags)
         unbroken = np.flip(np.logical_and.accumulate(np.flip(at_turn, axis=2), axis=2), axis=2)
         visible = (sees & at_turn) | self.fully_observable
