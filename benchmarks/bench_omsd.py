@@ -2,24 +2,28 @@
 inputs the size of MPE's cooperative navigation (simple_spread: 3 agents, observation 18, action 5,
 state 54 = the three observations side by side).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_omsd.py [--repeats 30] [--variant sequential]
+    OMP_NUM_THREADS=1 python benchmarks/bench_omsd.py [--repeats 30]
 
-Prints the median milliseconds of one behaviour (diffusion) update, one critic update and one actor
-update over `--repeats` timed calls after a few warm-up calls. Give the CPU with any figure you quote
-(`lscpu`); a machine shared with other jobs reads slower.
+The median milliseconds of one behaviour (diffusion) update, one critic update and one actor update
+of both variants over `--repeats` timed calls after a few warm-up calls. Results: docs/bench/omsd.md
+and .json (with the CPU); a machine shared with other jobs reads slower.
 """
 
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from common.transitions import TransitionBatch
-from learner.omsd_learner import OMSDConfig, OMSDLearner
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine, pin_to_one_core, write  # noqa: E402
+
+from common.transitions import TransitionBatch  # noqa: E402
+from learner.omsd_learner import OMSDConfig, OMSDLearner  # noqa: E402
 
 N_AGENTS, OBS, ACTION, STATE = 3, 18, 5, 54  # simple_spread's sizes
 BATCH = 512
@@ -49,28 +53,51 @@ def median_ms(update, batch: TransitionBatch, repeats: int, warmup: int = 3) -> 
     return 1000 * statistics.median(times)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--variant", default="sequential", choices=("sequential", "independent"))
-    parser.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=30, help="timed calls per update (default 30)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--quick", action="store_true", help="3 timed calls per update instead of --repeats")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.repeats = 3
     torch.set_num_threads(args.threads)
-    learner = OMSDLearner(N_AGENTS, OBS, STATE, ACTION, OMSDConfig(variant=args.variant, batch_size=BATCH))
+    pinned = pin_to_one_core() if args.threads == 1 else f"{args.threads} threads"
     batch = random_batch(torch.Generator().manual_seed(0))
-    rows = [
-        ("behaviour (diffusion, all agents)", median_ms(learner.update_behaviour, batch, args.repeats)),
-        ("critic (IQL)", median_ms(learner.update_critic, batch, args.repeats)),
-        ("actors (all agents)", median_ms(learner.update_actors, batch, args.repeats)),
+    results: dict[str, dict[str, float]] = {}
+    for variant in ("sequential", "independent"):
+        learner = OMSDLearner(N_AGENTS, OBS, STATE, ACTION, OMSDConfig(variant=variant, batch_size=BATCH))
+        results[variant] = {
+            "behaviour": median_ms(learner.update_behaviour, batch, args.repeats),
+            "critic": median_ms(learner.update_critic, batch, args.repeats),
+            "actors": median_ms(learner.update_actors, batch, args.repeats),
+        }
+        print(variant, {k: round(v, 1) for k, v in results[variant].items()}, flush=True)
+    names = {
+        "behaviour": "behaviour (every agent's diffusion model)",
+        "critic": "critic (IQL)",
+        "actors": "actors (every agent; one denoiser call each)",
+    }
+    m = machine()
+    lines = [
+        "# OMSD update speed",
+        "",
+        f"`python benchmarks/bench_omsd.py` — {m['cpu']}, one core ({pinned}), {m['date']}, torch "
+        f"{torch.__version__}. Batch {BATCH}, simple_spread's sizes ({N_AGENTS} agents, observation {OBS}, "
+        f"action {ACTION}, state {STATE}), the paper's network sizes; median of {args.repeats} timed "
+        "updates after warm-up.",
+        "",
+        "| update | sequential (OMSD), ms | independent, ms |",
+        "|---|---|---|",
+        *(
+            f"| {names[k]} | {results['sequential'][k]:.1f} | {results['independent'][k]:.1f} |"
+            for k in ("behaviour", "critic", "actors")
+        ),
+        "",
     ]
-    print(f"OMSD {args.variant}, batch {BATCH}, {N_AGENTS} agents, obs {OBS}, action {ACTION}, state {STATE}")
-    print(
-        f"torch {torch.__version__}, {args.threads} thread(s), {platform.processor() or platform.machine()}"
-    )
-    print(f"{'update':<36}{'median ms':>10}")
-    for name, ms in rows:
-        print(f"{name:<36}{ms:>10.1f}")
+    write("omsd", {"batch": BATCH, "repeats": args.repeats, "results_ms": results}, "\n".join(lines))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

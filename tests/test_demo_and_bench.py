@@ -38,3 +38,18 @@ def test_bench_knows_the_world_benchmark_and_rejects_unknown_names(capsys):
     assert "world" in bench.available()
     assert bench.run_benchmark("no_such_thing") == 2
     assert "no benchmark named 'no_such_thing'" in capsys.readouterr().err
+
+
+def test_every_benchmark_takes_its_arguments_the_way_ovmse_bench_passes_them():
+    import importlib.util
+    import inspect
+
+    for name in bench.available():
+        path = bench.BENCH_DIR / f"bench_{name}.py"
+        spec = importlib.util.spec_from_file_location(f"bench_{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        parameters = list(inspect.signature(module.main).parameters)
+        signature = inspect.signature(module.main)
+        assert parameters == ["argv"], f"bench_{name}.main{signature}: expected main(argv)"
+        assert "--quick" in inspect.getsource(module), f"bench_{name} has no --quick"

@@ -9,6 +9,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from common.envs.particles import SpreadBatchEnv
 from deploy.continuous_training import step_transitions
@@ -58,6 +59,9 @@ def test_every_method_trains_and_reports_a_normalised_score(dataset, tmp_path, m
     assert result["final_score"] == pytest.approx(100 * (result["final_return"] + 110.0) / 70.0)
     assert (tmp_path / method / "eval.csv").read_text().count("\n") == 3
     assert not (tmp_path / method / "state.pt").exists()
+    policy = torch.load(tmp_path / method / "policy.pt", weights_only=True)  # the final actors, tensors only
+    assert policy and all(isinstance(v, torch.Tensor) for v in policy.values())
+    assert result["final_score_ci95"] > 0
 
 
 class Stop(Exception):

@@ -178,11 +178,13 @@ def run_trial(trial: OfflineTrial, out: Path, progress: Callable[[str], None] = 
     def score(episodes: int) -> dict:
         returns = evaluate_returns(agent.act, _eval_env(trial.seed), episodes)
         mean = float(returns.mean())
+        half_width = 1.96 * float(returns.std(ddof=1)) / np.sqrt(episodes) if episodes > 1 else float("nan")
         return {
             "actor_steps": agent.actor_steps,
             "return": mean,
             "score": normalised_score(mean, card["random_return"], card["expert_return"]),
             "episodes": episodes,
+            "return_ci95": half_width,  # normal-approximation half-width of the mean return
         }
 
     started = time.perf_counter()
@@ -213,11 +215,13 @@ def run_trial(trial: OfflineTrial, out: Path, progress: Callable[[str], None] = 
         "kind": card["kind"],
         "final_return": final["return"],
         "final_score": final["score"],
+        "final_score_ci95": 100.0 * final["return_ci95"] / (card["expert_return"] - card["random_return"]),
         "final_episodes": budget.final_episodes,
         "budget": dataclasses.asdict(budget),
         "curve": evals,
     }
     _write_curve(out / "eval.csv", evals)
+    _save_policy(out / "policy.pt", agent)
     write_json(out / "done.json", result)
     (out / "state.pt").unlink(missing_ok=True)
     return result
@@ -236,9 +240,18 @@ def _save_state(out: Path, agent: _Agent, sampler: torch.Generator, evals: list[
         Path(tmp).write_bytes(buffer.getvalue())
 
 
+def _save_policy(path: Path, agent: _Agent) -> None:
+    """The final decentralised actors alone (tensors only: torch.load with weights_only=True)."""
+    actors = agent.omsd.policies if agent.omsd else agent.matd3.actors
+    buffer = io.BytesIO()
+    torch.save(actors.state_dict(), buffer)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_bytes(buffer.getvalue())
+
+
 def _write_curve(path: Path, evals: list[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["actor_steps", "return", "score", "episodes"])
+        writer = csv.DictWriter(f, fieldnames=["actor_steps", "return", "score", "episodes", "return_ci95"])
         writer.writeheader()
         writer.writerows(evals)
 
