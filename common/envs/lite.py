@@ -409,12 +409,26 @@ class LiteBatchEnv:
             self.energy -= want * MEDIVAC_ENERGY_PER_HP
             hp += healed
 
+        blasted = np.zeros_like(fires)  # a baneling that blew up is dead whatever its health
+        blasted[:, u.suicide_idx] = fires[:, u.suicide_idx]
+        moves = (walking, dest, pos, stop_short)
+        return self._settle(
+            u, alive, hp, raw, to_hp, fires, blasted, steps_loops, moves, actions, prev_health
+        )
+
+    def _settle(
+        self, u, alive, hp, raw, to_hp, fires, blasted, steps_loops, moves, actions, prev_health
+    ) -> dict:
+        """The end of a step that every kind of map shares: shields absorb, units die, weapons cool
+        down, units walk and part, and the step is scored. `u` is the unit table (per unit, or per
+        battle and unit), `blasted` [B, N] the units that blew themselves up, `moves` who walks
+        where: (walking, destinations, positions, how far short of them to stop)."""
+        walking, dest, pos, stop_short = moves
         absorbed = np.minimum(self.sh, raw)
         through = np.divide(raw - absorbed, raw, out=np.zeros_like(raw), where=raw > 0)
         hp -= to_hp * through
         self.sh -= absorbed
-        if u.suicide_idx.size:
-            hp[:, u.suicide_idx] = np.where(fires[:, u.suicide_idx], 0, hp[:, u.suicide_idx])
+        hp[blasted] = 0
         died = alive & (hp <= 0)
         hp[died] = 0
         self.sh[died] = 0
@@ -434,10 +448,14 @@ class LiteBatchEnv:
         self.pos = pos
 
         self._regenerate(now_alive)
+        self._after_deaths(now_alive)
         self.last_action[:] = actions
         self.has_acted[:] = True
         self.steps += 1
         return self._score(alive, now_alive, prev_health)
+
+    def _after_deaths(self, alive: np.ndarray) -> None:
+        """What a kind of map does once this step's dead are known (nothing here)."""
 
     def _enemy_orders(self, alive, dist, target, dest, walking) -> None:
         """The built-in AI: attack-move toward the allies' spawn, acquire the nearest ally in

@@ -25,7 +25,6 @@ from common.envs.lite_rules import (
     CHASE_OVERSHOOT,
     GOAL_REACHED,
     MOVE_DIRECTIONS,
-    SEPARATION_PASSES,
     uniform,
 )
 from common.envs.maps import GEN_MAPS, MAP_SIZE, MapSpec, smacv2_spec
@@ -375,34 +374,10 @@ class Smacv2Rules:
             self.energy -= want * MEDIVAC_ENERGY_PER_HP
             hp += healed
 
-        absorbed = np.minimum(self.sh, raw)
-        through = np.divide(raw - absorbed, raw, out=np.zeros_like(raw), where=raw > 0)
-        hp -= to_hp * through
-        self.sh -= absorbed
-        hp[blasting] = 0
-        died = alive & (hp <= 0)
-        hp[died] = 0
-        self.sh[died] = 0
-        now_alive = hp > 0
-        self.since_damage = np.where(raw > 0, 0, self.since_damage + 1)
-        self.cd = np.where(fires, self.cd + u.cooldown, self.cd) - steps_loops
-        np.maximum(self.cd, 0, out=self.cd)
-
-        go = walking & now_alive & ~fires
-        heading = dest - pos
-        length = np.abs(heading)
-        travel = np.minimum(u.step_len, np.maximum(length - stop_short, 0)) * go
-        pos = pos + heading / np.maximum(length, 1e-6) * travel
-        for _ in range(SEPARATION_PASSES):
-            pos = self._clamp(self._separate(pos, now_alive))
-        self.pos = pos
-
-        self._regenerate(now_alive)
-        self._forget_the_dead(now_alive)
-        self.last_action[:] = actions
-        self.has_acted[:] = True
-        self.steps += 1
-        return self._score(alive, now_alive, prev_health)
+        moves = (walking, dest, pos, stop_short)
+        return self._settle(
+            u, alive, hp, raw, to_hp, fires, blasting, steps_loops, moves, actions, prev_health
+        )
 
     def _enemy_orders(self, alive, dist, target, dest, walking) -> None:
         """The lite world's built-in AI (`LiteBatchEnv._enemy_orders`) with per-battle unit tables:
@@ -442,7 +417,7 @@ class Smacv2Rules:
         dest[:, n:] = np.where(march, self._goal, dest[:, n:])
         walking[:, n:] |= march
 
-    def _forget_the_dead(self, alive: np.ndarray) -> None:
+    def _after_deaths(self, alive: np.ndarray) -> None:
         """smacv2 `step`: an enemy seen first by an agent that died, or an enemy that died, is no
         longer shared (its tag and its row of `obs_enemies` cleared, and the dead agent's column)."""
         n = self.n_agents
