@@ -563,7 +563,7 @@ class Smacv2Rules:
         the tagger or the enemy dies. An agent shows an enemy it sees and shares (or any living enemy
         with `fully_observable`). As in smacv2, an enemy the agent does not share *at its turn*
         clears the enemy features gathered so far, so only enemies after the last unshared one
-        show (smacv2 issue 50)."""
+        show (SMACv2's code does this; it reads as unintended there, and is kept for fidelity)."""
         n, m = self.n_agents, self.n_enemies
         B = live.shape[0]
         seeds, episodes, steps = self._battle_seeds[sel], self._episodes[sel], self.steps[sel]
