@@ -93,6 +93,15 @@ class TransitionBatch:
             if not bool(torch.isfinite(getattr(self, name)).all()):
                 raise InputError(f"TransitionBatch.{name}: holds NaN or infinite values")
 
+    @classmethod
+    def _checked_already(cls, values: dict[str, torch.Tensor]) -> TransitionBatch:
+        """Rows or a device move of a batch that passed its checks: the same shapes and values, so
+        the minibatches an update draws skip the full scan for NaN."""
+        batch = object.__new__(cls)
+        for name, value in values.items():
+            object.__setattr__(batch, name, value)
+        return batch
+
     @property
     def batch_size(self) -> int:
         return int(self.obs.shape[0])
@@ -115,11 +124,11 @@ class TransitionBatch:
 
     def to(self, device: torch.device | str) -> TransitionBatch:
         """The same transitions on `device` (floats stay float32, terminal stays bool)."""
-        return TransitionBatch(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+        return self._checked_already({f.name: getattr(self, f.name).to(device) for f in fields(self)})
 
     def rows(self, index: torch.Tensor) -> TransitionBatch:
         """The transitions at `index` (a 1-D integer tensor): a minibatch of a dataset."""
-        return TransitionBatch(**{f.name: getattr(self, f.name)[index] for f in fields(self)})
+        return self._checked_already({f.name: getattr(self, f.name)[index] for f in fields(self)})
 
     def sample(self, batch_size: int, generator: torch.Generator) -> TransitionBatch:
         """A minibatch of `batch_size` transitions drawn uniformly with replacement."""

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common.atomic_files import write_json
+from common.atomic_files import atomic_path, write_json
 from common.envs.particles import SpreadBatchEnv
 from deploy.continuous_training import (
     ContinuousRunConfig,
@@ -152,7 +152,8 @@ def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str
             "expert_return": expert_return,
             **{f"actors_{i}": s.actors for i, s in enumerate(run.snapshots)},
         }
-        torch.save(state, snapshots_path)  # tensors and plain values: loadable with weights_only=True
+        with atomic_path(snapshots_path) as tmp:  # tensors and plain values: weights_only loads it
+            torch.save(state, tmp)
     state = torch.load(snapshots_path, weights_only=True)
     common = _card_common(info, cfg, state["random_return"], state["expert_return"])
     rng = np.random.default_rng(cfg.seed + 17)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
-import io
 import json
 import os
 import sys
@@ -228,25 +227,21 @@ def run_trial(trial: OfflineTrial, out: Path, progress: Callable[[str], None] = 
 
 
 def _save_state(out: Path, agent: _Agent, sampler: torch.Generator, evals: list[dict]) -> None:
-    buffer = io.BytesIO()
     state = {
         "learner": agent.state_dict(),
         "sampler": sampler.get_state(),
         "torch_rng": torch.get_rng_state(),
         "evals": json.dumps(evals),
     }
-    torch.save(state, buffer)
     with atomic_path(out / "state.pt") as tmp:
-        Path(tmp).write_bytes(buffer.getvalue())
+        torch.save(state, tmp)
 
 
 def _save_policy(path: Path, agent: _Agent) -> None:
     """The final decentralised actors alone (tensors only: torch.load with weights_only=True)."""
     actors = agent.omsd.policies if agent.omsd else agent.matd3.actors
-    buffer = io.BytesIO()
-    torch.save(actors.state_dict(), buffer)
     with atomic_path(path) as tmp:
-        Path(tmp).write_bytes(buffer.getvalue())
+        torch.save(actors.state_dict(), tmp)
 
 
 def _write_curve(path: Path, evals: list[dict]) -> None:
