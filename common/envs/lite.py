@@ -30,7 +30,7 @@ from common.envs.lite_rules import MOVE_DIRECTIONS as _MOVE_DIRECTIONS
 from common.envs.lite_rules import SEPARATION_PASSES, SEPARATION_STRENGTH
 from common.envs.lite_rules import uniform as _uniform
 from common.envs.maps import MAP_SIZE, MapSpec, get_map
-from common.envs.protocol import BatchObservation, BatchStep
+from common.envs.protocol import BatchObservation, BatchStep, OneBattleView
 from common.envs.smacv2_world import Smacv2Rules
 from common.envs.units import (
     LOOPS_PER_SECOND,
@@ -772,7 +772,7 @@ def pos_of(pos: np.ndarray, index: np.ndarray) -> np.ndarray:
     return np.take_along_axis(pos, index, axis=1)
 
 
-class LiteStarCraft2Env:
+class LiteStarCraft2Env(OneBattleView):
     """SMAC's `StarCraft2Env` API over the lite engine with one battle (B = 1).
 
     Same constructor flags and defaults as SMAC; after an episode ends, call `reset()`.
@@ -811,48 +811,6 @@ class LiteStarCraft2Env:
         if result.episode_limit[0] and self.continuing_episode:
             info["episode_limit"] = True
         return float(result.reward[0]), bool(result.terminated[0]), info
-
-    def _current(self) -> BatchObservation:
-        obs = self._engine.observation()
-        if obs is None:
-            raise RuntimeError("call reset() first")
-        return obs
-
-    def get_obs(self) -> list[np.ndarray]:
-        return list(self._current().obs[0])
-
-    def get_obs_agent(self, agent_id: int) -> np.ndarray:
-        return self._current().obs[0, agent_id]
-
-    def get_obs_size(self) -> int:
-        return self._engine.layout.obs_size
-
-    def get_state(self) -> np.ndarray:
-        return self._current().state[0]
-
-    def get_state_size(self) -> int:
-        return self._engine.layout.state_size
-
-    def get_avail_actions(self) -> list[list[int]]:
-        return self._current().avail[0].astype(int).tolist()
-
-    def get_avail_agent_actions(self, agent_id: int) -> list[int]:
-        return self._current().avail[0, agent_id].astype(int).tolist()
-
-    def get_total_actions(self) -> int:
-        return self.n_actions
-
-    def get_env_info(self) -> dict:
-        return self._engine.get_env_info()
-
-    def get_stats(self) -> dict:
-        return self._engine.get_stats()
-
-    def seed(self) -> int:
-        return self._engine.seed()
-
-    def close(self) -> None:
-        self._engine.close()
 
     def render(self, mode: str = "human") -> None:
         raise NotImplementedError("the lite world has no renderer")

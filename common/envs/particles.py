@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.envs.protocol import BatchObservation, BatchStep
+from common.envs.protocol import BatchObservation, BatchStep, OneBattleView
 
 # mpe2 constants, with where they are set.
 AGENT_SIZE = 0.15  # simple_spread.Scenario.make_world
@@ -349,7 +349,7 @@ class SpreadBatchEnv:
         )
 
 
-class SpreadEnv:
+class SpreadEnv(OneBattleView):
     """One simple_spread episode at a time with SMAC's `StarCraft2Env` methods; after an episode
     ends (`terminated`, with `info["episode_limit"]` True), call `reset()`. Actions are [n, 5]."""
 
@@ -358,63 +358,21 @@ class SpreadEnv:
     def __init__(
         self, seed: int | None = None, n_agents: int = 3, max_cycles: int = 25, local_ratio: float = 0.5
     ):
-        self._batch = SpreadBatchEnv(1, seed, n_agents, max_cycles, local_ratio, auto_reset=False)
+        self._engine = SpreadBatchEnv(1, seed, n_agents, max_cycles, local_ratio, auto_reset=False)
         self.n_agents = n_agents
         self.episode_limit = max_cycles
         self.n_actions = ACTION_DIM
 
     def reset(self) -> tuple[list[np.ndarray], np.ndarray]:
-        self._batch.reset()
+        self._engine.reset()
         return self.get_obs(), self.get_state()
 
     def step(self, actions) -> tuple[float, bool, dict]:
         if hasattr(actions, "detach"):
             actions = actions.detach().cpu().numpy()
-        result = self._batch.step([actions])  # checked (shape, NaN, clipping) by the batch
+        result = self._engine.step([actions])  # checked (shape, NaN, clipping) by the batch
         ended = bool(result.terminated[0])
         info = {"battle_won": False, "dead_allies": 0, "dead_enemies": 0}
         if ended:
             info["episode_limit"] = True
         return float(result.reward[0]), ended, info
-
-    def _current(self) -> BatchObservation:
-        obs = self._batch.observation()
-        if obs is None:
-            raise RuntimeError("call reset() first")
-        return obs
-
-    def get_obs(self) -> list[np.ndarray]:
-        return list(self._current().obs[0])
-
-    def get_obs_agent(self, agent_id: int) -> np.ndarray:
-        return self._current().obs[0, agent_id]
-
-    def get_obs_size(self) -> int:
-        return obs_size(self.n_agents)
-
-    def get_state(self) -> np.ndarray:
-        return self._current().state[0]
-
-    def get_state_size(self) -> int:
-        return self.n_agents * obs_size(self.n_agents)
-
-    def get_avail_actions(self) -> list[list[int]]:
-        return [self.get_avail_agent_actions(i) for i in range(self.n_agents)]
-
-    def get_avail_agent_actions(self, agent_id: int) -> list[int]:
-        return [1] * ACTION_DIM
-
-    def get_total_actions(self) -> int:
-        return ACTION_DIM
-
-    def get_env_info(self) -> dict:
-        return self._batch.get_env_info()
-
-    def get_stats(self) -> dict:
-        return self._batch.get_stats()
-
-    def seed(self) -> int:
-        return self._batch.seed()
-
-    def close(self) -> None:
-        self._batch.close()

@@ -99,3 +99,53 @@ class BatchEnv(Protocol):
     def get_stats(self) -> dict: ...
 
     def close(self) -> None: ...
+
+
+class OneBattleView:
+    """SMAC's per-battle getters for a one-battle world built on a `BatchEnv` of one battle, which
+    the subclass keeps in `self._engine` (it must offer `observation()`, the latest
+    `BatchObservation`). The subclass writes `reset` and `step`, which differ by world."""
+
+    _engine: Any
+
+    def _current(self) -> BatchObservation:
+        obs = self._engine.observation()
+        if obs is None:
+            raise RuntimeError("call reset() first")
+        return obs
+
+    def get_obs(self) -> list[np.ndarray]:
+        return list(self._current().obs[0])
+
+    def get_obs_agent(self, agent_id: int) -> np.ndarray:
+        return self._current().obs[0, agent_id]
+
+    def get_obs_size(self) -> int:
+        return int(self._engine.get_env_info()["obs_shape"])
+
+    def get_state(self) -> np.ndarray:
+        return self._current().state[0]
+
+    def get_state_size(self) -> int:
+        return int(self._engine.get_env_info()["state_shape"])
+
+    def get_avail_actions(self) -> list[list[int]]:
+        return self._current().avail[0].astype(int).tolist()
+
+    def get_avail_agent_actions(self, agent_id: int) -> list[int]:
+        return self._current().avail[0, agent_id].astype(int).tolist()
+
+    def get_total_actions(self) -> int:
+        return int(self._engine.n_actions)
+
+    def get_env_info(self) -> dict:
+        return self._engine.get_env_info()
+
+    def get_stats(self) -> dict:
+        return self._engine.get_stats()
+
+    def seed(self) -> int:
+        return self._engine.seed()
+
+    def close(self) -> None:
+        self._engine.close()
