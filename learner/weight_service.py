@@ -174,6 +174,10 @@ class WeightPublisher:
             options=[
                 ("grpc.max_send_message_length", max_message_bytes),
                 ("grpc.max_receive_message_length", MAX_REQUEST_BYTES),
+                # Requests are tiny, so the receive window stays at HTTP/2's 64 KiB: with bandwidth
+                # probing on, gRPC widens it to megabytes per stream and buffers that much of a
+                # body it will refuse.
+                ("grpc.http2.bdp_probe", 0),
             ],
             maximum_concurrent_rpcs=max_subscribers + RESERVED_CALLS,
             interceptors=interceptors,

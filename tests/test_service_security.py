@@ -287,7 +287,8 @@ def test_large_bodies_without_the_token_are_never_read_into_the_servers_memory()
         body = bytes(16 << 20)
         calls = [channel.unary_unary(REPORT).future(body, timeout=60) for _ in range(8)]  # 128 MiB in all
         assert {call.exception().code() for call in calls} == {grpc.StatusCode.UNAUTHENTICATED}
-        assert peak_resident_bytes(server.pid) - before < 32 << 20
+        # 128 MiB sent; the server holds at most its 64 KiB window per stream (measured: under 1 MiB)
+        assert peak_resident_bytes(server.pid) - before < 8 << 20
     finally:
         if channel is not None:
             channel.close()
