@@ -134,6 +134,40 @@ def expected_layout(env_cfg) -> MapLayout | None:
 def world_bounds(spec, env_cfg) -> WorldBounds:
     """The bounds of `spec` (a `common.envs.maps.MapSpec`) under `env_cfg`'s reward flags (see the
     module doc for the derivation)."""
+    if spec.generated:
+        return _generated_world_bounds(spec, env_cfg)
+    return _roster_bounds(spec, env_cfg)
+
+
+def _generated_world_bounds(spec, env_cfg) -> WorldBounds:
+    """A SMACv2 scenario draws its teams every episode. Each bound is a ratio of sums over the
+    units (with the reward scale: of the allies' and the enemies' health), whose extremes over the
+    mixed teams lie at one-type teams; so the loosest of every one-type pairing holds for any draw."""
+    import dataclasses
+
+    n_allies, n_enemies = spec.n_agents, spec.n_enemies
+    pairings = [
+        _roster_bounds(
+            dataclasses.replace(spec, allies=((a, n_allies),), enemies=((e, n_enemies),), generated=False),
+            env_cfg,
+        )
+        for a in spec.type_order
+        for e in spec.type_order
+    ]
+
+    def hull(ranges: list[tuple[float, float] | None]) -> tuple[float, float] | None:
+        if any(r is None for r in ranges):
+            return None
+        return min(r[0] for r in ranges), max(r[1] for r in ranges)
+
+    return WorldBounds(
+        reward=hull([b.reward for b in pairings]),
+        episode_return=hull([b.episode_return for b in pairings]),
+        features=hull([b.features for b in pairings]),
+    )
+
+
+def _roster_bounds(spec, env_cfg) -> WorldBounds:
     from common.envs.units import LOOPS_PER_SECOND, SHIELD_REGEN_PER_S, ZERG_HEALTH_REGEN_PER_S
 
     enemies, allies = spec.enemy_units, spec.ally_units

@@ -219,6 +219,7 @@ def test_the_preset_sets_smacv2s_example_flags_and_smac_kwargs_carry_the_capabil
         (["env.obs_own_pos=true"], r"env\.obs_own_pos: a SMACv2 setting, and '3m'"),
         (["env.map_name=protoss_5_vs_5", "env.team_gen=uniform"], r"env\.team_gen: must be one of"),
         (["env.map_name=zerg_5_vs_5", "env.prob_obs_enemy=1.5"], r"env\.prob_obs_enemy"),
+        (["env.map_name=protoss_5_vs_5", "env.backend=sc2"], r"env\.backend: 'protoss_5_vs_5' is a SMACv2"),
     ],
 )
 def test_bad_smacv2_settings_are_refused_naming_the_key(overrides, message):
@@ -313,3 +314,22 @@ def test_fully_observable_episodes_pass_the_checks_online_data_and_datasets_get(
     assert max(float(np.abs(e.obs).max()) for e in episodes) > 1.5  # beyond a sight range's ratio
     layout = map_layout("protoss_10_vs_10", cfg)
     assert [episode_problem(e, layout) for e in episodes] == [None] * 4
+
+
+@pytest.mark.parametrize("race", ["protoss", "terran", "zerg"])
+@pytest.mark.parametrize("only_positive", [True, False])
+def test_the_reward_bounds_hold_for_every_team_the_scenario_can_draw(race, only_positive):
+    """The checks' bounds for a scenario contain those of each one-type team on either side (a
+    terran team of marines against medivacs loses the most per point of enemy health)."""
+    from common.episode_checks import world_bounds
+
+    cfg = EnvConfig(map_name=f"{race}_5_vs_5", reward_only_positive=only_positive)
+    spec = get_map(cfg.map_name)
+    drawn = world_bounds(spec, cfg)
+    for ally in spec.type_order:
+        for enemy in spec.type_order:
+            team = dataclasses.replace(spec, allies=((ally, 5),), enemies=((enemy, 5),), generated=False)
+            fixed = world_bounds(team, cfg)
+            for name in ("reward", "episode_return", "features"):
+                low, high = getattr(fixed, name)
+                assert getattr(drawn, name)[0] <= low and high <= getattr(drawn, name)[1], (ally, enemy, name)

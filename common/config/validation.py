@@ -81,6 +81,13 @@ def smacv2_problems(p: Problems, env: EnvConfig) -> None:
                 f"{show(getattr(default, name))})",
             )
         return
+    # The StarCraft II adapter wraps SMAC's StarCraft2Env; SMACv2's capability wrapper is not built.
+    p.require(
+        env.backend != "sc2",
+        "env.backend",
+        f"{env.map_name!r} is a SMACv2 scenario, which runs on the lite world only (backend 'lite'); "
+        "the 'sc2' backend plays SMAC's maps",
+    )
     p.at_least("env.num_fov_actions", env.num_fov_actions, 1)
     p.at_least("env.min_attack_range", env.min_attack_range, 0)
     p.at_least("env.kill_unit_step_mul", env.kill_unit_step_mul, 0)

@@ -28,9 +28,8 @@ class MapSpec:
     # Walkable rectangle (x_min, x_max, y_min, y_max); units are kept inside it.
     walkable: tuple[float, float, float, float] = (1.0, 31.0, 8.0, 24.0)
     # SMACv2: teams and start points are drawn every episode (common/envs/smacv2.py). The rosters
-    # above then only give the sizes and the bounds an honest episode stays in (common/episode_checks.py),
-    # so they are the loosest teams: the allies' biggest unit, the enemies' unit that regains the
-    # most per point of health (zealot shields, baneling regeneration, medivac healing).
+    # above then only give the sizes; the bounds an honest episode stays in cover every one-type
+    # team of the race on either side (common/episode_checks.py).
     generated: bool = False
 
     @property
@@ -87,31 +86,57 @@ MAPS: dict[str, MapSpec] = {
         _marines("10m_vs_11m", 10, 11, 150),
         _marines("27m_vs_30m", 27, 30, 180),
         MapSpec("2m_vs_1z", (("marine", 2),), (("zealot", 1),), 150),
-        MapSpec("MMM", (("marauder", 2), ("marine", 7), ("medivac", 1)),
-                (("marauder", 2), ("marine", 7), ("medivac", 1)), 150, _MMM),
-        MapSpec("MMM2", (("marauder", 2), ("marine", 7), ("medivac", 1)),
-                (("marauder", 3), ("marine", 8), ("medivac", 1)), 180, _MMM),
+        MapSpec(
+            "MMM",
+            (("marauder", 2), ("marine", 7), ("medivac", 1)),
+            (("marauder", 2), ("marine", 7), ("medivac", 1)),
+            150,
+            _MMM,
+        ),
+        MapSpec(
+            "MMM2",
+            (("marauder", 2), ("marine", 7), ("medivac", 1)),
+            (("marauder", 3), ("marine", 8), ("medivac", 1)),
+            180,
+            _MMM,
+        ),
         MapSpec("2s3z", (("stalker", 2), ("zealot", 3)), (("stalker", 2), ("zealot", 3)), 120, _SZ),
         MapSpec("3s5z", (("stalker", 3), ("zealot", 5)), (("stalker", 3), ("zealot", 5)), 150, _SZ),
         MapSpec("3s5z_vs_3s6z", (("stalker", 3), ("zealot", 5)), (("stalker", 3), ("zealot", 6)), 170, _SZ),
-        MapSpec("1c3s5z", (("colossus", 1), ("stalker", 3), ("zealot", 5)),
-                (("colossus", 1), ("stalker", 3), ("zealot", 5)), 180, _CSZ),
+        MapSpec(
+            "1c3s5z",
+            (("colossus", 1), ("stalker", 3), ("zealot", 5)),
+            (("colossus", 1), ("stalker", 3), ("zealot", 5)),
+            180,
+            _CSZ,
+        ),
         MapSpec("3s_vs_3z", (("stalker", 3),), (("zealot", 3),), 150),
         MapSpec("3s_vs_4z", (("stalker", 3),), (("zealot", 4),), 200),
         MapSpec("3s_vs_5z", (("stalker", 3),), (("zealot", 5),), 250),
-        MapSpec("6h_vs_8z", (("hydralisk", 6),), (("zealot", 8),), 150,
-                ally_spawn=(14.6, 9.5), enemy_spawn=(14.4, 16.8), walkable=_WIDE),
+        MapSpec(
+            "6h_vs_8z",
+            (("hydralisk", 6),),
+            (("zealot", 8),),
+            150,
+            ally_spawn=(14.6, 9.5),
+            enemy_spawn=(14.4, 16.8),
+            walkable=_WIDE,
+        ),
         MapSpec("corridor", (("zealot", 6),), (("zergling", 24),), 400, walkable=(1.0, 31.0, 10.0, 22.0)),
-        MapSpec("bane_vs_bane", (("baneling", 4), ("zergling", 20)), (("baneling", 4), ("zergling", 20)),
-                200, _BANE),
+        MapSpec(
+            "bane_vs_bane",
+            (("baneling", 4), ("zergling", 20)),
+            (("baneling", 4), ("zergling", 20)),
+            200,
+            _BANE,
+        ),
         MapSpec("2c_vs_64zg", (("colossus", 2),), (("zergling", 64),), 400, walkable=_WIDE),
         MapSpec("so_many_baneling", (("zealot", 7),), (("baneling", 32),), 100, walkable=_WIDE),
     ]
 }
 
 
-# The loosest rosters for the bounds (see MapSpec.generated): the race's largest ally (health and
-# shield), and the enemy with the most regeneration or healing per point of health.
+# Nominal rosters of a generated map (see MapSpec.generated): only their sizes matter.
 _BOUNDS_ALLY = {"protoss": "colossus", "terran": "medivac", "zerg": "hydralisk"}
 _BOUNDS_ENEMY = {"protoss": "zealot", "terran": "medivac", "zerg": "baneling"}
 
