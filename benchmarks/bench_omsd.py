@@ -1,8 +1,9 @@
-"""How long one OMSD update takes on one CPU core, at the paper's batch (512) and network sizes, on
-inputs the size of MPE's cooperative navigation (simple_spread: 3 agents, observation 18, action 5,
-state 54 = the three observations side by side).
+"""OMSD update speed on one CPU core: one behaviour (diffusion), critic and actor update at batch 512.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_omsd.py [--repeats 30]
+The paper's batch (512) and network sizes, on inputs the size of MPE's cooperative navigation
+(simple_spread: 3 agents, observation 18, action 5, state 54 = the three observations side by side).
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_omsd.py [--repeats 30]    # or: ovmse bench omsd
 
 The median milliseconds of one behaviour (diffusion) update, one critic update and one actor update
 of both variants over `--repeats` timed calls after a few warm-up calls. Results: docs/bench/omsd.md
@@ -29,16 +30,16 @@ N_AGENTS, OBS, ACTION, STATE = 3, 18, 5, 54  # simple_spread's sizes
 BATCH = 512
 
 
-def random_batch(generator: torch.Generator) -> TransitionBatch:
-    obs = torch.randn(BATCH, N_AGENTS, OBS, generator=generator)
+def random_batch(generator: torch.Generator, size: int = BATCH) -> TransitionBatch:
+    obs = torch.randn(size, N_AGENTS, OBS, generator=generator)
     return TransitionBatch(
         obs=obs,
         state=obs.flatten(1),
-        actions=torch.rand(BATCH, N_AGENTS, ACTION, generator=generator) * 2 - 1,
-        reward=torch.randn(BATCH, generator=generator),
+        actions=torch.rand(size, N_AGENTS, ACTION, generator=generator) * 2 - 1,
+        reward=torch.randn(size, generator=generator),
         next_obs=obs,
         next_state=obs.flatten(1),
-        terminal=torch.zeros(BATCH, dtype=torch.bool),
+        terminal=torch.zeros(size, dtype=torch.bool),
     )
 
 
@@ -58,15 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per update (default 30)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--quick", action="store_true", help="3 timed calls per update instead of --repeats")
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"transitions per update (default {BATCH})")
+    parser.add_argument("--out", type=Path, default=None, help="results directory (default docs/bench)")
     args = parser.parse_args(argv)
     if args.quick:
         args.repeats = 3
     torch.set_num_threads(args.threads)
     pinned = pin_to_one_core() if args.threads == 1 else f"{args.threads} threads"
-    batch = random_batch(torch.Generator().manual_seed(0))
+    batch = random_batch(torch.Generator().manual_seed(0), args.batch)
     results: dict[str, dict[str, float]] = {}
     for variant in ("sequential", "independent"):
-        learner = OMSDLearner(N_AGENTS, OBS, STATE, ACTION, OMSDConfig(variant=variant, batch_size=BATCH))
+        learner = OMSDLearner(
+            N_AGENTS, OBS, STATE, ACTION, OMSDConfig(variant=variant, batch_size=args.batch)
+        )
         results[variant] = {
             "behaviour": median_ms(learner.update_behaviour, batch, args.repeats),
             "critic": median_ms(learner.update_critic, batch, args.repeats),
@@ -83,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         "# OMSD update speed",
         "",
         f"`python benchmarks/bench_omsd.py` — {m['cpu']}, one core ({pinned}), {m['date']}, torch "
-        f"{torch.__version__}. Batch {BATCH}, simple_spread's sizes ({N_AGENTS} agents, observation {OBS}, "
-        f"action {ACTION}, state {STATE}), the paper's network sizes; median of {args.repeats} timed "
-        "updates after warm-up.",
+        f"{torch.__version__}. Batch {args.batch}, simple_spread's sizes ({N_AGENTS} agents, "
+        f"observation {OBS}, action {ACTION}, state {STATE}), the paper's network sizes; median of "
+        f"{args.repeats} timed updates after warm-up.",
         "",
         "| update | sequential (OMSD), ms | independent, ms |",
         "|---|---|---|",
@@ -95,7 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "",
     ]
-    write("omsd", {"batch": BATCH, "repeats": args.repeats, "results_ms": results}, "\n".join(lines))
+    path = write(
+        "omsd",
+        {"batch": args.batch, "repeats": args.repeats, "results_ms": results},
+        "\n".join(lines),
+        args.out,
+    )
+    print(f"wrote {path}")
     return 0
 
 

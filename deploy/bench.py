@@ -1,13 +1,16 @@
 """`ovmse bench NAME`: run a benchmark from the repository's benchmarks/ folder.
 
 Each `benchmarks/bench_<name>.py` has `main(argv) -> int`, prints progress, and writes its results
-to `docs/bench/<name>.md` and `.json`. Benchmarks live beside the code (not in the installed
-package), so this needs a source checkout, which `make bench` and `make demo` provide.
+to `docs/bench/<name>.md` and `.json`; its docstring's first sentence says what it measures (e.g.
+`omsd`: one OMSD diffusion, critic and actor update at batch 512 on one core). Benchmarks live
+beside the code (not in the installed package), so this needs a source checkout, which `make bench`
+and `make demo` provide.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import importlib.util
 import sys
@@ -18,6 +21,18 @@ BENCH_DIR = Path(__file__).resolve().parent.parent / "benchmarks"
 
 def available() -> list[str]:
     return sorted(p.stem.removeprefix("bench_") for p in BENCH_DIR.glob("bench_*.py"))
+
+
+def summary(name: str) -> str:
+    """The first sentence of benchmark `name`'s docstring (read without importing it: no torch)."""
+    path = BENCH_DIR / f"bench_{name}.py"
+    try:
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+    except (OSError, SyntaxError):
+        return ""
+    paragraph = " ".join(doc.split("\n\n")[0].split())
+    sentence = paragraph.split(". ")[0].rstrip(".")
+    return sentence if len(sentence) <= 100 else sentence.split(": ")[0]
 
 
 def unknown_name(name: str) -> str | None:
@@ -56,6 +71,6 @@ def main(args: argparse.Namespace) -> int:
     names = available() if args.name == "all" else [args.name]
     status = 0
     for name in names:
-        print(f"== bench {name}", flush=True)
+        print(f"== bench {name}: {summary(name)}", flush=True)
         status = max(status, run_benchmark(name, quick=args.quick))
     return status

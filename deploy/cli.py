@@ -107,7 +107,38 @@ def _train(args: argparse.Namespace) -> int:
     return train(args)
 
 
+# --- particle worlds (simple_spread): the same commands, sent on by the map ----------------------
+# deploy/studies/particle_commands.py; every SMAC map keeps its path.
+
+# Options only the particle path reads: (flag, attribute).
+_PARTICLE_PRETRAIN_FLAGS = (
+    ("--out", "out"),
+    ("--behaviour-steps", "behaviour_steps"),
+    ("--critic-steps", "critic_steps"),
+    ("--actor-steps", "actor_steps"),
+    ("--batch-size", "batch_size"),
+    ("--eval-interval", "eval_interval"),
+    ("--eval-episodes", "eval_episodes"),
+    ("--final-episodes", "final_episodes"),
+    ("--beta", "beta"),
+)
+_PARTICLE_REPRODUCE_FLAGS = tuple(
+    f for f in _PARTICLE_PRETRAIN_FLAGS if f[0] not in ("--out", "--batch-size")
+)
+
+
+def _particle_path(args: argparse.Namespace, methods: list[str], flags) -> bool:
+    from common.config import METHOD_NAMES
+    from deploy.studies.particle_commands import takes_particle_path
+
+    return takes_particle_path(args, methods, METHOD_NAMES, flags)
+
+
 def _pretrain(args: argparse.Namespace) -> int:
+    if _particle_path(args, [args.method or ""], _PARTICLE_PRETRAIN_FLAGS):
+        from deploy.studies.particle_commands import pretrain as particle_pretrain
+
+        return particle_pretrain(args)
     from deploy.training_commands import pretrain
 
     return pretrain(args)
@@ -147,6 +178,13 @@ def _actor(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from deploy.studies.particle_commands import is_particle_agent
+
+    saved_particle_policy = args.map is None and args.checkpoint and is_particle_agent(args.checkpoint)
+    if saved_particle_policy or _particle_path(args, [args.method or ""], ()):
+        from deploy.studies.particle_commands import evaluate
+
+        return evaluate(args)
     if args.checkpoint:
         from deploy.checkpoint_commands import evaluate_checkpoint
 
@@ -190,6 +228,18 @@ def _dataset_convert(args: argparse.Namespace) -> int:
     return dataset_convert(args)
 
 
+def _dataset_particles(args: argparse.Namespace) -> int:
+    from deploy.studies.particle_commands import make_particle_datasets
+
+    return make_particle_datasets(args)
+
+
+def _dataset_particles_options(parser: argparse.ArgumentParser) -> None:
+    from deploy.studies.particle_commands import dataset_options
+
+    dataset_options(parser)
+
+
 def _check_methods(text: str) -> None:
     """An unknown name in --methods, with the closest known method, before the sweep starts."""
     from common.config import METHOD_NAMES
@@ -204,6 +254,12 @@ def _check_methods(text: str) -> None:
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    methods_given = args.methods != args.command_parser.get_default("methods")
+    methods = [m.strip() for m in (args.methods or "").split(",")] if methods_given else []
+    if _particle_path(args, methods, _PARTICLE_REPRODUCE_FLAGS):
+        from deploy.studies.particle_commands import reproduce
+
+        return reproduce(args, methods_given)
     if args.methods:
         _check_methods(args.methods)
     from deploy.studies.cli import main
@@ -295,19 +351,37 @@ def _pretrain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset",
         metavar="PATH",
-        help="HDF5 dataset or vault to pre-train on (sets run.dataset; default: run.dataset as configured)",
+        help="HDF5 dataset or vault to pre-train on (sets run.dataset; default: run.dataset as configured; "
+        "simple_spread: the file --dataset-kind names, data/simple_spread_KIND.h5)",
     )
+    from deploy.studies.particle_commands import add_budget_options
+
+    parser.add_argument(
+        "--out",
+        metavar="DIR",
+        help="simple_spread: the trial's directory; its agent.pt is the saved policy "
+        "(default runs/pretrain/METHOD_MAP_KIND_sSEED)",
+    )
+    add_budget_options(parser, batch_size=True)
 
 
 def _reproduce_options(parser: argparse.ArgumentParser) -> None:
     add_config_options(parser, seed=False)  # --seeds N: the trials' seeds are 0 .. N-1
     from deploy.studies.cli import add_options
+    from deploy.studies.particle_commands import add_budget_options
 
     add_options(parser)
+    add_budget_options(parser, batch_size=False)  # --batch-size: add_options's, read per the map
 
 
 def _bench_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="what to measure, e.g. world, learner, all (every one)")
+    from deploy.bench import available
+
+    parser.add_argument(
+        "name",
+        help=f"what to measure: {', '.join(available())} or all (every one); omsd: one OMSD diffusion, "
+        "critic and actor update on simple_spread at batch 512, one core",
+    )
     parser.add_argument("--quick", action="store_true", help="a short run (smoke test)")
 
 
@@ -329,7 +403,12 @@ class Command:
 COMMANDS: dict[str, Command] = {
     "run": Command("run everything on this machine: replay, learner, actors, evaluator", _run, _run_options),
     "train": Command("train one method on one task", _train, _train_options),
-    "pretrain": Command("offline phase only: CQL pre-training on the dataset", _pretrain, _pretrain_options),
+    "pretrain": Command(
+        "offline phase only: CQL pre-training on the dataset (simple_spread: one offline method, "
+        "saved as a policy)",
+        _pretrain,
+        _pretrain_options,
+    ),
     "replay-server": Command("serve the offline and online replay tables", _replay_server),
     "learner": Command("sample mixed batches, update the networks, publish weights", _learner),
     "actor": Command(
@@ -358,6 +437,11 @@ COMMANDS: dict[str, Command] = {
         "convert between an HDF5 dataset file and a Flashbax vault (OG-MARL)",
         _dataset_convert,
         replay_commands.convert_options,
+    ),
+    "dataset particles": Command(
+        "make simple_spread's offline datasets (expert, medium, medium_replay, random)",
+        _dataset_particles,
+        _dataset_particles_options,
     ),
     "reproduce": Command(
         "the paper's comparison: every method, several seeds", _reproduce, _reproduce_options
@@ -427,6 +511,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:  # named by the subcommand that was given them
         args.command_parser.error(f"unrecognized arguments: {' '.join(unknown)}")
     try:
+        if getattr(args, "print_config", False) and _on_a_particle_world(args):
+            raise InputError(
+                f"--print-config: {args.map} runs take no configuration; their options are flags"
+            )
         if getattr(args, "print_config", False) and args.command != "demo":  # the demo prints its own
             sys.stdout.write(format_config(config_from_args(args)))
             return 0
@@ -441,6 +529,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _said(None, error, 143)
     except KeyboardInterrupt as error:
         return _said(None, error, 130)
+
+
+def _on_a_particle_world(args: argparse.Namespace) -> bool:
+    from deploy.studies.particle_commands import is_particle_map
+
+    return is_particle_map(getattr(args, "map", None))
 
 
 def _said(line: str | None, error: BaseException, code: int) -> int:

@@ -94,6 +94,7 @@ def test_the_dispatch_table_has_every_job():
         "dataset inspect",
         "dataset collect",
         "dataset convert",
+        "dataset particles",
         "reproduce",
         "bench",
         "ray-launch",

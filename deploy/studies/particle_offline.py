@@ -27,15 +27,22 @@ import torch
 
 from common.atomic_files import atomic_path, write_json
 from common.envs.particles import SpreadBatchEnv
-from common.errors import InputError
 from common.transitions import TransitionBatch
 from deploy.continuous_training import evaluate_returns
 from deploy.studies.particle_datasets import normalised_score
-from learner.matd3_learner import MATD3Config, MATD3Learner
-from learner.omsd_learner import OMSDConfig, OMSDLearner
+from learner.continuous_registry import (
+    CONTINUOUS_METHOD_NAMES,
+    PHASES,
+    ContinuousOfflineLearner,
+    DatasetShape,
+    MATD3OfflineConfig,
+    PhaseSteps,
+    continuous_method,
+)
+from learner.omsd_learner import OMSDConfig
 from replay.transition_dataset import read_transition_dataset
 
-METHODS = ("bc", "matd3_bc", "omsd_ind", "omsd")
+METHODS = CONTINUOUS_METHOD_NAMES  # bc, matd3_bc, omsd_ind, omsd: learner/continuous_registry.py
 
 
 @dataclass(frozen=True)
@@ -62,93 +69,20 @@ class OfflineTrial:
     matd3_bc_alpha: float = 2.5  # TD3+BC's alpha
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise InputError(
-                f"--method: unknown method {self.method!r}; expected one of {', '.join(METHODS)}"
-            )
+        continuous_method(self.method)  # an unknown method: one line naming --method
 
+    def method_config(self):
+        """The method's own config (its registry entry's class), with this trial's budget."""
+        method = continuous_method(self.method)
+        b = self.budget
+        steps = PhaseSteps(b.behaviour_steps, b.critic_steps, b.actor_steps, b.batch_size)
+        given = {OMSDConfig: self.omsd, MATD3OfflineConfig: MATD3OfflineConfig(bc_alpha=self.matd3_bc_alpha)}
+        return method.configure(given.get(method.config_class), steps)
 
-class _Agent:
-    """What the trial loop needs of a learner: its phase, one update, actions, its state."""
-
-    def __init__(self, trial: OfflineTrial, card: dict) -> None:
-        sizes = (card["n_agents"], card["obs_size"], card["state_size"], card["action_size"])
-        self.trial = trial
-        budget = trial.budget
-        if trial.method.startswith("omsd"):
-            variant = "independent" if trial.method == "omsd_ind" else "sequential"
-            cfg = dataclasses.replace(
-                trial.omsd,
-                variant=variant,
-                behaviour_steps=budget.behaviour_steps,
-                critic_steps=budget.critic_steps,
-                actor_steps=budget.actor_steps,
-                batch_size=budget.batch_size,
-            )
-            self.omsd = OMSDLearner(
-                *sizes, cfg, seed=trial.seed, action_low=card["action_low"], action_high=card["action_high"]
-            )
-            self.matd3 = None
-        else:
-            info = {
-                "n_agents": sizes[0],
-                "obs_shape": sizes[1],
-                "state_shape": sizes[2],
-                "action_space": "box",
-                "action_dim": sizes[3],
-                "action_low": card["action_low"],
-                "action_high": card["action_high"],
-            }
-            alpha = trial.matd3_bc_alpha if trial.method == "matd3_bc" else 0.0
-            # offline: OMAR's networks and TD3+BC's learning rate (3e-4) and target rate (0.005)
-            self.matd3 = MATD3Learner(info, MATD3Config(lr=3e-4, tau=0.005, bc_alpha=alpha), seed=trial.seed)
-            self.omsd = None
-            self.steps = 0
-
-    def pretraining_step(self) -> tuple[str, int, int] | None:
-        """OMSD's behaviour or critic phase as (name, steps done, steps planned); None after."""
-        if self.omsd is None or self.omsd.phase not in ("behaviour", "critic"):
-            return None
-        planned = (
-            self.omsd.cfg.behaviour_steps if self.omsd.phase == "behaviour" else self.omsd.cfg.critic_steps
+    def learner(self, card: dict) -> ContinuousOfflineLearner:
+        return continuous_method(self.method).build(
+            DatasetShape.from_card(card), self.method_config(), self.seed
         )
-        return self.omsd.phase, self.omsd.steps[self.omsd.phase], planned
-
-    @property
-    def actor_steps(self) -> int:
-        return self.omsd.steps["actors"] if self.omsd else self.steps
-
-    @property
-    def done(self) -> bool:
-        return self.actor_steps >= self.trial.budget.actor_steps
-
-    def update(self, batch: TransitionBatch) -> None:
-        if self.omsd:
-            self.omsd.update(batch)
-            return
-        if self.trial.method == "bc":
-            self.matd3.update_behaviour_cloning(batch)
-            self.steps += 1
-        else:  # TD3's delay: an actor step every policy_delay critic steps, counted in actor steps
-            self.matd3.update(batch)
-            self.steps = self.matd3.updates // self.matd3.cfg.policy_delay
-
-    def act(self, obs: np.ndarray) -> np.ndarray:
-        if self.omsd:
-            return self.omsd.act(torch.as_tensor(obs)).numpy()
-        return self.matd3.act(obs)
-
-    def state_dict(self) -> dict:
-        return (
-            self.omsd.state_dict() if self.omsd else {"matd3": self.matd3.state_dict(), "steps": self.steps}
-        )
-
-    def load_state_dict(self, state: dict) -> None:
-        if self.omsd:
-            self.omsd.load_state_dict(state)
-        else:
-            self.matd3.load_state_dict(state["matd3"])
-            self.steps = int(state["steps"])
 
 
 def _eval_env(seed: int) -> SpreadBatchEnv:
@@ -162,7 +96,7 @@ def run_trial(trial: OfflineTrial, out: Path, progress: Callable[[str], None] = 
         return json.loads((out / "done.json").read_text())
     arrays, card = read_transition_dataset(trial.dataset, map_name="simple_spread")
     data = TransitionBatch.from_arrays(**arrays)
-    agent = _Agent(trial, card)
+    agent = trial.learner(card)
     sampler = torch.Generator().manual_seed(trial.seed)
     torch.manual_seed(trial.seed)  # what draws from torch's global generator (dropout) repeats too
     evals: list[dict] = []
@@ -186,14 +120,23 @@ def run_trial(trial: OfflineTrial, out: Path, progress: Callable[[str], None] = 
             "return_ci95": half_width,  # normal-approximation half-width of the mean return
         }
 
-    started = time.perf_counter()
+    started, updates = time.perf_counter(), 0
+
+    def pace() -> str:
+        """This run's updates per second and the time left at that rate."""
+        rate = updates / max(time.perf_counter() - started, 1e-9)
+        where = agent.progress()
+        left = (where.total_planned - where.total_done) / max(rate, 1e-9)
+        return f"{rate:.1f} updates/s, ETA {duration(left)}"
+
     while not agent.done:
         agent.update(data.sample(budget.batch_size, sampler))
-        pretraining = agent.pretraining_step()
-        if pretraining and pretraining[1] > 0 and pretraining[1] % budget.eval_interval == 0:
-            name, done, planned = pretraining
-            rate = done / max(time.perf_counter() - started, 1e-9)
-            progress(f"{trial.method} s{trial.seed}: {name} {done:,}/{planned:,} ({rate:.1f} updates/s)")
+        updates += 1
+        where = agent.progress()
+        if where.phase in PHASES[:-1] and where.done > 0 and where.done % budget.eval_interval == 0:
+            progress(
+                f"{trial.method} s{trial.seed}: {where.phase} {where.done:,}/{where.planned:,} ({pace()})"
+            )
         steps = agent.actor_steps
         if (
             steps > 0
@@ -204,7 +147,7 @@ def run_trial(trial: OfflineTrial, out: Path, progress: Callable[[str], None] = 
             _save_state(out, agent, sampler, evals)
             progress(
                 f"{trial.method} s{trial.seed}: {steps:,}/{budget.actor_steps:,} actor steps, "
-                f"score {evals[-1]['score']:.1f} ({time.perf_counter() - started:.0f} s this run)"
+                f"score {evals[-1]['score']:.1f} ({time.perf_counter() - started:.0f} s this run, {pace()})"
             )
     final = score(budget.final_episodes)
     result = {
@@ -226,7 +169,9 @@ def run_trial(trial: OfflineTrial, out: Path, progress: Callable[[str], None] = 
     return result
 
 
-def _save_state(out: Path, agent: _Agent, sampler: torch.Generator, evals: list[dict]) -> None:
+def _save_state(
+    out: Path, agent: ContinuousOfflineLearner, sampler: torch.Generator, evals: list[dict]
+) -> None:
     state = {
         "learner": agent.state_dict(),
         "sampler": sampler.get_state(),
@@ -237,11 +182,20 @@ def _save_state(out: Path, agent: _Agent, sampler: torch.Generator, evals: list[
         torch.save(state, tmp)
 
 
-def _save_policy(path: Path, agent: _Agent) -> None:
+def _save_policy(path: Path, agent: ContinuousOfflineLearner) -> None:
     """The final decentralised actors alone (tensors only: torch.load with weights_only=True)."""
-    actors = agent.omsd.policies if agent.omsd else agent.matd3.actors
     with atomic_path(path) as tmp:
-        torch.save(actors.state_dict(), tmp)
+        torch.save(agent.policy_state_dict(), tmp)
+
+
+def duration(seconds: float) -> str:
+    """A time left as people read it: 45s, 12m05s, 3h20m."""
+    seconds = int(round(max(seconds, 0.0)))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
 def _write_curve(path: Path, evals: list[dict]) -> None:
@@ -251,6 +205,11 @@ def _write_curve(path: Path, evals: list[dict]) -> None:
         writer.writerows(evals)
 
 
+# The budget's fields this module's command line sets (`ovmse reproduce --map simple_spread --jobs J`
+# runs its trials through it).
+BUDGET_FIELDS = tuple(f.name for f in dataclasses.fields(OfflineBudget))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="particle_offline", description=__doc__.split("\n\n")[0])
     parser.add_argument("--dataset", required=True, help="a particle-world transition dataset (required)")
@@ -258,18 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", default="0", help="comma-separated seeds (default 0)")
     parser.add_argument("--out", type=Path, required=True, help="output directory (required)")
     defaults = OfflineBudget()
-    for name in ("behaviour_steps", "critic_steps", "actor_steps", "eval_interval", "final_episodes"):
+    for name in BUDGET_FIELDS:
         value = getattr(defaults, name)
         parser.add_argument("--" + name.replace("_", "-"), type=int, default=value, help=f"(default {value})")
     parser.add_argument("--beta", type=float, default=OMSDConfig().beta, help="OMSD's regulariser weight")
     args = parser.parse_args(argv)
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    budget = OfflineBudget(
-        **{
-            k: getattr(args, k)
-            for k in ("behaviour_steps", "critic_steps", "actor_steps", "eval_interval", "final_episodes")
-        }
-    )
+    budget = OfflineBudget(**{k: getattr(args, k) for k in BUDGET_FIELDS})
     for seed in (int(s) for s in args.seeds.split(",")):
         trial = OfflineTrial(
             args.dataset, args.method, seed, budget, dataclasses.replace(OMSDConfig(), beta=args.beta)
