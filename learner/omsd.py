@@ -11,6 +11,13 @@ beta dQ/da_i: since eps_i ~ -sigma_t * score, a step moves pi_i up the behaviour
 log-density and up Q. The prefix a_<i is the current policies' actions, detached, all computed
 before any agent steps (the authors' code does not redraw it after each agent's update).
 
+The weight sigma_t^2 is the code's default (`--WT VDS`); its other choices are kept as options
+(`REGULARISER_WEIGHTS`): 1 ("stable") and alpha_t / sigma_t ("score"), and "noise" subtracts the
+drawn z from eps (a zero-mean term: less variance, the same expected gradient). sigma_t^2 weights the
+large t where the noised behaviour is one blob around its mean, so a deterministic actor settles
+between modes; alpha_t / sigma_t weights the small t where each mode is its own peak, so it settles
+in one.
+
 Every agent's loss depends only on its own policy's output (the prefix, eps and dQ/da are
 constants), so the sum of the agents' losses has exactly each agent's gradient in its own policy:
 one backward updates them all as n separate updates would. dQ/da is taken once for the whole
@@ -58,12 +65,26 @@ def q_action_gradient(
     return grad.detach()
 
 
+# The code's `--WT` weights w(t) of the regulariser: name -> w(alpha_t, sigma_t).
+REGULARISER_WEIGHTS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "VDS": lambda alpha, sigma: sigma**2,
+    "stable": lambda alpha, sigma: torch.ones_like(sigma),
+    "score": lambda alpha, sigma: alpha / sigma,
+}
+
+
 def actor_loss(
-    policy_action: torch.Tensor, eps: torch.Tensor, sigma: torch.Tensor, q_grad: torch.Tensor, beta: float
+    policy_action: torch.Tensor,
+    eps: torch.Tensor,
+    sigma: torch.Tensor,
+    q_grad: torch.Tensor,
+    beta: float,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """mean_B( sigma^2 <eps, pi> - beta <dQ/da, pi> ) for one agent: policy_action, eps, q_grad
-    [B, A], sigma [B]. eps and q_grad are constants here."""
-    regulariser = sigma**2 * (eps.detach() * policy_action).sum(-1)
+    """mean_B( w <eps, pi> - beta <dQ/da, pi> ) for one agent: policy_action, eps, q_grad [B, A],
+    sigma [B]; w is `weight` [B], sigma^2 when None. eps and q_grad are constants here."""
+    w = sigma**2 if weight is None else weight
+    regulariser = w * (eps.detach() * policy_action).sum(-1)
     guidance = (q_grad.detach() * policy_action).sum(-1)
     return (regulariser - beta * guidance).mean()
 
@@ -77,10 +98,14 @@ def actor_losses(
     t: torch.Tensor,
     noise: torch.Tensor,
     sequential: bool,
+    weighting: str = "VDS",
+    subtract_noise: bool = False,
 ) -> list[torch.Tensor]:
     """Every agent's loss L_i. policy_actions [B, n, A]: each agent's own pi_i(o_i), with gradient;
     obs [B, n, O]; q_grad [B, n, A] from `q_action_gradient` at the same joint action; t [B, n] and
-    noise [B, n, A] from `draw_actor_noise`. `denoise` is called once per agent, never a chain."""
+    noise [B, n, A] from `draw_actor_noise`; `weighting` a `REGULARISER_WEIGHTS` name and
+    `subtract_noise` the code's "noise" (eps - z). `denoise` is called once per agent, never a chain."""
+    weight_of = REGULARISER_WEIGHTS[weighting]
     prefix = policy_actions.detach()
     losses = []
     for i in range(policy_actions.shape[1]):
@@ -88,6 +113,8 @@ def actor_losses(
         a_t = noised(own.detach(), t[:, i], noise[:, i])
         with torch.no_grad():
             eps = denoise(i, a_t, t[:, i], agent_condition(obs, prefix, i, sequential))
-        _, sigma = alpha_sigma(t[:, i])
-        losses.append(actor_loss(own, eps, sigma, q_grad[:, i], beta))
+            if subtract_noise:
+                eps = eps - noise[:, i]
+        alpha, sigma = alpha_sigma(t[:, i])
+        losses.append(actor_loss(own, eps, sigma, q_grad[:, i], beta, weight_of(alpha, sigma)))
     return losses

@@ -83,11 +83,20 @@ class OMSDConfig:
     denoiser_dropout: float = 0.1
     # dQ/da divided by its RMS per agent (the code's --regq, on only for maze tasks).
     normalise_q_grad: bool = False
+    # The regulariser's weight w(t) (the code's --WT): "VDS" sigma_t^2 (its default), "stable" 1 or
+    # "score" alpha_t / sigma_t; `subtract_noise` is its "noise" suffix (eps - z). See learner/omsd.py.
+    regulariser_weighting: str = "VDS"
+    subtract_noise: bool = False
     device: str = "cpu"  # "auto": cuda when available
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
             raise InputError(f"OMSDConfig.variant: {self.variant!r} is not one of {', '.join(VARIANTS)}")
+        if self.regulariser_weighting not in omsd.REGULARISER_WEIGHTS:
+            raise InputError(
+                f"OMSDConfig.regulariser_weighting: {self.regulariser_weighting!r} is not one of "
+                f"{', '.join(omsd.REGULARISER_WEIGHTS)}"
+            )
         if not 0.0 < self.expectile < 1.0:
             raise InputError(f"OMSDConfig.expectile: {self.expectile} is not in (0, 1)")
         if not 0.0 <= self.gamma <= 1.0:
@@ -121,6 +130,24 @@ class OMSDConfig:
     @property
     def sequential(self) -> bool:
         return self.variant == "sequential"
+
+
+def action_box(
+    low: float | list[float], high: float | list[float], action_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The world's box as float32 tensors [A] (a scalar bound applies to every action dimension)."""
+    low_t = torch.as_tensor(low, dtype=torch.float32).expand(action_size).clone()
+    high_t = torch.as_tensor(high, dtype=torch.float32).expand(action_size).clone()
+    if not bool((high_t > low_t).all()):
+        raise InputError(
+            f"OMSDLearner: action_high {high_t.tolist()} must exceed action_low {low_t.tolist()}"
+        )
+    return low_t, high_t
+
+
+def box_from_unit(unit: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> the box [low, high]: the learner's actions and a saved policy's, the same bits."""
+    return low + (unit + 1.0) * 0.5 * (high - low)
 
 
 def _cosine(optimizer: torch.optim.Optimizer, steps: int, final_lr: float):
@@ -166,12 +193,7 @@ class OMSDLearner:
             if size < 1:
                 raise InputError(f"OMSDLearner: {name} must be >= 1, got {size}")
         self.device = resolve_device(cfg.device)
-        low = torch.as_tensor(action_low, dtype=torch.float32).expand(action_size).clone()
-        high = torch.as_tensor(action_high, dtype=torch.float32).expand(action_size).clone()
-        if not bool((high > low).all()):
-            raise InputError(
-                f"OMSDLearner: action_high {high.tolist()} must exceed action_low {low.tolist()}"
-            )
+        low, high = action_box(action_low, action_high, action_size)
         self.action_low, self.action_high = low.to(self.device), high.to(self.device)
 
         with torch.random.fork_rng(devices=[]):
@@ -209,7 +231,7 @@ class OMSDLearner:
 
     def from_unit(self, actions: torch.Tensor) -> torch.Tensor:
         """[-1, 1] -> the world's box."""
-        return self.action_low + (actions + 1.0) * 0.5 * (self.action_high - self.action_low)
+        return box_from_unit(actions, self.action_low, self.action_high)
 
     def _prepare(self, batch: TransitionBatch) -> TransitionBatch:
         """The batch on the learner's device, actions normalised; its sizes checked against ours."""
@@ -302,7 +324,16 @@ class OMSDLearner:
             data.batch_size, actions.shape[1], actions.shape[2], self.generator, self.device
         )
         losses = omsd.actor_losses(
-            actions, data.obs, q_grad, self._denoise, self.cfg.beta, t, z, self.cfg.sequential
+            actions,
+            data.obs,
+            q_grad,
+            self._denoise,
+            self.cfg.beta,
+            t,
+            z,
+            self.cfg.sequential,
+            self.cfg.regulariser_weighting,
+            self.cfg.subtract_noise,
         )
         self.actor_optim.zero_grad(set_to_none=True)
         sum(losses).backward()

@@ -162,12 +162,12 @@ def test_the_value_reads_the_targets_smaller_head_at_the_datas_actions_and_the_p
 # --- the actor loss --------------------------------------------------------------------------------
 
 
-def _actor_gradient(start, denoiser, q_grad, beta, n=4096, seed=0):
+def _actor_gradient(start, denoiser, q_grad, beta, n=4096, seed=0, regulariser=("VDS", False)):
     """The gradient of one agent's loss in its action (every row of the batch at `start`)."""
     pi = start.clone().expand(n, 1, 2).contiguous().requires_grad_(True)
     t, z = omsd.draw_actor_noise(n, 1, 2, torch.Generator().manual_seed(seed), torch.device("cpu"))
     losses = omsd.actor_losses(
-        pi, torch.zeros(n, 1, 1), q_grad.expand(n, 1, 2), denoiser, beta, t, z, sequential=True
+        pi, torch.zeros(n, 1, 1), q_grad.expand(n, 1, 2), denoiser, beta, t, z, True, *regulariser
     )
     (grad,) = torch.autograd.grad(losses[0] * n, pi)
     return grad.mean(0)[0]
@@ -186,6 +186,24 @@ def test_with_beta_zero_the_actor_loss_pulls_the_action_towards_the_behaviours_m
     alpha, sigma = diffusion.alpha_sigma(t[:, 0])
     by_hand = (alpha * sigma)[:, None] * (start - mode) + (sigma**2)[:, None] * z[:, 0]
     assert torch.allclose(grad, by_hand.mean(0), atol=1e-5)
+
+
+def test_the_codes_other_weightings_scale_each_draw_and_its_noise_option_takes_z_out():
+    """--WT score weighs a draw alpha_t / sigma_t, stable 1; "noise" subtracts the drawn z from eps.
+    For a point mass eps = (alpha sigma (pi - m) + sigma^2 z) / sigma^2 row by row (the test above)."""
+    mode, start = torch.tensor([0.5, -0.2]), torch.tensor([-0.3, 0.4])
+    exact = _point_mass_denoiser(mode)
+    denoise = lambda i, a, t, c: exact(a, t, c)  # noqa: E731
+    t, z = omsd.draw_actor_noise(4096, 1, 2, torch.Generator().manual_seed(0), torch.device("cpu"))
+    alpha, sigma = diffusion.alpha_sigma(t[:, 0])
+    eps = (alpha / sigma)[:, None] * (start - mode) + z[:, 0]
+    for name, weight in [("score", alpha / sigma), ("stable", torch.ones_like(sigma))]:
+        for subtract in (False, True):
+            grad = _actor_gradient(start, denoise, torch.zeros(2), 0.0, regulariser=(name, subtract))
+            by_hand = weight[:, None] * (eps - z[:, 0] if subtract else eps)
+            assert torch.allclose(grad, by_hand.mean(0), atol=1e-4), (name, subtract)
+    with pytest.raises(InputError, match="OMSDConfig.regulariser_weighting"):
+        OMSDConfig(regulariser_weighting="noise")
 
 
 def test_the_q_term_moves_the_action_up_q_scaled_by_beta():
