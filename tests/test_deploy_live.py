@@ -50,10 +50,13 @@ VENV_BIN = Path(sys.executable).parent
 # A run small enough for two cores; applied as environment overrides, like any compose setting.
 SHRINK = {
     "OVMSE__learner__batch_size": "16",
-    "OVMSE__learner__offline_updates": "30",
+    # An offline phase, then online: its length is not what these tests are about (an offline
+    # update of 2s3z's CQL loss is the costliest step of the run).
+    "OVMSE__learner__offline_updates": "10",
     "OVMSE__learner__checkpoint_interval": "0",
-    # ~20 episodes fill the online table before the first online update: well past that.
-    "OVMSE__run__online_env_steps": "6000",
+    # 16 episodes (~1,600 steps of a fresh policy's ~100-step episodes) fill the online table before
+    # the first online update: 40 episodes go well past that, into the rate limiter's throttling.
+    "OVMSE__run__online_env_steps": "4000",
     "OVMSE__run__eval_interval_steps": "1000",
     "OVMSE__run__log_interval_s": "5",
     "OVMSE__actor__test_episodes": "8",
@@ -73,6 +76,11 @@ def clean_environ() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("OVMSE")}
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
+    # One torch thread per process, as the actors and the evaluator set for themselves: five
+    # processes share two cores, and a learner with two threads waits at every parallel region for
+    # a thread whose core another process holds (an update measured 0.35 s with one thread, 28 s
+    # with two, on a loaded 2-core machine).
+    env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = "1"
     return env
 
 
@@ -285,7 +293,7 @@ class LocalCompose:
                 code = proc.popen.wait(timeout_s)
                 assert code == 0, f"{name} exited with {code}:\n{proc.tail()}"
         elif condition == "service_healthy":
-            wait_for(lambda: self.healthy(name), timeout_s, f"{name} healthy", procs, interval_s=2.0)
+            wait_for(lambda: self.healthy(name), timeout_s, f"{name} healthy", procs, interval_s=0.5)
         else:
             assert condition == "service_started", condition
 
@@ -320,7 +328,6 @@ def test_compose_services_as_local_processes_reach_a_finished_run(tmp_path):
             RUN_TIMEOUT_S,
             "the learner to reach the budget and the evaluator to score the final policy",
             [learner, evaluator, *actors, local.procs["replay"]],
-            interval_s=2.0,
         )
         for proc in (learner, evaluator):
             assert proc.popen.returncode == 0, f"{proc.name}:\n{proc.tail()}"
@@ -335,7 +342,7 @@ def test_compose_services_as_local_processes_reach_a_finished_run(tmp_path):
         # In compose nothing stops the actors but themselves: they must end once the learner is done.
         deadline = time.monotonic() + ACTORS_EXIT_AFTER_LEARNER_S
         while any(a.alive() for a in actors) and time.monotonic() < deadline:
-            time.sleep(1.0)
+            time.sleep(0.2)
         still = [a.name for a in actors if a.alive()]
         assert not still, (
             f"{still} still running {ACTORS_EXIT_AFTER_LEARNER_S:.0f}s after the learner finished "
@@ -380,7 +387,7 @@ def small_config_file(tmp: Path, run: dict | None = None, actor: dict | None = N
     dataset = tmp / "datasets" / "2s3z_medium.h5"
     data = {
         "preset": {"map": "2s3z", "dataset": "medium", "method": "ovmse"},
-        "learner": {"batch_size": 16, "offline_updates": 30, "checkpoint_interval": 0},
+        "learner": {"batch_size": 16, "offline_updates": 10, "checkpoint_interval": 0},
         "actor": {
             "num_actors": 2,
             "envs_per_actor": 4,
@@ -456,8 +463,15 @@ def test_ray_launch_restarts_a_killed_actor_and_the_run_goes_on(tmp_path):
     from common.config import resolve_config
     from deploy.ray_launch import RayLaunch, absolute_paths, init_ray
 
-    # A budget that outlasts the kill and the restart, then a finished run with a final evaluation.
-    config = small_config_file(tmp_path, run={"online_env_steps": 12000}, actor={"final_test_episodes": 16})
+    # A budget that outlasts the kill and the restart (actor 0 alone played 4,500-5,500 steps while
+    # actor 1 restarted, on a loaded 2-core machine), then a finished run with a final evaluation.
+    # Evaluations far apart: nothing here reads them but the final one, and the evaluator's
+    # episodes would take the cores from the actors and the learner.
+    config = small_config_file(
+        tmp_path,
+        run={"online_env_steps": 12000, "eval_interval_steps": 4000},
+        actor={"final_test_episodes": 16},
+    )
     cfg = absolute_paths(resolve_config(file=str(config)))
     assert init_ray(None, num_actors=2)
     launch = None
