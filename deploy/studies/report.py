@@ -307,10 +307,15 @@ def mixing_ratio_pairs(algorithms: list[str]) -> list[tuple[str, str]]:
 def dataset_lines(out: Path, sweep: Sweep) -> list[str]:
     from replay.dataset_writer import card_path
 
+    if not any(METHODS[m].offline_phase for m in sweep.methods):
+        return ["No dataset: every method trains from scratch."]
     path = dataset_path(out, sweep)
     card_file = card_path(path)
     if not card_file.exists():
-        return [f"Dataset: `{path}` (no card)."]
+        # a path inside --out as the sweep sees it, another by its name: no directory of this machine
+        inside = path.resolve().is_relative_to(out.resolve())
+        shown = path.resolve().relative_to(out.resolve()) if inside else path.name
+        return [f"Dataset: `{shown}` (no card)."]
     card = json.loads(card_file.read_text())
     parts = [
         f"Dataset: {sweep.dataset_kind}, {card.get('episodes', '?')} episodes, "
@@ -369,8 +374,13 @@ def online_lines(out: Path, sweep: Sweep, summary: dict) -> list[str]:
         f"{_paper_budget(sweep):,}); {sweep.seeds} seeds asked, finished per algorithm: "
         + ", ".join(f"{a} {n}" for a, n in seeds_done.items())
         + ".",
-        f"Pre-training: {b.offline_updates} updates of {b.batch_size} episodes "
-        f"(`cql_sampler={b.cql_sampler}`); online batches of {b.batch_size}; {b.evals} evaluations of "
+        (
+            f"Pre-training: {b.offline_updates} updates of {b.batch_size} episodes "
+            f"(`cql_sampler={b.cql_sampler}`); online "
+            if any(METHODS[m].offline_phase for m in sweep.methods)
+            else "Online "
+        )
+        + f"batches of {b.batch_size}; {b.evals} evaluations of "
         f"{b.test_episodes} greedy episodes, final policy on {b.final_test_episodes}. "
         f"Online trials' wall-clock sum: {total_seconds / 60:.1f} min.",
         *dataset_lines(out, sweep),
