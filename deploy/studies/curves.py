@@ -138,6 +138,7 @@ def plot_curves(out: Path, sweep: Sweep, runs: dict[str, Sequence[Run]], reps: i
         )
     plt = _pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    drawn = False
     for algorithm, records in runs.items():
         if not records or any(r.start is None for r in records):
             continue  # from scratch: no offline policy to forget
@@ -145,6 +146,10 @@ def plot_curves(out: Path, sweep: Sweep, runs: dict[str, Sequence[Run]], reps: i
             steps, values = aligned(records, key)
             if values.size:
                 ax.plot(steps, np.median(values, axis=0), marker="o", ms=3, label=algorithm)
+                drawn = True
+    if not drawn:  # every method from scratch: nothing was pre-trained, so no probe
+        plt.close(fig)
+        return written
     axes[0].set_ylabel("mean Q_tot on the starting policy's episodes")
     axes[1].set_ylabel("agreement with the starting policy")
     for ax in axes:
