@@ -13,14 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from common.envs.particles import SpreadBatchEnv
 from deploy import cli
-from deploy.continuous_training import step_transitions
 from deploy.studies import particle_commands
 from deploy.studies.marl_eval import check_raw_results
 from deploy.studies.particle_datasets import ParticleDatasetConfig
 from learner.continuous_registry import CONTINUOUS_METHODS, ContinuousOfflineLearner, DatasetShape, PhaseSteps
-from replay.transition_dataset import write_transition_dataset
+from tests.particle_support import write_random_dataset
 
 # A few dozen updates at batch 32, evaluations on 4 episodes, the final policy on 8.
 TINY = [
@@ -31,27 +29,10 @@ TINY = [
     "--eval-episodes=4",
     "--final-episodes=8",
 ]
-CARD = {
-    "map": "simple_spread",
-    "action_low": 0.0,
-    "action_high": 1.0,
-    "random_return": -110.0,
-    "expert_return": -40.0,
-}
 
 
 def write_dataset(path, kind: str = "expert", map_name: str = "simple_spread") -> str:
-    """200 transitions of uniform random actions, with a card as `ovmse dataset particles` writes."""
-    env = SpreadBatchEnv(8, seed=0, max_cycles=25)
-    rng = np.random.default_rng(0)
-    obs, parts = env.reset(), []
-    for _ in range(25):
-        actions = rng.uniform(0, 1, (8, 3, 5)).astype(np.float32)
-        step = env.step(actions)
-        parts.append(step_transitions(obs, actions, step))
-        obs = step.next
-    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return str(write_transition_dataset(path, arrays, {**CARD, "map": map_name, "kind": kind}))
+    return write_random_dataset(path, kind, map_name)
 
 
 @pytest.fixture

@@ -7,15 +7,12 @@ from __future__ import annotations
 import dataclasses
 import json
 
-import numpy as np
 import pytest
 import torch
 
-from common.envs.particles import SpreadBatchEnv
-from deploy.continuous_training import step_transitions
 from deploy.studies.particle_offline import METHODS, OfflineBudget, OfflineTrial, run_trial
 from learner.omsd_learner import OMSDConfig
-from replay.transition_dataset import write_transition_dataset
+from tests.particle_support import write_random_dataset
 
 TINY_OMSD = OMSDConfig(policy_hidden=16, critic_hidden=16, denoiser_hidden=16, denoiser_time_features=8)
 BUDGET = OfflineBudget(
@@ -31,25 +28,7 @@ BUDGET = OfflineBudget(
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    env = SpreadBatchEnv(8, seed=0, max_cycles=25)
-    rng = np.random.default_rng(0)
-    obs, parts = env.reset(), []
-    for _ in range(25):
-        actions = rng.uniform(0, 1, (8, 3, 5)).astype(np.float32)
-        step = env.step(actions)
-        parts.append(step_transitions(obs, actions, step))
-        obs = step.next
-    arrays = {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    path = tmp_path_factory.mktemp("data") / "spread_random.h5"
-    card = {
-        "map": "simple_spread",
-        "kind": "random",
-        "action_low": 0.0,
-        "action_high": 1.0,
-        "random_return": -110.0,
-        "expert_return": -40.0,
-    }
-    return str(write_transition_dataset(path, arrays, card))
+    return write_random_dataset(tmp_path_factory.mktemp("data") / "spread_random.h5")
 
 
 @pytest.mark.parametrize("method", METHODS)
