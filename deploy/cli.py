@@ -38,6 +38,19 @@ __all__ = ["COMMANDS", "build_parser", "config_from_args", "env_overrides", "mai
 # before anything starts.
 
 
+def _lazy(target: str) -> Callable:
+    """A command's handler (or options) `module:function`, imported when it is called, so that
+    `ovmse --help` imports no torch."""
+    module, name = target.split(":")
+
+    def call(arg):
+        import importlib
+
+        return getattr(importlib.import_module(module), name)(arg)
+
+    return call
+
+
 def _run(args: argparse.Namespace) -> int:
     if args.resume:
         given = {
@@ -101,53 +114,23 @@ def _run_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _train(args: argparse.Namespace) -> int:
-    from deploy.training_commands import train
-
-    return train(args)
-
-
-# --- particle worlds (simple_spread): the same commands, sent on by the map ----------------------
-# deploy/studies/particle_commands.py; every SMAC map keeps its path.
-
-# Options only the particle path reads: (flag, attribute).
-_PARTICLE_PRETRAIN_FLAGS = (
-    ("--out", "out"),
-    ("--behaviour-steps", "behaviour_steps"),
-    ("--critic-steps", "critic_steps"),
-    ("--actor-steps", "actor_steps"),
-    ("--batch-size", "batch_size"),
-    ("--eval-interval", "eval_interval"),
-    ("--eval-episodes", "eval_episodes"),
-    ("--final-episodes", "final_episodes"),
-    ("--beta", "beta"),
-)
-_PARTICLE_REPRODUCE_FLAGS = tuple(
-    f for f in _PARTICLE_PRETRAIN_FLAGS if f[0] not in ("--out", "--batch-size")
-)
-
-
-def _particle_path(args: argparse.Namespace, methods: list[str], flags) -> bool:
+def _particle_path(args: argparse.Namespace, methods: list[str], command: str) -> bool:
+    """The command runs on a particle world (deploy/studies/particle_commands.py); SMAC maps keep
+    their path, and a method or option of the other kind is refused naming it."""
     from common.config import METHOD_NAMES
-    from deploy.studies.particle_commands import takes_particle_path
+    from deploy.studies.particle_commands import ROUTE_FLAGS, takes_particle_path
 
-    return takes_particle_path(args, methods, METHOD_NAMES, flags)
+    return takes_particle_path(args, methods, METHOD_NAMES, ROUTE_FLAGS[command])
 
 
 def _pretrain(args: argparse.Namespace) -> int:
-    if _particle_path(args, [args.method or ""], _PARTICLE_PRETRAIN_FLAGS):
+    if _particle_path(args, [args.method or ""], "pretrain"):
         from deploy.studies.particle_commands import pretrain as particle_pretrain
 
         return particle_pretrain(args)
     from deploy.training_commands import pretrain
 
     return pretrain(args)
-
-
-def _replay_server(args: argparse.Namespace) -> int:
-    from deploy.replay_commands import replay_server
-
-    return replay_server(args)
 
 
 def _learner(args: argparse.Namespace) -> int:
@@ -181,7 +164,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from deploy.studies.particle_commands import is_particle_agent
 
     saved_particle_policy = args.map is None and args.checkpoint and is_particle_agent(args.checkpoint)
-    if saved_particle_policy or _particle_path(args, [args.method or ""], ()):
+    if saved_particle_policy or _particle_path(args, [args.method or ""], "evaluate"):
         from deploy.studies.particle_commands import evaluate
 
         return evaluate(args)
@@ -196,48 +179,6 @@ def _evaluate(args: argparse.Namespace) -> int:
     summary = run_until_signal(lambda stop: evaluator_role(cfg, stop))
     print(f"evaluator: first test win rate {summary['first_win_rate']}, final {summary['final_win_rate']}")
     return 0
-
-
-def _export(args: argparse.Namespace) -> int:
-    from deploy.checkpoint_commands import export
-
-    return export(args)
-
-
-def _dataset_validate(args: argparse.Namespace) -> int:
-    from deploy.replay_commands import dataset_validate
-
-    return dataset_validate(args)
-
-
-def _dataset_inspect(args: argparse.Namespace) -> int:
-    from deploy.replay_commands import dataset_inspect
-
-    return dataset_inspect(args)
-
-
-def _dataset_collect(args: argparse.Namespace) -> int:
-    from deploy.replay_commands import dataset_collect
-
-    return dataset_collect(args)
-
-
-def _dataset_convert(args: argparse.Namespace) -> int:
-    from deploy.replay_commands import dataset_convert
-
-    return dataset_convert(args)
-
-
-def _dataset_particles(args: argparse.Namespace) -> int:
-    from deploy.studies.particle_commands import make_particle_datasets
-
-    return make_particle_datasets(args)
-
-
-def _dataset_particles_options(parser: argparse.ArgumentParser) -> None:
-    from deploy.studies.particle_commands import dataset_options
-
-    dataset_options(parser)
 
 
 def _check_methods(text: str) -> None:
@@ -256,8 +197,8 @@ def _check_methods(text: str) -> None:
 def _reproduce(args: argparse.Namespace) -> int:
     methods_given = args.methods != args.command_parser.get_default("methods")
     methods = [m.strip() for m in (args.methods or "").split(",")] if methods_given else []
-    if _particle_path(args, methods, _PARTICLE_REPRODUCE_FLAGS):
-        from deploy.studies.particle_commands import reproduce
+    if _particle_path(args, methods, "reproduce"):
+        from deploy.studies.particle_sweep import reproduce
 
         return reproduce(args, methods_given)
     if args.methods:
@@ -402,14 +343,16 @@ class Command:
 # The dispatch table. "dataset validate" is the subcommand `validate` of the group `dataset`.
 COMMANDS: dict[str, Command] = {
     "run": Command("run everything on this machine: replay, learner, actors, evaluator", _run, _run_options),
-    "train": Command("train one method on one task", _train, _train_options),
+    "train": Command("train one method on one task", _lazy("deploy.training_commands:train"), _train_options),
     "pretrain": Command(
         "offline phase only: CQL pre-training on the dataset (simple_spread: one offline method, "
         "saved as a policy)",
         _pretrain,
         _pretrain_options,
     ),
-    "replay-server": Command("serve the offline and online replay tables", _replay_server),
+    "replay-server": Command(
+        "serve the offline and online replay tables", _lazy("deploy.replay_commands:replay_server")
+    ),
     "learner": Command("sample mixed batches, update the networks, publish weights", _learner),
     "actor": Command(
         "play battles with the newest weights and send episodes to replay", _actor, _actor_options
@@ -418,30 +361,34 @@ COMMANDS: dict[str, Command] = {
         "greedy test episodes of a checkpoint or of the live learner", _evaluate, _evaluate_options
     ),
     "export": Command(
-        "write a checkpoint's acting network alone (a small agent file)", _export, _export_options
+        "write a checkpoint's acting network alone (a small agent file)",
+        _lazy("deploy.checkpoint_commands:export"),
+        _export_options,
     ),
     "dataset validate": Command(
-        "check a dataset file against the episode schema", _dataset_validate, replay_commands.validate_options
+        "check a dataset file against the episode schema",
+        _lazy("deploy.replay_commands:dataset_validate"),
+        replay_commands.validate_options,
     ),
     "dataset inspect": Command(
         "summarise a dataset file: episodes, returns, win rate",
-        _dataset_inspect,
+        _lazy("deploy.replay_commands:dataset_inspect"),
         replay_commands.inspect_options,
     ),
     "dataset collect": Command(
         "play battles with a policy and write a dataset file",
-        _dataset_collect,
+        _lazy("deploy.replay_commands:dataset_collect"),
         replay_commands.collect_options,
     ),
     "dataset convert": Command(
         "convert between an HDF5 dataset file and a Flashbax vault (OG-MARL)",
-        _dataset_convert,
+        _lazy("deploy.replay_commands:dataset_convert"),
         replay_commands.convert_options,
     ),
     "dataset particles": Command(
         "make simple_spread's offline datasets (expert, medium, medium_replay, random)",
-        _dataset_particles,
-        _dataset_particles_options,
+        _lazy("deploy.studies.particle_commands:make_particle_datasets"),
+        _lazy("deploy.studies.particle_commands:dataset_options"),
     ),
     "reproduce": Command(
         "the paper's comparison: every method, several seeds", _reproduce, _reproduce_options

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from deploy import cli
-from deploy.studies import particle_commands
+from deploy.studies import particle_commands, particle_sweep
 from deploy.studies.marl_eval import check_raw_results
 from deploy.studies.particle_datasets import ParticleDatasetConfig
 from learner.continuous_registry import CONTINUOUS_METHODS, ContinuousOfflineLearner, DatasetShape, PhaseSteps
@@ -228,14 +228,14 @@ def test_reproduce_writes_marl_eval_results_a_table_with_intervals_and_curves(wo
 
 
 def test_a_killed_reproduce_reruns_only_the_missing_trials(workdir, capsys, monkeypatch):
-    say = particle_commands._say
+    say = particle_sweep.say
 
     def killed_in_bc_s1(line: str) -> None:
         say(line)
         if line.startswith("bc s1: 4/8 actor steps"):  # after its first evaluation saved state.pt
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(particle_commands, "_say", killed_in_bc_s1)
+    monkeypatch.setattr(particle_sweep, "say", killed_in_bc_s1)
     args = SWEEP
     code, _, _ = ovmse(capsys, *args, "--methods", "bc", "--seeds", "3", "--jobs", "1", "--out", "s")
     assert code == 130
@@ -243,7 +243,7 @@ def test_a_killed_reproduce_reruns_only_the_missing_trials(workdir, capsys, monk
     assert not (workdir / "s/bc_s2").exists()
     first_done = (workdir / "s/bc_s0/done.json").stat().st_mtime_ns
 
-    monkeypatch.setattr(particle_commands, "_say", say)
+    monkeypatch.setattr(particle_sweep, "say", say)
     code, out, err = ovmse(capsys, *args, "--methods", "bc", "--seeds", "3", "--jobs", "1", "--out", "s")
     assert code == 0, err
     assert "1 finished already, 2 to run" in out

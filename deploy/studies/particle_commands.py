@@ -13,7 +13,7 @@ method's policy shape, the action box) and what scores them (the dataset card's 
 returns). `reproduce` runs method x seed trials (`--jobs` at a time) and writes results.json
 (marl-eval's raw format), table.md and curves_score.png (`deploy/studies/particle_report.py`).
 
-This module imports only the standard library at the top: `ovmse --help` stays fast.
+This module imports no torch at the top: `ovmse --help` stays fast.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
+from common.envs.particles import DATASET_KINDS
 from common.errors import InputError
 
 PARTICLE_MAPS = ("simple_spread",)
-DATASET_KINDS = ("expert", "medium", "medium_replay", "random")
 DATA_DIR = Path("data")  # where --dataset-kind K looks: data/simple_spread_K.h5 (as SMAC's presets do)
 AGENT_KIND = "ovmse-particle-policy"
 AGENT_FORMAT = 1
@@ -103,6 +103,15 @@ def _positive(kind: type):
 
 # --- which path a command takes ------------------------------------------------------------------
 
+# The options only the particle path reads, per command: (flag, attribute). On a SMAC map they are
+# refused naming the flag.
+_PRETRAIN_ONLY = tuple((flag, name) for flag, name, *_ in (*BUDGET_FLAGS, BATCH_FLAG, BETA_FLAG))
+ROUTE_FLAGS: dict[str, tuple[tuple[str, str], ...]] = {
+    "pretrain": (("--out", "out"), *_PRETRAIN_ONLY),
+    "evaluate": (),
+    "reproduce": tuple(f for f in _PRETRAIN_ONLY if f[0] != "--batch-size"),
+}
+
 
 def takes_particle_path(
     args: argparse.Namespace,
@@ -132,14 +141,14 @@ def takes_particle_path(
     return False
 
 
-def _refuse(args: argparse.Namespace, flags: Sequence[tuple[str, str]], why: str) -> None:
+def refuse_flags(args: argparse.Namespace, flags: Sequence[tuple[str, str]], why: str) -> None:
     for flag, name in flags:
         value = getattr(args, name, None)
         if value not in (None, [], ()):
             raise InputError(f"{flag}: {why}")
 
 
-def _method(name: str, flag: str):
+def method_named(name: str, flag: str):
     """The registry's method; a SMAC method named on a particle world is refused naming `flag`."""
     from learner.continuous_registry import CONTINUOUS_METHOD_NAMES, continuous_method
 
@@ -246,7 +255,7 @@ def make_particle_datasets(args: argparse.Namespace) -> int:
         )
     torch.set_num_threads(_threads())
     started = time.perf_counter()
-    summary = make_datasets(Path(args.out), cfg, _say)
+    summary = make_datasets(Path(args.out), cfg, say)
     print(
         f"datasets in {args.out} ({time.perf_counter() - started:.0f} s): random return "
         f"{summary['random_return']:.2f}, expert return {summary['expert_return']:.2f}, medium score "
@@ -258,7 +267,7 @@ def make_particle_datasets(args: argparse.Namespace) -> int:
 # --- pretrain -----------------------------------------------------------------------------------------
 
 
-def _say(line: str) -> None:
+def say(line: str) -> None:
     print(line, flush=True)
 
 
@@ -268,7 +277,7 @@ def _threads() -> int:
     return int(os.environ.get("OMP_NUM_THREADS", "1"))
 
 
-def _budget(args: argparse.Namespace):
+def budget_from_args(args: argparse.Namespace):
     from deploy.studies.particle_offline import OfflineBudget
 
     given = {name: getattr(args, name, None) for _, name, _, _, _ in BUDGET_FLAGS}
@@ -282,7 +291,7 @@ def _budget(args: argparse.Namespace):
     return budget
 
 
-def _omsd_config(args: argparse.Namespace):
+def omsd_config_from_args(args: argparse.Namespace):
     from learner.omsd_learner import OMSDConfig
 
     beta = getattr(args, "beta", None)
@@ -298,8 +307,8 @@ def pretrain(args: argparse.Namespace) -> int:
 
     from deploy.studies.particle_offline import OfflineTrial, run_trial
 
-    _refuse(args, SMAC_CONFIG_FLAGS, f"{args.map} takes no configuration file; its options are flags")
-    method = _method(args.method or "omsd", "--method")
+    refuse_flags(args, SMAC_CONFIG_FLAGS, f"{args.map} takes no configuration file; its options are flags")
+    method = method_named(args.method or "omsd", "--method")
     for flag, name, _, _, _ in BUDGET_FLAGS[:2]:  # behaviour and critic steps: OMSD's phases
         if getattr(args, name, None) is not None and name.removesuffix("_steps") not in method.phases:
             raise InputError(
@@ -309,8 +318,8 @@ def pretrain(args: argparse.Namespace) -> int:
         raise InputError(f"--beta: OMSD's regulariser weight; {method.name} has none")
     path, card = resolve_dataset(args, args.map)
     seed = args.seed if args.seed is not None else 0
-    budget = _budget(args)
-    trial = OfflineTrial(str(path), method.name, seed, budget, _omsd_config(args))
+    budget = budget_from_args(args)
+    trial = OfflineTrial(str(path), method.name, seed, budget, omsd_config_from_args(args))
     out = Path(args.out or Path("runs") / "pretrain" / f"{method.name}_{args.map}_{card['kind']}_s{seed}")
     request = {
         "map": args.map,
@@ -320,13 +329,13 @@ def pretrain(args: argparse.Namespace) -> int:
         "budget": dataclasses.asdict(budget),
         "config": dataclasses.asdict(trial.method_config()),
     }
-    _same_request(out, REQUEST_FILE, request, "a pretrain")
+    same_request(out, REQUEST_FILE, request, "a pretrain")
     torch.set_num_threads(_threads())
-    _say(
+    say(
         f"pretrain {method.name} on {path.name} ({card['kind']}, {card['transitions']:,} transitions), "
         f"seed {seed}, into {out}"
     )
-    result = run_trial(trial, out, _say)
+    result = run_trial(trial, out, say)
     identity = {
         "map": args.map,
         "method": method.name,
@@ -338,7 +347,7 @@ def pretrain(args: argparse.Namespace) -> int:
         "seed": seed,
     }
     _write_agent(out / AGENT_FILE, identity, torch.load(out / "policy.pt", weights_only=True))
-    _say(
+    say(
         f"done: {method.name} final score {result['final_score']:.1f} ± {result['final_score_ci95']:.1f} "
         f"(return {result['final_return']:.2f}, {result['final_episodes']} episodes; 0 = random, "
         f"100 = expert); policy in {out / AGENT_FILE}"
@@ -352,7 +361,7 @@ def _shape(card: dict):
     return DatasetShape.from_card(card)
 
 
-def _same_request(out: Path, name: str, request: dict, what: str) -> None:
+def same_request(out: Path, name: str, request: dict, what: str) -> None:
     """--out holds what this command asked for, or nothing yet: a rerun goes on (a trial from its
     state.pt); a different request there is refused rather than mixed in."""
     from common.atomic_files import write_json
@@ -428,13 +437,13 @@ def evaluate(args: argparse.Namespace) -> int:
     from deploy.studies.particle_offline import OfflineBudget, _eval_env
 
     if args.method is not None:
-        _method(args.method, "--method")
+        method_named(args.method, "--method")
     if not args.checkpoint:
         raise InputError(
             f"--checkpoint: evaluating on {args.map} needs a saved policy (`ovmse pretrain --map "
             f"{args.map or PARTICLE_MAPS[0]}` writes OUT/{AGENT_FILE})"
         )
-    _refuse(
+    refuse_flags(
         args,
         [*SMAC_CONFIG_FLAGS, ("--dataset-kind", "dataset_kind")],
         "a saved particle policy records its own (drop it)",
@@ -444,7 +453,7 @@ def evaluate(args: argparse.Namespace) -> int:
         raise InputError(f"--map {args.map}: {args.checkpoint} is a policy for {identity['map']}")
     if args.method is not None and args.method != identity["method"]:
         raise InputError(f"--method {args.method}: {args.checkpoint} is a {identity['method']} policy")
-    method = _method(identity["method"], "--checkpoint's method")
+    method = method_named(identity["method"], "--checkpoint's method")
     try:
         act = method.load_policy(identity["shape"], weights)
     except (RuntimeError, KeyError, TypeError) as error:
@@ -484,181 +493,3 @@ def evaluate(args: argparse.Namespace) -> int:
         )
     )
     return 0
-
-
-# --- reproduce ----------------------------------------------------------------------------------------
-
-# SMAC's reproduce options that mean nothing here: (flag, attribute).
-SMAC_SWEEP_FLAGS = (
-    ("--config", "config"),
-    ("--set", "overrides"),
-    ("--method", "method"),
-    ("--online-steps", "online_steps"),
-    ("--mixing-ratios", "mixing_ratios"),
-    ("--ray", "ray"),
-    ("--behaviour-win-rate", "behaviour_win_rate"),
-    ("--behaviour-return", "behaviour_return"),
-    ("--behaviour-max-steps", "behaviour_max_steps"),
-    ("--dataset-episodes", "dataset_episodes"),
-    ("--offline-updates", "offline_updates"),
-    ("--evals", "evals"),
-    ("--test-episodes", "test_episodes"),
-    ("--final-test-episodes", "final_test_episodes"),
-    ("--target-win-rate", "target_win_rate"),
-)
-
-
-def parse_methods(text: str | None) -> tuple[str, ...]:
-    from learner.continuous_registry import CONTINUOUS_METHOD_NAMES
-
-    if text is None:
-        return CONTINUOUS_METHOD_NAMES
-    methods = tuple(m.strip() for m in text.split(",") if m.strip())
-    if not methods:
-        raise InputError("--methods: give at least one method")
-    for method in methods:
-        _method(method, "--methods")
-    if len(set(methods)) != len(methods):
-        raise InputError(f"--methods: a method is listed twice in {text!r}")
-    return methods
-
-
-def trial_name(method: str, seed: int) -> str:
-    return f"{method}_s{seed}"  # particle_offline's own `--out OUT` layout
-
-
-def reproduce(args: argparse.Namespace, methods_given: bool) -> int:
-    """`ovmse reproduce --map simple_spread`: method x seed offline trials, resumable, then results.json,
-    table.md and curves_score.png."""
-    from deploy.studies.particle_report import write_particle_report
-
-    _refuse(args, SMAC_SWEEP_FLAGS, f"a SMAC sweep's option; {args.map}'s trials do not take it")
-    methods = parse_methods(args.methods if methods_given else None)
-    out = Path(args.out) if args.out else None
-    if getattr(args, "report_only", False):
-        if out is None or not (out / SWEEP_FILE).is_file():
-            raise InputError(f"--report-only: no particle sweep in --out {out} ({SWEEP_FILE} is missing)")
-        sweep = json.loads((out / SWEEP_FILE).read_text())
-        write_particle_report(out, sweep)
-        print((out / "table.md").read_text())
-        return 0
-    path, card = resolve_dataset(args, args.map)
-    budget = _budget(args)
-    if args.jobs > 1 and args.threads > 1:
-        raise InputError("--threads: with --jobs above 1 each particle trial runs on one thread")
-    out = out or Path("runs") / "reproduce" / f"{args.map}_{card['kind']}"
-    out.mkdir(parents=True, exist_ok=True)
-    omsd = _omsd_config(args)
-    settings = {
-        "map": args.map,
-        "dataset": str(path),
-        "dataset_kind": card["kind"],
-        "budget": dataclasses.asdict(budget),
-        "beta": omsd.beta,
-    }
-    _same_request(out, SWEEP_FILE, settings, "a particle sweep")
-    sweep = {**settings, "methods": list(methods), "seeds": args.seeds}
-    trials = [(m, s) for m in methods for s in range(args.seeds)]
-    pending = [(m, s) for m, s in trials if not (out / trial_name(m, s) / "done.json").is_file()]
-    _say(
-        f"reproduce {args.map} {card['kind']}: {len(trials)} trials ({', '.join(methods)} x {args.seeds} "
-        f"seeds), {len(trials) - len(pending)} finished already, {len(pending)} to run, "
-        f"{args.jobs} at a time; into {out}"
-    )
-    from deploy.studies.pools import sweep_lock
-    from deploy.studies.sweep import ReproduceError
-
-    try:
-        with sweep_lock(out):
-            try:
-                status = _run_trials(
-                    out,
-                    path,
-                    budget,
-                    omsd,
-                    pending,
-                    len(trials),
-                    args,
-                    lambda: write_particle_report(out, sweep),
-                )
-            finally:  # a stopped sweep's finished trials are in its results too
-                write_particle_report(out, sweep)
-    except ReproduceError as error:
-        raise InputError(str(error)) from None
-    print((out / "table.md").read_text())
-    print(f"results in {out}: results.json, table.md, curves_score.png")
-    return status
-
-
-REPORT_INTERVAL_S = 60.0  # a long sweep's results are rewritten after a trial at most this often
-
-
-def _run_trials(out, dataset, budget, omsd, pending, total, args, report) -> int:
-    """Run the `pending` (method, seed) trials: in this process (--jobs 1) or `--jobs` child
-    processes; after each, `report()` and a line with the sweep's pace and ETA."""
-    from deploy.studies.particle_offline import OfflineTrial, duration, run_trial
-
-    started, finished, status = time.perf_counter(), 0, 0
-    done_before = total - len(pending)
-    reported = started
-
-    def finished_one(name: str, ok: bool) -> None:
-        nonlocal finished, reported
-        finished += 1
-        per_trial = (time.perf_counter() - started) / finished  # wall time: J trials run at once
-        eta = per_trial * (len(pending) - finished)
-        result = out / name / "done.json"
-        score = (
-            f"score {json.loads(result.read_text())['final_score']:.1f}"
-            if ok and result.is_file()
-            else "FAILED"
-        )
-        if time.perf_counter() - reported >= REPORT_INTERVAL_S:  # and always at the end
-            report()
-            reported = time.perf_counter()
-        _say(
-            f"reproduce: {done_before + finished}/{total} trials finished ({name}: {score}); "
-            f"{per_trial / 60:.1f} min of wall time per trial this run, ETA {duration(eta)}"
-        )
-
-    if args.jobs == 1:
-        import torch
-
-        torch.set_num_threads(args.threads)
-        for method, seed in pending:
-            trial = OfflineTrial(str(dataset), method, seed, budget, omsd)
-            run_trial(trial, out / trial_name(method, seed), _say)
-            finished_one(trial_name(method, seed), True)
-        return 0
-    from deploy.studies.pools import LocalPool
-
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in dataclasses.asdict(budget).items()]
-    by_name = {trial_name(m, s): (m, s) for m, s in pending}
-
-    def command(name: str) -> list[str]:
-        method, seed = by_name[name]
-        return [
-            "-m",
-            "deploy.studies.particle_offline",
-            f"--dataset={dataset}",
-            f"--method={method}",
-            f"--seeds={seed}",
-            f"--out={out}",
-            *flags,
-            f"--beta={omsd.beta}",
-        ]
-
-    pool = LocalPool(out, args.jobs, command, logs=True)
-    queue = list(by_name)
-    try:
-        while queue or pool.running:
-            while queue and pool.slots > 0:
-                pool.submit(queue.pop(0))
-            for name, rc in pool.wait(1.0):
-                if rc != 0:
-                    status = 1
-                    _say(f"reproduce: {name} exited with status {rc}; its output: {pool.log_path(name)}")
-                finished_one(name, rc == 0)
-    finally:
-        pool.close()
-    return status

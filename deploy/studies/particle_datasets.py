@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from common.atomic_files import atomic_path, write_json
-from common.envs.particles import SpreadBatchEnv
+from common.envs.particles import DATASET_KINDS, SpreadBatchEnv
 from deploy.continuous_training import (
     ContinuousRunConfig,
     evaluate_returns,
@@ -40,7 +40,6 @@ from learner.matd3_learner import MATD3Learner
 from replay.transition_dataset import write_transition_dataset
 
 MAP = "simple_spread"
-KINDS = ("expert", "medium", "medium_replay", "random")
 
 
 @dataclass(frozen=True)
@@ -167,7 +166,7 @@ def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str
         if path.exists():
             continue
         started = time.perf_counter()
-        arrays = rollout(act, cfg.transitions, cfg, seed=cfg.seed + 100 + KINDS.index(kind))
+        arrays = rollout(act, cfg.transitions, cfg, seed=cfg.seed + 100 + DATASET_KINDS.index(kind))
         snapshot = state["expert"] if kind == "expert" else state["medium"]
         how = (
             "uniform random actions"
