@@ -236,9 +236,9 @@ def test_a_second_sweep_in_the_same_directory_is_refused_while_the_first_runs(tm
 def test_the_table_names_a_dataset_only_where_a_method_uses_one_and_never_a_machines_directory(tmp_path):
     from deploy.studies.report import dataset_lines
 
-    assert dataset_lines(tmp_path, Sweep("3m", "medium", ("qmix",), 1, 1000)) == [
-        "No dataset: every method trains from scratch."
-    ]
+    scratch = Sweep("3m", "medium", ("qmix",), 1, 1000)
+    assert dataset_lines(tmp_path, scratch) == ["No dataset: every method trains from scratch."]
+    assert scratch.title == "lite 3m from scratch"
     made = dataset_lines(tmp_path, Sweep("3m", "medium", ("ovmse",), 1, 1000))
     assert made == ["Dataset: `datasets/3m_medium.h5` (no card)."]  # within --out
     given = Sweep("3m", "medium", ("ovmse",), 1, 1000, dataset=str(tmp_path.parent / "elsewhere" / "d.h5"))

@@ -113,7 +113,7 @@ def plot_curves(out: Path, sweep: Sweep, runs: dict[str, Sequence[Run]], reps: i
     """curves_win_rate.png and curves_return.png (median over seeds, 95% bootstrap band of the
     median) and curves_probe.png (the unlearning probe) in `out`."""
     written = []
-    title = f"lite {sweep.map_name} {sweep.dataset_kind}"
+    title = sweep.title
     for key, label in (("win_rate", "test win rate"), ("return", "test return")):
         lines = []
         for algorithm, records in runs.items():

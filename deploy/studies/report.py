@@ -307,7 +307,7 @@ def mixing_ratio_pairs(algorithms: list[str]) -> list[tuple[str, str]]:
 def dataset_lines(out: Path, sweep: Sweep) -> list[str]:
     from replay.dataset_writer import card_path
 
-    if not any(METHODS[m].offline_phase for m in sweep.methods):
+    if not sweep.uses_dataset:
         return ["No dataset: every method trains from scratch."]
     path = dataset_path(out, sweep)
     card_file = card_path(path)
@@ -344,7 +344,7 @@ def table_markdown(out: Path, sweep: Sweep, summary: dict, offline: dict | None 
     b = sweep.budget
     rows = summary["rows"]
     offline_names = list((offline or {}).get("rows", {}))
-    lines = [f"# lite {sweep.map_name} {sweep.dataset_kind}: {', '.join(rows or offline_names)}", ""]
+    lines = [f"# {sweep.title}: {', '.join(rows or offline_names)}", ""]
     if rows:
         lines += online_lines(out, sweep, summary)
     else:  # offline methods only: no online trial, so no online table
@@ -377,7 +377,7 @@ def online_lines(out: Path, sweep: Sweep, summary: dict) -> list[str]:
         (
             f"Pre-training: {b.offline_updates} updates of {b.batch_size} episodes "
             f"(`cql_sampler={b.cql_sampler}`); online "
-            if any(METHODS[m].offline_phase for m in sweep.methods)
+            if sweep.uses_dataset
             else "Online "
         )
         + f"batches of {b.batch_size}; {b.evals} evaluations of "

@@ -103,6 +103,15 @@ class Sweep:
     # Fields whose change makes finished trials mean something else.
     FIXED = tuple(FLAG_OF)
 
+    @property
+    def uses_dataset(self) -> bool:
+        return any(METHODS[m].offline_phase for m in self.methods)
+
+    @property
+    def title(self) -> str:
+        """How its tables and figures name the task: the map and its dataset, or from scratch."""
+        return f"lite {self.map_name} {self.dataset_kind if self.uses_dataset else 'from scratch'}"
+
 
 @dataclass(frozen=True)
 class Trial:
