@@ -128,7 +128,7 @@ class _UnitTable:
 
 class LiteBatchEnv:
     # What `common.snapshot` leaves out: the map's constants, made the same by every constructor.
-    SNAPSHOT_SKIP = ("spec", "layout", "units")
+    SNAPSHOT_SKIP = ("spec", "layout", "units", "_pairs")  # _pairs: scratch arrays
     """B independent SMAC battles on one map, stepped together with automatic reset.
 
     Battle b is seeded with `seed + b`, so it replays exactly like `LiteStarCraft2Env(seed=seed + b)`
@@ -503,19 +503,35 @@ class LiteBatchEnv:
         dest[:, n:] = np.where(march, self._goal, dest[:, n:])
         walking[:, n:] |= march
 
+    def _pair_buffers(self, shape: tuple[int, int]) -> tuple[np.ndarray, ...]:
+        """(offset complex, dist, overlap, weight float32), each [b, u, u] for positions [b, u]."""
+        b, n = shape
+        buffers = getattr(self, "_pairs", None)
+        if buffers is None or buffers[0].shape != (b, n, n):
+            pair = (b, n, n)
+            buffers = (np.empty(pair, np.complex64), *(np.empty(pair, np.float32) for _ in range(3)))
+            self._pairs = buffers
+        return buffers
+
     def _separate(self, pos: np.ndarray, alive: np.ndarray) -> np.ndarray:
         """Push overlapping ground units apart (half the overlap each), so units never stack."""
         u = self.units
         solid = (alive & u.ground).astype(np.float32)
-        offset = pos[:, None, :] - pos[:, :, None]
-        dist = np.abs(offset)
-        overlap = u.separation - dist  # the diagonal of `separation` is 0, so a unit never pushes itself
+        # [b, i, j] work arrays, kept between steps: fresh ones of this size cost a page fault per
+        # page every step (the same operations in the same order, so the same numbers)
+        offset, dist, overlap, weight = self._pair_buffers(pos.shape)
+        np.subtract(pos[:, None, :], pos[:, :, None], out=offset)
+        np.abs(offset, out=dist)
+        np.subtract(u.separation, dist, out=overlap)  # separation's diagonal is 0: no self-push
         np.maximum(overlap, 0, out=overlap)
         overlap *= solid[:, :, None]
         overlap *= solid[:, None, :]
         coincident = (overlap > 0) & (dist < 1e-6)
-        weight = overlap * (SEPARATION_STRENGTH / np.maximum(dist, 1e-6))
-        push = (weight * offset).sum(axis=2)  # [b, i]: i is pushed away from every j it overlaps
+        np.maximum(dist, 1e-6, out=weight)
+        np.divide(SEPARATION_STRENGTH, weight, out=weight)
+        np.multiply(overlap, weight, out=weight)
+        np.multiply(weight, offset, out=offset)
+        push = offset.sum(axis=2)  # [b, i]: i is pushed away from every j it overlaps
         stacked = np.flatnonzero(coincident.any(axis=(1, 2)))
         if stacked.size:
             # Units on the very same point part along a fixed direction (opposite for i and j); only

@@ -154,6 +154,7 @@ class Smacv2Rules:
         "_canonical_fov",
         "_sight_by_type",
         "_shoot_by_type",
+        "_pairs",  # scratch arrays of the separation step
     )
 
     def __init__(
