@@ -6,7 +6,6 @@ formulas; bad actions are refused in one line, out-of-range ones clipped as mpe2
 
 from __future__ import annotations
 
-import os
 import subprocess
 from pathlib import Path
 
@@ -34,10 +33,8 @@ TRACES = {
 
 def mpe2_trace(out: Path, *args: str) -> dict[str, np.ndarray]:
     """Run the trace tool in the mpe2 environment (CI always has it: `make test` builds it)."""
-    if not MPE2_PYTHON.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"{MPE2_PYTHON} is missing: `make test` builds it (make .venv-mpe2)")
-        pytest.skip("the mpe2 environment is not built: make .venv-mpe2")
+    if not MPE2_PYTHON.exists():  # it can be built on any machine, so its absence fails, never skips
+        pytest.fail(f"{MPE2_PYTHON} is missing: `make test` builds it (make .venv-mpe2)")
     done = subprocess.run(
         [str(MPE2_PYTHON), str(TOOL), str(out), *args], capture_output=True, text=True, timeout=300
     )
