@@ -20,6 +20,24 @@ from learner.omsd_learner import OMSDConfig, OMSDLearner
 
 GAME = CoordinationGame()
 NOISE = 0.05  # the dataset's noise around the modes
+# Small behaviour models trained a few hundred steps at a high rate, and no critic
+SMALL_BEHAVIOUR = dict(
+    batch_size=128,
+    behaviour_lr=3e-3,
+    behaviour_steps=500,
+    critic_steps=0,
+    denoiser_hidden=32,
+    denoiser_blocks=1,
+    denoiser_time_features=16,
+    denoiser_dropout=0.0,
+)
+
+
+def game_data(game: CoordinationGame, seed: int) -> TransitionBatch:
+    """The game's seeded dataset of 2,048 transitions, without its mode labels."""
+    arrays = game.dataset(2048, seed=seed, noise=NOISE)
+    arrays.pop("mode")
+    return TransitionBatch.from_arrays(**arrays)
 
 
 def nearest_mode(actions: np.ndarray) -> np.ndarray:
@@ -85,22 +103,8 @@ def test_sequential_behaviour_models_sample_one_mode_while_their_marginals_mix_m
     only half of the time. Seeds 0-4 (data, networks and draws) give joint same-mode rates of
     0.98, 0.93, 0.94, 0.87, 0.77 and product rates of 0.49-0.52 with these settings (checked by
     hand); the bounds sit between the two groups with room on both sides."""
-    arrays = GAME.dataset(2048, seed=0, noise=NOISE)
-    arrays.pop("mode")
-    data = TransitionBatch.from_arrays(**arrays)
-    cfg = OMSDConfig(
-        batch_size=128,
-        behaviour_lr=3e-3,
-        behaviour_steps=500,
-        critic_steps=0,
-        actor_steps=0,
-        policy_hidden=4,
-        critic_hidden=4,
-        denoiser_hidden=32,
-        denoiser_blocks=1,
-        denoiser_time_features=16,
-        denoiser_dropout=0.0,
-    )
+    data = game_data(GAME, 0)
+    cfg = OMSDConfig(**SMALL_BEHAVIOUR, actor_steps=0, policy_hidden=4, critic_hidden=4)
     learner = OMSDLearner(2, GAME.obs_size, GAME.state_size, 2, cfg, seed=0)
     generator = torch.Generator().manual_seed(0)
     while learner.phase == "behaviour":
@@ -202,32 +206,23 @@ def test_conditioned_on_the_leader_the_follower_joins_its_mode_and_alone_it_does
 # --- the whole pipeline: behaviour models trained on the data, then the actors ---------------------
 
 
-def trained_joint_actions(variant: str, seed: int) -> np.ndarray:
+def trained_joint_actions(variant: str, seed: int) -> tuple[CoordinationGame, np.ndarray]:
     """OMSD's learner end to end on the corners game's data (behaviour models, then the actors on the
     regulariser alone: beta 0, as the authors' bandit ablation runs it), greedy joint actions on
     fresh contexts. The regulariser is weighted alpha_t / sigma_t (the code's `--WT score`): the
     default sigma_t^2 settles a deterministic actor between the modes in this game, whatever the
     variant (docs/omsd.md)."""
     game = CoordinationGame(mode_distance=2**0.5)
-    arrays = game.dataset(2048, seed=seed, noise=NOISE)
-    arrays.pop("mode")
-    data = TransitionBatch.from_arrays(**arrays)
+    data = game_data(game, seed)
     cfg = OMSDConfig(
+        **SMALL_BEHAVIOUR,
         variant=variant,
         beta=0.0,
         regulariser_weighting="score",
-        batch_size=128,
-        behaviour_lr=3e-3,
-        behaviour_steps=500,
-        critic_steps=0,
         actor_lr=2e-3,
         actor_steps=500,
         policy_hidden=32,
         critic_hidden=32,
-        denoiser_hidden=32,
-        denoiser_blocks=1,
-        denoiser_time_features=16,
-        denoiser_dropout=0.0,
     )
     learner = OMSDLearner(2, game.obs_size, game.state_size, 2, cfg, seed=seed)
     generator = torch.Generator().manual_seed(seed)

@@ -95,19 +95,13 @@ def test_pretrain_then_evaluate_gives_the_saved_policys_score(workdir, capsys, m
     assert "normalised score" in out and "95% intervals" in out
 
 
+# behaviour cloning pre-trained into p/ at the tiny budget
+PRETRAIN_BC = ["pretrain", "--map", "simple_spread", "--method", "bc", "--out", "p"]
+PRETRAIN_BC += ["--batch-size=32", *TINY[2:]]
+
+
 def test_the_saved_policy_is_tensors_and_plain_values(workdir, capsys):
-    ovmse(
-        capsys,
-        "pretrain",
-        "--map",
-        "simple_spread",
-        "--method",
-        "bc",
-        "--out",
-        "p",
-        "--batch-size=32",
-        *TINY[2:],
-    )
+    ovmse(capsys, *PRETRAIN_BC)
     payload = torch.load(workdir / "p" / "agent.pt", weights_only=True)
     assert payload["kind"] == "ovmse-particle-policy" and payload["identity"]["method"] == "bc"
     assert payload["identity"]["dataset_kind"] == "medium"  # the default kind
@@ -115,17 +109,7 @@ def test_the_saved_policy_is_tensors_and_plain_values(workdir, capsys):
 
 
 def test_a_rerun_pretrain_goes_on_and_other_settings_in_the_same_out_are_refused(workdir, capsys):
-    args = [
-        "pretrain",
-        "--map",
-        "simple_spread",
-        "--method",
-        "bc",
-        "--out",
-        "p",
-        "--batch-size=32",
-        *TINY[2:],
-    ]
+    args = PRETRAIN_BC
     assert ovmse(capsys, *args)[0] == 0
     code, out, _ = ovmse(capsys, *args)
     assert code == 0 and "actor steps" not in out  # finished: nothing trained again
