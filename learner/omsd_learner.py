@@ -319,7 +319,10 @@ class OMSDLearner:
         data = self._prepare(batch)
         self.behaviour.eval()  # no dropout in the score the actors follow (the authors' .eval())
         actions = self.policies(data.obs)  # [B, n, A], each agent's from its own network
-        q_grad = omsd.q_action_gradient(self._guidance_q, data.state, actions, self.cfg.normalise_q_grad)
+        if self.cfg.beta == 0:  # the Q term weighs nothing: no critic pass for it
+            q_grad = torch.zeros_like(actions.detach())
+        else:
+            q_grad = omsd.q_action_gradient(self._guidance_q, data.state, actions, self.cfg.normalise_q_grad)
         t, z = omsd.draw_actor_noise(
             data.batch_size, actions.shape[1], actions.shape[2], self.generator, self.device
         )
