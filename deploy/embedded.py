@@ -452,13 +452,17 @@ class EmbeddedRun:
             )
 
     def shutdown(self) -> None:
-        """Stop children in dependency order, each given time to checkpoint."""
-        order = [n for n in self.children if n.startswith("actor")] + ["evaluator", "learner", "replay"]
-        for name in order:
-            child = self.children.get(name)
-            if child is not None and child.alive():
+        """Stop children in dependency order, each given time to checkpoint. The actors and the
+        evaluator depend on nothing that stops before them, so they are signalled together: one
+        by one, the actors still running went on playing past the stop while each other wound down."""
+        players = [n for n in self.children if n.startswith("actor")] + ["evaluator"]
+        for stage in (players, ["learner"], ["replay"]):
+            stopping = [c for c in (self.children.get(n) for n in stage) if c is not None and c.alive()]
+            for child in stopping:
                 child.terminate()
-                child.wait(STOP_GRACE_S)
+            deadline = time.monotonic() + STOP_GRACE_S
+            for child in stopping:
+                child.wait(max(deadline - time.monotonic(), 0.1))
 
 
 def run_embedded(cfg: Config) -> int:

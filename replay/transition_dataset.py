@@ -112,6 +112,26 @@ def read_transition_dataset(
     return arrays, card
 
 
+def score_bounds(card: dict, where: str) -> tuple[float, float]:
+    """The card's random and expert returns, the 0 and 100 of a normalised score; refused when
+    missing, not finite, or when the expert does not beat random (every score would divide by a
+    gap of zero or less)."""
+    bounds = []
+    for key in ("random_return", "expert_return"):
+        value = card.get(key)
+        if not isinstance(value, int | float) or isinstance(value, bool) or not np.isfinite(value):
+            raise InputError(f"{where}: card.{key}: {value!r}; scores need a finite return")
+        bounds.append(float(value))
+    random_return, expert_return = bounds
+    if expert_return <= random_return:
+        raise InputError(
+            f"{where}: card.expert_return: {expert_return:.2f} does not beat card.random_return "
+            f"{random_return:.2f}, so no score can be normalised on it; make the dataset with an expert "
+            "trained longer"
+        )
+    return random_return, expert_return
+
+
 def _check(arrays: dict[str, np.ndarray], card: dict, path) -> None:
     unknown = sorted(set(arrays) - set(FIELDS))
     if unknown:

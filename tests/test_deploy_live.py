@@ -463,18 +463,20 @@ def test_ray_launch_restarts_a_killed_actor_and_the_run_goes_on(tmp_path):
     from common.config import resolve_config
     from deploy.ray_launch import RayLaunch, absolute_paths, init_ray
 
-    # A budget that outlasts the kill and the restart (actor 0 alone played 4,500-5,500 steps while
-    # actor 1 restarted, on a loaded 2-core machine), then a finished run with a final evaluation.
+    # Actor 0 is paused from the kill until the restarted actor plays (else it alone played
+    # 3,800-5,500 steps meanwhile, on a loaded 2-core machine, and the budget had to be 12,000), so
+    # a budget past the steps played before the kill (1,500-1,800 measured) outlasts the restart.
     # Evaluations far apart: nothing here reads them but the final one, and the evaluator's
     # episodes would take the cores from the actors and the learner.
+    budget = 4000
     config = small_config_file(
         tmp_path,
-        run={"online_env_steps": 12000, "eval_interval_steps": 4000},
+        run={"online_env_steps": budget, "eval_interval_steps": 2000},
         actor={"final_test_episodes": 16},
     )
     cfg = absolute_paths(resolve_config(file=str(config)))
     assert init_ray(None, num_actors=2)
-    launch = None
+    launch = paused = None
     try:
         launch = RayLaunch(cfg, 2, local=True, max_restarts=2).start()
 
@@ -489,8 +491,9 @@ def test_ray_launch_restarts_a_killed_actor_and_the_run_goes_on(tmp_path):
         wait_for(lambda: actor_steps(0) > 0 and actor_steps(1) > 0, RUN_TIMEOUT_S, "both actors stepping")
         wait_for(learner_updates, RUN_TIMEOUT_S, "learner updates")
         before = {"address": launch.addresses()["metrics/actor/1"], "updates": learner_updates()}
-        pid = launch.pid("actor/1")
+        pid, paused = launch.pid("actor/1"), launch.pid("actor/0")
         os.kill(pid, signal.SIGKILL)
+        os.kill(paused, signal.SIGSTOP)
 
         def restarted() -> bool:
             return (
@@ -502,6 +505,8 @@ def test_ray_launch_restarts_a_killed_actor_and_the_run_goes_on(tmp_path):
         new_pid = launch.pid("actor/1")
         assert new_pid != pid
         wait_for(lambda: actor_steps(1) > 0, RUN_TIMEOUT_S, "the restarted actor to play")
+        os.kill(paused, signal.SIGCONT)
+        paused = None
         wait_for(lambda: learner_updates() > before["updates"], 300, "the learner to keep updating")
         targets = json.loads(launch.write_prometheus_targets().read_text())  # what wait() keeps current
         assert {g["labels"]["job"] for g in targets} == {"replay", "learner", "actor", "evaluator"}
@@ -511,10 +516,12 @@ def test_ray_launch_restarts_a_killed_actor_and_the_run_goes_on(tmp_path):
         assert summary["starts"]["actor/1"] == 2 and summary["starts"]["actor/0"] == 1
         assert summary["starts"]["learner"] == 1 and summary["starts"]["replay"] == 1
         results = summary["results"]
-        assert results["learner"]["finished"] and results["learner"]["env_steps"] >= 12000
+        assert results["learner"]["finished"] and results["learner"]["env_steps"] >= budget
         assert results["evaluator"]["final_win_rate"] is not None
         assert not [r for r in results.values() if "error" in r], results
     finally:
+        if paused is not None:
+            os.kill(paused, signal.SIGCONT)
         if launch is not None:
             launch.stop(timeout_s=30)
         ray.shutdown()

@@ -35,6 +35,13 @@ def write_dataset(path, kind: str = "expert", map_name: str = "simple_spread") -
     return write_random_dataset(path, kind, map_name)
 
 
+def rewrite_card(path: str, changes: dict) -> None:
+    import h5py
+
+    with h5py.File(path, "r+") as h5:
+        h5.attrs["card"] = json.dumps({**json.loads(h5.attrs["card"]), **changes})
+
+
 @pytest.fixture
 def workdir(tmp_path, monkeypatch):
     """A fresh directory holding data/simple_spread_{expert,medium}.h5, as the current directory."""
@@ -294,12 +301,30 @@ def test_dataset_particles_makes_the_files_dataset_kind_finds(tmp_path, capsys, 
     assert sorted(p.name for p in (tmp_path / "data").glob("*.h5")) == [
         f"simple_spread_{k}.h5" for k in ("expert", "medium", "medium_replay", "random")
     ]
+    # 1,000 steps make no expert: the maker says so, and --dataset-kind finds the file and refuses it.
+    assert "warning: the expert's return" in out and "does not beat random's" in out
     code, _, err = ovmse(
         capsys, "pretrain", "--map", "simple_spread", "--method", "bc", "--dataset-kind", "random",
         "--batch-size=32", *TINY[2:],
     )  # fmt: skip
-    assert code == 0, err
-    assert (tmp_path / "runs/pretrain/bc_simple_spread_random_s0/agent.pt").exists()
+    assert code == 2 and "--dataset-kind random data/simple_spread_random.h5: card.expert_return" in err
+
+
+@pytest.mark.parametrize(
+    "card, key",
+    [
+        ({"random_return": -40.0, "expert_return": -40.0}, "card.expert_return: -40.00 does not beat"),
+        ({"random_return": float("nan")}, "card.random_return: nan"),
+        ({"random_return": None}, "card.random_return: None"),
+    ],
+)
+def test_a_card_that_cannot_score_a_policy_is_refused_before_any_trial(workdir, capsys, card, key):
+    path = write_random_dataset(workdir / "unscored.h5", "medium")
+    rewrite_card(path, card)
+    for command in ("pretrain", "reproduce"):
+        code, _, err = ovmse(capsys, command, "--map", "simple_spread", "--dataset", path, *TINY)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and key in err, err
+    assert not (workdir / "runs").exists()  # refused before anything was written
 
 
 def test_ovmse_bench_omsd_times_the_diffusion_critic_and_actor_updates(tmp_path, monkeypatch, capsys):

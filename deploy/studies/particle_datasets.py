@@ -133,6 +133,12 @@ def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str
                 cfg.score_episodes,
             ).mean()
         )
+        if expert_return <= random_return:  # the files are still written; runs on them are refused
+            progress(
+                f"warning: the expert's return {expert_return:.2f} does not beat random's "
+                f"{random_return:.2f}: no score can be normalised on these datasets "
+                "(train longer: --env-steps)"
+            )
         medium = pick_medium(returns, expert, random_return, expert_return)
         held = run.buffer.arrays()
         until = run.snapshots[medium].buffer_transitions

@@ -40,7 +40,7 @@ from learner.continuous_registry import (
     continuous_method,
 )
 from learner.omsd_learner import OMSDConfig
-from replay.transition_dataset import read_transition_dataset
+from replay.transition_dataset import read_transition_dataset, score_bounds
 
 METHODS = CONTINUOUS_METHOD_NAMES  # bc, matd3_bc, omsd_ind, omsd: learner/continuous_registry.py
 
@@ -95,6 +95,7 @@ def run_trial(trial: OfflineTrial, out: Path, progress: Callable[[str], None] = 
     if (out / "done.json").exists():
         return json.loads((out / "done.json").read_text())
     arrays, card = read_transition_dataset(trial.dataset, map_name="simple_spread")
+    score_bounds(card, trial.dataset)
     data = TransitionBatch.from_arrays(**arrays)
     agent = trial.learner(card)
     sampler = torch.Generator().manual_seed(trial.seed)
