@@ -560,6 +560,12 @@ def main(argv: list[str] | None = None) -> int:
         default="fused",
         help="our learner's CPU recurrence: the fused kernel (common.kernels, where it builds) or nn.GRU",
     )
+    parser.add_argument(
+        "--omsd-batch",
+        type=int,
+        default=512,
+        help="OMSD's rows (particle world, one thread): transitions per update; 0 leaves them out",
+    )
     parser.add_argument("--out", default=None, help="folder for learner.md/.json (default docs/bench)")
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/bench alone")
     args = parser.parse_args(argv)
@@ -616,6 +622,18 @@ def main(argv: list[str] | None = None) -> int:
     elif "cuda" in devices:
         print("  gpu: none (torch.cuda.is_available() is False)")
 
+    omsd = None
+    if "cpu" in devices and args.omsd_batch > 0:
+        from bench_omsd import measure as measure_omsd
+
+        print(f"  cpu OMSD, particle world, batch {args.omsd_batch}, one thread", flush=True)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # the paper's unit of cost: one core
+        try:
+            omsd = {"batch": args.omsd_batch, "ms": measure_omsd(args.omsd_batch, repeats)}
+        finally:
+            torch.set_num_threads(threads)
+
     results = {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
@@ -629,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         "td_matmul_floor": floors,
         "cpu": cpu_rows,
         "gpu": gpu_rows,
+        "omsd": omsd,
     }
     md = _markdown(results, " ".join(argv if argv is not None else sys.argv[1:]))
     if not args.no_write:
@@ -706,6 +725,19 @@ def _markdown(results: dict, arguments: str) -> str:
             )
     else:
         lines += ["", "No GPU rows: they are produced where `torch.cuda.is_available()`."]
+    if results.get("omsd"):
+        from bench_omsd import ACTION, N_AGENTS, OBS, STATE, table_lines
+
+        omsd = results["omsd"]
+        lines += [
+            "",
+            f"OMSD on the particle world (one thread; batch {omsd['batch']} transitions; {N_AGENTS} agents,"
+            f" observation {OBS}, action {ACTION}, state {STATE}; the paper's network sizes), median of"
+            f" {results['rounds']} timed updates after warm-up. The actors' update calls each agent's"
+            " denoiser once, not a reverse chain.",
+            "",
+            *table_lines(omsd["ms"]),
+        ]
     lines.append("")
     return "\n".join(lines)
 

@@ -54,6 +54,41 @@ def median_ms(update, batch: TransitionBatch, repeats: int, warmup: int = 3) -> 
     return 1000 * statistics.median(times)
 
 
+UPDATE_NAMES = {
+    "behaviour": "behaviour (every agent's diffusion model)",
+    "critic": "critic (IQL)",
+    "actors": "actors (every agent; one denoiser call each)",
+}
+
+
+def measure(batch_size: int = BATCH, repeats: int = 30) -> dict[str, dict[str, float]]:
+    """Median ms of one behaviour, critic and actor update of OMSD and its independent variant, on
+    the threads torch has now."""
+    batch = random_batch(torch.Generator().manual_seed(0), batch_size)
+    results: dict[str, dict[str, float]] = {}
+    for variant in ("sequential", "independent"):
+        config = OMSDConfig(variant=variant, batch_size=batch_size)
+        learner = OMSDLearner(N_AGENTS, OBS, STATE, ACTION, config)
+        results[variant] = {
+            "behaviour": median_ms(learner.update_behaviour, batch, repeats),
+            "critic": median_ms(learner.update_critic, batch, repeats),
+            "actors": median_ms(learner.update_actors, batch, repeats),
+        }
+        print(variant, {k: round(v, 1) for k, v in results[variant].items()}, flush=True)
+    return results
+
+
+def table_lines(results: dict[str, dict[str, float]]) -> list[str]:
+    return [
+        "| update | sequential (OMSD), ms | independent, ms |",
+        "|---|---|---|",
+        *(
+            f"| {UPDATE_NAMES[k]} | {results['sequential'][k]:.1f} | {results['independent'][k]:.1f} |"
+            for k in ("behaviour", "critic", "actors")
+        ),
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per update (default 30)")
@@ -66,23 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats = 3
     torch.set_num_threads(args.threads)
     pinned = pin_to_one_core() if args.threads == 1 else f"{args.threads} threads"
-    batch = random_batch(torch.Generator().manual_seed(0), args.batch)
-    results: dict[str, dict[str, float]] = {}
-    for variant in ("sequential", "independent"):
-        learner = OMSDLearner(
-            N_AGENTS, OBS, STATE, ACTION, OMSDConfig(variant=variant, batch_size=args.batch)
-        )
-        results[variant] = {
-            "behaviour": median_ms(learner.update_behaviour, batch, args.repeats),
-            "critic": median_ms(learner.update_critic, batch, args.repeats),
-            "actors": median_ms(learner.update_actors, batch, args.repeats),
-        }
-        print(variant, {k: round(v, 1) for k, v in results[variant].items()}, flush=True)
-    names = {
-        "behaviour": "behaviour (every agent's diffusion model)",
-        "critic": "critic (IQL)",
-        "actors": "actors (every agent; one denoiser call each)",
-    }
+    results = measure(args.batch, args.repeats)
     m = machine()
     lines = [
         "# OMSD update speed",
@@ -92,12 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         f"observation {OBS}, action {ACTION}, state {STATE}), the paper's network sizes; median of "
         f"{args.repeats} timed updates after warm-up.",
         "",
-        "| update | sequential (OMSD), ms | independent, ms |",
-        "|---|---|---|",
-        *(
-            f"| {names[k]} | {results['sequential'][k]:.1f} | {results['independent'][k]:.1f} |"
-            for k in ("behaviour", "critic", "actors")
-        ),
+        *table_lines(results),
         "",
     ]
     path = write(

@@ -350,3 +350,28 @@ def test_ovmse_bench_omsd_times_the_diffusion_critic_and_actor_updates(tmp_path,
     ):
         assert row in table
     assert json.loads((tmp_path / "omsd.json").read_text())["results_ms"]["sequential"]["actors"] > 0
+
+
+def test_ovmse_bench_learner_adds_omsd_rows_on_one_thread_unless_told_not_to(tmp_path, monkeypatch):
+    import importlib.util
+
+    from deploy import bench
+
+    spec = importlib.util.spec_from_file_location("bench_learner", bench.BENCH_DIR / "bench_learner.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    # The QMIX rows are not under test here.
+    monkeypatch.setattr(module, "matmul_gflops", lambda: 1.0)
+    monkeypatch.setattr(module, "measure_cpu", lambda *args: [])
+    small = ["--rounds=1", "--batch-sizes=2", "--kinds=td", "--shapes=uniform", "--precisions=fp32"]
+    threads = torch.get_num_threads()
+    try:
+        module.main([*small, "--threads=2", "--omsd-batch=8", "--devices=cpu", "--out", str(tmp_path)])
+        assert torch.get_num_threads() == 2  # the OMSD rows' one thread was handed back
+        with_rows = (tmp_path / "learner.md").read_text()
+        module.main([*small, "--omsd-batch=0", "--devices=cpu", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert "OMSD on the particle world (one thread; batch 8 transitions" in with_rows
+    assert "| actors (every agent; one denoiser call each) |" in with_rows
+    assert "OMSD" not in (tmp_path / "learner.md").read_text()
