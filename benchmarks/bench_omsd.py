@@ -54,10 +54,15 @@ def median_ms(update, batch: TransitionBatch, repeats: int, warmup: int = 3) -> 
     return 1000 * statistics.median(times)
 
 
+VARIANT_COLUMNS = {
+    "sequential": "sequential (OMSD)",
+    "independent": "independent",
+    "joint": "joint (one model)",
+}
 UPDATE_NAMES = {
     "behaviour": "behaviour (every agent's diffusion model)",
     "critic": "critic (IQL)",
-    "actors": "actors (every agent; one denoiser call each)",
+    "actors": "actors (every agent; one denoiser call each, one in all for joint)",
 }
 
 
@@ -66,7 +71,7 @@ def measure(batch_size: int = BATCH, repeats: int = 30) -> dict[str, dict[str, f
     the threads torch has now."""
     batch = random_batch(torch.Generator().manual_seed(0), batch_size)
     results: dict[str, dict[str, float]] = {}
-    for variant in ("sequential", "independent"):
+    for variant in VARIANT_COLUMNS:
         config = OMSDConfig(variant=variant, batch_size=batch_size)
         learner = OMSDLearner(N_AGENTS, OBS, STATE, ACTION, config)
         results[variant] = {
@@ -80,10 +85,10 @@ def measure(batch_size: int = BATCH, repeats: int = 30) -> dict[str, dict[str, f
 
 def table_lines(results: dict[str, dict[str, float]]) -> list[str]:
     return [
-        "| update | sequential (OMSD), ms | independent, ms |",
-        "|---|---|---|",
+        "| update | " + " | ".join(f"{title}, ms" for title in VARIANT_COLUMNS.values()) + " |",
+        "|---|" + "---|" * len(VARIANT_COLUMNS),
         *(
-            f"| {UPDATE_NAMES[k]} | {results['sequential'][k]:.1f} | {results['independent'][k]:.1f} |"
+            f"| {UPDATE_NAMES[k]} | " + " | ".join(f"{results[v][k]:.1f}" for v in VARIANT_COLUMNS) + " |"
             for k in ("behaviour", "critic", "actors")
         ),
     ]

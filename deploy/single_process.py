@@ -33,7 +33,7 @@ from common.run_log import ProgressLine, RunLog, discarded_on_failure, fresh_run
 from common.schedules import epsilon_at
 from common.snapshot import capture, restore
 from deploy.builder import Builder
-from deploy.trainer_state import cut_logs_back, read_trainer_state, save_trainer_state
+from deploy.trainer_state import PRETRAIN_FILE, cut_logs_back, read_trainer_state, save_trainer_state
 from learner.checkpoint import save_checkpoint, to_device
 from learner.training import (
     OnlineUpdates,
@@ -60,18 +60,27 @@ class TrainResult:
     online_env_steps: int
 
 
-def pretrain(cfg: Config, run_dir: str | Path | None = None, progress: bool = True) -> TrainResult:
+def pretrain(
+    cfg: Config, run_dir: str | Path | None = None, progress: bool = True, resume: bool = False
+) -> TrainResult:
     """The offline phase alone: CQL pre-training on `run.dataset`, then a greedy evaluation.
-    Writes checkpoints/offline.pt in the run directory."""
+    Writes checkpoints/offline.pt in the run directory. After each offline evaluation it saves its
+    state (checkpoints/pretrain.pt); with `resume`, a `run_dir` holding one goes on from there and
+    ends with the evaluations and weights of a run that never stopped (the same `cfg` is the
+    caller's to give: a sweep's trial has it from its sweep)."""
     if cfg.run.dataset is None or (cfg.learner.offline_updates < 1 and not clones_only(cfg)):
         raise ValueError("pretrain needs run.dataset and learner.offline_updates >= 1")
-    run_dir = fresh_run_dir(run_dir or cfg.run.path)
+    given = Path(run_dir or cfg.run.path)
+    state = read_trainer_state(given, cfg.env.map_name, PRETRAIN_FILE) if resume else None
+    run_dir = given if state is not None else fresh_run_dir(given)
     with discarded_on_failure(run_dir):
-        return _pretrain(cfg, run_dir, progress)
+        return _pretrain(cfg, run_dir, progress, state)
 
 
-def _pretrain(cfg: Config, run_dir: Path, progress: bool) -> TrainResult:
+def _pretrain(cfg: Config, run_dir: Path, progress: bool, state: dict | None = None) -> TrainResult:
     builder = Builder(cfg)
+    if state is not None:  # the records written after the state was taken go
+        cut_logs_back(run_dir, state["logs"])
     log = RunLog(run_dir, process="pretrain")
     log.write_config(cfg)
     try:
@@ -80,7 +89,22 @@ def _pretrain(cfg: Config, run_dir: Path, progress: bool) -> TrainResult:
         evaluator = builder.eval_worker()
         held_out = builder.offline_episodes(cfg.run.dataset)[1]
         curve = builder.offline_curve(learner, log, evaluator, held_out)
-        run_offline_phase(cfg, learner, replay, log, progress, evaluate=curve)
+        done = 0
+        if state is not None:
+            learner.load_state_dict(to_device(state["learner"], learner.device))
+            replay.load_state_dict(state["replay"])
+            evaluator.load_state_dict(state["evaluator"])
+            done = int(state["updates_done"])
+            print(f"pretrain: resumed after {done} of {cfg.learner.offline_updates} updates", flush=True)
+
+        def save_state(updates: int) -> None:
+            parts = {"learner": learner.state_dict(), "replay": replay.state_dict()}
+            parts.update(evaluator=evaluator.state_dict(), updates_done=updates)
+            save_trainer_state(run_dir, parts, cfg.env.map_name, PRETRAIN_FILE)
+
+        run_offline_phase(
+            cfg, learner, replay, log, progress, evaluate=curve, done=done, after_evaluation=save_state
+        )
         path = save_checkpoint(
             learner,
             run_dir / "checkpoints" / "offline.pt",

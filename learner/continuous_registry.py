@@ -108,7 +108,7 @@ class ContinuousOfflineLearner(Protocol):
         """The decentralised actors' weights alone: what a saved policy holds."""
 
 
-# --- OMSD and its independent variant ---------------------------------------------------------------
+# --- OMSD and its independent and joint variants ------------------------------------------------
 
 
 class OMSDOffline:
@@ -376,6 +376,16 @@ CONTINUOUS_METHODS: dict[str, ContinuousMethod] = {
             OMSDConfig,
             PHASES,
             _omsd_configure("sequential"),
+            OMSDOffline,
+            _omsd_policy_shape,
+            _omsd_load_policy,
+        ),
+        ContinuousMethod(
+            "omsd_joint",
+            "OMSD's joint ablation: one behaviour model of the joint action on every observation",
+            OMSDConfig,
+            PHASES,
+            _omsd_configure("joint"),
             OMSDOffline,
             _omsd_policy_shape,
             _omsd_load_policy,

@@ -11,8 +11,10 @@ loss E ||eps(a_t, t | c) - z||^2 with t ~ U(1e-3, 1) (`SRPO.py` MASRPO_Behavior.
 
 Agent i's behaviour model is conditioned on `agent_condition`: its observation o_i and, in the
 sequential decomposition mu(a | s) = prod_i mu_i(a_i | o_i, a_<i), the actions of the agents before
-it in a fixed order; the independent variant conditions on o_i alone. The reverse-chain sampler is
-for evaluation and tests only: the actor update never runs a chain (it calls the network once).
+it in a fixed order; the independent variant conditions on o_i alone. The joint variant (the JAL-style
+ablation) is one model mu(a_1..a_n | o_1..o_n) over the flattened joint action, conditioned on
+every agent's observation (`JointBehaviourModel`). The reverse-chain sampler is for evaluation and
+tests only: the actor update never runs a chain (it calls the network once).
 
 Actions here are in the normalised box [-1, 1]; the learner maps the world's box onto it.
 """
@@ -63,6 +65,11 @@ def agent_condition(obs: torch.Tensor, actions: torch.Tensor, agent: int, sequen
 
 def condition_size(obs_size: int, action_size: int, agent: int, sequential: bool) -> int:
     return obs_size + (agent * action_size if sequential else 0)
+
+
+def joint_condition(obs: torch.Tensor) -> torch.Tensor:
+    """What the joint model is conditioned on: every agent's observation, obs [B, n, O] -> [B, n * O]."""
+    return obs.flatten(1)
 
 
 class FourierTime(nn.Module):
@@ -227,3 +234,39 @@ class BehaviourModels(nn.Module):
         for i, model in enumerate(self.models):
             actions[:, i] = sample(model, self.condition(obs, actions, i), self.action_size, steps, generator)
         return actions
+
+
+class JointBehaviourModel(nn.Module):
+    """One noise predictor over the flattened joint action [n * A], conditioned on all agents'
+    observations [n * O]: mu(a_1..a_n | o_1..o_n), the joint variant. One t per sample noises every
+    agent's action at once."""
+
+    def __init__(
+        self,
+        n_agents: int,
+        obs_size: int,
+        action_size: int,
+        hidden: int = 256,
+        blocks: int = 2,
+        time_features: int = 64,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        self.n_agents = n_agents
+        self.action_size = action_size
+        self.model = NoisePredictor(
+            n_agents * action_size, n_agents * obs_size, hidden, blocks, time_features, dropout
+        )
+
+    def loss(
+        self, obs: torch.Tensor, actions: torch.Tensor, t: torch.Tensor, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """The denoising loss on the data's joint action: obs [B, n, O], actions [B, n, A], t [B]
+        (one time per sample), noise [B, n * A]."""
+        return denoising_loss(self.model, actions.flatten(1), joint_condition(obs), t, noise)
+
+    @torch.no_grad()
+    def sample_joint(self, obs: torch.Tensor, steps: int, generator: torch.Generator) -> torch.Tensor:
+        """Joint actions [B, n, A] from one reverse chain over the whole joint action."""
+        joint = sample(self.model, joint_condition(obs), self.n_agents * self.action_size, steps, generator)
+        return joint.view(obs.shape[0], self.n_agents, self.action_size)

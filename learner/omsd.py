@@ -22,6 +22,10 @@ Every agent's loss depends only on its own policy's output (the prefix, eps and 
 constants), so the sum of the agents' losses has exactly each agent's gradient in its own policy:
 one backward updates them all as n separate updates would. dQ/da is taken once for the whole
 joint action (the authors recompute it per agent at the same point, which gives the same values).
+
+The joint variant (`joint_actor_losses`) has one behaviour model over the joint action: one t and
+z per sample noise all agents' current actions together, one denoiser call gives the joint eps,
+and agent i's loss is the same form with eps_i, its slice. The actors stay decentralised.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from collections.abc import Callable
 
 import torch
 
-from learner.diffusion import agent_condition, alpha_sigma, noised
+from learner.diffusion import Denoiser, agent_condition, alpha_sigma, joint_condition, noised
 
 ACTOR_T_MIN = 0.02  # the actor's t ~ U(0.02, 0.98) (SRPO_ssd.update_SRPO_policy)
 ACTOR_T_MAX = 0.98
@@ -46,6 +50,16 @@ def draw_actor_noise(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """t ~ U(ACTOR_T_MIN, ACTOR_T_MAX) [B, n] and z ~ N(0, I) [B, n, A], one draw per agent."""
     t = torch.rand(batch, n_agents, generator=generator) * (ACTOR_T_MAX - ACTOR_T_MIN) + ACTOR_T_MIN
+    z = torch.randn(batch, n_agents, action_size, generator=generator)
+    return t.to(device), z.to(device)
+
+
+def draw_joint_actor_noise(
+    batch: int, n_agents: int, action_size: int, generator: torch.Generator, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """t ~ U(ACTOR_T_MIN, ACTOR_T_MAX) [B], one per sample, and z ~ N(0, I) [B, n, A]: the joint
+    variant noises every agent's action at the same time."""
+    t = torch.rand(batch, generator=generator) * (ACTOR_T_MAX - ACTOR_T_MIN) + ACTOR_T_MIN
     z = torch.randn(batch, n_agents, action_size, generator=generator)
     return t.to(device), z.to(device)
 
@@ -118,3 +132,29 @@ def actor_losses(
         alpha, sigma = alpha_sigma(t[:, i])
         losses.append(actor_loss(own, eps, sigma, q_grad[:, i], beta, weight_of(alpha, sigma)))
     return losses
+
+
+def joint_actor_losses(
+    policy_actions: torch.Tensor,
+    obs: torch.Tensor,
+    q_grad: torch.Tensor,
+    denoise: Denoiser,
+    beta: float,
+    t: torch.Tensor,
+    noise: torch.Tensor,
+    weighting: str = "VDS",
+    subtract_noise: bool = False,
+) -> list[torch.Tensor]:
+    """Every agent's loss under the joint behaviour model. policy_actions [B, n, A] with gradient,
+    obs [B, n, O], q_grad [B, n, A]; t [B] and noise [B, n, A] from `draw_joint_actor_noise`.
+    `denoise(noised joint [B, n*A], t [B], every observation [B, n*O])` is called once in all."""
+    b, n, a = policy_actions.shape
+    a_t = noised(policy_actions.detach().flatten(1), t, noise.flatten(1))
+    with torch.no_grad():
+        eps = denoise(a_t, t, joint_condition(obs))
+        if subtract_noise:
+            eps = eps - noise.flatten(1)
+    eps = eps.view(b, n, a)
+    alpha, sigma = alpha_sigma(t)
+    weight = REGULARISER_WEIGHTS[weighting](alpha, sigma)
+    return [actor_loss(policy_actions[:, i], eps[:, i], sigma, q_grad[:, i], beta, weight) for i in range(n)]

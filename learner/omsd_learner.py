@@ -8,11 +8,13 @@
 
 Three phases, each on the dataset alone (`phase` says which one is due, `update` runs it):
 1. behaviour: one conditional diffusion model per agent, mu_i(a_i | o_i, a_<i) in a fixed agent
-   order ("sequential", OMSD) or mu_i(a_i | o_i) ("independent", the paper's IND ablation), by the
+   order ("sequential", OMSD) or mu_i(a_i | o_i) ("independent", the paper's IND ablation), or one
+   model of the joint action mu(a_1..a_n | o_1..o_n) ("joint", the JAL-style ablation), by the
    denoising loss (`learner.diffusion`); frozen afterwards.
 2. critic: IQL in-sample, twin Q(s, a) on the joint action and V(s) (`learner.iql_critic`).
 3. actors: one deterministic policy per agent, tanh MLP on its own observation, by the score-
-   regularised loss of `learner.omsd` (one denoiser call per agent, never a reverse chain).
+   regularised loss of `learner.omsd` (one denoiser call per agent, or one in all for "joint";
+   never a reverse chain).
 
 Inside the learner actions live in the normalised box [-1, 1]^A (what the diffusion schedule and
 the tanh policies assume); `act` and `sample_behaviour` return them in the world's box. Networks
@@ -30,11 +32,11 @@ from torch import nn
 from common.errors import CheckpointError, InputError
 from common.transitions import TransitionBatch
 from learner import omsd
-from learner.diffusion import BehaviourModels, draw_training_noise
+from learner.diffusion import BehaviourModels, JointBehaviourModel, draw_training_noise
 from learner.iql_critic import IQLCritic, mlp
 from learner.shared import resolve_device
 
-VARIANTS = ("sequential", "independent")
+VARIANTS = ("sequential", "independent", "joint")
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,8 @@ class OMSDConfig:
     qiaodan-cuhk/diffmarl: main.py's flags, algorithms/SRPO.py, algorithms/model.py, the bash/mpe
     scripts). Where the two differ, the code's value is the default."""
 
-    # "sequential": mu_i(a_i | o_i, a_<i) (OMSD); "independent": mu_i(a_i | o_i) (IND ablation).
+    # "sequential": mu_i(a_i | o_i, a_<i) (OMSD); "independent": mu_i(a_i | o_i) (IND ablation);
+    # "joint": one mu(a_1..a_n | o_1..o_n) over the joint action (the JAL-style ablation).
     variant: str = "sequential"
     # Weight of the Q guidance against the behaviour score. main.py --beta default 0.01; the
     # paper and bash/mpe/train_omsd.sh tune it per dataset, 0.001 (expert) to 0.7 (random).
@@ -131,6 +134,10 @@ class OMSDConfig:
     def sequential(self) -> bool:
         return self.variant == "sequential"
 
+    @property
+    def joint(self) -> bool:
+        return self.variant == "joint"
+
 
 def action_box(
     low: float | list[float], high: float | list[float], action_size: int
@@ -198,15 +205,16 @@ class OMSDLearner:
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.behaviour = BehaviourModels(
-                n_agents,
-                obs_size,
-                action_size,
-                cfg.sequential,
+            denoiser = (
                 cfg.denoiser_hidden,
                 cfg.denoiser_blocks,
                 cfg.denoiser_time_features,
                 cfg.denoiser_dropout,
+            )
+            self.behaviour: BehaviourModels | JointBehaviourModel = (
+                JointBehaviourModel(n_agents, obs_size, action_size, *denoiser)
+                if cfg.joint
+                else BehaviourModels(n_agents, obs_size, action_size, cfg.sequential, *denoiser)
             ).to(self.device)
             self.critic = IQLCritic(
                 state_size, n_agents, action_size, cfg.critic_hidden, cfg.critic_layers
@@ -279,12 +287,17 @@ class OMSDLearner:
         return step[phase](batch) if phase in step else {}
 
     def update_behaviour(self, batch: TransitionBatch) -> dict[str, float]:
-        """One denoising step of every agent's behaviour model on the data's actions."""
+        """One denoising step of every agent's behaviour model (or the joint model, one t per
+        sample) on the data's actions."""
         data = self._prepare(batch)
         b, n, a = data.actions.shape
-        t, z = draw_training_noise(b * n, a, self.generator, self.device)
         self.behaviour.train()
-        loss = self.behaviour.loss(data.obs, data.actions, t.view(b, n), z.view(b, n, a))
+        if self.cfg.joint:
+            t, z = draw_training_noise(b, n * a, self.generator, self.device)
+            loss = self.behaviour.loss(data.obs, data.actions, t, z)
+        else:
+            t, z = draw_training_noise(b * n, a, self.generator, self.device)
+            loss = self.behaviour.loss(data.obs, data.actions, t.view(b, n), z.view(b, n, a))
         self.behaviour_optim.zero_grad(set_to_none=True)
         loss.backward()
         self.behaviour_optim.step()
@@ -323,21 +336,34 @@ class OMSDLearner:
             q_grad = torch.zeros_like(actions.detach())
         else:
             q_grad = omsd.q_action_gradient(self._guidance_q, data.state, actions, self.cfg.normalise_q_grad)
-        t, z = omsd.draw_actor_noise(
-            data.batch_size, actions.shape[1], actions.shape[2], self.generator, self.device
-        )
-        losses = omsd.actor_losses(
-            actions,
-            data.obs,
-            q_grad,
-            self._denoise,
-            self.cfg.beta,
-            t,
-            z,
-            self.cfg.sequential,
-            self.cfg.regulariser_weighting,
-            self.cfg.subtract_noise,
-        )
+        b, n, a = actions.shape
+        if self.cfg.joint:
+            t, z = omsd.draw_joint_actor_noise(b, n, a, self.generator, self.device)
+            losses = omsd.joint_actor_losses(
+                actions,
+                data.obs,
+                q_grad,
+                self.behaviour.model,
+                self.cfg.beta,
+                t,
+                z,
+                self.cfg.regulariser_weighting,
+                self.cfg.subtract_noise,
+            )
+        else:
+            t, z = omsd.draw_actor_noise(b, n, a, self.generator, self.device)
+            losses = omsd.actor_losses(
+                actions,
+                data.obs,
+                q_grad,
+                self._denoise,
+                self.cfg.beta,
+                t,
+                z,
+                self.cfg.sequential,
+                self.cfg.regulariser_weighting,
+                self.cfg.subtract_noise,
+            )
         self.actor_optim.zero_grad(set_to_none=True)
         sum(losses).backward()
         self.actor_optim.step()
@@ -370,7 +396,8 @@ class OMSDLearner:
         self, obs: torch.Tensor, steps: int = 50, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         """Joint actions [B, n, A] (world box) drawn from the behaviour models by the reverse chain:
-        the chain-rule joint (sequential) or the product of marginals (independent)."""
+        the chain-rule joint (sequential), the product of marginals (independent) or the joint
+        model's own draw (joint)."""
         self.behaviour.eval()
         obs = torch.as_tensor(obs, dtype=torch.float32, device=self.device)
         unit = self.behaviour.sample_joint(obs, steps, generator or self.generator)
@@ -410,6 +437,9 @@ class OMSDLearner:
             raise CheckpointError(
                 "state", f"algorithm {state.get('algorithm')!r}, expected {self.ALGORITHM!r}"
             )
+        saved_variant = (state.get("network_shape") or {}).get("variant")
+        if saved_variant != self.cfg.variant:
+            raise CheckpointError("state", f"OMSD variant {saved_variant!r}, expected {self.cfg.variant!r}")
         if state.get("network_shape") != self.network_shape():
             raise CheckpointError(
                 "state", f"network shape {state.get('network_shape')} does not match {self.network_shape()}"

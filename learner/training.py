@@ -102,10 +102,14 @@ def run_offline_phase(
     log: RunLog | None = None,
     progress: bool = True,
     evaluate: Callable[[int], None] | None = None,
+    done: int = 0,
+    after_evaluation: Callable[[int], None] | None = None,
 ) -> dict:
     """`learner.offline_updates` gradient steps on offline-only batches, after CFCQL's
     behaviour-cloning phase where it is still due. Returns the last metrics. `evaluate(updates)` is
-    called every `run.offline_eval_interval` updates and after the last."""
+    called every `run.offline_eval_interval` updates and after the last, then
+    `after_evaluation(updates)` (where a resumable caller saves its state); `done` updates already
+    ran (a resumed phase goes on from there)."""
     updates = cfg.learner.offline_updates
     every = cfg.run.offline_eval_interval
     metrics: dict = {}
@@ -121,8 +125,12 @@ def run_offline_phase(
             log.log("behaviour", update=i + 1, loss_bc=loss_bc)
         if line:
             line.maybe_print(i + 1, force=i == cloning - 1, loss_bc=loss_bc)
-    line = ProgressLine(updates, every_s=cfg.run.log_interval_s, unit="updates") if progress else None
-    for i in range(updates):
+    line = (
+        ProgressLine(updates, every_s=cfg.run.log_interval_s, unit="updates", start_steps=done)
+        if progress
+        else None
+    )
+    for i in range(done, updates):
         batch = batches.sample(timeout=120)
         # Offline updates are credited batch_size_run episodes each, as if collected at the
         # online pace, so target copies happen every target_update_interval / batch_size_run updates.
@@ -137,6 +145,8 @@ def run_offline_phase(
             )
         if evaluate is not None and (i == updates - 1 or (every and (i + 1) % every == 0)):
             evaluate(i + 1)
+            if after_evaluation is not None:
+                after_evaluation(i + 1)
     return metrics
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -213,6 +214,35 @@ def test_the_q_term_moves_the_action_up_q_scaled_by_beta():
     assert torch.allclose(grad, -0.3 * q_grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("weighting,subtract", [("VDS", False), ("score", True)])
+def test_the_joint_regulariser_moves_each_agent_by_its_slice_of_one_joint_eps(weighting, subtract):
+    """One t per sample noises the whole joint action; a known denoiser that mixes agents and reads
+    the condition, eps(x, t, c) = M x + K c, gives agent i, row by row, the gradient
+    w(t) [M (alpha_t pi + sigma_t z) + K o - (z if subtracted)]_i - beta dQ/da_i."""
+    b, n, a, o = 64, 3, 2, 4
+    g = torch.Generator().manual_seed(0)
+    mix, read = torch.randn(n * a, n * a, generator=g), torch.randn(n * a, n * o, generator=g)
+    calls = []
+
+    def denoise(x, t, c):
+        calls.append(c)
+        return x @ mix.T + c @ read.T
+
+    pi = torch.randn(b, n, a, generator=g).requires_grad_(True)
+    obs, q_grad = torch.randn(b, n, o, generator=g), torch.randn(b, n, a, generator=g)
+    t, z = omsd.draw_joint_actor_noise(b, n, a, g, torch.device("cpu"))
+    assert t.shape == (b,) and t.min() >= 0.02 and t.max() <= 0.98
+    losses = omsd.joint_actor_losses(pi, obs, q_grad, denoise, 0.3, t, z, weighting, subtract)
+    assert len(calls) == 1 and len(losses) == n
+    (grad,) = torch.autograd.grad(sum(losses) * b, pi)
+    alpha, sigma = diffusion.alpha_sigma(t)
+    x = alpha[:, None] * pi.detach().flatten(1) + sigma[:, None] * z.flatten(1)
+    eps = x @ mix.T + obs.flatten(1) @ read.T - (z.flatten(1) if subtract else 0)
+    w = sigma**2 if weighting == "VDS" else alpha / sigma
+    by_hand = (w[:, None] * eps).view(b, n, a) - 0.3 * q_grad
+    assert torch.allclose(grad, by_hand, atol=1e-4)
+
+
 def test_actor_times_lie_in_the_codes_range():
     t, z = omsd.draw_actor_noise(20_000, 2, 3, torch.Generator().manual_seed(0), torch.device("cpu"))
     assert t.shape == (20_000, 2) and z.shape == (20_000, 2, 3)
@@ -294,6 +324,102 @@ def test_each_agents_model_sees_the_current_policies_earlier_actions_once_per_ac
     assert not torch.allclose(learner.policies(batch.obs), policy_actions)
 
 
+class _JointRecorder(_Recorder):
+    """Also records the noised joint action and the times of every call."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.inputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, noised, t, condition):
+        self.inputs.append((noised.clone(), t.clone()))
+        return super().forward(noised, t, condition)
+
+
+def test_the_joint_model_is_called_once_per_actor_update_on_every_observation_and_one_time_per_sample():
+    learner = OMSDLearner(3, 4, 5, 2, OMSDConfig(variant="joint", **TINY), seed=0)
+    recorder = _JointRecorder(learner.behaviour.model)
+    learner.behaviour.model = recorder
+    batch = _batch()
+    learner.update_behaviour(batch)  # trained on the data's joint action, one t per sample
+    (noised, t), condition = recorder.inputs.pop(), recorder.conditions.pop()
+    assert noised.shape == (16, 6) and t.shape == (16,)
+    assert torch.equal(condition, batch.obs.flatten(1))
+    for _ in range(2):
+        learner.update_actors(batch)
+        assert len(recorder.conditions) == 1  # one joint call per update, not one per agent
+        assert torch.equal(recorder.conditions.pop(), batch.obs.flatten(1))
+        noised, t = recorder.inputs.pop()
+        assert noised.shape == (16, 6) and t.shape == (16,)
+
+
+def test_the_joint_model_reads_every_observation_while_each_actor_reads_only_its_own():
+    learner = OMSDLearner(3, 4, 5, 2, OMSDConfig(variant="joint", **TINY), seed=0)
+    obs = torch.randn(6, 3, 4, generator=torch.Generator().manual_seed(0))
+    changed = obs.clone()
+    changed[:, 1] += 5.0
+    noised, t = torch.zeros(6, 6), torch.full((6,), 0.5)
+    with torch.no_grad():
+        eps = learner.behaviour.model(noised, t, diffusion.joint_condition(obs)).view(6, 3, 2)
+        eps_changed = learner.behaviour.model(noised, t, diffusion.joint_condition(changed)).view(6, 3, 2)
+    assert not torch.allclose(eps[:, 0], eps_changed[:, 0])  # agent 0's noise sees agent 1's view
+    assert torch.equal(learner.act(changed)[:, 0], learner.act(obs)[:, 0])
+    assert not torch.equal(learner.act(changed)[:, 1], learner.act(obs)[:, 1])
+
+
+class _PointMass(torch.nn.Module):
+    def __init__(self, point: torch.Tensor):
+        super().__init__()
+        self.eps = _point_mass_denoiser(point)
+
+    def forward(self, noised, t, condition):
+        return self.eps(noised, t, condition)
+
+
+def test_the_joint_models_draw_is_one_chain_over_the_joint_action_split_back_into_agents():
+    model = diffusion.JointBehaviourModel(3, 4, 2, hidden=8, blocks=1, time_features=4)
+    point = torch.arange(6, dtype=torch.float32) / 10 - 0.25  # agent i's action: entries 2i, 2i + 1
+    model.model = _PointMass(point)
+    draws = model.sample_joint(torch.zeros(5, 3, 4), steps=1, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(
+        draws, point.view(1, 3, 2).expand(5, 3, 2), atol=1e-4
+    )  # float32 through 1 / alpha_1
+
+
+def test_omsd_joint_is_registered_and_round_trips_and_another_variants_checkpoint_is_refused():
+    from learner.continuous_registry import CONTINUOUS_METHODS, DatasetShape, PhaseSteps
+
+    method = CONTINUOUS_METHODS["omsd_joint"]
+    shape = DatasetShape(3, 4, 5, 2, -1.0, 1.0)
+    given = OMSDConfig(**{**TINY, "behaviour_steps": 0, "critic_steps": 0})
+    cfg = method.configure(given, PhaseSteps(1, 1, 2, 16))
+    assert cfg.variant == "joint" and cfg.denoiser_hidden == 8
+    learner = method.build(shape, cfg, 0)
+    for _ in range(3):
+        learner.update(_batch())
+    buffer = io.BytesIO()
+    torch.save(learner.state_dict(), buffer)
+    buffer.seek(0)
+    state = torch.load(buffer, weights_only=True)
+    resumed = method.build(shape, cfg, 7)
+    resumed.load_state_dict(state)
+    assert learner.update(_batch(seed=1)) == resumed.update(_batch(seed=1))
+    obs = _batch().obs.numpy()
+    policy_buffer = io.BytesIO()
+    torch.save(learner.policy_state_dict(), policy_buffer)
+    policy_buffer.seek(0)
+    weights = torch.load(policy_buffer, weights_only=True)
+    act = method.load_policy(method.policy_shape(shape, cfg), weights)
+    assert np.array_equal(act(obs), learner.act(obs))
+    sequential = CONTINUOUS_METHODS["omsd"].build(
+        shape, CONTINUOUS_METHODS["omsd"].configure(given, PhaseSteps(1, 1, 2, 16)), 0
+    )
+    with pytest.raises(CheckpointError, match="OMSD variant 'joint', expected 'sequential'"):
+        sequential.load_state_dict(state)
+    with pytest.raises(CheckpointError, match="OMSD variant 'sequential', expected 'joint'"):
+        resumed.load_state_dict(sequential.state_dict())
+
+
 def test_behaviour_training_conditions_on_the_datas_earlier_actions():
     learner = OMSDLearner(3, 4, 5, 2, OMSDConfig(**TINY), seed=0)
     recorders = [_Recorder(m) for m in learner.behaviour.models]
@@ -349,7 +475,7 @@ def test_a_checkpoint_holds_only_tensors_and_plain_values_and_resumes_exactly():
 
 def test_bad_settings_and_bad_batches_are_one_line_errors_naming_the_field():
     with pytest.raises(InputError, match="OMSDConfig.variant"):
-        OMSDConfig(variant="joint")
+        OMSDConfig(variant="jal")
     with pytest.raises(InputError, match="OMSDConfig.expectile"):
         OMSDConfig(expectile=1.0)
     good = _batch()

@@ -373,5 +373,5 @@ def test_ovmse_bench_learner_adds_omsd_rows_on_one_thread_unless_told_not_to(tmp
     finally:
         torch.set_num_threads(threads)
     assert "OMSD on the particle world (one thread; batch 8 transitions" in with_rows
-    assert "| actors (every agent; one denoiser call each) |" in with_rows
+    assert "| actors (every agent; one denoiser call each, one in all for joint) |" in with_rows
     assert "OMSD" not in (tmp_path / "learner.md").read_text()

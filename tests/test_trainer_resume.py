@@ -1,7 +1,8 @@
 """A one-process trial stopped half-way goes on from its trainer state (checkpoints/trainer.pt)
 and ends with exactly the evaluations of a run that never stopped: the battles mid-episode, the
 replay, the learner and every generator come back as they were. A finished trial goes on from the
-state taken at its end when resumed with a larger budget, and nothing else may change on resume."""
+state taken at its end when resumed with a larger budget, and nothing else may change on resume.
+Offline pre-training does the same from checkpoints/pretrain.pt."""
 
 from __future__ import annotations
 
@@ -10,14 +11,17 @@ import re
 import shutil
 
 import pytest
+import torch
 import yaml
 
 from common.config import resolve_config
 from common.errors import InputError
 from common.run_log import RunLog
+from deploy import single_process
 from deploy.recipes import CollectRequest, collect_dataset
-from deploy.single_process import train_sync
-from deploy.trainer_state import trainer_state_path
+from deploy.single_process import pretrain, train_sync
+from deploy.trainer_state import PRETRAIN_FILE, trainer_state_path
+from learner.checkpoint import read_checkpoint
 
 SAME = ("env_steps", "win_rate", "return", "updates", "policy_version", "policy_agreement", "probe_q")
 
@@ -128,3 +132,50 @@ def test_the_first_progress_line_shows_the_starting_policy_s_win_rate_not_nan(tm
     train_sync(cfg, progress=True)
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  env steps")]
     assert "nan" not in lines[0] and re.search(r"test win rate \d", lines[0]), lines[0]
+
+
+def test_a_stopped_pre_training_resumes_after_its_last_evaluation_and_ends_as_one_never_stopped(
+    straight_run, tmp_path, monkeypatch
+):
+    tmp, cfg, _ = straight_run
+    cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, offline_eval_interval=2))
+    straight = pretrain(cfg, run_dir=tmp_path / "straight", progress=False)
+
+    saved = []
+    save = single_process.save_trainer_state
+
+    def killed_after_the_second_state(*args, **kwargs):
+        saved.append(save(*args, **kwargs))
+        if len(saved) == 2:
+            raise Stopped
+
+    monkeypatch.setattr(single_process, "save_trainer_state", killed_after_the_second_state)
+    with pytest.raises(Stopped):
+        pretrain(cfg, run_dir=tmp_path / "stopped", progress=False)
+    assert saved == [trainer_state_path(tmp_path / "stopped", PRETRAIN_FILE)] * 2
+    monkeypatch.setattr(single_process, "save_trainer_state", save)
+
+    went_on_from = []
+    phase = single_process.run_offline_phase
+
+    def recorded(*args, done: int = 0, **kwargs):
+        went_on_from.append(done)
+        return phase(*args, done=done, **kwargs)
+
+    monkeypatch.setattr(single_process, "run_offline_phase", recorded)
+    resumed = pretrain(cfg, run_dir=tmp_path / "stopped", progress=False, resume=True)
+    assert went_on_from == [4]  # after the evaluation at 4 of 6 updates, not from the start
+    assert resumed.run_dir == tmp_path / "stopped"
+    fields = ("updates", "win_rate", "return", "greedy_agreement", "q_greedy_minus_data", "q_data")
+    curves = [
+        [{k: r.get(k) for k in fields} for r in RunLog(d).read("offline_eval")]
+        for d in (tmp_path / "straight", tmp_path / "stopped")
+    ]
+    assert [r["updates"] for r in curves[1]] == [2, 4, 6] and curves[0] == curves[1]
+    assert (resumed.final_win_rate, resumed.final_return) == (straight.final_win_rate, straight.final_return)
+    weights = [
+        read_checkpoint(d / "checkpoints" / "offline.pt")[0]["agent"]
+        for d in (tmp_path / "straight", tmp_path / "stopped")
+    ]
+    for name, tensor in weights[0].items():
+        assert torch.equal(tensor, weights[1][name]), name

@@ -42,7 +42,7 @@ from learner.continuous_registry import (
 from learner.omsd_learner import OMSDConfig
 from replay.transition_dataset import read_transition_dataset, score_bounds
 
-METHODS = CONTINUOUS_METHOD_NAMES  # bc, matd3_bc, omsd_ind, omsd: learner/continuous_registry.py
+METHODS = CONTINUOUS_METHOD_NAMES  # bc, matd3_bc, omsd_ind, omsd, omsd_joint: learner/continuous_registry.py
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,5 @@
-"""One trial of a reproduce sweep, run in this process (an online one resumes from its trainer
-state), and the command that runs it in a child process:
+"""One trial of a reproduce sweep, run in this process (an online or pre-training one resumes from
+its saved state), and the command that runs it in a child process:
 
     python -m deploy.studies.trials OUT NAME [--threads N]
 
@@ -31,7 +31,7 @@ from deploy.studies.sweep import (
     read_records,
     trial_config,
 )
-from deploy.trainer_state import trainer_state_path
+from deploy.trainer_state import FILE, PRETRAIN_FILE, trainer_state_path
 
 ENTRY_POINT = "deploy.studies.trials"
 
@@ -55,8 +55,10 @@ def execute_trial(out: Path, name: str, threads: int = 1) -> dict:
     if missing:
         raise RuntimeError(f"trial {name} needs {', '.join(missing)}, which have not finished")
     run_dir = out / name
-    # An online trial stopped part-way goes on from its trainer state; anything else starts again.
-    if not (trial.kind == "online" and trainer_state_path(run_dir).is_file()):
+    # An online or pre-training trial stopped part-way goes on from its saved state; anything else
+    # starts again.
+    state_file = {"online": FILE, "pretrain": PRETRAIN_FILE}.get(trial.kind)
+    if not (state_file and trainer_state_path(run_dir, state_file).is_file()):
         shutil.rmtree(run_dir, ignore_errors=True)
     began, cpu_began = time.time(), time.process_time()
     summary = RUNNERS[trial.kind](out, sweep, trial, run_dir)
@@ -154,7 +156,7 @@ def _run_dataset(out: Path, sweep: Sweep, trial: Trial, run_dir: Path) -> dict:
 def _run_pretrain(out: Path, sweep: Sweep, trial: Trial, run_dir: Path) -> dict:
     from deploy.single_process import pretrain
 
-    result = pretrain(trial_config(out, sweep, trial), run_dir=run_dir, progress=False)
+    result = pretrain(trial_config(out, sweep, trial), run_dir=run_dir, progress=False, resume=True)
     return {"win_rate": result.final_win_rate, "return": result.final_return, "updates": result.updates}
 
 
