@@ -29,7 +29,6 @@ from pathlib import Path
 
 from common.envs.particles import DATASET_KINDS
 from common.errors import InputError
-from replay.transition_dataset import score_bounds
 
 PARTICLE_MAPS = ("simple_spread",)
 DATA_DIR = Path("data")  # where --dataset-kind K looks: data/simple_spread_K.h5 (as SMAC's presets do)
@@ -193,6 +192,8 @@ def resolve_dataset(args: argparse.Namespace, map_name: str) -> tuple[Path, dict
         )
     if kind is not None and card.get("kind") != kind:
         raise InputError(f"--dataset-kind {kind}: {path} holds a {card.get('kind')!r} dataset")
+    from replay.transition_dataset import score_bounds  # here: `ovmse --help` imports no torch
+
     score_bounds(card, f"{'--dataset' if args.dataset else f'--dataset-kind {kind}'} {path}")
     return path.resolve(), card
 
