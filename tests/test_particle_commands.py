@@ -299,7 +299,7 @@ def test_dataset_particles_makes_the_files_dataset_kind_finds(tmp_path, capsys, 
     )  # fmt: skip
     assert code == 0, err
     assert sorted(p.name for p in (tmp_path / "data").glob("*.h5")) == [
-        f"simple_spread_{k}.h5" for k in ("expert", "medium", "medium_replay", "random")
+        f"simple_spread_{k}.h5" for k in ("expert", "medium", "medium_replay", "mixed", "random")
     ]
     # 1,000 steps make no expert: the maker says so, and --dataset-kind finds the file and refuses it.
     assert "warning: the expert's return" in out and "does not beat random's" in out

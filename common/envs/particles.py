@@ -39,8 +39,9 @@ COMM_DIM = 2  # world.dim_c: agents are silent, so their observed messages are z
 ACTION_DIM = 5  # [no_action, move_left, move_right, move_down, move_up]
 ACTION_LOW, ACTION_HIGH = 0.0, 1.0  # the Box each agent's action lives in
 START_RANGE = 1.0  # simple_spread.Scenario.reset_world: uniform(-1, +1) for agents and landmarks
-# The offline datasets made on this world, OMAR's kinds (deploy/studies/particle_datasets.py).
-DATASET_KINDS = ("expert", "medium", "medium_replay", "random")
+# The offline datasets made on this world: OMAR's kinds, then experts of several seeds mixed
+# (deploy/studies/particle_datasets.py; a kind's index seeds its data, so new kinds go last).
+DATASET_KINDS = ("expert", "medium", "medium_replay", "random", "mixed")
 
 
 def obs_size(n_agents: int) -> int:

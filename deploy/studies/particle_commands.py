@@ -225,12 +225,13 @@ DATASET_FLAGS: dict[str, tuple[type, int | float, str]] = {
     "warmup": (int, 10_000, "random-action steps before MATD3's first update"),
     "batch_size": (int, 1024, "MATD3's batch"),
     "seed": (int, 0, "seed"),
+    "mixed_experts": (int, 3, "the mixed dataset's experts (MATD3 seeds seed, seed+1, ...; at least 2)"),
 }
 
 
 def dataset_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--out", required=True, metavar="DIR", help="directory for the four datasets (required)"
+        "--out", required=True, metavar="DIR", help="directory for the five datasets (required)"
     )
     for name, (kind, default, text) in DATASET_FLAGS.items():
         parser.add_argument(
@@ -244,7 +245,7 @@ def dataset_options(parser: argparse.ArgumentParser) -> None:
 
 
 def make_particle_datasets(args: argparse.Namespace) -> int:
-    """`ovmse dataset particles --out DIR`: simple_spread's four datasets, made the way OMAR made its
+    """`ovmse dataset particles --out DIR`: simple_spread's five datasets, made the way OMAR made its
     own (resumable: finished files are kept)."""
     import torch
 

@@ -5,11 +5,17 @@ from here): an online MATD3 learner trained on simple_spread, then
 - `medium`: the same from the snapshot whose normalised score is nearest 50 (0 = uniform random
   actions, 100 = the expert; in a normal run an early one);
 - `medium_replay`: MATD3's replay buffer up to that medium snapshot;
-- `random`: uniform random actions.
+- `random`: uniform random actions;
+- `mixed`: experts that may coordinate differently (which agent covers which landmark): the expert
+  above and `mixed_experts - 1` more MATD3 runs of the next seeds, equal shares, the expert's noise.
+  Its card records each expert's greedy return and how often each pair's landmark assignments
+  disagree on the same starts (common/envs/particle_assignment.py); a warning says when they
+  coordinate alike (the data is then not multimodal).
 
 Each file's card holds the random and expert returns (greedy, `score_episodes` episodes each) that
-normalised scores on it are measured against. Resumable: a finished file is kept; training is redone
-only while `matd3_snapshots.pt` is missing.
+normalised scores on it are measured against (the canonical expert's, for `mixed` too). Resumable: a
+finished file is kept; training is redone only while `matd3_snapshots.pt` (the further experts:
+`matd3_expert_seed{S}.pt`) is missing.
 
     python -m deploy.studies.particle_datasets --out runs/particle_datasets
 """
@@ -28,7 +34,14 @@ import numpy as np
 import torch
 
 from common.atomic_files import atomic_path, write_json
+from common.envs.particle_assignment import (
+    assignment_signature,
+    coverage,
+    disagreement_matrix,
+    usual_assignment,
+)
 from common.envs.particles import DATASET_KINDS, SpreadBatchEnv
+from common.errors import InputError
 from deploy.continuous_training import (
     ContinuousRunConfig,
     evaluate_returns,
@@ -40,6 +53,9 @@ from learner.matd3_learner import MATD3Learner
 from replay.transition_dataset import write_transition_dataset
 
 MAP = "simple_spread"
+SIGNATURE_EPISODES = 256  # the seeded starts on which the mixed experts' assignments are compared
+SIGNATURE_SEED = 23  # their seed, offset from the config's
+ALIKE_BELOW = 0.2  # the largest pairwise disagreement under which the experts coordinate alike
 
 
 @dataclass(frozen=True)
@@ -53,6 +69,7 @@ class ParticleDatasetConfig:
     warmup: int = 10_000  # MATD3's random-action transitions before its first update
     batch_size: int = 1024  # MATD3's batch
     seed: int = 0
+    mixed_experts: int = 3  # the mixed dataset's experts: seed's (the expert's), seed+1, seed+2, ...
 
 
 def make_env(num_envs: int, seed: int) -> SpreadBatchEnv:
@@ -99,23 +116,36 @@ def _actor_policy(info: dict, actors: dict[str, torch.Tensor], noise: float, rng
     return lambda obs: learner.act(obs, noise, rng) if noise > 0 else learner.act(obs)
 
 
+def mixed_expert_path(out: Path, seed: int) -> Path:
+    """Where the mixed dataset's expert of MATD3 seed `seed` is kept (not the canonical one's)."""
+    return out / f"matd3_expert_seed{seed}.pt"
+
+
+def _run_config(cfg: ParticleDatasetConfig, seed: int) -> ContinuousRunConfig:
+    return ContinuousRunConfig(
+        env_steps=cfg.env_steps,
+        eval_interval=cfg.eval_interval,
+        warmup=cfg.warmup,
+        batch_size=cfg.batch_size,
+        seed=seed,
+    )
+
+
+def _greedy_return(info: dict, actors: dict[str, torch.Tensor], cfg: ParticleDatasetConfig) -> float:
+    """The expert return of a card: greedy, `score_episodes` episodes from the same starts."""
+    act = _actor_policy(info, actors, 0.0, np.random.default_rng(0))  # greedy: draws nothing
+    return float(evaluate_returns(act, make_env(64, cfg.seed + 13), cfg.score_episodes).mean())
+
+
 def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str], None] = print) -> dict:
+    if cfg.mixed_experts < 2:
+        raise InputError(f"mixed_experts: must be at least 2 (experts to mix), got {cfg.mixed_experts}")
     out.mkdir(parents=True, exist_ok=True)
     info = make_env(1, 0).get_env_info()
     snapshots_path = out / "matd3_snapshots.pt"
     summary_path = out / "summary.json"
     if not snapshots_path.exists():
-        run = train_matd3(
-            make_env,
-            ContinuousRunConfig(
-                env_steps=cfg.env_steps,
-                eval_interval=cfg.eval_interval,
-                warmup=cfg.warmup,
-                batch_size=cfg.batch_size,
-                seed=cfg.seed,
-            ),
-            progress,
-        )
+        run = train_matd3(make_env, _run_config(cfg, cfg.seed), progress)
         returns = [s.mean_return for s in run.snapshots]
         expert = int(np.argmax(returns))
         rng = np.random.default_rng(cfg.seed + 7)
@@ -126,13 +156,7 @@ def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str
                 cfg.score_episodes,
             ).mean()
         )
-        expert_return = float(
-            evaluate_returns(
-                _actor_policy(info, run.snapshots[expert].actors, 0.0, rng),
-                make_env(64, cfg.seed + 13),
-                cfg.score_episodes,
-            ).mean()
-        )
+        expert_return = _greedy_return(info, run.snapshots[expert].actors, cfg)
         if expert_return <= random_return:  # the files are still written; runs on them are refused
             progress(
                 f"warning: the expert's return {expert_return:.2f} does not beat random's "
@@ -181,6 +205,10 @@ def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str
         )
         write_transition_dataset(path, arrays, {**common, "kind": kind, "policy": how})
         progress(f"{path.name}: {cfg.transitions:,} transitions in {time.perf_counter() - started:.0f} s")
+    mixed_path = out / "simple_spread_mixed.h5"
+    if not mixed_path.exists():
+        _write_mixed(mixed_path, _mixed_experts(out, cfg, info, state, progress), cfg, info, common, progress)
+    mixed = _read_card(mixed_path)
     summary = {
         "map": MAP,
         "config": asdict(cfg),
@@ -193,9 +221,112 @@ def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str
         "medium_score": normalised_score(
             state["returns"][state["medium"]], state["random_return"], state["expert_return"]
         ),
+        "mixed_experts": mixed["experts"],
+        "mixed_disagreement": mixed["assignment_disagreement"],
     }
     write_json(summary_path, summary)
     return summary
+
+
+def _mixed_experts(
+    out: Path, cfg: ParticleDatasetConfig, info: dict, state: dict, progress: Callable[[str], None]
+) -> list[dict]:
+    """The canonical expert (from matd3_snapshots.pt, not trained again), then one MATD3 run per
+    further seed, each kept in its own file as soon as it is trained."""
+    experts = [
+        {
+            "seed": cfg.seed,
+            "env_steps": state["env_steps"][state["expert"]],
+            "greedy_return": state["expert_return"],
+            "actors": state[f"actors_{state['expert']}"],
+        }
+    ]
+    for seed in range(cfg.seed + 1, cfg.seed + cfg.mixed_experts):
+        path = mixed_expert_path(out, seed)
+        if not path.exists():
+            progress(f"mixed dataset: training the expert of seed {seed}")
+            run = train_matd3(make_env, _run_config(cfg, seed), progress)
+            best = run.snapshots[int(np.argmax([s.mean_return for s in run.snapshots]))]
+            expert = {
+                "seed": seed,
+                "env_steps": best.env_steps,
+                "greedy_return": _greedy_return(info, best.actors, cfg),
+                "actors": best.actors,
+            }
+            with atomic_path(path) as tmp:
+                torch.save(expert, tmp)
+        experts.append(torch.load(path, weights_only=True))
+    return experts
+
+
+def _write_mixed(
+    path: Path,
+    experts: list[dict],
+    cfg: ParticleDatasetConfig,
+    info: dict,
+    common: dict,
+    progress: Callable[[str], None],
+) -> None:
+    """Equal shares of `transitions` from each expert in turn, acting with the expert's noise, and a
+    card saying how often each pair's landmark assignments disagree (greedy, the same starts)."""
+    started = time.perf_counter()
+    signatures = [
+        assignment_signature(
+            _actor_policy(info, e["actors"], 0.0, np.random.default_rng(0)),
+            SIGNATURE_EPISODES,
+            cfg.seed + SIGNATURE_SEED,
+            info["n_agents"],
+        )
+        for e in experts
+    ]
+    disagreement = disagreement_matrix(signatures)
+    k = len(experts)
+    shares = [cfg.transitions // k + (i < cfg.transitions % k) for i in range(k)]
+    rng = np.random.default_rng(cfg.seed + 19)
+    parts = []
+    for i, (expert, share) in enumerate(zip(experts, shares, strict=True)):
+        if share:  # each expert its own starts: battle seeds num_envs apart do not overlap
+            act = _actor_policy(info, expert["actors"], cfg.behaviour_noise, rng)
+            seed = cfg.seed + 100 + DATASET_KINDS.index("mixed") + i * cfg.num_envs
+            parts.append(rollout(act, share, cfg, seed=seed))
+    arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+    card = {
+        **common,
+        "kind": "mixed",
+        "policy": (
+            f"{k} MATD3 experts (seeds {', '.join(str(e['seed']) for e in experts)}), noise "
+            f"{cfg.behaviour_noise}, equal shares in that order"
+        ),
+        "experts": [
+            {
+                "seed": int(e["seed"]),
+                "snapshot_env_steps": int(e["env_steps"]),
+                "greedy_return": float(e["greedy_return"]),
+                "transitions": share,
+                "assignment_coverage": coverage(signature),
+                # its fixed roles, if it holds to any: the usual permutation and how often
+                **dict(zip(("usual_assignment", "usual_share"), usual_assignment(signature), strict=True)),
+            }
+            for e, share, signature in zip(experts, shares, signatures, strict=True)
+        ],
+        "assignment_disagreement": disagreement,
+        "signature_episodes": SIGNATURE_EPISODES,
+    }
+    write_transition_dataset(path, arrays, card)
+    progress(f"{path.name}: {cfg.transitions:,} transitions in {time.perf_counter() - started:.0f} s")
+    most = max(disagreement[i][j] for i in range(k) for j in range(k) if i != j)
+    if most < ALIKE_BELOW:
+        progress(
+            f"warning: the mixed experts coordinate alike: no two disagree in landmark assignment on "
+            f"more than {most:.0%} of {SIGNATURE_EPISODES} starts, so the mixed data is not multimodal"
+        )
+
+
+def _read_card(path: Path) -> dict:
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        return json.loads(h5.attrs["card"])
 
 
 def _card_common(info: dict, cfg: ParticleDatasetConfig, random_return: float, expert_return: float) -> dict:
@@ -215,21 +346,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="particle_datasets", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="directory for the datasets (required)")
     defaults = ParticleDatasetConfig()
-    for name in ("env_steps", "transitions", "eval_interval", "score_episodes", "seed"):
+    names = ("env_steps", "transitions", "eval_interval", "score_episodes", "seed", "mixed_experts")
+    for name in names:
         flag = "--" + name.replace("_", "-")
         parser.add_argument(
             flag, type=int, default=getattr(defaults, name), help=f"(default {getattr(defaults, name)})"
         )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    cfg = ParticleDatasetConfig(
-        **{
-            k: getattr(args, k)
-            for k in ("env_steps", "transitions", "eval_interval", "score_episodes", "seed")
-        }
-    )
+    cfg = ParticleDatasetConfig(**{k: getattr(args, k) for k in names})
     summary = make_datasets(args.out, cfg, lambda line: print(line, flush=True))
-    print(json.dumps({k: summary[k] for k in ("random_return", "expert_return", "medium_score")}))
+    shown = ("random_return", "expert_return", "medium_score", "mixed_disagreement")
+    print(json.dumps({k: summary[k] for k in shown}))
     return 0
 
 
