@@ -18,6 +18,7 @@ from common.envs.particle_assignment import (
     covers_all,
     disagreement_matrix,
     nearest_landmarks,
+    shared_roles,
     usual_assignment,
 )
 from common.envs.particles import SpreadBatchEnv
@@ -295,3 +296,10 @@ def test_a_mixed_dataset_needs_two_experts(tmp_path):
     with pytest.raises(InputError, match="mixed_experts: must be at least 2"):
         make_datasets(tmp_path, replace(MIXED, mixed_experts=1), progress=lambda _: None)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_policies_that_all_hold_the_same_fixed_roles_share_them_and_others_do_not():
+    assert shared_roles([([1, 2, 0], 0.98), ([1, 2, 0], 0.83)]) == [1, 2, 0]
+    assert shared_roles([([1, 2, 0], 0.98), ([0, 2, 1], 0.9)]) is None  # different roles
+    assert shared_roles([([1, 2, 0], 0.98), ([1, 2, 0], 0.3)]) is None  # one holds to no roles
+    assert shared_roles([([1, 2, 0], 0.98), ([], 0.0)]) is None  # one never covers every landmark

@@ -52,6 +52,16 @@ def usual_assignment(assignment: np.ndarray, n_landmarks: int | None = None) -> 
     return [int(i) for i in rows[best]], float(counts[best] / len(covered))
 
 
+def shared_roles(usuals: list[tuple[list[int], float]], min_share: float = 0.5) -> list[int] | None:
+    """The fixed roles every policy holds to, when they all hold to the same ones: each policy's
+    `usual_assignment` is one permutation, in at least `min_share` of its covered episodes; else
+    None. Policies that share their roles coordinate alike however often their ends differ."""
+    if not usuals or any(share < min_share or not roles for roles, share in usuals):
+        return None
+    first = list(usuals[0][0])
+    return first if all(list(roles) == first for roles, _ in usuals) else None
+
+
 def assignment_disagreement(first: np.ndarray, second: np.ndarray) -> float:
     """The fraction of episodes (the same starts, row for row) where two signatures differ in any
     agent's landmark."""

@@ -38,6 +38,7 @@ from common.envs.particle_assignment import (
     assignment_signature,
     coverage,
     disagreement_matrix,
+    shared_roles,
     usual_assignment,
 )
 from common.envs.particles import DATASET_KINDS, SpreadBatchEnv
@@ -315,10 +316,16 @@ def _write_mixed(
     write_transition_dataset(path, arrays, card)
     progress(f"{path.name}: {cfg.transitions:,} transitions in {time.perf_counter() - started:.0f} s")
     most = max(disagreement[i][j] for i in range(k) for j in range(k) if i != j)
+    roles = shared_roles([usual_assignment(signature) for signature in signatures])
     if most < ALIKE_BELOW:
         progress(
             f"warning: the mixed experts coordinate alike: no two disagree in landmark assignment on "
             f"more than {most:.0%} of {SIGNATURE_EPISODES} starts, so the mixed data is not multimodal"
+        )
+    elif roles is not None:
+        progress(
+            f"warning: the mixed experts coordinate alike: each holds the same roles (agent i at "
+            f"landmark {roles}[i]) in most starts, so the mixed data is not multimodal in its roles"
         )
 
 
