@@ -397,10 +397,7 @@ def test_omsd_joint_is_registered_and_round_trips_and_another_variants_checkpoin
     learner = method.build(shape, cfg, 0)
     for _ in range(3):
         learner.update(_batch())
-    buffer = io.BytesIO()
-    torch.save(learner.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = through_a_weights_only_file(learner.state_dict())
     resumed = method.build(shape, cfg, 7)
     resumed.load_state_dict(state)
     assert learner.update(_batch(seed=1)) == resumed.update(_batch(seed=1))
@@ -454,15 +451,20 @@ def test_the_phases_run_in_order_and_stop():
     assert learner.update(_batch()) == {}
 
 
+def through_a_weights_only_file(state: dict) -> dict:
+    """`state` saved and read back the way checkpoints are: torch.load with weights_only."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
 def test_a_checkpoint_holds_only_tensors_and_plain_values_and_resumes_exactly():
     cfg = OMSDConfig(**TINY)
     learner = OMSDLearner(3, 4, 5, 2, cfg, seed=0)
     for _ in range(3):
         learner.update(_batch())
-    buffer = io.BytesIO()
-    torch.save(learner.state_dict(), buffer)
-    buffer.seek(0)
-    state = torch.load(buffer, weights_only=True)
+    state = through_a_weights_only_file(learner.state_dict())
     resumed = OMSDLearner(3, 4, 5, 2, cfg, seed=7)
     resumed.load_state_dict(state)
     after_a, after_b = learner.update(_batch(seed=1)), resumed.update(_batch(seed=1))
