@@ -18,6 +18,7 @@ from common.envs.particle_assignment import (
     covers_all,
     disagreement_matrix,
     nearest_landmarks,
+    rotate_landmarks,
     shared_roles,
     usual_assignment,
 )
@@ -27,7 +28,6 @@ from deploy.studies import particle_datasets
 from deploy.studies.particle_datasets import (
     ParticleDatasetConfig,
     make_datasets,
-    mixed_expert_path,
     normalised_score,
     pick_medium,
 )
@@ -115,7 +115,7 @@ def test_the_maker_writes_four_datasets_from_one_matd3_run_and_resumes_without_r
         num_envs=16,
         warmup=200,
         batch_size=64,
-        mixed_experts=2,  # the mixed dataset's own test is below; one more tiny run here
+        mixed_experts=2,  # the mixed dataset's own test is below
     )
     summary = make_datasets(tmp_path, cfg, progress=lambda _: None)
     cards = {}
@@ -223,7 +223,18 @@ def greedy_actions(actors: dict, obs: np.ndarray) -> np.ndarray:
     return learner.act(obs)
 
 
-def test_the_mixed_dataset_holds_equal_shares_of_each_seeds_expert_reusing_the_canonical_one(
+def test_rotating_the_landmarks_moves_only_the_landmark_block_of_an_observation():
+    obs = SpreadBatchEnv(2, seed=3).reset().obs  # [B, n, 18]
+    once = rotate_landmarks(obs, 3, 1)
+    landmarks = obs[..., 4:10].reshape(2, 3, 3, 2)
+    np.testing.assert_array_equal(once[..., 4:10].reshape(2, 3, 3, 2)[:, :, 1], landmarks[:, :, 0])
+    np.testing.assert_array_equal(once[..., 4:10].reshape(2, 3, 3, 2)[:, :, 0], landmarks[:, :, 2])
+    np.testing.assert_array_equal(np.delete(once, range(4, 10), -1), np.delete(obs, range(4, 10), -1))
+    np.testing.assert_array_equal(rotate_landmarks(obs, 3, 3), obs)
+    assert not np.shares_memory(once, obs)
+
+
+def test_the_mixed_dataset_holds_equal_shares_of_the_expert_under_each_landmark_rotation(
     tmp_path, monkeypatch, one_torch_thread
 ):
     trained = []
@@ -235,27 +246,27 @@ def test_the_mixed_dataset_holds_equal_shares_of_each_seeds_expert_reusing_the_c
     train_matd3 = particle_datasets.train_matd3
     monkeypatch.setattr(particle_datasets, "train_matd3", spy)
     summary = make_datasets(tmp_path, MIXED, progress=lambda _: None)
-    assert trained == [0, 1, 2]  # seed 0 once, for the canonical expert and the mixed data alike
+    assert trained == [0]  # one MATD3 run for every dataset, the mixed one included
     data, card = read_transition_dataset(tmp_path / "simple_spread_mixed.h5", "simple_spread")
     assert card["kind"] == "mixed" and card["transitions"] == 300
     assert (card["random_return"], card["expert_return"]) == (
         summary["random_return"],
         summary["expert_return"],
     )
-    assert [e["seed"] for e in card["experts"]] == [0, 1, 2]
+    assert [e["landmark_shift"] for e in card["experts"]] == [0, 1, 2]
     assert [e["transitions"] for e in card["experts"]] == [100, 100, 100]
     assert card["experts"][0]["greedy_return"] == summary["expert_return"]
     assert all(0.0 <= e["usual_share"] <= 1.0 and "usual_assignment" in e for e in card["experts"])
     assert card["experts"] == summary["mixed_experts"]
     matrix = np.array(card["assignment_disagreement"])
     assert matrix.shape == (3, 3) and (np.diag(matrix) == 0).all() and (matrix == matrix.T).all()
-    canonical = torch.load(tmp_path / "matd3_snapshots.pt", weights_only=True)
-    actors = [canonical[f"actors_{canonical['expert']}"]]
-    actors += [torch.load(mixed_expert_path(tmp_path, s), weights_only=True)["actors"] for s in (1, 2)]
-    for k, expert_actors in enumerate(actors):
-        rows = slice(100 * k, 100 * (k + 1))
-        np.testing.assert_allclose(greedy_actions(expert_actors, data["obs"][rows]), data["actions"][rows])
-    assert not np.allclose(greedy_actions(actors[1], data["obs"][:100]), data["actions"][:100])
+    snapshots = torch.load(tmp_path / "matd3_snapshots.pt", weights_only=True)
+    expert = snapshots[f"actors_{snapshots['expert']}"]
+    for shift in range(3):  # each block is the expert acting on observations rotated by its shift
+        rows = slice(100 * shift, 100 * (shift + 1))
+        acted = greedy_actions(expert, rotate_landmarks(data["obs"][rows], 3, shift))
+        np.testing.assert_allclose(acted, data["actions"][rows])
+    assert not np.allclose(greedy_actions(expert, data["obs"][100:200]), data["actions"][100:200])
 
     def refuse(*_):
         raise AssertionError("trained again")
@@ -265,7 +276,7 @@ def test_the_mixed_dataset_holds_equal_shares_of_each_seeds_expert_reusing_the_c
     before = path.stat().st_mtime_ns
     make_datasets(tmp_path, MIXED, progress=lambda _: None)
     assert path.stat().st_mtime_ns == before  # a finished file is kept
-    path.unlink()  # made again from the experts' files, not from new runs, and the same
+    path.unlink()  # made again from the expert's snapshot, not a new run, and the same
     make_datasets(tmp_path, MIXED, progress=lambda _: None)
     again, _ = read_transition_dataset(path, "simple_spread")
     for name, value in data.items():
@@ -275,26 +286,21 @@ def test_the_mixed_dataset_holds_equal_shares_of_each_seeds_expert_reusing_the_c
 def test_experts_that_coordinate_alike_still_make_the_file_with_a_one_line_warning(
     tmp_path, monkeypatch, one_torch_thread
 ):
-    # The "seed 1" expert is seed 0's run again: the same policy, measured greedily on the same starts,
-    # disagrees with itself nowhere.
-    train_matd3 = particle_datasets.train_matd3
-    monkeypatch.setattr(
-        particle_datasets,
-        "train_matd3",
-        lambda make_env, cfg, say: train_matd3(make_env, replace(cfg, seed=0), say),
-    )
+    # Rotations that rotate nothing: every "expert" is the same policy on the same starts.
+    monkeypatch.setattr(particle_datasets, "rotate_landmarks", lambda obs, n, shift: obs)
     said = []
     make_datasets(tmp_path, replace(MIXED, mixed_experts=2, behaviour_noise=0.1), progress=said.append)
     _, card = read_transition_dataset(tmp_path / "simple_spread_mixed.h5", "simple_spread")
     assert card["assignment_disagreement"] == [[0.0, 0.0], [0.0, 0.0]]
-    assert card["experts"][0]["greedy_return"] == card["experts"][1]["greedy_return"]
+    assert card["experts"][1]["greedy_return"] == pytest.approx(card["experts"][0]["greedy_return"])
     warnings = [line for line in said if "coordinate alike" in line]
     assert len(warnings) == 1 and "0%" in warnings[0] and "not multimodal" in warnings[0]
 
 
-def test_a_mixed_dataset_needs_two_experts(tmp_path):
-    with pytest.raises(InputError, match="mixed_experts: must be at least 2"):
-        make_datasets(tmp_path, replace(MIXED, mixed_experts=1), progress=lambda _: None)
+@pytest.mark.parametrize("experts", [1, 4])
+def test_a_mixed_dataset_needs_two_to_three_rotations(tmp_path, experts):
+    with pytest.raises(InputError, match="mixed_experts: must be 2 to 3"):
+        make_datasets(tmp_path, replace(MIXED, mixed_experts=experts), progress=lambda _: None)
     assert list(tmp_path.iterdir()) == []
 
 

@@ -16,6 +16,19 @@ import numpy as np
 
 from common.envs.particles import SpreadBatchEnv
 
+LANDMARKS_START = 4  # an observation: own velocity (2), own position (2), then each landmark (2 each)
+
+
+def rotate_landmarks(obs: np.ndarray, n_landmarks: int, shift: int) -> np.ndarray:
+    """A copy of observations [..., O] with the landmarks listed `shift` places later (cyclically).
+    A policy that learned fixed roles ("go to the second landmark listed") then holds other roles,
+    equally good, since the world draws its landmarks alike."""
+    obs = np.array(obs, copy=True)
+    end = LANDMARKS_START + 2 * n_landmarks
+    block = obs[..., LANDMARKS_START:end].reshape(*obs.shape[:-1], n_landmarks, 2)
+    obs[..., LANDMARKS_START:end] = np.roll(block, shift, axis=-2).reshape(*obs.shape[:-1], 2 * n_landmarks)
+    return obs
+
 
 def nearest_landmarks(agent_pos: np.ndarray, landmark_pos: np.ndarray) -> np.ndarray:
     """Each agent's nearest landmark [B, n] (int64) from agent positions [B, n, 2] and landmark

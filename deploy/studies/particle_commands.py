@@ -225,7 +225,7 @@ DATASET_FLAGS: dict[str, tuple[type, int | float, str]] = {
     "warmup": (int, 10_000, "random-action steps before MATD3's first update"),
     "batch_size": (int, 1024, "MATD3's batch"),
     "seed": (int, 0, "seed"),
-    "mixed_experts": (int, 3, "the mixed dataset's experts (MATD3 seeds seed, seed+1, ...; at least 2)"),
+    "mixed_experts": (int, 3, "the mixed dataset's experts: the expert under 2-3 landmark rotations"),
 }
 
 

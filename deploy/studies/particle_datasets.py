@@ -6,16 +6,17 @@ from here): an online MATD3 learner trained on simple_spread, then
   actions, 100 = the expert; in a normal run an early one);
 - `medium_replay`: MATD3's replay buffer up to that medium snapshot;
 - `random`: uniform random actions;
-- `mixed`: experts that may coordinate differently (which agent covers which landmark): the expert
-  above and `mixed_experts - 1` more MATD3 runs of the next seeds, equal shares, the expert's noise.
-  Its card records each expert's greedy return and how often each pair's landmark assignments
-  disagree on the same starts (common/envs/particle_assignment.py); a warning says when they
-  coordinate alike (the data is then not multimodal).
+- `mixed`: experts that coordinate differently (which agent covers which landmark): the expert
+  above acting on observations whose landmark order is rotated by 0, 1, ... `mixed_experts - 1`
+  places (its fixed roles rotate with it; MATD3 runs of other seeds were measured to learn the same
+  roles), equal shares, the expert's noise. Its card records each rotation's greedy return and how
+  often each pair's landmark assignments disagree on the same starts
+  (common/envs/particle_assignment.py); a warning says when they coordinate alike (the data is then
+  not multimodal).
 
 Each file's card holds the random and expert returns (greedy, `score_episodes` episodes each) that
 normalised scores on it are measured against (the canonical expert's, for `mixed` too). Resumable: a
-finished file is kept; training is redone only while `matd3_snapshots.pt` (the further experts:
-`matd3_expert_seed{S}.pt`) is missing.
+finished file is kept; training is redone only while `matd3_snapshots.pt` is missing.
 
     python -m deploy.studies.particle_datasets --out runs/particle_datasets
 """
@@ -38,6 +39,7 @@ from common.envs.particle_assignment import (
     assignment_signature,
     coverage,
     disagreement_matrix,
+    rotate_landmarks,
     shared_roles,
     usual_assignment,
 )
@@ -70,7 +72,7 @@ class ParticleDatasetConfig:
     warmup: int = 10_000  # MATD3's random-action transitions before its first update
     batch_size: int = 1024  # MATD3's batch
     seed: int = 0
-    mixed_experts: int = 3  # the mixed dataset's experts: seed's (the expert's), seed+1, seed+2, ...
+    mixed_experts: int = 3  # the mixed dataset's experts: the expert under this many landmark rotations
 
 
 def make_env(num_envs: int, seed: int) -> SpreadBatchEnv:
@@ -111,15 +113,22 @@ def rollout(
     return {name: np.concatenate([p[name] for p in parts])[:count] for name in parts[0]}
 
 
-def _actor_policy(info: dict, actors: dict[str, torch.Tensor], noise: float, rng: np.random.Generator):
+def _actor_policy(
+    info: dict,
+    actors: dict[str, torch.Tensor],
+    noise: float,
+    rng: np.random.Generator,
+    landmark_shift: int = 0,
+):
     learner = MATD3Learner(info)
     learner.actors.load_state_dict(actors)
-    return lambda obs: learner.act(obs, noise, rng) if noise > 0 else learner.act(obs)
+    n = info["n_agents"]  # one landmark per agent
 
+    def act(obs):
+        obs = rotate_landmarks(obs, n, landmark_shift) if landmark_shift else obs
+        return learner.act(obs, noise, rng) if noise > 0 else learner.act(obs)
 
-def mixed_expert_path(out: Path, seed: int) -> Path:
-    """Where the mixed dataset's expert of MATD3 seed `seed` is kept (not the canonical one's)."""
-    return out / f"matd3_expert_seed{seed}.pt"
+    return act
 
 
 def _run_config(cfg: ParticleDatasetConfig, seed: int) -> ContinuousRunConfig:
@@ -132,17 +141,22 @@ def _run_config(cfg: ParticleDatasetConfig, seed: int) -> ContinuousRunConfig:
     )
 
 
-def _greedy_return(info: dict, actors: dict[str, torch.Tensor], cfg: ParticleDatasetConfig) -> float:
+def _greedy_return(
+    info: dict, actors: dict[str, torch.Tensor], cfg: ParticleDatasetConfig, landmark_shift: int = 0
+) -> float:
     """The expert return of a card: greedy, `score_episodes` episodes from the same starts."""
-    act = _actor_policy(info, actors, 0.0, np.random.default_rng(0))  # greedy: draws nothing
+    act = _actor_policy(info, actors, 0.0, np.random.default_rng(0), landmark_shift)  # greedy: draws nothing
     return float(evaluate_returns(act, make_env(64, cfg.seed + 13), cfg.score_episodes).mean())
 
 
 def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str], None] = print) -> dict:
-    if cfg.mixed_experts < 2:
-        raise InputError(f"mixed_experts: must be at least 2 (experts to mix), got {cfg.mixed_experts}")
-    out.mkdir(parents=True, exist_ok=True)
     info = make_env(1, 0).get_env_info()
+    if not 2 <= cfg.mixed_experts <= info["n_agents"]:
+        raise InputError(
+            f"mixed_experts: must be 2 to {info['n_agents']} (distinct rotations of the landmarks), "
+            f"got {cfg.mixed_experts}"
+        )
+    out.mkdir(parents=True, exist_ok=True)
     snapshots_path = out / "matd3_snapshots.pt"
     summary_path = out / "summary.json"
     if not snapshots_path.exists():
@@ -208,7 +222,7 @@ def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str
         progress(f"{path.name}: {cfg.transitions:,} transitions in {time.perf_counter() - started:.0f} s")
     mixed_path = out / "simple_spread_mixed.h5"
     if not mixed_path.exists():
-        _write_mixed(mixed_path, _mixed_experts(out, cfg, info, state, progress), cfg, info, common, progress)
+        _write_mixed(mixed_path, _mixed_experts(cfg, info, state), cfg, info, common, progress)
     mixed = _read_card(mixed_path)
     summary = {
         "map": MAP,
@@ -229,35 +243,24 @@ def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str
     return summary
 
 
-def _mixed_experts(
-    out: Path, cfg: ParticleDatasetConfig, info: dict, state: dict, progress: Callable[[str], None]
-) -> list[dict]:
-    """The canonical expert (from matd3_snapshots.pt, not trained again), then one MATD3 run per
-    further seed, each kept in its own file as soon as it is trained."""
-    experts = [
+def _mixed_experts(cfg: ParticleDatasetConfig, info: dict, state: dict) -> list[dict]:
+    """The canonical expert (from matd3_snapshots.pt) under landmark rotations 0, 1, ...: rotation 0
+    is the expert itself, with its card's return; the others' greedy returns are measured the same
+    way."""
+    actors = state[f"actors_{state['expert']}"]
+
+    def greedy_return(shift: int) -> float:
+        return state["expert_return"] if shift == 0 else _greedy_return(info, actors, cfg, shift)
+
+    return [
         {
-            "seed": cfg.seed,
+            "landmark_shift": shift,
             "env_steps": state["env_steps"][state["expert"]],
-            "greedy_return": state["expert_return"],
-            "actors": state[f"actors_{state['expert']}"],
+            "greedy_return": greedy_return(shift),
+            "actors": actors,
         }
+        for shift in range(cfg.mixed_experts)
     ]
-    for seed in range(cfg.seed + 1, cfg.seed + cfg.mixed_experts):
-        path = mixed_expert_path(out, seed)
-        if not path.exists():
-            progress(f"mixed dataset: training the expert of seed {seed}")
-            run = train_matd3(make_env, _run_config(cfg, seed), progress)
-            best = run.snapshots[int(np.argmax([s.mean_return for s in run.snapshots]))]
-            expert = {
-                "seed": seed,
-                "env_steps": best.env_steps,
-                "greedy_return": _greedy_return(info, best.actors, cfg),
-                "actors": best.actors,
-            }
-            with atomic_path(path) as tmp:
-                torch.save(expert, tmp)
-        experts.append(torch.load(path, weights_only=True))
-    return experts
 
 
 def _write_mixed(
@@ -273,7 +276,7 @@ def _write_mixed(
     started = time.perf_counter()
     signatures = [
         assignment_signature(
-            _actor_policy(info, e["actors"], 0.0, np.random.default_rng(0)),
+            _actor_policy(info, e["actors"], 0.0, np.random.default_rng(0), e["landmark_shift"]),
             SIGNATURE_EPISODES,
             cfg.seed + SIGNATURE_SEED,
             info["n_agents"],
@@ -287,7 +290,7 @@ def _write_mixed(
     parts = []
     for i, (expert, share) in enumerate(zip(experts, shares, strict=True)):
         if share:  # each expert its own starts: battle seeds num_envs apart do not overlap
-            act = _actor_policy(info, expert["actors"], cfg.behaviour_noise, rng)
+            act = _actor_policy(info, expert["actors"], cfg.behaviour_noise, rng, expert["landmark_shift"])
             seed = cfg.seed + 100 + DATASET_KINDS.index("mixed") + i * cfg.num_envs
             parts.append(rollout(act, share, cfg, seed=seed))
     arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
@@ -295,13 +298,13 @@ def _write_mixed(
         **common,
         "kind": "mixed",
         "policy": (
-            f"{k} MATD3 experts (seeds {', '.join(str(e['seed']) for e in experts)}), noise "
+            f"the expert snapshot at {experts[0]['env_steps']:,} steps on observations with the landmark "
+            f"order rotated by {', '.join(str(e['landmark_shift']) for e in experts)}, noise "
             f"{cfg.behaviour_noise}, equal shares in that order"
         ),
         "experts": [
             {
-                "seed": int(e["seed"]),
-                "snapshot_env_steps": int(e["env_steps"]),
+                "landmark_shift": int(e["landmark_shift"]),
                 "greedy_return": float(e["greedy_return"]),
                 "transitions": share,
                 "assignment_coverage": coverage(signature),
