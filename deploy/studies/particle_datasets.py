@@ -222,7 +222,7 @@ def make_datasets(out: Path, cfg: ParticleDatasetConfig, progress: Callable[[str
         progress(f"{path.name}: {cfg.transitions:,} transitions in {time.perf_counter() - started:.0f} s")
     mixed_path = out / "simple_spread_mixed.h5"
     if not mixed_path.exists():
-        _write_mixed(mixed_path, _mixed_experts(cfg, info, state), cfg, info, common, progress)
+        _write_mixed(mixed_path, _mixed_experts(cfg, info, state), state, cfg, info, common, progress)
     mixed = _read_card(mixed_path)
     summary = {
         "map": MAP,
@@ -253,19 +253,14 @@ def _mixed_experts(cfg: ParticleDatasetConfig, info: dict, state: dict) -> list[
         return state["expert_return"] if shift == 0 else _greedy_return(info, actors, cfg, shift)
 
     return [
-        {
-            "landmark_shift": shift,
-            "env_steps": state["env_steps"][state["expert"]],
-            "greedy_return": greedy_return(shift),
-            "actors": actors,
-        }
-        for shift in range(cfg.mixed_experts)
+        {"landmark_shift": shift, "greedy_return": greedy_return(shift)} for shift in range(cfg.mixed_experts)
     ]
 
 
 def _write_mixed(
     path: Path,
     experts: list[dict],
+    state: dict,
     cfg: ParticleDatasetConfig,
     info: dict,
     common: dict,
@@ -274,9 +269,11 @@ def _write_mixed(
     """Equal shares of `transitions` from each expert in turn, acting with the expert's noise, and a
     card saying how often each pair's landmark assignments disagree (greedy, the same starts)."""
     started = time.perf_counter()
+    actors = state[f"actors_{state['expert']}"]  # every expert is this snapshot, rotated
+    steps = state["env_steps"][state["expert"]]
     signatures = [
         assignment_signature(
-            _actor_policy(info, e["actors"], 0.0, np.random.default_rng(0), e["landmark_shift"]),
+            _actor_policy(info, actors, 0.0, np.random.default_rng(0), e["landmark_shift"]),
             SIGNATURE_EPISODES,
             cfg.seed + SIGNATURE_SEED,
             info["n_agents"],
@@ -290,7 +287,7 @@ def _write_mixed(
     parts = []
     for i, (expert, share) in enumerate(zip(experts, shares, strict=True)):
         if share:  # each expert its own starts: battle seeds num_envs apart do not overlap
-            act = _actor_policy(info, expert["actors"], cfg.behaviour_noise, rng, expert["landmark_shift"])
+            act = _actor_policy(info, actors, cfg.behaviour_noise, rng, expert["landmark_shift"])
             seed = cfg.seed + 100 + DATASET_KINDS.index("mixed") + i * cfg.num_envs
             parts.append(rollout(act, share, cfg, seed=seed))
     arrays = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
@@ -298,7 +295,7 @@ def _write_mixed(
         **common,
         "kind": "mixed",
         "policy": (
-            f"the expert snapshot at {experts[0]['env_steps']:,} steps on observations with the landmark "
+            f"the expert snapshot at {steps:,} steps on observations with the landmark "
             f"order rotated by {', '.join(str(e['landmark_shift']) for e in experts)}, noise "
             f"{cfg.behaviour_noise}, equal shares in that order"
         ),
