@@ -48,7 +48,7 @@ from common import kernels  # noqa: E402
 from common.config.sections import LearnerConfig  # noqa: E402
 from common.episode import TrainingBatch  # noqa: E402
 from common.networks import RNNAgent  # noqa: E402
-from learner.losses import sample_available_actions, sample_uniform_actions  # noqa: E402
+from learner.losses import sample_available_actions, sample_uniform_actions, trained_rows  # noqa: E402
 from learner.qmix_learner import QMixLearner, keep_freed_host_memory, resolve_precision  # noqa: E402
 
 ENV_INFO = {"n_agents": 8, "obs_shape": 128, "state_shape": 216, "n_actions": 14, "episode_limit": 150}
@@ -304,7 +304,14 @@ class PyMARL2StyleLearner:
             K = cfg.cql_sampled_actions
             bs, ts = actions.shape[:2]
             draw = sample_uniform_actions if cfg.cql_sampler == "all_actions" else sample_available_actions
-            sampled = draw(avail_actions[:, :-1], K, self.generator)  # [B, T, K, n], the learner's draws
+            # The learner's draws: one set per trained step (padding steps draw nothing there, and
+            # are masked out here).
+            avail_steps = avail_actions[:, :-1]
+            rows = trained_rows(mask)
+            drawn = draw(avail_steps.flatten(0, 1)[rows].unsqueeze(1), K, self.generator)  # [N, 1, K, n]
+            sampled = avail_steps.new_zeros((bs * ts, K, avail_steps.shape[2]), dtype=torch.long)
+            sampled[rows] = drawn.squeeze(1)
+            sampled = sampled.view(bs, ts, K, -1)  # [B, T, K, n]
             sampled = sampled.permute(2, 0, 1, 3).unsqueeze(-1)  # [K, B, T, n, 1]
             tiled_avail = torch.repeat_interleave(
                 avail_actions[:, :-1].float().unsqueeze(0), repeats=K, dim=0

@@ -417,9 +417,21 @@ class QMixLearner:
     def _cql_term(self, agent_qs, chosen, weights, q_tot, batch, mask, behaviour_logits) -> torch.Tensor:
         cfg = self.cfg
         avail = batch.avail_actions[:, :-1]
-        floor = policy_actions = None
-        if cfg.calql_floor:  # Cal-QL: the current policy is the greedy one over available actions
+        floor = None
+        if cfg.calql_floor:  # Cal-QL: the floor is the return-to-go, a sum along each episode
             floor = losses.mc_returns(batch.reward[:, :-1], mask, cfg.gamma)
+        # Every term below is a masked mean over steps, each step on its own: computed on the
+        # trained steps alone, flattened to [N, 1, ...], it is the same mean without the padding.
+        rows = losses.trained_rows(mask)
+
+        def trained(x: torch.Tensor | None) -> torch.Tensor | None:
+            return None if x is None else x.flatten(0, 1)[rows].unsqueeze(1)
+
+        agent_qs, chosen, q_tot, mask, avail = map(trained, (agent_qs, chosen, q_tot, mask, avail))
+        floor, behaviour_logits = trained(floor), trained(behaviour_logits)
+        weights = MixingWeights(*map(trained, weights))
+        policy_actions = None
+        if cfg.calql_floor:  # the current policy: the greedy one over available actions
             policy_actions = losses.greedy_actions(agent_qs, avail)
         if cfg.offline_cql == "cfcql":
             return losses.counterfactual_cql_term(
