@@ -270,6 +270,10 @@ def mix(q: torch.Tensor, weights: MixingWeights) -> torch.Tensor:
 def mix_samples(q: torch.Tensor, weights: MixingWeights) -> torch.Tensor:
     """Q_tot of K joint actions per state: q [..., K, n] with weights of leading shape [...] -> [..., K].
 
-    One batched matmul per state; the hypernetworks are not run again for every joint action."""
+    The hypernetworks are not run again for every joint action; on CPU one compiled pass reads each
+    state's weights once for all K (torch's matmuls keep [..., K, E] temporaries for the backward)."""
+    compiled = batch_passes.mix_samples_compiled(q, *weights)
+    if compiled is not None:
+        return compiled
     hidden = F.elu(torch.matmul(q, weights.w1) + weights.b1.unsqueeze(-2))  # [..., K, E]
     return torch.matmul(hidden, weights.w2.unsqueeze(-1)).squeeze(-1) + weights.b2

@@ -196,6 +196,46 @@ def test_the_compiled_mix_gives_the_formulas_values_and_gradients(kernel, weight
         torch.testing.assert_close(g, w, rtol=tolerance, atol=tolerance)
 
 
+@pytest.mark.parametrize("weights_dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_mix_of_sampled_joint_actions_gives_the_formulas_values_and_gradients(
+    kernel, weights_dtype
+):
+    """`mix_samples` (the CQL terms' K joint actions per state) runs a compiled pass on CPU; each of
+    the K values and every gradient, summed over the samples for the shared weights, must equal the
+    formula's, for the mixer's own strided weights and pre-activations of both signs."""
+    torch.manual_seed(5)
+    mixer = QMixer(n_agents=5, state_size=9, embed_dim=32, hypernet_embed=16)
+    state = torch.randn(6, 7, 9) * 2
+    q = torch.randn(6, 7, 11, 5, requires_grad=True)  # 11 joint actions per state
+    upstream = torch.randn(6, 7, 11)
+
+    def values_and_gradients(mixing):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=weights_dtype == torch.bfloat16):
+            weights = mixer.mixing_weights(state)
+        assert weights.w1.dtype == weights_dtype
+        q_tot = mixing(q, weights)
+        return q_tot, torch.autograd.grad(q_tot, [q, *mixer.parameters()], upstream)
+
+    def formula(q, w):
+        pre = (q.unsqueeze(-1) * w.w1.float().unsqueeze(-3)).sum(-2) + w.b1.float().unsqueeze(-2)
+        assert (pre > 0).any() and (pre < 0).any()
+        return (torch.nn.functional.elu(pre) * w.w2.float().unsqueeze(-2)).sum(-1) + w.b2.float()
+
+    def compiled(q, w):
+        out = batch_passes.mix_samples_compiled(q, *w)
+        assert out is not None, "the compiled mix of samples did not take the mixer's weights"
+        return out
+
+    got, got_grads = values_and_gradients(compiled)
+    want, want_grads = values_and_gradients(formula)
+    assert got.shape == (6, 7, 11) and got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    tolerance = 1e-5 if weights_dtype == torch.float32 else 1e-2
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, rtol=tolerance, atol=tolerance)
+    assert torch.equal(mix_samples(q, mixer.mixing_weights(state)), compiled(q, mixer.mixing_weights(state)))
+
+
 # --- the fused CPU GRU unroll -----------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 // Per-row passes over a training batch, compiled into the same library as gru_kernel.cpp (with the
 // dtype dispatch and row loads of kernels.h, which both share): double Q's greedy values, the QMIX mix
-// forward and backward, and the agent networks' inputs. Each is one pass where torch needs several
-// full-size temporaries; on a 128-episode batch those were 15-30 ms apiece against a few here. The
+// forward and backward (of one joint action per state, and of K sampled ones), and the agent networks'
+// inputs. Each is one pass where torch needs several full-size temporaries; on a 128-episode batch those were 15-30 ms apiece against a few here. The
 // Python side is common/kernels/batch_passes.py (and learner/targets.py's double_q_max).
 #include "kernels.h"
 
@@ -160,6 +160,107 @@ std::vector<at::Tensor> mix_backward(at::Tensor grad, at::Tensor q, at::Tensor w
         }
         store_row(scratch.data(), dw1p + r * n * E, n * E);
         store_row(dpre.data(), db1p + r * E, E);
+        store_row(dv.data(), dw2p + r * E, E);
+      }
+    });
+  });
+  return {dq, dw1, db1, dw2};
+}
+
+// ---------------------------------------------------------------------------------------------------
+// The mix of K joint actions per state (the CQL terms' logsumexp over sampled joint actions): q
+// [R, K*n] fp32, sample-major; the weights as for mix_forward, read once per state for all K. Returns
+// Q_tot [R, K] fp32. Torch's version keeps three [R, K, E] temporaries alive for its backward; here a
+// sample's hidden layer lives in a register-sized row.
+at::Tensor mix_samples_forward(at::Tensor q, int64_t K, at::Tensor w1, at::Tensor b1, at::Tensor w2,
+                               at::Tensor b2) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat, "q must be fp32");
+  const int64_t R = q.size(0), E = b1.size(1), n = q.size(1) / K;
+  TORCH_CHECK(n * K == q.size(1), "q must be [rows, K * n]");
+  at::Tensor out = at::empty({R, K}, q.options());
+  float* o = out.data_ptr<float>();
+  const auto qr = rows_of<float>(q, K * n, "q");
+  dispatch(w1.scalar_type(), [&](auto type) {
+    using TW = decltype(type);
+    const auto w1r = rows_of<TW>(w1, n * E, "w1"), b1r = rows_of<TW>(b1, E, "b1");
+    const auto w2r = rows_of<TW>(w2, E, "w2"), b2r = rows_of<TW>(b2, 1, "b2");
+    at::parallel_for(0, R, kGrain, [&](int64_t first, int64_t last) {
+      std::vector<float> w(n * E), bias(E), v(E), pre(E);
+      for (int64_t r = first; r < last; ++r) {
+        load_row(w1r[r], w.data(), n * E);
+        load_row(b1r[r], bias.data(), E);
+        load_row(w2r[r], v.data(), E);
+        const float b2v = static_cast<float>(b2r[r][0]);
+        for (int64_t k = 0; k < K; ++k) {
+          const float* qk = qr[r] + k * n;
+          std::copy(bias.begin(), bias.end(), pre.begin());
+          for (int64_t a = 0; a < n; ++a)
+            for (int64_t e = 0; e < E; ++e) pre[e] += qk[a] * w[a * E + e];
+          float total = b2v;
+          for (int64_t e = 0; e < E; ++e) total += elu(pre[e]) * v[e];
+          o[r * K + k] = total;
+        }
+      }
+    });
+  });
+  return out;
+}
+
+// Its backward from dQ_tot [R, K] fp32 (hidden layers recomputed). Returns {dq [R, K*n] fp32,
+// dw1 [R, n*E], db1 [R, E], dw2 [R, E]}, the weights' gradients summed over the K samples, in their
+// dtype (db2 is the sum of dQ_tot over the samples).
+std::vector<at::Tensor> mix_samples_backward(at::Tensor grad, at::Tensor q, at::Tensor w1, at::Tensor b1,
+                                             at::Tensor w2) {
+  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_contiguous() && grad.dim() == 2,
+              "grad must be contiguous fp32 [rows, K]");
+  const int64_t R = q.size(0), K = grad.size(1), E = b1.size(1), n = q.size(1) / K;
+  at::Tensor dq = at::empty({R, K * n}, q.options());
+  at::Tensor dw1 = at::empty({R, n * E}, w1.options());
+  at::Tensor db1 = at::empty({R, E}, w1.options());
+  at::Tensor dw2 = at::empty({R, E}, w1.options());
+  const float* g = grad.data_ptr<float>();
+  const auto qr = rows_of<float>(q, K * n, "q");
+  float* dqp = dq.data_ptr<float>();
+  dispatch(w1.scalar_type(), [&](auto type) {
+    using TW = decltype(type);
+    const auto w1r = rows_of<TW>(w1, n * E, "w1"), b1r = rows_of<TW>(b1, E, "b1");
+    const auto w2r = rows_of<TW>(w2, E, "w2");
+    TW *dw1p = dw1.data_ptr<TW>(), *db1p = db1.data_ptr<TW>(), *dw2p = dw2.data_ptr<TW>();
+    at::parallel_for(0, R, kGrain, [&](int64_t first, int64_t last) {
+      std::vector<float> w(n * E), bias(E), v(E), pre(E), dpre(E), dw(n * E), dbias(E), dv(E);
+      for (int64_t r = first; r < last; ++r) {
+        load_row(w1r[r], w.data(), n * E);
+        load_row(b1r[r], bias.data(), E);
+        load_row(w2r[r], v.data(), E);
+        std::fill(dw.begin(), dw.end(), 0.0f);
+        std::fill(dbias.begin(), dbias.end(), 0.0f);
+        std::fill(dv.begin(), dv.end(), 0.0f);
+        for (int64_t k = 0; k < K; ++k) {
+          const float* qk = qr[r] + k * n;
+          const float gk = g[r * K + k];
+          std::copy(bias.begin(), bias.end(), pre.begin());
+          for (int64_t a = 0; a < n; ++a)
+            for (int64_t e = 0; e < E; ++e) pre[e] += qk[a] * w[a * E + e];
+          for (int64_t e = 0; e < E; ++e) {
+            const float p = pre[e];
+            const bool positive = p > 0.0f;
+            const float hidden = positive ? p : exp_inline(p) - 1.0f;
+            dv[e] += gk * hidden;
+            dpre[e] = gk * v[e] * (positive ? 1.0f : hidden + 1.0f);  // ELU' = ELU + 1 below 0
+            dbias[e] += dpre[e];
+          }
+          float* dqk = dqp + (r * K + k) * n;
+          for (int64_t a = 0; a < n; ++a) {
+            float sum = 0.0f;
+            for (int64_t e = 0; e < E; ++e) {
+              sum += w[a * E + e] * dpre[e];
+              dw[a * E + e] += qk[a] * dpre[e];
+            }
+            dqk[a] = sum;
+          }
+        }
+        store_row(dw.data(), dw1p + r * n * E, n * E);
+        store_row(dbias.data(), db1p + r * E, E);
         store_row(dv.data(), dw2p + r * E, E);
       }
     });

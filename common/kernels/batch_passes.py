@@ -1,5 +1,6 @@
 """The compiled per-row passes over a training batch (`batch_kernels.cpp`), with torch's equivalents
-where they cannot run: the QMIX mix with its backward, and the agent networks' inputs.
+where they cannot run: the QMIX mix with its backward (of one joint action per state, and of K
+sampled ones), and the agent networks' inputs.
 
 On a 128-episode batch each torch version is several full-size temporaries (casts, broadcast
 products, sums; copies into strided slices), 15-30 ms apiece on one core; each compiled one reads
@@ -62,6 +63,43 @@ class _CompiledMix(torch.autograd.Function):
         grad = grad.float().contiguous()
         dq, dw1, db1, dw2 = kernels.kernel().mix_backward(grad, q, w1, b1, w2)
         return dq, dw1, db1, dw2, grad.to(ctx.b2_dtype).unsqueeze(-1)
+
+
+def mix_samples_compiled(q: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor | None:
+    """Q_tot [..., K] of K joint actions per state, q [..., K, n], through the compiled pass, or None
+    where it does not apply (as `mix_compiled`)."""
+    lead, (K, n), E = q.shape[:-2], q.shape[-2:], b1.shape[-1]
+    if (
+        _kernel_for(q) is None
+        or K == 0
+        or w1.dtype not in COMPILED_DTYPES
+        or not (w1.dtype == b1.dtype == w2.dtype == b2.dtype)
+        or w1.shape != (*lead, n, E)
+        or b1.shape[:-1] != lead
+        or w2.shape != (*lead, E)
+        or b2.shape != (*lead, 1)
+    ):
+        return None
+    rows = (_rows(q.float(), K * n), _rows(w1, n * E), _rows(b1, E), _rows(w2, E), _rows(b2, 1))
+    return _CompiledMixSamples.apply(*rows).view(*lead, K)
+
+
+class _CompiledMixSamples(torch.autograd.Function):
+    """Rows: q [R, K*n] fp32, w1 [R, n*E], b1 [R, E], w2 [R, E], b2 [R, 1] -> Q_tot [R, K] fp32."""
+
+    @staticmethod
+    def forward(ctx, q, w1, b1, w2, b2):  # noqa: D102
+        ctx.save_for_backward(q, w1, b1, w2)
+        ctx.b2_dtype = b2.dtype
+        agents = w1.shape[1] // b1.shape[1]  # n = n*E / E
+        return kernels.kernel().mix_samples_forward(q, q.shape[1] // agents, w1, b1, w2, b2)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        q, w1, b1, w2 = ctx.saved_tensors
+        grad = grad.float().contiguous()
+        dq, dw1, db1, dw2 = kernels.kernel().mix_samples_backward(grad, q, w1, b1, w2)
+        return dq, dw1, db1, dw2, grad.sum(-1, keepdim=True).to(ctx.b2_dtype)
 
 
 # ------------------------------------------------------------------------------------ agent inputs
