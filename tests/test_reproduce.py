@@ -199,6 +199,7 @@ def test_offline_methods_are_their_pre_training_alone_with_no_online_trial(tmp_p
         (["--offline-updates", "-1"], "--offline-updates"),
         (["--method", "ovmse"], "--methods"),
         (["--config", "x.yaml"], "--config"),
+        (["--pretrained-from", "/nonexistent-sweep"], "--pretrained-from"),
     ],
 )
 def test_bad_input_is_one_line_naming_the_flag(tmp_path, capsys, extra, flag):

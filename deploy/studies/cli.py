@@ -27,6 +27,7 @@ from pathlib import Path
 from common.config import METHOD_NAMES
 from common.config.presets import map_hyperparameters
 from deploy.config_args import positive_int
+from deploy.studies.adopt import adopt_pretrainings, check_sources
 from deploy.studies.pools import LocalPool, RayPool, sweep_lock
 from deploy.studies.runner import run_sweep
 from deploy.studies.sweep import (
@@ -191,6 +192,14 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         help="torch threads per trial (default: %(default)s)",
     )
     parser.add_argument(
+        "--pretrained-from",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="another sweep's directory: its finished pre-trainings with this sweep's settings are "
+        "copied here instead of run again (repeatable)",
+    )
+    parser.add_argument(
         "--report-only",
         action="store_true",
         help="write results.json, table.md and the curves of the sweep in --out from its finished trials",
@@ -217,11 +226,15 @@ def main(args: argparse.Namespace, report: Callable[[Path, Sweep], object] | Non
         if getattr(args, "report_only", False):
             return report_only(args, report)
         sweep = sweep_from_args(args)
+        sources = [Path(d).resolve() for d in getattr(args, "pretrained_from", None) or ()]
+        check_sources(sources)
         out = Path(args.out) if args.out else default_out(sweep)
         out.mkdir(parents=True, exist_ok=True)
         out = out.resolve()
         with sweep_lock(out):
             store_sweep(out, sweep)
+            for line in adopt_pretrainings(out, sweep, sources) if sources else ():
+                print(f"reproduce: {line}", flush=True)
             command = functools.partial(trial_args, out, threads=args.threads)
             pool = (
                 RayPool(out, args.ray, args.jobs, args.threads, command)
