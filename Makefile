@@ -48,7 +48,9 @@ lint: $(STAMP)
 
 test: $(STAMP) $(FLASHBAX_STAMP) $(MPE2_STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q --durations=25
+	# The in-process modules (tests/conftest.py) on two workers, then the live ones one at a time.
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 --dist loadfile -m in_process --durations=10
+	$(BIN)/python -m pytest -q -m "not in_process" --durations=25
 
 # Mutation testing of the core pure modules ([tool.mutmut] in pyproject.toml; docs/testing.md).
 # Slow (tens of minutes on two cores), so not part of `make test` or CI. JOBS=N sets the workers.
