@@ -159,16 +159,12 @@ def test_mixer_matches_the_qmix_formula_and_mixes_many_joint_actions_alike():
     torch.testing.assert_close(mix_samples(many, weights), one_by_one)
 
 
-@pytest.mark.parametrize("weights_dtype", [torch.float32, torch.bfloat16])
-def test_the_compiled_mix_gives_the_formulas_values_and_gradients(kernel, weights_dtype):
-    """On CPU `mix` runs a compiled pass (forward and backward); it must equal the formula summed in
-    fp32 over the weights as read, for the mixer's own strided weights (split views of one product)
-    and pre-activations of both signs (both branches of the ELU)."""
+def _assert_compiled_equals_formula(compiled, formula, q, upstream, weights_dtype) -> torch.Tensor:
+    """`compiled(q, weights)` against `formula(q, weights)` on a seeded mixer's own (strided) weights,
+    in values and in the gradients of q and of every hypernetwork parameter; returns the values."""
     torch.manual_seed(4)
     mixer = QMixer(n_agents=5, state_size=9, embed_dim=32, hypernet_embed=16)
     state = torch.randn(6, 7, 9) * 2
-    q = torch.randn(6, 7, 5, requires_grad=True)
-    upstream = torch.randn(6, 7, 1)
 
     def values_and_gradients(mixing):
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=weights_dtype == torch.bfloat16):
@@ -176,6 +172,22 @@ def test_the_compiled_mix_gives_the_formulas_values_and_gradients(kernel, weight
         assert weights.w1.dtype == weights_dtype
         q_tot = mixing(q, weights)
         return q_tot, torch.autograd.grad(q_tot, [q, *mixer.parameters()], upstream)
+
+    got, got_grads = values_and_gradients(compiled)
+    want, want_grads = values_and_gradients(formula)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    tolerance = 1e-5 if weights_dtype == torch.float32 else 1e-2  # bf16 gradients: rounding of the result
+    for g, w in zip(got_grads, want_grads, strict=True):  # q, then every hypernetwork parameter
+        torch.testing.assert_close(g, w, rtol=tolerance, atol=tolerance)
+    return got
+
+
+@pytest.mark.parametrize("weights_dtype", [torch.float32, torch.bfloat16])
+def test_the_compiled_mix_gives_the_formulas_values_and_gradients(kernel, weights_dtype):
+    """On CPU `mix` runs a compiled pass (forward and backward); it must equal the formula summed in
+    fp32 over the weights as read, for the mixer's own strided weights (split views of one product)
+    and pre-activations of both signs (both branches of the ELU)."""
 
     def formula(q, w):
         pre = (q.unsqueeze(-1) * w.w1.float()).sum(-2) + w.b1.float()
@@ -187,13 +199,8 @@ def test_the_compiled_mix_gives_the_formulas_values_and_gradients(kernel, weight
         assert out is not None, "the compiled mix did not take the mixer's weights"
         return out
 
-    got, got_grads = values_and_gradients(compiled)
-    want, want_grads = values_and_gradients(formula)
-    assert got.dtype == torch.float32
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    tolerance = 1e-5 if weights_dtype == torch.float32 else 1e-2  # bf16 gradients: rounding of the result
-    for g, w in zip(got_grads, want_grads, strict=True):  # q, then every hypernetwork parameter
-        torch.testing.assert_close(g, w, rtol=tolerance, atol=tolerance)
+    q = torch.randn(6, 7, 5, requires_grad=True)
+    _assert_compiled_equals_formula(compiled, formula, q, torch.randn(6, 7, 1), weights_dtype)
 
 
 @pytest.mark.parametrize("weights_dtype", [torch.float32, torch.bfloat16])
@@ -202,19 +209,7 @@ def test_the_compiled_mix_of_sampled_joint_actions_gives_the_formulas_values_and
 ):
     """`mix_samples` (the CQL terms' K joint actions per state) runs a compiled pass on CPU; each of
     the K values and every gradient, summed over the samples for the shared weights, must equal the
-    formula's, for the mixer's own strided weights and pre-activations of both signs."""
-    torch.manual_seed(5)
-    mixer = QMixer(n_agents=5, state_size=9, embed_dim=32, hypernet_embed=16)
-    state = torch.randn(6, 7, 9) * 2
-    q = torch.randn(6, 7, 11, 5, requires_grad=True)  # 11 joint actions per state
-    upstream = torch.randn(6, 7, 11)
-
-    def values_and_gradients(mixing):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=weights_dtype == torch.bfloat16):
-            weights = mixer.mixing_weights(state)
-        assert weights.w1.dtype == weights_dtype
-        q_tot = mixing(q, weights)
-        return q_tot, torch.autograd.grad(q_tot, [q, *mixer.parameters()], upstream)
+    formula's."""
 
     def formula(q, w):
         pre = (q.unsqueeze(-1) * w.w1.float().unsqueeze(-3)).sum(-2) + w.b1.float().unsqueeze(-2)
@@ -226,14 +221,9 @@ def test_the_compiled_mix_of_sampled_joint_actions_gives_the_formulas_values_and
         assert out is not None, "the compiled mix of samples did not take the mixer's weights"
         return out
 
-    got, got_grads = values_and_gradients(compiled)
-    want, want_grads = values_and_gradients(formula)
-    assert got.shape == (6, 7, 11) and got.dtype == torch.float32
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
-    tolerance = 1e-5 if weights_dtype == torch.float32 else 1e-2
-    for g, w in zip(got_grads, want_grads, strict=True):
-        torch.testing.assert_close(g, w, rtol=tolerance, atol=tolerance)
-    assert torch.equal(mix_samples(q, mixer.mixing_weights(state)), compiled(q, mixer.mixing_weights(state)))
+    q = torch.randn(6, 7, 11, 5, requires_grad=True)  # 11 joint actions per state
+    got = _assert_compiled_equals_formula(compiled, formula, q, torch.randn(6, 7, 11), weights_dtype)
+    assert got.shape == (6, 7, 11)
 
 
 # --- the fused CPU GRU unroll -----------------------------------------------------------------------

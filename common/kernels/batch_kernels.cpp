@@ -1,6 +1,6 @@
 // Per-row passes over a training batch, compiled into the same library as gru_kernel.cpp (with the
 // dtype dispatch and row loads of kernels.h, which both share): double Q's greedy values, the QMIX mix
-// forward and backward (of one joint action per state, and of K sampled ones), and the agent networks'
+// forward and backward (of one joint action per state or of K sampled ones), and the agent networks'
 // inputs. Each is one pass where torch needs several full-size temporaries; on a 128-episode batch those were 15-30 ms apiece against a few here. The
 // Python side is common/kernels/batch_passes.py (and learner/targets.py's double_q_max).
 #include "kernels.h"
@@ -80,11 +80,9 @@ namespace {
 
 inline float elu(float x) { return x > 0.0f ? x : exp_inline(x) - 1.0f; }
 
-// One row's mix hidden layer before the ELU: pre[e] = sum_a q[a] w1[a, e] + b1[e] (w: w1 as fp32).
-template <typename TW>
-inline void mix_hidden(const float* q, const TW* w1, const TW* b1, int64_t n, int64_t E, float* w, float* pre) {
-  load_row(w1, w, n * E);
-  load_row(b1, pre, E);
+// The hidden layer before the ELU from weights already in fp32: pre[e] = bias[e] + sum_a q[a] w[a, e].
+inline void hidden_before_elu(const float* q, const float* w, const float* bias, int64_t n, int64_t E, float* pre) {
+  std::copy(bias, bias + E, pre);
   for (int64_t a = 0; a < n; ++a)
     for (int64_t e = 0; e < E; ++e) pre[e] += q[a] * w[a * E + e];
 }
@@ -92,86 +90,12 @@ inline void mix_hidden(const float* q, const TW* w1, const TW* b1, int64_t n, in
 }  // namespace
 
 // ---------------------------------------------------------------------------------------------------
-// QMIX's mix, Q_tot = ELU(q . w1 + b1) . w2 + b2, per row: q [R, n] fp32, w1 [R, n*E] (agent-major),
-// b1 and w2 [R, E], b2 [R, 1], the four weights in one dtype (fp32 or bf16, read as fp32). Returns
-// Q_tot [R] fp32. Sums in fp32, as torch does after casting the weights.
-at::Tensor mix_forward(at::Tensor q, at::Tensor w1, at::Tensor b1, at::Tensor w2, at::Tensor b2) {
-  TORCH_CHECK(q.scalar_type() == at::kFloat, "q must be fp32");
-  const int64_t R = q.size(0), n = q.size(1), E = b1.size(1);
-  at::Tensor out = at::empty({R}, q.options());
-  float* o = out.data_ptr<float>();
-  const auto qr = rows_of<float>(q, n, "q");
-  dispatch(w1.scalar_type(), [&](auto type) {
-    using TW = decltype(type);
-    const auto w1r = rows_of<TW>(w1, n * E, "w1"), b1r = rows_of<TW>(b1, E, "b1");
-    const auto w2r = rows_of<TW>(w2, E, "w2"), b2r = rows_of<TW>(b2, 1, "b2");
-    at::parallel_for(0, R, kGrain, [&](int64_t first, int64_t last) {
-      std::vector<float> pre(E), w(n * E), v(E);
-      for (int64_t r = first; r < last; ++r) {
-        mix_hidden(qr[r], w1r[r], b1r[r], n, E, w.data(), pre.data());
-        load_row(w2r[r], v.data(), E);
-        float total = static_cast<float>(b2r[r][0]);
-        for (int64_t e = 0; e < E; ++e) total += elu(pre[e]) * v[e];
-        o[r] = total;
-      }
-    });
-  });
-  return out;
-}
-
-// The mix's backward from dQ_tot [R] fp32 and the forward's inputs (its hidden layer is recomputed:
-// n*E products a row, against reading a stored copy). Returns {dq [R, n] fp32, dw1 [R, n*E],
-// db1 [R, E], dw2 [R, E]} with the weights' gradients in their dtype (db2 is dQ_tot itself).
-std::vector<at::Tensor> mix_backward(at::Tensor grad, at::Tensor q, at::Tensor w1, at::Tensor b1, at::Tensor w2) {
-  TORCH_CHECK(grad.scalar_type() == at::kFloat && grad.is_contiguous(), "grad must be contiguous fp32");
-  const int64_t R = q.size(0), n = q.size(1), E = b1.size(1);
-  at::Tensor dq = at::empty({R, n}, q.options());
-  at::Tensor dw1 = at::empty({R, n * E}, w1.options());
-  at::Tensor db1 = at::empty({R, E}, w1.options());
-  at::Tensor dw2 = at::empty({R, E}, w1.options());
-  const float* g = grad.data_ptr<float>();
-  const auto qr = rows_of<float>(q, n, "q");
-  float* dqp = dq.data_ptr<float>();
-  dispatch(w1.scalar_type(), [&](auto type) {
-    using TW = decltype(type);
-    const auto w1r = rows_of<TW>(w1, n * E, "w1"), b1r = rows_of<TW>(b1, E, "b1");
-    const auto w2r = rows_of<TW>(w2, E, "w2");
-    TW *dw1p = dw1.data_ptr<TW>(), *db1p = db1.data_ptr<TW>(), *dw2p = dw2.data_ptr<TW>();
-    at::parallel_for(0, R, kGrain, [&](int64_t first, int64_t last) {
-      std::vector<float> pre(E), w(n * E), v(E), dpre(E), scratch(n * E), dv(E);
-      for (int64_t r = first; r < last; ++r) {
-        const float* qrow = qr[r];
-        mix_hidden(qrow, w1r[r], b1r[r], n, E, w.data(), pre.data());
-        load_row(w2r[r], v.data(), E);
-        for (int64_t e = 0; e < E; ++e) {
-          const float p = pre[e];
-          const float positive = p > 0.0f;
-          const float hidden = positive ? p : exp_inline(p) - 1.0f;
-          dv[e] = g[r] * hidden;
-          dpre[e] = g[r] * v[e] * (positive ? 1.0f : hidden + 1.0f);  // ELU' = ELU + 1 below 0
-        }
-        for (int64_t a = 0; a < n; ++a) {
-          float sum = 0.0f;
-          for (int64_t e = 0; e < E; ++e) {
-            sum += w[a * E + e] * dpre[e];
-            scratch[a * E + e] = qrow[a] * dpre[e];
-          }
-          dqp[r * n + a] = sum;
-        }
-        store_row(scratch.data(), dw1p + r * n * E, n * E);
-        store_row(dpre.data(), db1p + r * E, E);
-        store_row(dv.data(), dw2p + r * E, E);
-      }
-    });
-  });
-  return {dq, dw1, db1, dw2};
-}
-
-// ---------------------------------------------------------------------------------------------------
-// The mix of K joint actions per state (the CQL terms' logsumexp over sampled joint actions): q
-// [R, K*n] fp32, sample-major; the weights as for mix_forward, read once per state for all K. Returns
-// Q_tot [R, K] fp32. Torch's version keeps three [R, K, E] temporaries alive for its backward; here a
-// sample's hidden layer lives in a register-sized row.
+// QMIX's mix, Q_tot = ELU(q . w1 + b1) . w2 + b2, of K joint actions per state (K = 1: the data's
+// action; K > 1: the CQL terms' sampled joint actions): q [R, K*n] fp32, sample-major; w1 [R, n*E]
+// (agent-major), b1 and w2 [R, E], b2 [R, 1], the four weights in one dtype (fp32 or bf16, read as
+// fp32 once per state for all K). Returns Q_tot [R, K] fp32, summed in fp32 as torch does after
+// casting the weights. Torch's version keeps [R, K, E] temporaries alive for its backward; here a
+// sample's hidden layer lives in one short row.
 at::Tensor mix_samples_forward(at::Tensor q, int64_t K, at::Tensor w1, at::Tensor b1, at::Tensor w2,
                                at::Tensor b2) {
   TORCH_CHECK(q.scalar_type() == at::kFloat, "q must be fp32");
@@ -192,10 +116,7 @@ at::Tensor mix_samples_forward(at::Tensor q, int64_t K, at::Tensor w1, at::Tenso
         load_row(w2r[r], v.data(), E);
         const float b2v = static_cast<float>(b2r[r][0]);
         for (int64_t k = 0; k < K; ++k) {
-          const float* qk = qr[r] + k * n;
-          std::copy(bias.begin(), bias.end(), pre.begin());
-          for (int64_t a = 0; a < n; ++a)
-            for (int64_t e = 0; e < E; ++e) pre[e] += qk[a] * w[a * E + e];
+          hidden_before_elu(qr[r] + k * n, w.data(), bias.data(), n, E, pre.data());
           float total = b2v;
           for (int64_t e = 0; e < E; ++e) total += elu(pre[e]) * v[e];
           o[r * K + k] = total;
@@ -206,7 +127,8 @@ at::Tensor mix_samples_forward(at::Tensor q, int64_t K, at::Tensor w1, at::Tenso
   return out;
 }
 
-// Its backward from dQ_tot [R, K] fp32 (hidden layers recomputed). Returns {dq [R, K*n] fp32,
+// Its backward from dQ_tot [R, K] fp32 (hidden layers recomputed: n*E products a sample, against
+// reading a stored copy). Returns {dq [R, K*n] fp32,
 // dw1 [R, n*E], db1 [R, E], dw2 [R, E]}, the weights' gradients summed over the K samples, in their
 // dtype (db2 is the sum of dQ_tot over the samples).
 std::vector<at::Tensor> mix_samples_backward(at::Tensor grad, at::Tensor q, at::Tensor w1, at::Tensor b1,
@@ -238,9 +160,7 @@ std::vector<at::Tensor> mix_samples_backward(at::Tensor grad, at::Tensor q, at::
         for (int64_t k = 0; k < K; ++k) {
           const float* qk = qr[r] + k * n;
           const float gk = g[r * K + k];
-          std::copy(bias.begin(), bias.end(), pre.begin());
-          for (int64_t a = 0; a < n; ++a)
-            for (int64_t e = 0; e < E; ++e) pre[e] += qk[a] * w[a * E + e];
+          hidden_before_elu(qk, w.data(), bias.data(), n, E, pre.data());
           for (int64_t e = 0; e < E; ++e) {
             const float p = pre[e];
             const bool positive = p > 0.0f;

@@ -26,18 +26,25 @@ def mix_compiled(q: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor | None:
     kernel, weights of mixed or other dtypes, shapes that broadcast)."""
     lead = q.shape[:-1]
     n, E = q.shape[-1], b1.shape[-1]
-    if (
-        _kernel_for(q) is None
-        or w1.dtype not in COMPILED_DTYPES
-        or not (w1.dtype == b1.dtype == w2.dtype == b2.dtype)
-        or w1.shape != (*lead, n, E)
-        or b1.shape[:-1] != lead
-        or w2.shape != (*lead, E)
-        or b2.shape != (*lead, 1)
-    ):
+    if not _compiled_mix_applies(q, lead, w1, b1, w2, b2):
         return None
     rows = (_rows(q.float(), n), _rows(w1, n * E), _rows(b1, E), _rows(w2, E), _rows(b2, 1))
-    return _CompiledMix.apply(*rows).view(*lead, 1)
+    return _CompiledMixSamples.apply(*rows).view(*lead, 1)  # one joint action: K = 1
+
+
+def _compiled_mix_applies(q: torch.Tensor, lead: torch.Size, w1, b1, w2, b2) -> bool:
+    """A CPU kernel, weights of one compiled dtype, and weight shapes with the states' leading
+    shape `lead` (no broadcasting)."""
+    n, E = q.shape[-1], b1.shape[-1]
+    return (
+        _kernel_for(q) is not None
+        and w1.dtype in COMPILED_DTYPES
+        and w1.dtype == b1.dtype == w2.dtype == b2.dtype
+        and w1.shape == (*lead, n, E)
+        and b1.shape[:-1] == lead
+        and w2.shape == (*lead, E)
+        and b2.shape == (*lead, 1)
+    )
 
 
 def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
@@ -47,45 +54,19 @@ def _rows(t: torch.Tensor, width: int) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 or width == 1 else rows.contiguous()
 
 
-class _CompiledMix(torch.autograd.Function):
-    """Rows: q [R, n] fp32, w1 [R, n*E], b1 [R, E], w2 [R, E], b2 [R, 1] -> Q_tot [R] fp32. The
-    backward recomputes the hidden layer rather than keeping it."""
-
-    @staticmethod
-    def forward(ctx, q, w1, b1, w2, b2):  # noqa: D102
-        ctx.save_for_backward(q, w1, b1, w2)
-        ctx.b2_dtype = b2.dtype
-        return kernels.kernel().mix_forward(q, w1, b1, w2, b2)
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102
-        q, w1, b1, w2 = ctx.saved_tensors
-        grad = grad.float().contiguous()
-        dq, dw1, db1, dw2 = kernels.kernel().mix_backward(grad, q, w1, b1, w2)
-        return dq, dw1, db1, dw2, grad.to(ctx.b2_dtype).unsqueeze(-1)
-
-
 def mix_samples_compiled(q: torch.Tensor, w1, b1, w2, b2) -> torch.Tensor | None:
     """Q_tot [..., K] of K joint actions per state, q [..., K, n], through the compiled pass, or None
     where it does not apply (as `mix_compiled`)."""
     lead, (K, n), E = q.shape[:-2], q.shape[-2:], b1.shape[-1]
-    if (
-        _kernel_for(q) is None
-        or K == 0
-        or w1.dtype not in COMPILED_DTYPES
-        or not (w1.dtype == b1.dtype == w2.dtype == b2.dtype)
-        or w1.shape != (*lead, n, E)
-        or b1.shape[:-1] != lead
-        or w2.shape != (*lead, E)
-        or b2.shape != (*lead, 1)
-    ):
+    if K == 0 or not _compiled_mix_applies(q, lead, w1, b1, w2, b2):
         return None
     rows = (_rows(q.float(), K * n), _rows(w1, n * E), _rows(b1, E), _rows(w2, E), _rows(b2, 1))
     return _CompiledMixSamples.apply(*rows).view(*lead, K)
 
 
 class _CompiledMixSamples(torch.autograd.Function):
-    """Rows: q [R, K*n] fp32, w1 [R, n*E], b1 [R, E], w2 [R, E], b2 [R, 1] -> Q_tot [R, K] fp32."""
+    """Rows: q [R, K*n] fp32, w1 [R, n*E], b1 [R, E], w2 [R, E], b2 [R, 1] -> Q_tot [R, K] fp32. The
+    backward recomputes the hidden layers rather than keeping them."""
 
     @staticmethod
     def forward(ctx, q, w1, b1, w2, b2):  # noqa: D102

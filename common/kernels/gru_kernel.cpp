@@ -738,8 +738,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("double_q_values", torch::wrap_pybind_function(double_q_values), "double_q_values");
   m.def("pack_for_tiles", torch::wrap_pybind_function(pack_for_tiles), "pack_for_tiles");
   m.def("agent_step_tiles", torch::wrap_pybind_function(agent_step_tiles), "agent_step_tiles");
-  m.def("mix_forward", torch::wrap_pybind_function(mix_forward), "mix_forward");
-  m.def("mix_backward", torch::wrap_pybind_function(mix_backward), "mix_backward");
   m.def("mix_samples_forward", torch::wrap_pybind_function(mix_samples_forward), "mix_samples_forward");
   m.def("mix_samples_backward", torch::wrap_pybind_function(mix_samples_backward), "mix_samples_backward");
   m.def("agent_inputs", torch::wrap_pybind_function(agent_inputs), "agent_inputs");

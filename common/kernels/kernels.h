@@ -96,8 +96,6 @@ std::vector<at::Tensor> agent_step_tiles(at::Tensor inputs, at::Tensor hidden, a
 
 // batch_kernels.cpp: per-row passes over a training batch.
 at::Tensor double_q_values(at::Tensor online, at::Tensor target, at::Tensor avail);
-at::Tensor mix_forward(at::Tensor q, at::Tensor w1, at::Tensor b1, at::Tensor w2, at::Tensor b2);
-std::vector<at::Tensor> mix_backward(at::Tensor grad, at::Tensor q, at::Tensor w1, at::Tensor b1, at::Tensor w2);
 at::Tensor mix_samples_forward(at::Tensor q, int64_t K, at::Tensor w1, at::Tensor b1, at::Tensor w2,
                                at::Tensor b2);
 std::vector<at::Tensor> mix_samples_backward(at::Tensor grad, at::Tensor q, at::Tensor w1, at::Tensor b1,
