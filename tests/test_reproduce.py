@@ -304,6 +304,11 @@ def test_tiny_sweep_writes_every_output_from_the_runs_own_numbers(sweep_dir):
     assert card["policy"] == "checkpoint:datasets/behaviour/checkpoints/final.pt"
     # One pre-training per seed, shared by OVMSE and Switch CQL.
     assert sorted(p.name for p in (out / "pretrain").iterdir()) == ["cql_s0", "cql_s1"]
+    # A finished trial keeps its final weights, not its resume state (large on big maps).
+    assert sorted(p.name for p in (out / "pretrain/cql_s0/checkpoints").iterdir()) == ["offline.pt"]
+    assert not list(out.glob("online/*/checkpoints/trainer.pt")) and list(
+        out.glob("online/*/checkpoints/final.pt")
+    )
 
     data = json.loads((out / "results.json").read_text())
     assert check_raw_results(data) == []

@@ -45,7 +45,7 @@ def trial_args(out: Path, name: str, threads: int) -> list[str]:
 def execute_trial(out: Path, name: str, threads: int = 1) -> dict:
     """Run one trial of the sweep stored in `out`: an online trial that an earlier attempt left with
     a trainer state goes on from it; otherwise whatever an unfinished attempt left in its directory
-    is removed first. Writes done.json last and returns it."""
+    is removed first. Writes done.json last (then drops the trial's resume state) and returns it."""
     import torch
 
     torch.set_num_threads(threads)
@@ -77,6 +77,9 @@ def execute_trial(out: Path, name: str, threads: int = 1) -> dict:
         **summary,
     }
     write_json(run_dir / DONE_FILE, done)
+    if state_file:  # a finished trial is never resumed (a sweep refuses a larger budget): its
+        # resume state, up to about 1 GB on 3s5z, would only fill the disk
+        trainer_state_path(run_dir, state_file).unlink(missing_ok=True)
     return done
 
 
