@@ -37,24 +37,28 @@ if sys.platform == "linux" and not getattr(subprocess.Popen.__init__, "dies_with
     subprocess.Popen.__init__ = _dies_with_this_process(subprocess.Popen.__init__)
 
 
-# Modules whose tests run inside the pytest process alone: no child process, no server but on a port
-# the system picks, nothing written outside tmp_path. `make test` runs these on two workers
-# (pytest-xdist, one module per worker at a time) and then every other test one at a time, as
-# before: a module missing here is simply run serially, so a new live module is safe by default.
+# Modules whose tests run inside the pytest process, or start at most a short-lived helper process
+# (a compiler check, promtool): no server but on a port the system picks, nothing written outside
+# tmp_path. `make test` runs these on two workers (pytest-xdist, one module per worker at a time),
+# then every other test one at a time, as before: a module missing here simply runs serially, so a
+# new live module is safe by default.
 IN_PROCESS_MODULES = frozenset(
     (
         "test_acting_backends",
         "test_architecture",
         "test_checkpoint_integrity",
         "test_cli_first_hour",
+        "test_config",
         "test_coordination_game",
         "test_dataset",
+        "test_dataset_commands",
         "test_episode",
         "test_episode_checks",
         "test_eval_logging",
         "test_evaluator",
         "test_exploration",
         "test_file_modes",
+        "test_grafana",
         "test_inspo_learner",
         "test_inspo_math",
         "test_learner_losses",
@@ -63,14 +67,17 @@ IN_PROCESS_MODULES = frozenset(
         "test_matd3",
         "test_matrix_games",
         "test_metrics",
+        "test_networks",
         "test_o2o_sync",
         "test_omsd_math",
         "test_online_data_guard",
         "test_particle_datasets",
         "test_particle_offline",
+        "test_policies",
         "test_process_loops",
         "test_repeatability",
         "test_replay_sampler",
+        "test_replay_tables",
         "test_reproduce_adopt",
         "test_rollout",
         "test_run_log",
@@ -81,6 +88,7 @@ IN_PROCESS_MODULES = frozenset(
         "test_smacv2_trajectories",
         "test_stats",
         "test_trainer_resume",
+        "test_world",
     )
 )
 
