@@ -210,6 +210,7 @@ def test_bad_input_is_one_line_naming_the_flag(tmp_path, capsys, extra, flag):
     assert code == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and flag in err
+    assert not (tmp_path / "o" / "sweep.json").exists()  # refused before anything is written
 
 
 def test_a_rerun_with_another_budget_is_refused(tmp_path, capsys):
