@@ -85,7 +85,10 @@ def adopt_pretrainings(out: Path, sweep: Sweep, sources: list[Path]) -> list[str
     """Copy into `out` every pre-training of `sweep` that is not finished there and that one of the
     `sources` (other sweeps' directories) finished with the same configuration. Returns a line per
     pre-training: where it came from, or why none was taken (the nearest candidate's differences)."""
-    offers = [(source, *finished_pretrainings(source)) for source in sources]
+    offers = []  # (source directory, its sweep as if it were this one, a finished pre-training)
+    for source in sources:
+        other, finished = finished_pretrainings(source)
+        offers += [(source, as_if_in(other, sweep), candidate) for candidate in finished]
     lines = []
     for trial in plan(sweep):
         if trial.kind != "pretrain" or is_done(out, trial.name):
@@ -93,24 +96,20 @@ def adopt_pretrainings(out: Path, sweep: Sweep, sources: list[Path]) -> list[str
         key = sweep_offline_key(sweep, trial.method)
         mine = flat_fields(trial_config(out, sweep, trial))
         found, nearest = None, None
-        for source, other, finished in offers:
-            here = as_if_in(other, sweep)
-            for candidate in finished:
-                if sweep_offline_key(here, trial.method) != key or not candidate.name.startswith(
-                    f"pretrain/{key}_s"
-                ):
-                    continue
-                theirs = flat_fields(
-                    trial_config(source, here, dataclasses.replace(candidate, method=trial.method))
-                )
-                missing = differences(mine, theirs)
-                if not missing:
-                    found = source / candidate.name
-                    break
-                if nearest is None or len(missing) < len(nearest[1]):
-                    nearest = (source / candidate.name, missing)
-            if found:
+        for source, here, candidate in offers:
+            if sweep_offline_key(here, trial.method) != key or not candidate.name.startswith(
+                f"pretrain/{key}_s"
+            ):
+                continue
+            theirs = flat_fields(
+                trial_config(source, here, dataclasses.replace(candidate, method=trial.method))
+            )
+            missing = differences(mine, theirs)
+            if not missing:
+                found = source / candidate.name
                 break
+            if nearest is None or len(missing) < len(nearest[1]):
+                nearest = (source / candidate.name, missing)
         if found:
             copy_trial(found, out / trial.name, trial)
             lines.append(f"{trial.name}: taken from {found}")
