@@ -55,7 +55,7 @@ ENV_INFO = {"n_agents": 8, "obs_shape": 128, "state_shape": 216, "n_actions": 14
 STEPS = 80  # trained steps per padded episode (T); each episode has T + 1 rows
 KINDS = {
     "td": ("online", dict(offline_cql="none", use_offline_value_memory=False)),
-    "offline_cql": ("offline", dict(offline_cql="cql", offline_cql_weight=0.25)),
+    "offline_cql": ("offline", dict(offline_cql="cql", offline_cql_weight=0.25, cql_sampler="all_actions")),
     "online_ovm": ("online", dict(offline_cql="cql", online_cql_weight=0.0, use_offline_value_memory=True)),
 }
 KIND_TITLES = {

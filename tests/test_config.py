@@ -200,7 +200,7 @@ def test_cfcql_on_2s3z_takes_cfcqls_own_temperature_and_weight(kind, tau, weight
 
 def test_the_baselines_defaults_follow_their_references():
     learner = resolve_config("3s5z", "medium", "ovmse").learner
-    assert learner.cql_sampler == "all_actions"  # CFCQL's raw_cql
+    assert learner.cql_sampler == "available_only"  # not CFCQL's draws: measured, docs/learner.md
     assert learner.ovm_target == "td_lambda"  # PyMARL2's target, as every other loss here
     assert learner.behaviour_pretrain_updates > 0  # CFCQL's behaviour policy is cloned first
     assert not learner.calql_floor
@@ -583,6 +583,6 @@ def test_ovmse_config_shows_the_baselines_keys():
     learner = yaml.safe_load(text)["learner"]
     assert learner["offline_cql"] == "cfcql" and learner["calql_floor"] is True
     assert learner["cfcql_softmax_temperature"] == 1.0
-    assert learner["cql_sampler"] == "all_actions"
+    assert learner["cql_sampler"] == "available_only"
     assert learner["ovm_target"] == "td_lambda"
     assert learner["behaviour_pretrain_updates"] == LearnerConfig().behaviour_pretrain_updates

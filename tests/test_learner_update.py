@@ -399,7 +399,7 @@ def only_data_actions_available(batch: TrainingBatch) -> TrainingBatch:
     return dataclasses.replace(batch, avail_actions=avail)
 
 
-def test_raw_cql_samples_all_actions_by_default_and_available_ones_on_request():
+def test_raw_cql_samples_available_actions_by_default_and_all_actions_on_request():
     # Q_tot = 20 for every joint action, and each agent may only take its data action. Drawing
     # available actions only, every sample is the data action: log(K e^20) - 20 = log K. Drawing
     # over all 4 actions, a joint sample of 3 agents is valid with probability 1/64 and counts as
@@ -413,7 +413,7 @@ def test_raw_cql_samples_all_actions_by_default_and_available_ones_on_request():
         losses_by_sampler[sampler] = learner.update(batch, "offline", env_steps=0, episodes_seen=2)[
             "loss_cql"
         ]
-    assert LearnerConfig().cql_sampler == "all_actions"
+    assert LearnerConfig().cql_sampler == "available_only"
     assert losses_by_sampler["available_only"] == pytest.approx(math.log(K), rel=1e-5)
     assert losses_by_sampler["all_actions"] < math.log(K) - 1.0
 
