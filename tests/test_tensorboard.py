@@ -113,6 +113,7 @@ def test_a_run_writes_the_scalars_of_its_metrics_log(tmp_path):
     the probe): TensorBoard shows exactly the numbers of metrics.jsonl."""
     from deploy.recipes import CollectRequest, collect_dataset
     from deploy.single_process import train_sync
+    from learner.training import LOG_EVERY_UPDATES
 
     dataset = tmp_path / "3m.h5"
     cfg = resolve_config(
@@ -122,7 +123,9 @@ def test_a_run_writes_the_scalars_of_its_metrics_log(tmp_path):
             f"run.run_dir={tmp_path}",
             "run.name=tb",
             f"run.dataset={dataset}",
-            "learner.offline_updates=3",
+            # The first online update is the learner's LOG_EVERY_UPDATES-th, so a "train" record is
+            # logged however few online updates the budget's episodes allow.
+            f"learner.offline_updates={LOG_EVERY_UPDATES - 1}",
             "learner.behaviour_pretrain_updates=0",
             "run.offline_eval_interval=0",
             "run.online_env_steps=700",
