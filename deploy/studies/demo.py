@@ -44,11 +44,6 @@ SETTINGS = {
     # shape over its first third instead of exploring heavily throughout.
     "actor.epsilon_anneal_steps": 10_000,
     "learner.offline_updates": 400,
-    # Raw MACQL over available joint actions. CFCQL's estimator (the default) samples every agent's
-    # action over all actions and counts invalid joint samples as Q_tot = 0; with the paper's 2s3z
-    # weight of 0.05 it left short pre-trainings on this world at a 0.0 test win rate (150 and 100
-    # updates, docs/learner.md), so the demo keeps the stronger available-only estimator.
-    "learner.cql_sampler": "available_only",
     "learner.batch_size": 64,
     "actor.num_actors": 2,
     "actor.envs_per_actor": 4,

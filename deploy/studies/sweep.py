@@ -54,8 +54,9 @@ class Budget:
     dataset_episodes: int = 5_000  # medium: greedy rollouts; medium-replay: buffer size (paper: 5,000)
     offline_updates: int = 500  # pre-training updates (project default 2,000 of batch 128)
     batch_size: int = 32  # episodes per gradient step, offline and online (paper: 128)
-    cql_sampler: str = "available_only"  # see docs/learner.md: the all-actions estimator at 0.05 left
-    # short pre-trainings on lite 2s3z at zero wins
+    # The learner's default too; recorded here so that a sweep's trials keep their meaning if that
+    # default changes (docs/learner.md: CFCQL's all-actions draws left pre-training at no wins).
+    cql_sampler: str = "available_only"
     evals: int = 10  # online evaluations over the budget (paper: every 10k of 1M = 100)
     test_episodes: int = 32  # per online evaluation (paper: 32)
     final_test_episodes: int = 640  # final policy (paper: 640)
